@@ -1,0 +1,354 @@
+//! What went wrong: [`Error`] for a whole orchestration, [`Failure`] for one
+//! phase of one service, and the causes the runtime itself produces.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::phase::Phase;
+use crate::report::Report;
+
+/// The error type phases return once it leaves their own code: any
+/// `std::error::Error + Send + Sync`, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Marks a Confirm or Cancel error as permanent: retrying cannot help, so the
+/// retries of that service stop at once.
+///
+/// Return it directly (`Err(Permanent::new(e))`), or put it in the source
+/// chain of your own error type (a `#[source]` field): the runtime looks for
+/// it along the whole chain.
+///
+/// ```
+/// use tcc::{BoxError, Orchestrator, Permanent, Service};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ok = || async { Ok::<(), BoxError>(()) };
+/// let ledger = Service::new("ledger", ok, || async {
+///     Err::<(), _>(Permanent::new("account closed"))
+/// }, ok);
+/// let error = Orchestrator::new([ledger]).max_retries(10).orchestrate().await.unwrap_err();
+/// assert_eq!(error.failures()[0].attempts(), 1);
+/// assert!(error.failures()[0].is_permanent());
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Permanent(pub BoxError);
+
+impl Permanent {
+    /// Wraps an error as permanent.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Permanent(error.into())
+    }
+
+    /// Whether `error`, or any error in its source chain, is [`Permanent`].
+    pub fn is_in(error: &(dyn std::error::Error + 'static)) -> bool {
+        std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<Permanent>())
+    }
+}
+
+/// The cause of a Try that outlived its timeout.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("try timed out after {0:?}")]
+pub struct TryTimedOut(pub Duration);
+
+/// The cause of a phase that panicked. The panic was caught: it never reaches
+/// the caller of `orchestrate`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("phase panicked: {message}")]
+pub struct Panicked {
+    message: String,
+}
+
+impl Panicked {
+    pub(crate) fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(text) = payload.downcast_ref::<&str>() {
+            (*text).to_owned()
+        } else if let Some(text) = payload.downcast_ref::<String>() {
+            text.clone()
+        } else {
+            "non-string panic payload".to_owned()
+        };
+        Panicked { message }
+    }
+
+    /// The panic's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// One phase of one service that did not succeed: its final attempt failed.
+/// The cause is [`std::error::Error::source`]; downcast it to reach your own
+/// error type.
+#[derive(Debug, thiserror::Error)]
+#[error("{phase} of `{service}` failed after {attempts} {}", plural(*.attempts, "attempt"))]
+pub struct Failure {
+    service: Arc<str>,
+    phase: Phase,
+    attempts: u32,
+    #[source]
+    cause: BoxError,
+}
+
+impl Failure {
+    pub(crate) fn new(service: Arc<str>, phase: Phase, attempts: u32, cause: BoxError) -> Self {
+        Failure {
+            service,
+            phase,
+            attempts,
+            cause,
+        }
+    }
+
+    /// The service that failed.
+    pub fn service_name(&self) -> &str {
+        &self.service
+    }
+
+    /// The phase that failed.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// How many attempts were made; 1 for Try.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The error of the final attempt.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.cause
+    }
+
+    /// Whether the cause was marked [`Permanent`], which ended the retries.
+    pub fn is_permanent(&self) -> bool {
+        Permanent::is_in(&*self.cause)
+    }
+}
+
+/// What kind of [`Error`] an orchestration ended with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A Try failed, and every started service was cancelled: nothing is left
+    /// reserved. The caller may retry the whole transaction.
+    TryFailed,
+    /// Every Try succeeded but a Confirm failed after all its retries: the
+    /// transaction is partly applied and needs repair.
+    ConfirmFailed,
+    /// A Try failed and a Cancel then failed after all its retries: some
+    /// reservations could not be released and need repair.
+    CancelFailed,
+    /// The orchestrator was given no services. Nothing ran.
+    NoServices,
+    /// Two services share a name. Nothing ran.
+    DuplicateService,
+    /// A service is already part of a running orchestration. Nothing ran.
+    ServiceBusy,
+    /// A retry policy has an invalid value. Nothing ran.
+    InvalidRetryPolicy,
+    /// `orchestrate` was called outside a tokio runtime. Nothing ran.
+    NoRuntime,
+    /// The runtime shut down before the transaction ended; its state is
+    /// unknown.
+    Interrupted,
+}
+
+impl ErrorKind {
+    /// Whether the transaction left state that needs manual repair.
+    pub fn needs_repair(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ConfirmFailed | ErrorKind::CancelFailed | ErrorKind::Interrupted
+        )
+    }
+}
+
+/// Why an orchestration did not confirm: every failure it met, which phase
+/// was the worst, and what state is left.
+///
+/// A failed Cancel does not hide the failed Try that caused it: both are in
+/// [`failures`](Error::failures). [`phase`](Error::phase) is the worst phase
+/// that failed (Cancel, then Confirm, then Try) and
+/// [`service_name`](Error::service_name) the first service, in the order the
+/// services were given, that failed in it.
+#[derive(Debug, thiserror::Error)]
+#[error("{inner}")]
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    kind: ErrorKind,
+    phase: Phase,
+    service: Option<Arc<str>>,
+    failures: Vec<Failure>,
+    report: Option<Report>,
+    detail: Option<String>,
+}
+
+impl Error {
+    /// The error of a transaction that ran: `failures` is not empty and is
+    /// ordered by phase (Try, Confirm, Cancel), then by service order.
+    pub(crate) fn failed(failures: Vec<Failure>, report: Report) -> Self {
+        debug_assert!(!failures.is_empty());
+        let worst = failures
+            .iter()
+            .max_by_key(|f| f.phase.severity())
+            .map_or(Phase::Try, |f| f.phase);
+        let service = failures
+            .iter()
+            .find(|f| f.phase == worst)
+            .map(|f| f.service.clone());
+        let kind = match worst {
+            Phase::Try => ErrorKind::TryFailed,
+            Phase::Confirm => ErrorKind::ConfirmFailed,
+            Phase::Cancel => ErrorKind::CancelFailed,
+        };
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                phase: worst,
+                service,
+                failures,
+                report: Some(report),
+                detail: None,
+            }),
+        }
+    }
+
+    /// An orchestration refused (or cut short) before any phase ran.
+    pub(crate) fn refused(kind: ErrorKind, service: Option<Arc<str>>, detail: String) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                phase: Phase::Try,
+                service,
+                failures: Vec::new(),
+                report: None,
+                detail: Some(detail),
+            }),
+        }
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The worst phase that failed. An orchestration refused before it ran
+    /// reports [`Phase::Try`].
+    pub fn phase(&self) -> Phase {
+        self.inner.phase
+    }
+
+    /// The first service, in the order given, that failed in
+    /// [`phase`](Error::phase); for a refusal, the service at fault, or `""`
+    /// when none is.
+    pub fn service_name(&self) -> &str {
+        self.inner.service.as_deref().unwrap_or("")
+    }
+
+    /// Every failure, ordered by phase (Try, Confirm, Cancel), then in the
+    /// order the services were given. Empty for a refusal.
+    pub fn failures(&self) -> &[Failure] {
+        &self.inner.failures
+    }
+
+    /// What happened to each service, when the transaction ran.
+    pub fn report(&self) -> Option<&Report> {
+        self.inner.report.as_ref()
+    }
+
+    /// Whether the transaction left state that needs manual repair.
+    pub fn needs_repair(&self) -> bool {
+        self.inner.kind.needs_repair()
+    }
+}
+
+impl fmt::Display for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(detail) = &self.detail {
+            return f.write_str(detail);
+        }
+        let count = |phase: Phase| self.failures.iter().filter(|f| f.phase == phase).count();
+        let first = |phase: Phase| self.failures.iter().find(|f| f.phase == phase);
+        let describe = |f: &mut fmt::Formatter<'_>, failure: &Failure| {
+            let others = count(failure.phase) - 1;
+            write!(f, "{} failed in `{}`", failure.phase, failure.service)?;
+            if failure.phase != Phase::Try {
+                write!(
+                    f,
+                    " after {} {}",
+                    failure.attempts,
+                    plural(failure.attempts, "attempt")
+                )?;
+            }
+            if others > 0 {
+                write!(
+                    f,
+                    " (and {others} other {})",
+                    plural(others as u32, "service")
+                )?;
+            }
+            write!(f, ": {}", failure.cause)
+        };
+        let Some(primary) = first(self.phase) else {
+            return f.write_str("transaction failed");
+        };
+        describe(f, primary)?;
+        let services = self.report.as_ref().map_or(0, |r| r.services().len());
+        match self.phase {
+            Phase::Try => {
+                let started = self.report.as_ref().map_or(0, |r| {
+                    r.services()
+                        .iter()
+                        .filter(|s| s.attempts(Phase::Cancel) > 0)
+                        .count()
+                });
+                let word = if started == services { "all " } else { "" };
+                write!(
+                    f,
+                    "; {word}{started} started {} cancelled",
+                    plural_verb(started as u32, "service was", "services were")
+                )
+            }
+            Phase::Confirm => write!(
+                f,
+                "; {} of {services} services not confirmed: the transaction is partly applied and needs manual repair",
+                count(Phase::Confirm)
+            ),
+            Phase::Cancel => {
+                write!(
+                    f,
+                    "; {} {} could not be released and {} manual repair",
+                    count(Phase::Cancel),
+                    plural(count(Phase::Cancel) as u32, "service"),
+                    plural_verb(count(Phase::Cancel) as u32, "needs", "need"),
+                )?;
+                if let Some(cause) = first(Phase::Try) {
+                    f.write_str(" (cancelled because ")?;
+                    describe(f, cause)?;
+                    f.write_str(")")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn plural(n: u32, word: &str) -> String {
+    if n == 1 {
+        word.to_owned()
+    } else {
+        format!("{word}s")
+    }
+}
+
+fn plural_verb<'a>(n: u32, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
+}

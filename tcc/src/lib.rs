@@ -1,0 +1,161 @@
+//! Try-Confirm-Cancel transactions on tokio.
+//!
+//! A TCC transaction spans services that cannot share a database
+//! transaction. Each service offers three phases: **Try** reserves resources
+//! (a seat, a room, frozen money), **Confirm** makes the reservation final,
+//! **Cancel** releases it. If every Try succeeds, every Confirm runs;
+//! otherwise every service whose Try started is cancelled.
+//!
+//! `tcc` runs every Try at once, retries Confirm and Cancel with backoff
+//! (each service on its own, never one after another), catches panics, keeps
+//! every failure in its [`Error`], and finishes a transaction even when the
+//! caller's future is dropped.
+//!
+//! ```
+//! use std::collections::HashSet;
+//! use std::sync::{Arc, Mutex};
+//! use tcc::{Context, Orchestrator, Service, TransactionId};
+//!
+//! /// Units in stock, and the transactions holding one.
+//! #[derive(Default)]
+//! struct Stock {
+//!     free: u32,
+//!     held: HashSet<TransactionId>,
+//! }
+//!
+//! /// Try holds a unit, Confirm books it, Cancel puts it back. Holds are
+//! /// keyed by transaction id, so a Cancel after a failed Try (which held
+//! /// nothing) releases nothing, and a retried phase is harmless.
+//! fn inventory(name: &str, stock: Arc<Mutex<Stock>>) -> Service {
+//!     let id = || Context::current().expect("inside a phase").transaction_id();
+//!     let (hold, book, release) = (stock.clone(), stock.clone(), stock);
+//!     Service::new(
+//!         name,
+//!         move || {
+//!             let mut stock = hold.lock().unwrap();
+//!             let result = match stock.free.checked_sub(1) {
+//!                 Some(left) => {
+//!                     stock.free = left;
+//!                     stock.held.insert(id());
+//!                     Ok(())
+//!                 }
+//!                 None => Err("sold out"),
+//!             };
+//!             async move { result }
+//!         },
+//!         move || {
+//!             book.lock().unwrap().held.remove(&id());
+//!             async { Ok::<(), &str>(()) }
+//!         },
+//!         move || {
+//!             let mut stock = release.lock().unwrap();
+//!             if stock.held.remove(&id()) {
+//!                 stock.free += 1;
+//!             }
+//!             async { Ok::<(), &str>(()) }
+//!         },
+//!     )
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let seats = Arc::new(Mutex::new(Stock { free: 3, ..Stock::default() }));
+//! let rooms = Arc::new(Mutex::new(Stock { free: 1, ..Stock::default() }));
+//! let booking = Orchestrator::new([
+//!     inventory("flight", seats.clone()),
+//!     inventory("hotel", rooms.clone()),
+//! ]);
+//!
+//! let report = booking.orchestrate().await.expect("first booking confirms");
+//! println!("booked in transaction {}", report.transaction_id());
+//!
+//! let error = booking.orchestrate().await.expect_err("no room is left");
+//! assert_eq!(error.service_name(), "hotel");
+//! assert_eq!(error.phase(), tcc::Phase::Try);
+//! // The second booking's seat went back to stock.
+//! assert_eq!(seats.lock().unwrap().free, 2);
+//! assert_eq!(rooms.lock().unwrap().free, 0);
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - Every Try starts at once; Try is never retried. A Try that panics, or
+//!   outlives [`Orchestrator::try_timeout`], has failed.
+//! - All Tries succeeded: every Confirm runs, each with its own retry loop.
+//!   Any Try failed: every service whose Try started is cancelled, including
+//!   the ones that failed, timed out or were dropped by
+//!   [`fail_fast`](Orchestrator::fail_fast).
+//! - Confirm and Cancel are retried up to the limit ([`RetryPolicy`]); an
+//!   error marked [`Permanent`] stops the retries of its service at once.
+//! - The [`Error`] keeps every [`Failure`]: a failed Cancel does not hide the
+//!   Try failure that caused it.
+//! - Once started, a transaction runs to its end on its own task, even if
+//!   the caller drops the future.
+//! - Every orchestration has a [`TransactionId`]; a running phase reads it,
+//!   with its service name and attempt, from [`Context::current`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod context;
+mod error;
+mod orchestrator;
+mod phase;
+mod report;
+mod retry;
+mod run;
+mod service;
+
+pub use context::{Context, ParseTransactionIdError, TransactionId};
+pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TryTimedOut};
+pub use orchestrator::Orchestrator;
+pub use phase::Phase;
+pub use report::{PhaseRecord, Report, ServiceReport};
+pub use retry::{InvalidRetryPolicy, RetryPolicy};
+pub use service::{Service, TccService};
+
+/// What the macros expand to. Not public API: it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::{BoxError, Error, Orchestrator, Phase, Report, Service, TccService};
+    pub use core::future::Future;
+    pub use core::result::Result;
+    pub use futures_util::future::BoxFuture;
+    pub use std::sync::Arc;
+
+    use crate::service::{PhaseFn, Settings};
+
+    /// A typed service as a [`Service`]; its bound carries the
+    /// "not a TCC service" message.
+    pub fn service<S: TccService>(service: S) -> Service {
+        Service::from(service)
+    }
+
+    /// An inline service of `tcc!`: one closure that builds the future of a
+    /// phase, so that the block's environment is captured once.
+    pub fn inline_service<F>(name: &'static str, phases: F) -> Service
+    where
+        F: Fn(Phase) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static,
+    {
+        Service::from_phases(name.into(), PhaseFn(phases), Settings::default())
+    }
+
+    /// Boxes an inline phase's future, erasing its error type.
+    pub fn boxed<F, E>(future: F) -> BoxFuture<'static, Result<(), BoxError>>
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        Box::pin(crate::service::erase(future))
+    }
+
+    /// A `#[tcc_service]` method's future, its error converted on failure.
+    pub fn erase<F, E>(future: F) -> impl Future<Output = Result<(), BoxError>> + Send
+    where
+        F: Future<Output = Result<(), E>> + Send,
+        E: Into<BoxError> + 'static,
+    {
+        crate::service::erase(future)
+    }
+}

@@ -1,0 +1,46 @@
+//! The three phases of a TCC transaction.
+
+use std::fmt;
+
+/// One of the three phases of a TCC transaction.
+///
+/// Phases are ordered by how bad a failure in them is: a failed Try leaves
+/// nothing behind once Cancel has run; a failed Confirm or Cancel leaves state
+/// that needs repair. [`Error::phase`](crate::Error::phase) reports the worst
+/// one reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// Reserve resources or check preconditions. Never retried.
+    Try,
+    /// Make every reservation final, once every Try succeeded. Retried.
+    Confirm,
+    /// Release the reservations, once some Try failed. Retried.
+    Cancel,
+}
+
+impl Phase {
+    /// The phase's name in lowercase, as in messages: `"try"`, `"confirm"`,
+    /// `"cancel"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Try => "try",
+            Phase::Confirm => "confirm",
+            Phase::Cancel => "cancel",
+        }
+    }
+
+    /// How bad a failure in this phase is: Try < Confirm < Cancel.
+    pub(crate) const fn severity(self) -> u8 {
+        match self {
+            Phase::Try => 0,
+            Phase::Confirm => 1,
+            Phase::Cancel => 2,
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,441 @@
+//! Participants of a transaction: the [`TccService`] trait and the type-erased
+//! [`Service`] handle that an [`Orchestrator`](crate::Orchestrator) runs.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use crate::context::{Context, TransactionId};
+use crate::error::{BoxError, Failure};
+use crate::phase::Phase;
+use crate::retry::RetryPolicy;
+use crate::run;
+
+/// A type whose three phases an orchestrator can run: the trait that
+/// [`#[tcc_service]`](crate::tcc_service) implements for an annotated impl block.
+///
+/// Implement it by hand when a macro does not fit; any implementor converts
+/// into a [`Service`] with `Service::from(value)` (or from an `Arc` of it).
+///
+/// The contract, as in every TCC system: `try_phase` reserves resources or
+/// checks preconditions and is never retried; once every Try succeeded,
+/// `confirm` must eventually succeed; `cancel` releases what `try_phase`
+/// reserved, and may run after a Try that failed, timed out or never finished,
+/// so it must tolerate finding nothing to release. Confirm and Cancel are
+/// retried, so they must be idempotent: [`Context::current`] gives the
+/// transaction id to key them by.
+///
+/// ```
+/// use tcc::{BoxError, Service, TccService};
+///
+/// struct Audit;
+///
+/// impl TccService for Audit {
+///     fn service_name(&self) -> &str {
+///         "audit"
+///     }
+///     async fn try_phase(&self) -> Result<(), BoxError> {
+///         Ok(())
+///     }
+///     async fn confirm(&self) -> Result<(), BoxError> {
+///         Ok(())
+///     }
+///     async fn cancel(&self) -> Result<(), BoxError> {
+///         Ok(())
+///     }
+/// }
+///
+/// let service = Service::from(Audit);
+/// assert_eq!(service.name(), "audit");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a TCC service",
+    label = "not a TCC service",
+    note = "annotate its impl block with #[tcc_service] and mark one method each with #[try_phase], #[confirm] and #[cancel]"
+)]
+pub trait TccService: Send + Sync + 'static {
+    /// The name the service is known by in reports, errors and logs. It must
+    /// be unique within one orchestration.
+    fn service_name(&self) -> &str;
+
+    /// The Try phase: reserve resources or check preconditions. Never retried.
+    fn try_phase(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// The Confirm phase: make the reservation final. Retried with backoff.
+    fn confirm(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// The Cancel phase: release the reservation. Retried with backoff.
+    fn cancel(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// The service's own retry limit, used when the orchestrator sets none.
+    fn max_retries(&self) -> Option<u32> {
+        None
+    }
+}
+
+impl<T: TccService> TccService for Arc<T> {
+    fn service_name(&self) -> &str {
+        T::service_name(self)
+    }
+    fn try_phase(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        T::try_phase(self)
+    }
+    fn confirm(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        T::confirm(self)
+    }
+    fn cancel(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        T::cancel(self)
+    }
+    fn max_retries(&self) -> Option<u32> {
+        T::max_retries(self)
+    }
+}
+
+/// The three phases behind one `dyn`: the only place a service's futures are
+/// boxed. The future may borrow the phases, which the running orchestration
+/// keeps alive through its clone of the [`Service`].
+pub(crate) trait Phases: Send + Sync + 'static {
+    fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>>;
+}
+
+struct FnPhases<T, C, X> {
+    try_fn: T,
+    confirm_fn: C,
+    cancel_fn: X,
+}
+
+impl<T, C, X, TF, CF, XF, TE, CE, XE> Phases for FnPhases<T, C, X>
+where
+    T: Fn() -> TF + Send + Sync + 'static,
+    C: Fn() -> CF + Send + Sync + 'static,
+    X: Fn() -> XF + Send + Sync + 'static,
+    TF: Future<Output = Result<(), TE>> + Send + 'static,
+    CF: Future<Output = Result<(), CE>> + Send + 'static,
+    XF: Future<Output = Result<(), XE>> + Send + 'static,
+    TE: Into<BoxError> + 'static,
+    CE: Into<BoxError> + 'static,
+    XE: Into<BoxError> + 'static,
+{
+    fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>> {
+        match phase {
+            Phase::Try => Box::pin(erase((self.try_fn)())),
+            Phase::Confirm => Box::pin(erase((self.confirm_fn)())),
+            Phase::Cancel => Box::pin(erase((self.cancel_fn)())),
+        }
+    }
+}
+
+struct TypedPhases<S>(S);
+
+impl<S: TccService> Phases for TypedPhases<S> {
+    fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>> {
+        match phase {
+            Phase::Try => Box::pin(self.0.try_phase()),
+            Phase::Confirm => Box::pin(self.0.confirm()),
+            Phase::Cancel => Box::pin(self.0.cancel()),
+        }
+    }
+}
+
+/// Phases given as one closure that picks the future by phase, so that an
+/// inline service of `tcc!` captures its environment once.
+pub(crate) struct PhaseFn<F>(pub(crate) F);
+
+impl<F> Phases for PhaseFn<F>
+where
+    F: Fn(Phase) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static,
+{
+    fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>> {
+        (self.0)(phase)
+    }
+}
+
+/// Converts a phase's own error type into [`BoxError`], only on failure.
+pub(crate) async fn erase<E: Into<BoxError>>(
+    future: impl Future<Output = Result<(), E>>,
+) -> Result<(), BoxError> {
+    future.await.map_err(Into::into)
+}
+
+/// Settings a service may carry; the orchestrator's own settings win over them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Settings {
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) try_timeout: Option<Duration>,
+}
+
+// Bits of `Shared::state`. Each getter reads its own bit.
+const TRIED: u8 = 1 << 0;
+const TRY_SUCCEEDED: u8 = 1 << 1;
+const CONFIRMED: u8 = 1 << 2;
+const CONFIRM_SUCCEEDED: u8 = 1 << 3;
+const CANCELED: u8 = 1 << 4;
+const CANCEL_SUCCEEDED: u8 = 1 << 5;
+const BUSY: u8 = 1 << 7;
+const FLAGS: u8 = !BUSY;
+
+pub(crate) struct Shared<P: ?Sized> {
+    pub(crate) name: Arc<str>,
+    state: AtomicU8,
+    pub(crate) phases: P,
+}
+
+/// A participant of a TCC transaction: a name, three phases and the status of
+/// the latest orchestration it took part in.
+///
+/// `Service` is a cheap handle: clones share the phases and the status flags,
+/// so keep a clone to read the flags after an orchestration. Settings set with
+/// the builder methods ([`max_retries`](Service::max_retries),
+/// [`retry`](Service::retry), [`try_timeout`](Service::try_timeout)) belong
+/// to the handle they were set on.
+///
+/// Build one from three closures with [`Service::new`], or from any
+/// [`TccService`] (such as a [`#[tcc_service]`](crate::tcc_service) type)
+/// with `Service::from`.
+///
+/// ```
+/// use tcc::{Orchestrator, Service};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let flight = Service::new(
+///     "flight",
+///     || async { Ok::<(), std::io::Error>(()) },
+///     || async { Ok::<(), std::io::Error>(()) },
+///     || async { Ok::<(), std::io::Error>(()) },
+/// );
+/// Orchestrator::new([flight.clone()]).orchestrate().await.unwrap();
+/// assert!(flight.try_succeeded() && flight.confirm_succeeded());
+/// assert!(!flight.canceled());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Service {
+    pub(crate) shared: Arc<Shared<dyn Phases>>,
+    pub(crate) settings: Settings,
+}
+
+impl Service {
+    /// Builds a service from its name and its Try, Confirm and Cancel
+    /// functions. Each function is called once per attempt and returns a
+    /// future yielding `Result<(), E>`, where `E` is any error type that
+    /// converts into [`BoxError`] (every `std::error::Error + Send + Sync`,
+    /// `String`, `&str`, [`Permanent`](crate::Permanent) ...).
+    ///
+    /// The futures must be `'static`, as with `tokio::spawn`: move an owned
+    /// handle (an `Arc`, a connection pool) into each closure and clone it
+    /// into the future.
+    pub fn new<T, C, X, TF, CF, XF, TE, CE, XE>(
+        name: impl Into<String>,
+        try_fn: T,
+        confirm_fn: C,
+        cancel_fn: X,
+    ) -> Self
+    where
+        T: Fn() -> TF + Send + Sync + 'static,
+        C: Fn() -> CF + Send + Sync + 'static,
+        X: Fn() -> XF + Send + Sync + 'static,
+        TF: Future<Output = Result<(), TE>> + Send + 'static,
+        CF: Future<Output = Result<(), CE>> + Send + 'static,
+        XF: Future<Output = Result<(), XE>> + Send + 'static,
+        TE: Into<BoxError> + 'static,
+        CE: Into<BoxError> + 'static,
+        XE: Into<BoxError> + 'static,
+    {
+        let phases = FnPhases {
+            try_fn,
+            confirm_fn,
+            cancel_fn,
+        };
+        Self::from_phases(name.into().into(), phases, Settings::default())
+    }
+
+    pub(crate) fn from_phases(name: Arc<str>, phases: impl Phases, settings: Settings) -> Self {
+        Service {
+            shared: Arc::new(Shared {
+                name,
+                state: AtomicU8::new(0),
+                phases,
+            }),
+            settings,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Sets this service's retry limit for Confirm and Cancel: at most `n + 1`
+    /// attempts. The orchestrator's own limit, when set, wins.
+    #[must_use]
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.settings.max_retries = Some(n);
+        self
+    }
+
+    /// Sets this service's backoff policy, including its retry limit. The
+    /// orchestrator's own policy, when set, wins.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.settings.max_retries = Some(policy.max_retries);
+        self.settings.retry = Some(policy);
+        self
+    }
+
+    /// Sets how long this service's Try may run before it counts as failed.
+    /// The orchestrator's own timeout, when set, wins.
+    #[must_use]
+    pub fn try_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.try_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether Try was started in the latest orchestration.
+    pub fn tried(&self) -> bool {
+        self.flag(TRIED)
+    }
+    /// Whether Try succeeded in the latest orchestration.
+    pub fn try_succeeded(&self) -> bool {
+        self.flag(TRY_SUCCEEDED)
+    }
+    /// Whether Confirm was attempted in the latest orchestration.
+    pub fn confirmed(&self) -> bool {
+        self.flag(CONFIRMED)
+    }
+    /// Whether Confirm succeeded (possibly after retries) in the latest
+    /// orchestration.
+    pub fn confirm_succeeded(&self) -> bool {
+        self.flag(CONFIRM_SUCCEEDED)
+    }
+    /// Whether Cancel was attempted in the latest orchestration.
+    pub fn canceled(&self) -> bool {
+        self.flag(CANCELED)
+    }
+    /// Whether Cancel succeeded (possibly after retries) in the latest
+    /// orchestration.
+    pub fn cancel_succeeded(&self) -> bool {
+        self.flag(CANCEL_SUCCEEDED)
+    }
+
+    /// Runs Try once, outside any orchestration, with a fresh transaction id
+    /// in its [`Context`]. A panic is caught and returned as the failure's
+    /// cause. Sets [`tried`](Service::tried) and
+    /// [`try_succeeded`](Service::try_succeeded).
+    pub async fn try_phase(&self) -> Result<(), Failure> {
+        self.run_directly(Phase::Try).await
+    }
+    /// Runs Confirm once, without retries, as [`try_phase`](Service::try_phase) does.
+    pub async fn confirm(&self) -> Result<(), Failure> {
+        self.run_directly(Phase::Confirm).await
+    }
+    /// Runs Cancel once, without retries, as [`try_phase`](Service::try_phase) does.
+    pub async fn cancel(&self) -> Result<(), Failure> {
+        self.run_directly(Phase::Cancel).await
+    }
+
+    async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
+        self.clear(phase);
+        let context = Context::new(
+            TransactionId::generate(),
+            self.shared.name.clone(),
+            phase,
+            1,
+        );
+        let result = run::attempt(self, context, None).await;
+        self.record(phase, result.is_ok());
+        result.map_err(|cause| Failure::new(self.shared.name.clone(), phase, 1, cause))
+    }
+
+    fn flag(&self, bit: u8) -> bool {
+        self.shared.state.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Marks the start of `phase` (Try is "tried" once started).
+    pub(crate) fn mark_started(&self, phase: Phase) {
+        self.shared
+            .state
+            .fetch_or(started_bit(phase), Ordering::AcqRel);
+    }
+
+    /// Records how the latest attempt of `phase` ended.
+    pub(crate) fn record(&self, phase: Phase, succeeded: bool) {
+        let bits = if succeeded {
+            started_bit(phase) | succeeded_bit(phase)
+        } else {
+            started_bit(phase)
+        };
+        self.shared.state.fetch_or(bits, Ordering::AcqRel);
+    }
+
+    fn clear(&self, phase: Phase) {
+        self.shared.state.fetch_and(
+            !(started_bit(phase) | succeeded_bit(phase)),
+            Ordering::AcqRel,
+        );
+    }
+
+    /// Claims the service for one orchestration and clears its flags. False
+    /// when another orchestration holds it.
+    pub(crate) fn acquire(&self) -> bool {
+        self.shared
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state & BUSY == 0).then_some(BUSY)
+            })
+            .is_ok()
+    }
+
+    /// Gives the service back, keeping the flags of the orchestration.
+    pub(crate) fn release(&self) {
+        self.shared.state.fetch_and(FLAGS, Ordering::AcqRel);
+    }
+}
+
+fn started_bit(phase: Phase) -> u8 {
+    match phase {
+        Phase::Try => TRIED,
+        Phase::Confirm => CONFIRMED,
+        Phase::Cancel => CANCELED,
+    }
+}
+
+fn succeeded_bit(phase: Phase) -> u8 {
+    match phase {
+        Phase::Try => TRY_SUCCEEDED,
+        Phase::Confirm => CONFIRM_SUCCEEDED,
+        Phase::Cancel => CANCEL_SUCCEEDED,
+    }
+}
+
+impl<S: TccService> From<S> for Service {
+    fn from(service: S) -> Self {
+        let name: Arc<str> = service.service_name().into();
+        let settings = Settings {
+            max_retries: service.max_retries(),
+            ..Settings::default()
+        };
+        Service::from_phases(name, TypedPhases(service), settings)
+    }
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name())
+            .field("tried", &self.tried())
+            .field("try_succeeded", &self.try_succeeded())
+            .field("confirmed", &self.confirmed())
+            .field("confirm_succeeded", &self.confirm_succeeded())
+            .field("canceled", &self.canceled())
+            .field("cancel_succeeded", &self.cancel_succeeded())
+            .field("max_retries", &self.settings.max_retries)
+            .field("try_timeout", &self.settings.try_timeout)
+            .finish()
+    }
+}
