@@ -1,0 +1,152 @@
+//! What an error says: every failure kept, the worst phase and the first
+//! service of it, and a message that tells what state is left.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Step, healthy, scripted};
+use tcc::{ErrorKind, Orchestrator, Phase, RetryPolicy};
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_cancel_keeps_the_try_failure_that_caused_it() {
+    let (flight, _) = scripted("flight", Step::Ok, Step::Ok, Step::Fail);
+    let (hotel, _) = scripted("hotel", Step::Fail, Step::Ok, Step::Ok);
+    let error = Orchestrator::new([flight, hotel])
+        .max_retries(2)
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::CancelFailed);
+    assert_eq!(
+        (error.phase(), error.service_name()),
+        (Phase::Cancel, "flight")
+    );
+    let failures: Vec<_> = error
+        .failures()
+        .iter()
+        .map(|f| {
+            (
+                f.service_name(),
+                f.phase(),
+                f.attempts(),
+                f.cause().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failures,
+        [
+            ("hotel", Phase::Try, 1, "transient failure".to_owned()),
+            ("flight", Phase::Cancel, 3, "transient failure".to_owned()),
+        ]
+    );
+    assert_eq!(
+        error.to_string(),
+        "cancel failed in `flight` after 3 attempts: transient failure; 1 service could not be \
+         released and needs manual repair (cancelled because try failed in `hotel`: transient failure)"
+    );
+    assert!(error.needs_repair());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_named_service_is_the_first_given_not_the_first_to_fail() {
+    // `late` fails long after `early`, but was given first.
+    let (late, _) = scripted(
+        "late",
+        Step::SleepThenFail(Duration::from_secs(5)),
+        Step::Ok,
+        Step::Ok,
+    );
+    let (early, _) = scripted("early", Step::Fail, Step::Ok, Step::Ok);
+    let (fine, _) = healthy("fine");
+    let error = Orchestrator::new([fine, late, early])
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(error.service_name(), "late");
+    let names: Vec<_> = error.failures().iter().map(|f| f.service_name()).collect();
+    assert_eq!(names, ["late", "early"]);
+    assert_eq!(
+        error.to_string(),
+        "try failed in `late` (and 1 other service): failure after a while; \
+         all 3 started services were cancelled"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_try_failure_message_names_the_service_the_cause_and_the_state() {
+    let (flight, _) = healthy("flight");
+    let ok = || async { Ok::<(), String>(()) };
+    let hotel = tcc::Service::new("hotel", || async { Err("no room".to_owned()) }, ok, ok);
+    let error = Orchestrator::new([flight, hotel])
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "try failed in `hotel`: no room; all 2 started services were cancelled"
+    );
+    let failure = &error.failures()[0];
+    assert_eq!(failure.to_string(), "try of `hotel` failed after 1 attempt");
+    let source = std::error::Error::source(failure).unwrap();
+    assert_eq!(source.to_string(), "no room");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirm_failure_message_says_repair_is_needed() {
+    let (ledger, _) = scripted("ledger", Step::Ok, Step::Fail, Step::Ok);
+    let (mailer, _) = healthy("mailer");
+    let error = Orchestrator::new([ledger, mailer])
+        .retry(RetryPolicy::immediate(1))
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "confirm failed in `ledger` after 2 attempts: transient failure; 1 of 2 services not \
+         confirmed: the transaction is partly applied and needs manual repair"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_says_how_many_started_services_were_cancelled() {
+    let mut services = vec![scripted("first", Step::Fail, Step::Ok, Step::Ok).0];
+    services.extend((0..3).map(|i| healthy(&format!("s{i}")).0));
+    let error = Orchestrator::new(services.clone())
+        .fail_fast(true)
+        .orchestrate()
+        .await
+        .unwrap_err();
+    let started = services.iter().filter(|s| s.tried()).count();
+    let expected = if started == 1 {
+        "try failed in `first`: transient failure; 1 started service was cancelled".to_owned()
+    } else if started == services.len() {
+        format!(
+            "try failed in `first`: transient failure; all {started} started services were cancelled"
+        )
+    } else {
+        format!(
+            "try failed in `first`: transient failure; {started} started services were cancelled"
+        )
+    };
+    assert_eq!(error.to_string(), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_and_reports_are_send_sync_and_usable_with_question_mark() {
+    fn assert_send_sync<T: Send + Sync + 'static>(_: &T) {}
+    async fn book() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let (hotel, _) = scripted("hotel", Step::Fail, Step::Ok, Step::Ok);
+        Orchestrator::new([hotel]).orchestrate().await?;
+        Ok(())
+    }
+    let error = book().await.unwrap_err();
+    let error = error.downcast::<tcc::Error>().unwrap();
+    assert_send_sync(&*error);
+    assert_eq!(error.kind(), ErrorKind::TryFailed);
+    assert_eq!(
+        std::mem::size_of::<tcc::Error>(),
+        std::mem::size_of::<usize>()
+    );
+}

@@ -1,0 +1,138 @@
+//! The `Service` handle: its own flag per getter, direct phase calls,
+//! conversion from hand-written `TccService` types and the context.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::{Step, scripted};
+use tcc::{BoxError, Context, Orchestrator, Panicked, Phase, Service, TccService};
+
+#[tokio::test(start_paused = true)]
+async fn each_getter_reports_its_own_flag() {
+    // Confirmed, ConfirmSucceeded, Canceled and CancelSucceeded all returned
+    // the "tried" flag in the Go library.
+    let (flight, _) = scripted("flight", Step::Ok, Step::Ok, Step::Fail);
+    let (hotel, _) = scripted("hotel", Step::Fail, Step::Ok, Step::Ok);
+    Orchestrator::new([flight.clone(), hotel.clone()])
+        .max_retries(0)
+        .orchestrate()
+        .await
+        .unwrap_err();
+    let flags = |s: &Service| {
+        [
+            s.tried(),
+            s.try_succeeded(),
+            s.confirmed(),
+            s.confirm_succeeded(),
+            s.canceled(),
+            s.cancel_succeeded(),
+        ]
+    };
+    assert_eq!(flags(&flight), [true, true, false, false, true, false]);
+    assert_eq!(flags(&hotel), [true, false, false, false, true, true]);
+
+    let (shop, _) = scripted("shop", Step::Ok, Step::Ok, Step::Ok);
+    Orchestrator::new([shop.clone()])
+        .orchestrate()
+        .await
+        .unwrap();
+    assert_eq!(flags(&shop), [true, true, true, true, false, false]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn phases_run_directly_once_and_set_their_flags() {
+    let (service, probe) = scripted("ledger", Step::Ok, Step::Fail, Step::Panic);
+    service.try_phase().await.unwrap();
+    assert!(service.tried() && service.try_succeeded());
+
+    let failure = service.confirm().await.unwrap_err();
+    assert_eq!(
+        (failure.phase(), failure.attempts(), failure.service_name()),
+        (Phase::Confirm, 1, "ledger")
+    );
+    assert!(service.confirmed() && !service.confirm_succeeded());
+    assert_eq!(
+        probe.calls(Phase::Confirm),
+        1,
+        "no retries when called directly"
+    );
+
+    let failure = service.cancel().await.unwrap_err();
+    assert!(failure.cause().is::<Panicked>());
+    assert!(service.canceled() && !service.cancel_succeeded());
+
+    let contexts = probe.contexts.lock().unwrap();
+    assert!(
+        contexts
+            .iter()
+            .all(|c| c.attempt() == 1 && c.service_name() == "ledger")
+    );
+    assert_ne!(contexts[0].transaction_id(), contexts[1].transaction_id());
+}
+
+/// A participant written by hand, counting its calls.
+#[derive(Default)]
+struct Counter {
+    calls: AtomicU32,
+}
+
+impl TccService for Counter {
+    fn service_name(&self) -> &str {
+        "counter"
+    }
+    async fn try_phase(&self) -> Result<(), BoxError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn confirm(&self) -> Result<(), BoxError> {
+        let context = Context::current().unwrap();
+        assert_eq!(
+            (context.phase(), context.service_name()),
+            (Phase::Confirm, "counter")
+        );
+        self.calls.fetch_add(10, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn cancel(&self) -> Result<(), BoxError> {
+        self.calls.fetch_add(100, Ordering::SeqCst);
+        Ok(())
+    }
+    fn max_retries(&self) -> Option<u32> {
+        Some(2)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tcc_service_converts_by_value_and_from_an_arc() {
+    let counter = Arc::new(Counter::default());
+    let service = Service::from(counter.clone());
+    assert_eq!(service.name(), "counter");
+    Orchestrator::new([service]).orchestrate().await.unwrap();
+    assert_eq!(counter.calls.load(Ordering::SeqCst), 11);
+
+    let owned: Service = Counter::default().into();
+    assert!(format!("{owned:?}").contains("max_retries: Some(2)"));
+}
+
+#[test]
+fn no_context_outside_a_phase() {
+    assert!(Context::current().is_none());
+}
+
+#[test]
+fn transaction_ids_are_unique_and_round_trip() {
+    let ids: std::collections::HashSet<_> =
+        (0..1000).map(|_| tcc::TransactionId::generate()).collect();
+    assert_eq!(ids.len(), 1000);
+    for id in ids.iter().take(10) {
+        assert_eq!(id.to_string().parse::<tcc::TransactionId>().unwrap(), *id);
+    }
+    assert!("not-an-id".parse::<tcc::TransactionId>().is_err());
+    assert!(
+        "+0000000000000000000000000000000"
+            .parse::<tcc::TransactionId>()
+            .is_err()
+    );
+}
