@@ -115,6 +115,10 @@ pub use report::{PhaseRecord, Report, ServiceReport};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
 pub use service::{Service, TccService};
 
+/// The macros: `#[tcc_service]` (with its phase attributes `#[try_phase]`,
+/// `#[confirm]` and `#[cancel]`) and `tcc!`.
+pub use tcc_macros::{cancel, confirm, tcc_service, try_phase};
+
 /// What the macros expand to. Not public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
@@ -159,3 +163,8 @@ pub mod __private {
         crate::service::erase(future)
     }
 }
+
+/// The README's example runs as a doc test, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
