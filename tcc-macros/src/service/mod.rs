@@ -1,0 +1,54 @@
+//! `#[tcc_service]`: implements the runtime's service trait for an inherent
+//! impl block whose methods carry `#[try_phase]`, `#[confirm]` and `#[cancel]`.
+
+mod expand;
+mod parse;
+mod validate;
+
+use proc_macro2::TokenStream;
+use quote::ToTokens;
+
+use crate::context::Errors;
+
+/// The whole macro: parse, validate, then expand. On any error the impl block
+/// is still emitted, phase attributes stripped, so the user sees only the
+/// errors that matter and none of rustc's follow-on ones.
+pub(crate) fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = parse::args(args, &mut errors);
+    let item = match syn::parse2::<syn::Item>(input.clone()) {
+        Ok(item) => item,
+        Err(error) => return with_error(input, error),
+    };
+    let service = match parse::item(item, &mut errors) {
+        Ok(service) => service,
+        Err(item) => return with_errors(item, errors),
+    };
+    validate::service(&service, &mut errors);
+    match errors.finish() {
+        Ok(()) => expand::service(&service, &args),
+        Err(error) => with_error(service.item.into_token_stream(), error),
+    }
+}
+
+fn with_errors(item: impl ToTokens, errors: Errors) -> TokenStream {
+    match errors.finish() {
+        Ok(()) => item.into_token_stream(),
+        Err(error) => with_error(item.into_token_stream(), error),
+    }
+}
+
+fn with_error(mut tokens: TokenStream, error: syn::Error) -> TokenStream {
+    tokens.extend(error.into_compile_error());
+    tokens
+}
+
+/// A phase attribute that no `#[tcc_service]` took off: it is on an item
+/// outside such an impl block. The item is emitted as it is, with the error.
+pub(crate) fn misplaced(phase: &str, input: TokenStream) -> TokenStream {
+    let error = syn::Error::new(
+        proc_macro2::Span::call_site(),
+        format_args!("#[{phase}] must be on a method of an impl block marked #[tcc_service]"),
+    );
+    with_error(input, error)
+}
