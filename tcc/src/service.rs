@@ -221,8 +221,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Builds a service from its name and its Try, Confirm and Cancel
-    /// functions. Each function is called once per attempt and returns a
+    /// Builds a service from its name (a `&str`, `String` or `Arc<str>`) and
+    /// its Try, Confirm and Cancel functions. Each function is called once per attempt and returns a
     /// future yielding `Result<(), E>`, where `E` is any error type that
     /// converts into [`BoxError`] (every `std::error::Error + Send + Sync`,
     /// `String`, `&str`, [`Permanent`](crate::Permanent) ...).
@@ -231,7 +231,7 @@ impl Service {
     /// handle (an `Arc`, a connection pool) into each closure and clone it
     /// into the future.
     pub fn new<T, C, X, TF, CF, XF, TE, CE, XE>(
-        name: impl Into<String>,
+        name: impl Into<Arc<str>>,
         try_fn: T,
         confirm_fn: C,
         cancel_fn: X,
@@ -252,7 +252,7 @@ impl Service {
             confirm_fn,
             cancel_fn,
         };
-        Self::from_phases(name.into().into(), phases, Settings::default())
+        Self::from_phases(name.into(), phases, Settings::default())
     }
 
     pub(crate) fn from_phases(name: Arc<str>, phases: impl Phases, settings: Settings) -> Self {
