@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod context;
+mod orchestration;
 
 mod service;
 
@@ -14,6 +15,12 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
     service::tcc_service(args.into(), input.into()).into()
+}
+
+/// Runs an orchestration declared inline; see `tcc::tcc!`.
+#[proc_macro]
+pub fn tcc(input: TokenStream) -> TokenStream {
+    orchestration::tcc(input.into()).into()
 }
 
 /// Marks the Try method of a `#[tcc_service]` impl block; see

@@ -117,7 +117,7 @@ pub use service::{Service, TccService};
 
 /// The macros: `#[tcc_service]` (with its phase attributes `#[try_phase]`,
 /// `#[confirm]` and `#[cancel]`) and `tcc!`.
-pub use tcc_macros::{cancel, confirm, tcc_service, try_phase};
+pub use tcc_macros::{cancel, confirm, tcc, tcc_service, try_phase};
 
 /// What the macros expand to. Not public API: it may change in any release.
 #[doc(hidden)]

@@ -113,7 +113,7 @@ pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
 
 /// The impl block with its phase methods, or, for any other item, an error
 /// and the item with every phase attribute stripped.
-pub(crate) fn item(item: Item, errors: &mut Errors) -> Result<ServiceImpl, Item> {
+pub(crate) fn item(item: Item, errors: &mut Errors) -> Result<ServiceImpl, Box<Item>> {
     let mut item = match item {
         Item::Impl(item) => item,
         other => {
@@ -121,7 +121,7 @@ pub(crate) fn item(item: Item, errors: &mut Errors) -> Result<ServiceImpl, Item>
                 item_head(&other),
                 "#[tcc_service] must be on an inherent impl block, such as `impl MyService { ... }`",
             );
-            return Err(other);
+            return Err(Box::new(other));
         }
     };
     let phases = take_phases(&mut item, errors);
@@ -130,7 +130,7 @@ pub(crate) fn item(item: Item, errors: &mut Errors) -> Result<ServiceImpl, Item>
             quote!(#bang #trait_ #for_),
             "#[tcc_service] must be on an inherent impl block, not on a trait impl",
         );
-        return Err(Item::Impl(item));
+        return Err(Box::new(Item::Impl(item)));
     }
     Ok(ServiceImpl { item, phases })
 }

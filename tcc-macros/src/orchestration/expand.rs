@@ -1,0 +1,71 @@
+//! Builds the orchestrator and returns the future of its run.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::parse::{Inline, Orchestration, Service};
+
+// Input:
+//     tcc! {
+//         max_retries = 3;
+//         flights,
+//         "payment" => { try_phase: t, confirm: c, cancel: x },
+//     }
+//
+// Output:
+//     {
+//         let __tcc_orchestrator = ::tcc::__private::Orchestrator::new([
+//             ::tcc::__private::service(flights),
+//             ::tcc::__private::inline_service("payment", move |__tcc_phase| match __tcc_phase {
+//                 Phase::Try => ::tcc::__private::boxed(t),
+//                 Phase::Confirm => ::tcc::__private::boxed(c),
+//                 Phase::Cancel => ::tcc::__private::boxed(x),
+//             }),
+//         ])
+//         .max_retries(3);
+//         async move { __tcc_orchestrator.orchestrate().await }
+//     }
+pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
+    let services = orchestration.services.iter().map(|service| match service {
+        // Spanned on the value, so "`X` is not a TCC service" points at it.
+        Service::Typed(value) => quote_spanned! {value.span()=>
+            ::tcc::__private::service(#value)
+        },
+        Service::Inline(inline) => inline_service(inline),
+    });
+    let settings = orchestration.settings.iter().map(|setting| {
+        let (key, value) = (&setting.key, &setting.value);
+        let value = quote_spanned!(value.span()=> #value);
+        quote!(.#key(#value))
+    });
+    quote! {
+        {
+            let __tcc_orchestrator = ::tcc::__private::Orchestrator::new([
+                #(#services,)*
+            ])
+            #(#settings)*;
+            async move { __tcc_orchestrator.orchestrate().await }
+        }
+    }
+}
+
+/// One closure for the three phases, so the block's environment is captured
+/// (moved) once per service; each phase expression runs anew per attempt.
+fn inline_service(inline: &Inline) -> TokenStream {
+    let name = &inline.name;
+    let [try_phase, confirm, cancel] = inline.phases.each_ref().map(|expr| {
+        quote_spanned! {expr.span()=>
+            ::tcc::__private::boxed(#expr)
+        }
+    });
+    quote! {
+        ::tcc::__private::inline_service(#name, move |__tcc_phase: ::tcc::__private::Phase| {
+            match __tcc_phase {
+                ::tcc::__private::Phase::Try => #try_phase,
+                ::tcc::__private::Phase::Confirm => #confirm,
+                ::tcc::__private::Phase::Cancel => #cancel,
+            }
+        })
+    }
+}
