@@ -1,0 +1,97 @@
+//! E: heap allocations per orchestration (counted by dhat) and the peak RSS
+//! of one orchestration of 100,000 services.
+//!
+//! `cargo bench --bench memory`
+
+use std::future::{Ready, ready};
+
+use tcc::{Orchestrator, Service};
+
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+type Phase = fn() -> Ready<Result<(), std::io::Error>>;
+const OK: Phase = || ready(Ok(()));
+const FAIL: Phase = || ready(Err(std::io::Error::other("no room")));
+
+fn services(names: &[String], fail: bool) -> Vec<Service> {
+    let last = names.len() - 1;
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            Service::new(
+                name.as_str(),
+                if fail && i == last { FAIL } else { OK },
+                OK,
+                OK,
+            )
+        })
+        .collect()
+}
+
+/// Peak resident set size of this process, from /proc (Linux).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Allocations and bytes that `work` makes, averaged over `runs`.
+fn count<F: FnMut()>(runs: u64, mut work: F) -> (f64, f64) {
+    work(); // warm up: lazily initialised state is not per-run cost
+    let before = dhat::HeapStats::get();
+    for _ in 0..runs {
+        work();
+    }
+    let after = dhat::HeapStats::get();
+    let blocks = (after.total_blocks - before.total_blocks) as f64 / runs as f64;
+    let bytes = (after.total_bytes - before.total_bytes) as f64 / runs as f64;
+    (blocks, bytes)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Peak RSS first, before the profiler keeps its own books.
+    let baseline = peak_rss_kib();
+    let names: Vec<String> = (0..100_000).map(|i| format!("service-{i}")).collect();
+    runtime.block_on(async {
+        Orchestrator::new(services(&names, false))
+            .orchestrate()
+            .await
+            .unwrap();
+    });
+    let peak = peak_rss_kib();
+    drop(names);
+    if let (Some(baseline), Some(peak)) = (baseline, peak) {
+        println!(
+            "peak RSS, one orchestration of 100,000 services: {:.1} MiB (process before it: {:.1} MiB)",
+            peak as f64 / 1024.0,
+            baseline as f64 / 1024.0
+        );
+    }
+
+    let _profiler = dhat::Profiler::builder().testing().build();
+    for n in [1, 10, 100] {
+        let names: Vec<String> = (0..n).map(|i| format!("service-{i}")).collect();
+        let (build_blocks, build_bytes) = count(100, || drop(services(&names, false)));
+        let reused = Orchestrator::new(services(&names, false));
+        let (run_blocks, run_bytes) = count(100, || {
+            runtime.block_on(reused.orchestrate()).unwrap();
+        });
+        let failing = Orchestrator::new(services(&names, true));
+        let (fail_blocks, fail_bytes) = count(100, || {
+            runtime.block_on(failing.orchestrate()).unwrap_err();
+        });
+        println!(
+            "N={n:>3}: orchestrate {run_blocks:.1} allocations / {run_bytes:.0} bytes \
+             ({:.2} per service); building the services {build_blocks:.1} / {build_bytes:.0} bytes; \
+             try fails {fail_blocks:.1} / {fail_bytes:.0} bytes",
+            run_blocks / n as f64
+        );
+    }
+}
