@@ -28,6 +28,9 @@ const PHASES: [&str; 3] = ["try_phase", "confirm", "cancel"];
 pub(crate) struct Orchestration {
     pub(crate) settings: Vec<Setting>,
     pub(crate) services: Vec<Service>,
+    /// Expressions under an unknown or repeated key: not expanded, but kept
+    /// so that, on error, the user's code is still checked and used.
+    pub(crate) rejected: Vec<Expr>,
 }
 
 /// `key = value;`, the key one of [`SETTINGS`].
@@ -50,6 +53,7 @@ pub(crate) struct Inline {
 }
 
 pub(crate) fn orchestration(input: ParseStream, errors: &mut Errors) -> syn::Result<Orchestration> {
+    let mut rejected = Vec::new();
     let mut settings: Vec<Setting> = Vec::new();
     while is_setting(input) {
         let setting = setting(input, errors)?;
@@ -72,7 +76,7 @@ pub(crate) fn orchestration(input: ParseStream, errors: &mut Errors) -> syn::Res
             continue;
         }
         let (service, needs_comma) = if input.peek(LitStr) && input.peek2(Token![=>]) {
-            let inline = inline(input, errors)?;
+            let inline = inline(input, errors, &mut rejected)?;
             let name = inline.name.value();
             if names.contains(&name) {
                 errors.error_spanned_by(
@@ -104,7 +108,11 @@ pub(crate) fn orchestration(input: ParseStream, errors: &mut Errors) -> syn::Res
             "tcc! has no services; list at least one, such as `tcc! { flight, hotel }`",
         ));
     }
-    Ok(Orchestration { settings, services })
+    Ok(Orchestration {
+        settings,
+        services,
+        rejected,
+    })
 }
 
 /// `ident =`, but not `ident ==` nor `ident =>`.
@@ -133,7 +141,11 @@ fn setting(input: ParseStream, errors: &mut Errors) -> syn::Result<Setting> {
     Ok(Setting { key, value })
 }
 
-fn inline(input: ParseStream, errors: &mut Errors) -> syn::Result<Inline> {
+fn inline(
+    input: ParseStream,
+    errors: &mut Errors,
+    rejected: &mut Vec<Expr>,
+) -> syn::Result<Inline> {
     let name: LitStr = input.parse()?;
     input.parse::<Token![=>]>()?;
     if name.value().is_empty() {
@@ -142,6 +154,8 @@ fn inline(input: ParseStream, errors: &mut Errors) -> syn::Result<Inline> {
     let body;
     braced!(body in input);
     let mut phases: [Option<(Ident, Expr)>; 3] = Default::default();
+    // A misspelt key already explains why its phase is missing.
+    let mut suggested = Vec::new();
     while !body.is_empty() {
         // `parse_any` so that `try:` reads as a key, to suggest `try_phase`.
         let key = Ident::parse_any(&body)?;
@@ -155,12 +169,16 @@ fn inline(input: ParseStream, errors: &mut Errors) -> syn::Result<Inline> {
             Some(i) => phases[i] = Some((key, value)),
             None => {
                 let message = match nearest(&name_of_key, &PHASES) {
-                    Some(near) => format!("unknown phase `{name_of_key}`; did you mean `{near}`?"),
+                    Some(near) => {
+                        suggested.push(near);
+                        format!("unknown phase `{name_of_key}`; did you mean `{near}`?")
+                    }
                     None => format!(
                         "unknown phase `{name_of_key}`; the phases are `try_phase`, `confirm` and `cancel`"
                     ),
                 };
                 errors.error_spanned_by(&key, message);
+                rejected.push(value);
             }
         }
         if body.is_empty() {
@@ -171,7 +189,7 @@ fn inline(input: ParseStream, errors: &mut Errors) -> syn::Result<Inline> {
     let missing: Vec<String> = PHASES
         .iter()
         .zip(&phases)
-        .filter(|(_, given)| given.is_none())
+        .filter(|(phase, given)| given.is_none() && !suggested.contains(phase))
         .map(|(phase, _)| format!("`{phase}`"))
         .collect();
     if let Some((last, rest)) = missing.split_last() {

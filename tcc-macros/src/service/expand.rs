@@ -35,7 +35,7 @@ pub(crate) fn service(service: &ServiceImpl, args: &Args) -> TokenStream {
     let item = &service.item;
     let self_ty = &item.self_ty;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
-    let predicates = where_clause.map(|w| &w.predicates).into_iter();
+    let predicates = where_clause.into_iter().flat_map(|w| &w.predicates);
     // Spanned on the type, so a type that is not `Send + Sync` is reported there.
     let bound = quote_spanned! {self_ty.span()=>
         #self_ty: ::core::marker::Send + ::core::marker::Sync + 'static
@@ -51,18 +51,15 @@ pub(crate) fn service(service: &ServiceImpl, args: &Args) -> TokenStream {
             .iter()
             .find(|m| m.phase == phase)
             .expect("validated: every phase has a method");
-        let trait_method = syn::Ident::new(phase.attribute(), method.attr.span());
         let user_method = &method.method.sig.ident;
+        let trait_method = syn::Ident::new(phase.attribute(), user_method.span());
         // Spanned on the user's method, so a wrong error type or a future that
-        // is not `Send` is reported on its name.
-        let call = quote_spanned! {user_method.span()=>
-            ::tcc::__private::erase(Self::#user_method(self))
-        };
-        quote! {
+        // is not `Send` is reported once, on its name.
+        quote_spanned! {user_method.span()=>
             fn #trait_method(&self) -> impl ::tcc::__private::Future<
                 Output = ::tcc::__private::Result<(), ::tcc::__private::BoxError>,
             > + ::core::marker::Send {
-                #call
+                ::tcc::__private::erase(Self::#user_method(self))
             }
         }
     });

@@ -1,0 +1,28 @@
+use tcc::tcc_service;
+
+struct Seats;
+
+#[tcc_service]
+impl Seats {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[try_phase]
+    async fn hold_again(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[confirm]
+    async fn book(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[cancel]
+    async fn release(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[tokio::main]
+async fn main() {
+    let wallet = Arc::new(AtomicU32::new(100));
+    let _ = tcc::tcc! {
+        "payment" => {
+            try_phase: { let w = wallet.clone(); async move { w.fetch_sub(10, Ordering::SeqCst); Ok::<(), String>(()) } },
+            confrim: async { Ok::<(), String>(()) },
+            cancel: async { Ok::<(), String>(()) },
+        },
+    }
+    .await;
+}

@@ -1,0 +1,9 @@
+struct Seats;
+
+#[tokio::main]
+async fn main() {
+    let _ = tcc::tcc! {
+        Seats,
+    }
+    .await;
+}

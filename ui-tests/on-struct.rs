@@ -1,0 +1,6 @@
+use tcc::tcc_service;
+
+#[tcc_service]
+struct Seats;
+
+fn main() {}
