@@ -1,0 +1,368 @@
+//! The macro paths give the runtime's semantics: `#[tcc_service]` types and
+//! `tcc!` blocks succeed, cancel, retry, stop on permanent errors and finish
+//! after their future is dropped, exactly as `Service` and `Orchestrator` do.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tcc::{ErrorKind, Permanent, Phase, tcc, tcc_service};
+
+/// How many times each phase of one service ran.
+#[derive(Default)]
+struct Counts {
+    tries: AtomicU32,
+    confirms: AtomicU32,
+    cancels: AtomicU32,
+}
+
+impl Counts {
+    fn add(&self, phase: Phase) {
+        let counter = match phase {
+            Phase::Try => &self.tries,
+            Phase::Confirm => &self.confirms,
+            Phase::Cancel => &self.cancels,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Tries, confirms and cancels.
+    fn get(&self) -> (u32, u32, u32) {
+        (
+            self.tries.load(Ordering::SeqCst),
+            self.confirms.load(Ordering::SeqCst),
+            self.cancels.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// An inline phase: counts, then succeeds. The future owns its handle, so
+/// it is `'static` as `tcc!` requires.
+fn count(counts: &Arc<Counts>, phase: Phase) -> impl Future<Output = Result<(), String>> + use<> {
+    let counts = counts.clone();
+    async move {
+        counts.add(phase);
+        Ok(())
+    }
+}
+
+/// A typed service whose Try fails when told to and whose Confirm fails its
+/// first `confirm_failures` attempts.
+struct Flight {
+    counts: Arc<Counts>,
+    fail_try: bool,
+    confirm_failures: AtomicU32,
+}
+
+impl Flight {
+    fn new(counts: &Arc<Counts>) -> Self {
+        Flight {
+            counts: counts.clone(),
+            fail_try: false,
+            confirm_failures: AtomicU32::new(0),
+        }
+    }
+}
+
+#[tcc_service(name = "flight", max_retries = 2)]
+impl Flight {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), String> {
+        self.counts.add(Phase::Try);
+        if self.fail_try {
+            return Err("sold out".to_owned());
+        }
+        Ok(())
+    }
+
+    #[confirm]
+    async fn book(&self) -> Result<(), String> {
+        self.counts.add(Phase::Confirm);
+        let failures_left = self.confirm_failures.load(Ordering::SeqCst);
+        if failures_left > 0 {
+            self.confirm_failures
+                .store(failures_left - 1, Ordering::SeqCst);
+            return Err("booking system busy".to_owned());
+        }
+        Ok(())
+    }
+
+    #[cancel]
+    async fn release(&self) -> Result<(), String> {
+        self.counts.add(Phase::Cancel);
+        Ok(())
+    }
+}
+
+/// A typed service with the default name, whose Confirm fails for good.
+struct Ledger {
+    counts: Arc<Counts>,
+}
+
+#[tcc_service]
+impl Ledger {
+    #[try_phase]
+    async fn check(&self) -> Result<(), Permanent> {
+        self.counts.add(Phase::Try);
+        Ok(())
+    }
+
+    #[confirm]
+    async fn post(&self) -> Result<(), Permanent> {
+        self.counts.add(Phase::Confirm);
+        Err(Permanent::new("account closed"))
+    }
+
+    #[cancel]
+    async fn void(&self) -> Result<(), Permanent> {
+        self.counts.add(Phase::Cancel);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_tries_succeed_so_every_service_confirms() {
+    let (flight, payment) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+    // The inline service's closure takes what it names, as `move` does: give
+    // it a handle of its own.
+    let counts = payment.clone();
+    let report = tcc! {
+        Flight::new(&flight),
+        "payment" => {
+            try_phase: count(&counts, Phase::Try),
+            confirm: count(&counts, Phase::Confirm),
+            cancel: count(&counts, Phase::Cancel),
+        },
+    }
+    .await
+    .unwrap();
+
+    assert_eq!(flight.get(), (1, 1, 0));
+    assert_eq!(payment.get(), (1, 1, 0));
+    let names: Vec<&str> = report.services().iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["flight", "payment"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_try_cancels_every_service() {
+    let (flight, payment) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+    // The inline service's closure takes what it names, as `move` does: give
+    // it a handle of its own.
+    let counts = payment.clone();
+    let error = tcc! {
+        Flight { fail_try: true, ..Flight::new(&flight) },
+        "payment" => {
+            try_phase: count(&counts, Phase::Try),
+            confirm: count(&counts, Phase::Confirm),
+            cancel: count(&counts, Phase::Cancel),
+        },
+    }
+    .await
+    .unwrap_err();
+
+    assert_eq!(error.kind(), ErrorKind::TryFailed);
+    assert_eq!(
+        (error.phase(), error.service_name()),
+        (Phase::Try, "flight")
+    );
+    assert_eq!(flight.get(), (1, 0, 1));
+    assert_eq!(payment.get(), (1, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inline_try_failure_cancels_the_typed_services_too() {
+    let flight = Arc::new(Counts::default());
+    let error = tcc! {
+        Flight::new(&flight),
+        "payment" => {
+            try_phase: async { Err::<(), _>("insufficient funds") },
+            confirm: async { Ok::<(), String>(()) },
+            cancel: async { Ok::<(), String>(()) },
+        },
+    }
+    .await
+    .unwrap_err();
+
+    assert_eq!(error.service_name(), "payment");
+    assert_eq!(flight.get(), (1, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_max_retries_argument_limits_confirm_retries() {
+    // max_retries = 2: three attempts, enough for two failures ...
+    let counts = Arc::new(Counts::default());
+    let flight = Flight {
+        confirm_failures: AtomicU32::new(2),
+        ..Flight::new(&counts)
+    };
+    let report = tcc! { flight }.await.unwrap();
+    assert_eq!(
+        report.service("flight").unwrap().attempts(Phase::Confirm),
+        3
+    );
+    assert_eq!(counts.get(), (1, 3, 0));
+
+    // ... but not for three.
+    let counts = Arc::new(Counts::default());
+    let flight = Flight {
+        confirm_failures: AtomicU32::new(3),
+        ..Flight::new(&counts)
+    };
+    let error = tcc! { flight }.await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConfirmFailed);
+    assert_eq!(error.failures()[0].attempts(), 3);
+    assert_eq!(counts.get(), (1, 3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_max_retries_setting_wins_over_the_argument() {
+    let counts = Arc::new(Counts::default());
+    let flight = Flight {
+        confirm_failures: AtomicU32::new(4),
+        ..Flight::new(&counts)
+    };
+    let report = tcc! {
+        max_retries = 5;
+        flight,
+    }
+    .await
+    .unwrap();
+    assert_eq!(
+        report.service("flight").unwrap().attempts(Phase::Confirm),
+        5
+    );
+
+    let counts = Arc::new(Counts::default());
+    let flight = Flight {
+        confirm_failures: AtomicU32::new(1),
+        ..Flight::new(&counts)
+    };
+    let error = tcc! {
+        retry = tcc::RetryPolicy::immediate(0);
+        flight,
+    }
+    .await
+    .unwrap_err();
+    assert_eq!(error.failures()[0].attempts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_stops_the_retries() {
+    let counts = Arc::new(Counts::default());
+    let error = tcc! {
+        max_retries = 10;
+        Ledger { counts: counts.clone() },
+    }
+    .await
+    .unwrap_err();
+
+    assert_eq!(error.kind(), ErrorKind::ConfirmFailed);
+    assert_eq!(error.service_name(), "Ledger");
+    assert_eq!(error.failures()[0].attempts(), 1);
+    assert!(error.failures()[0].is_permanent());
+    assert_eq!(counts.get(), (1, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn inline_phases_are_evaluated_anew_for_every_attempt() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let report = tcc! {
+        max_retries = 3;
+        "payment" => {
+            try_phase: async { Ok::<(), String>(()) },
+            // Each attempt builds a new future, which sees the count so far.
+            confirm: {
+                let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    if attempt < 3 { Err(format!("attempt {attempt} failed")) } else { Ok(()) }
+                }
+            },
+            cancel: async { Ok::<(), String>(()) },
+        },
+    }
+    .await
+    .unwrap();
+    assert_eq!(
+        report.service("payment").unwrap().attempts(Phase::Confirm),
+        3
+    );
+}
+
+/// A Try that sleeps a second before it succeeds or fails.
+fn slow_try(counts: &Arc<Counts>, fails: bool) -> impl Future<Output = Result<(), String>> + use<> {
+    let counts = counts.clone();
+    async move {
+        counts.add(Phase::Try);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if fails {
+            Err("sold out".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_mid_try_still_cancels() {
+    let (flight, hotel) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+    let counts = hotel.clone();
+    let booking = tcc! {
+        Flight::new(&flight),
+        "hotel" => {
+            try_phase: slow_try(&counts, true),
+            confirm: count(&counts, Phase::Confirm),
+            cancel: count(&counts, Phase::Cancel),
+        },
+    };
+    // The caller gives up while the hotel's Try is running.
+    let gave_up = tokio::time::timeout(Duration::from_millis(10), booking).await;
+    assert!(gave_up.is_err());
+    assert_eq!(hotel.get(), (1, 0, 0));
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(flight.get(), (1, 0, 1));
+    assert_eq!(hotel.get(), (1, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_mid_try_still_confirms() {
+    let (flight, hotel) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+    let counts = hotel.clone();
+    let booking = tcc! {
+        Flight::new(&flight),
+        "hotel" => {
+            try_phase: slow_try(&counts, false),
+            confirm: count(&counts, Phase::Confirm),
+            cancel: count(&counts, Phase::Cancel),
+        },
+    };
+    let gave_up = tokio::time::timeout(Duration::from_millis(10), booking).await;
+    assert!(gave_up.is_err());
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(flight.get(), (1, 1, 0));
+    assert_eq!(hotel.get(), (1, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_from_arcs_and_conversions_share_the_value() {
+    let counts = Arc::new(Counts::default());
+    let flight = Arc::new(Flight::new(&counts));
+    tcc! { flight.clone() }.await.unwrap();
+    let service: tcc::Service = flight.into();
+    assert_eq!(service.name(), "flight");
+    tcc::Orchestrator::new([service])
+        .orchestrate()
+        .await
+        .unwrap();
+    assert_eq!(counts.get(), (2, 2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tcc_future_is_send() {
+    let counts = Arc::new(Counts::default());
+    let booking = tcc! { Flight::new(&counts) };
+    tokio::spawn(booking).await.unwrap().unwrap();
+    assert_eq!(counts.get(), (1, 1, 0));
+}
