@@ -392,3 +392,18 @@ async fn many_concurrent_orchestrations_on_a_multi_thread_runtime() {
         }
     }
 }
+
+#[test]
+fn a_runtime_without_a_timer_gives_an_error_not_a_panic() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (service, _) = scripted("ledger", Step::Ok, Step::Fail, Step::Ok);
+    let orchestrator = Orchestrator::new([service.clone()]);
+    let error = runtime.block_on(orchestrator.orchestrate()).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Interrupted);
+    assert!(error.to_string().contains("timers are disabled"), "{error}");
+    // The service was given back.
+    let error = runtime.block_on(orchestrator.orchestrate()).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Interrupted, "not ServiceBusy");
+}

@@ -1,5 +1,6 @@
 //! The transaction id and the task-local context a running phase can read.
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -76,8 +77,11 @@ impl FromStr for TransactionId {
     }
 }
 
-tokio::task_local! {
-    static CONTEXT: Context;
+thread_local! {
+    /// The context of the phase being polled on this thread. A phase's
+    /// future is polled only inside [`Context::enter`], which puts its context
+    /// here for the length of the poll and takes it back after.
+    static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
 }
 
 /// What a running phase can learn about itself: the transaction it belongs
@@ -137,7 +141,10 @@ impl Context {
     /// phase. Work a phase spawns onto other tasks does not inherit it: pass
     /// it along.
     pub fn current() -> Option<Context> {
-        CONTEXT.try_with(Context::clone).ok()
+        CURRENT
+            .try_with(|current| current.borrow().clone())
+            .ok()
+            .flatten()
     }
 
     /// The orchestration's id.
@@ -160,7 +167,18 @@ impl Context {
         self.attempt
     }
 
-    pub(crate) async fn scope<F: Future>(self, future: F) -> F::Output {
-        CONTEXT.scope(self, future).await
+    /// Runs `f` with `context` as the current context. The context moves in
+    /// and back out, so entering costs no clone; an outer context (a phase
+    /// polling another phase directly) is restored after. `f` must not
+    /// unwind: callers catch panics inside it.
+    pub(crate) fn enter<R>(context: &mut Option<Context>, f: impl FnOnce() -> R) -> R {
+        let outer = CURRENT.with(|current| current.replace(context.take()));
+        let result = f();
+        *context = CURRENT.with(|current| current.replace(outer));
+        result
+    }
+
+    pub(crate) fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
     }
 }

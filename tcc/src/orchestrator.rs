@@ -1,18 +1,24 @@
 //! Running a transaction: [`Orchestrator`].
 
 use std::collections::HashSet;
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
-use crate::context::{Context, TransactionId};
-use crate::error::{BoxError, Error, ErrorKind, Failure};
+use crate::context::TransactionId;
+use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::phase::Phase;
 use crate::report::{PhaseRecord, Report, ServiceReport};
 use crate::retry::RetryPolicy;
-use crate::run::{self, Retries};
+use crate::run::{Outcome, PhaseRun, Retries};
 use crate::service::{Service, Settings};
 
 /// Runs a TCC transaction over a set of services.
@@ -64,9 +70,13 @@ use crate::service::{Service, Settings};
 /// assert!(flight.cancel_succeeded() && hotel.cancel_succeeded());
 /// # }
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Orchestrator {
-    services: Vec<Service>,
+    /// Shared with each running transaction, so starting one copies nothing
+    /// per service.
+    services: Arc<[Service]>,
+    /// The first service whose name an earlier one has, found once in `new`.
+    duplicate: Option<usize>,
     settings: Settings,
     fail_fast: bool,
 }
@@ -74,9 +84,14 @@ pub struct Orchestrator {
 impl Orchestrator {
     /// An orchestrator over `services`, with default settings.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
+        let services: Arc<[Service]> = services.into_iter().collect();
+        let mut names = HashSet::with_capacity(services.len());
+        let duplicate = services.iter().position(|s| !names.insert(s.name()));
         Orchestrator {
-            services: services.into_iter().collect(),
-            ..Orchestrator::default()
+            services,
+            duplicate,
+            settings: Settings::DEFAULT,
+            fail_fast: false,
         }
     }
 
@@ -123,9 +138,12 @@ impl Orchestrator {
 
     /// Runs the transaction to its end and reports it.
     ///
-    /// Once this future has been polled, the transaction runs on its own
-    /// tokio task: dropping the future (say, in a web handler whose client
-    /// went away) does not stop it, so no reservation is left behind.
+    /// The transaction runs inside this future while it is polled, with no
+    /// task of its own. If the future is dropped before the end (say, in a
+    /// web handler whose client went away), the transaction moves to a new
+    /// tokio task and still runs to its end, so no reservation is left
+    /// behind. The runtime must have its timer enabled (`#[tokio::main]` and
+    /// `Builder::enable_all` do) for timeouts and retry delays.
     ///
     /// Refused before any phase runs, with an [`Error`] whose
     /// [`kind`](Error::kind) says why: no services, two services with the
@@ -139,22 +157,51 @@ impl Orchestrator {
         let transaction = Transaction::prepare(self)?;
         let id = transaction.id;
         let span = tracing::debug_span!("tcc_transaction", id = %id);
-        match runtime.spawn(transaction.run().instrument(span)).await {
-            Ok(result) => result,
-            Err(join) => Err(Error::refused(
-                ErrorKind::Interrupted,
-                None,
-                format!("transaction {id} was interrupted before it ended: {join}"),
-            )),
-        }
+        let mut running = Detached {
+            future: Some(Box::pin(transaction.run().instrument(span))),
+            runtime,
+        };
+        poll_fn(|cx| {
+            let Some(future) = running.future.as_mut() else {
+                return Poll::Ready(Err(interrupted(id, "polled after its end")));
+            };
+            // Phases' panics are caught where they run; this guards against
+            // the runtime's own (a timer used on a runtime without one).
+            let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+            let result = match polled {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(result)) => result,
+                Err(payload) => Err(interrupted(id, Panicked::from_payload(&*payload).message())),
+            };
+            running.future = None;
+            Poll::Ready(result)
+        })
+        .await
     }
 }
 
-/// One service of a running transaction, with its settings resolved.
-struct Entry {
-    service: Service,
-    retries: Retries,
-    try_timeout: Option<Duration>,
+fn interrupted(id: TransactionId, why: &str) -> Error {
+    Error::refused(
+        ErrorKind::Interrupted,
+        None,
+        format!("transaction {id} was interrupted before it ended: {why}"),
+    )
+}
+
+/// A running transaction that moves to a task of its own when the future
+/// polling it is dropped before its end.
+struct Detached {
+    future: Option<BoxFuture<'static, Result<Report, Error>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            tracing::debug!("caller went away; the transaction goes on in its own task");
+            drop(self.runtime.spawn(future));
+        }
+    }
 }
 
 /// A transaction that holds its services (each claimed, so no other
@@ -164,7 +211,10 @@ struct Entry {
 /// durable log will write to.
 struct Transaction {
     id: TransactionId,
-    entries: Vec<Entry>,
+    services: Arc<[Service]>,
+    /// How many of `services`, from the first, this transaction claimed.
+    claimed: usize,
+    settings: Settings,
     fail_fast: bool,
     reports: Vec<ServiceReport>,
     failures: Vec<(usize, Failure)>,
@@ -182,8 +232,7 @@ impl Transaction {
                 detail.to_owned(),
             ));
         }
-        let mut names = HashSet::with_capacity(services.len());
-        if let Some(twice) = services.iter().find(|s| !names.insert(s.name())) {
+        if let Some(twice) = orchestrator.duplicate.map(|index| &services[index]) {
             return Err(Error::refused(
                 ErrorKind::DuplicateService,
                 Some(twice.shared.name.clone()),
@@ -194,7 +243,7 @@ impl Transaction {
             ));
         }
         let policies = std::iter::once(&orchestrator.settings)
-            .chain(services.iter().map(|s| &s.settings))
+            .chain(services.iter().map(Service::settings))
             .filter_map(|settings| settings.retry.as_ref());
         for policy in policies {
             if let Err(invalid) = policy.validate() {
@@ -205,150 +254,142 @@ impl Transaction {
                 ));
             }
         }
-        let entries = services
-            .iter()
-            .map(|service| resolve(&orchestrator.settings, service))
-            .collect();
-        let transaction = Transaction {
+        let mut transaction = Transaction {
             id: TransactionId::generate(),
-            entries: Vec::with_capacity(services.len()),
+            services: services.clone(),
+            claimed: 0,
+            settings: orchestrator.settings,
             fail_fast: orchestrator.fail_fast,
             reports: Vec::new(),
             failures: Vec::new(),
         };
-        transaction.claim(entries)
-    }
-
-    /// Claims every service, or none: on a conflict the services already
-    /// claimed are given back as `transaction` drops.
-    fn claim(mut self, entries: Vec<Entry>) -> Result<Self, Error> {
-        for entry in entries {
-            if !entry.service.acquire() {
+        // Claims every service, or none: on a conflict, the services already
+        // claimed are given back as `transaction` drops.
+        for service in services.iter() {
+            if !service.acquire() {
                 return Err(Error::refused(
                     ErrorKind::ServiceBusy,
-                    Some(entry.service.shared.name.clone()),
+                    Some(service.shared.name.clone()),
                     format!(
                         "orchestration refused: service `{}` is already part of a running orchestration",
-                        entry.service.name()
+                        service.name()
                     ),
                 ));
             }
-            self.entries.push(entry);
+            transaction.claimed += 1;
         }
-        self.reports = self
-            .entries
+        transaction.reports = services
             .iter()
-            .map(|e| ServiceReport::new(e.service.shared.name.clone()))
+            .map(|s| ServiceReport::new(s.shared.name.clone()))
             .collect();
-        Ok(self)
+        Ok(transaction)
     }
 
     async fn run(mut self) -> Result<Report, Error> {
-        let all_tried = self.try_round().await;
-        if all_tried {
+        if self.round(Phase::Try).await {
             tracing::debug!("every try succeeded; confirming");
-            self.settle(Phase::Confirm).await;
+            self.round(Phase::Confirm).await;
         } else {
             tracing::debug!("a try failed; cancelling every started service");
-            self.settle(Phase::Cancel).await;
+            self.round(Phase::Cancel).await;
         }
         self.finish()
     }
 
-    /// Runs every Try at once. True when all succeeded.
-    async fn try_round(&mut self) -> bool {
-        let id = self.id;
-        let mut round: FuturesUnordered<_> = self
-            .entries
+    /// Runs `phase` at once on every service it applies to (Try and Confirm:
+    /// all; Cancel: those whose Try started). True when all succeeded.
+    ///
+    /// Each run is polled as soon as it is created: one that completes at
+    /// once is recorded there and then, and only one still pending joins the
+    /// pending set. With fail-fast, the first failed Try ends the round: runs
+    /// still pending are dropped and runs not created never start.
+    async fn round(&mut self, phase: Phase) -> bool {
+        let Transaction {
+            id,
+            services,
+            settings,
+            fail_fast,
+            reports,
+            failures,
+            ..
+        } = self;
+        let stop_on_failure = phase == Phase::Try && *fail_fast;
+        let mut starting = services
             .iter()
             .enumerate()
-            .map(|(index, entry)| async move {
-                entry.service.mark_started(Phase::Try);
-                let context = Context::new(id, entry.service.shared.name.clone(), Phase::Try, 1);
-                (
-                    index,
-                    run::attempt(&entry.service, context, entry.try_timeout).await,
-                )
-            })
-            .collect();
+            .filter(|(_, service)| phase != Phase::Cancel || service.tried())
+            .map(|(index, service)| {
+                let (retries, timeout) = resolve(settings, service, phase);
+                PhaseRun::new(index, service, *id, phase, retries, timeout)
+            });
+        // Created on the first run that does not finish at once.
+        let mut pending: Option<FuturesUnordered<PhaseRun<'_>>> = None;
         let mut all_succeeded = true;
-        while let Some((index, result)) = round.next().await {
-            all_succeeded &= result.is_ok();
-            let failed = result.is_err();
-            Self::record(
-                &mut self.reports,
-                &mut self.failures,
-                &self.entries,
-                index,
-                Phase::Try,
-                1,
-                result,
-            );
-            if failed && self.fail_fast {
-                break;
+        let mut record = |outcome: Outcome| {
+            all_succeeded &= outcome.result.is_ok();
+            let stop = stop_on_failure && outcome.result.is_err();
+            Self::record(services, reports, failures, phase, outcome);
+            stop
+        };
+        poll_fn(|cx| {
+            for mut run in starting.by_ref() {
+                match Pin::new(&mut run).poll(cx) {
+                    Poll::Ready(outcome) => {
+                        if record(outcome) {
+                            return Poll::Ready(());
+                        }
+                    }
+                    Poll::Pending => pending.get_or_insert_with(FuturesUnordered::new).push(run),
+                }
             }
-        }
-        drop(round);
-        // With fail_fast, Tries still running were dropped above: they
-        // started, so they are cancelled like the rest, and reported as
-        // started but not succeeded.
-        for (entry, report) in self.entries.iter().zip(&mut self.reports) {
-            if entry.service.tried() && report.attempts(Phase::Try) == 0 {
-                all_succeeded = false;
-                *report.record_mut(Phase::Try) = PhaseRecord {
-                    attempts: 1,
-                    succeeded: false,
-                };
+            let Some(pending) = pending.as_mut() else {
+                return Poll::Ready(());
+            };
+            while let Some(outcome) = ready!(pending.poll_next_unpin(cx)) {
+                if record(outcome) {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
+        drop(pending);
+        if phase == Phase::Try {
+            // With fail-fast, Tries still running were dropped above: they
+            // started, so they will be cancelled like the rest, and are
+            // reported as started but not succeeded.
+            for (service, report) in services.iter().zip(reports.iter_mut()) {
+                if service.tried() && report.attempts(Phase::Try) == 0 {
+                    all_succeeded = false;
+                    *report.record_mut(Phase::Try) = PhaseRecord {
+                        attempts: 1,
+                        succeeded: false,
+                    };
+                }
             }
         }
         all_succeeded
     }
 
-    /// Runs `phase` at once on every service it applies to (Confirm: all;
-    /// Cancel: those whose Try started), each with its own retry loop.
-    async fn settle(&mut self, phase: Phase) {
-        let id = self.id;
-        let mut round: FuturesUnordered<_> = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, entry)| phase == Phase::Confirm || entry.service.tried())
-            .map(|(index, entry)| async move {
-                let (attempts, result) =
-                    run::with_retries(&entry.service, id, phase, entry.retries).await;
-                (index, attempts, result)
-            })
-            .collect();
-        while let Some((index, attempts, result)) = round.next().await {
-            Self::record(
-                &mut self.reports,
-                &mut self.failures,
-                &self.entries,
-                index,
-                phase,
-                attempts,
-                result,
-            );
-        }
-    }
-
-    /// Records how `phase` of service `index` ended.
+    /// Records how a phase of one service ended.
     fn record(
+        services: &[Service],
         reports: &mut [ServiceReport],
         failures: &mut Vec<(usize, Failure)>,
-        entries: &[Entry],
-        index: usize,
         phase: Phase,
-        attempts: u32,
-        result: Result<(), BoxError>,
+        outcome: Outcome,
     ) {
-        let service = &entries[index].service;
-        service.record(phase, result.is_ok());
+        let Outcome {
+            index,
+            attempts,
+            result,
+        } = outcome;
         *reports[index].record_mut(phase) = PhaseRecord {
             attempts,
             succeeded: result.is_ok(),
         };
         if let Err(cause) = result {
+            let service = &services[index];
             tracing::warn!(service = service.name(), %phase, attempts, error = %cause, "phase failed");
             failures.push((
                 index,
@@ -358,11 +399,7 @@ impl Transaction {
     }
 
     fn finish(mut self) -> Result<Report, Error> {
-        // Taken out so that `Drop` does not release them a second time, when
-        // another orchestration may already have claimed them.
-        for entry in std::mem::take(&mut self.entries) {
-            entry.service.release();
-        }
+        self.release();
         let report = Report::new(self.id, std::mem::take(&mut self.reports));
         if self.failures.is_empty() {
             return Ok(report);
@@ -375,30 +412,40 @@ impl Transaction {
         }
         Err(error)
     }
+
+    /// Gives back the services this transaction claimed, once.
+    fn release(&mut self) {
+        for service in &self.services[..self.claimed] {
+            service.release();
+        }
+        // Another orchestration may claim them from now on: never again.
+        self.claimed = 0;
+    }
 }
 
 impl Drop for Transaction {
     /// Gives the services back if the transaction is dropped before its end
     /// (a refusal, or a runtime shutting down).
     fn drop(&mut self) {
-        for entry in &self.entries {
-            entry.service.release();
-        }
+        self.release();
     }
 }
 
-/// A service's effective settings: the orchestrator's where it sets them, the
-/// service's own otherwise, then the defaults.
-fn resolve(orchestrator: &Settings, service: &Service) -> Entry {
-    let own = &service.settings;
+/// How a service runs `phase`: the orchestrator's settings where it sets
+/// them, the service's own otherwise, then the defaults.
+fn resolve(
+    orchestrator: &Settings,
+    service: &Service,
+    phase: Phase,
+) -> (Retries, Option<Duration>) {
+    let own = service.settings();
+    if phase == Phase::Try {
+        return (Retries::NONE, orchestrator.try_timeout.or(own.try_timeout));
+    }
     let policy = orchestrator.retry.or(own.retry).unwrap_or_default();
     let limit = orchestrator
         .max_retries
         .or(own.max_retries)
         .unwrap_or(policy.max_retries);
-    Entry {
-        service: service.clone(),
-        retries: Retries { policy, limit },
-        try_timeout: orchestrator.try_timeout.or(own.try_timeout),
-    }
+    (Retries { policy, limit }, None)
 }

@@ -61,7 +61,7 @@ pub enum InvalidRetryPolicy {
 
 impl RetryPolicy {
     /// A policy that retries `n` times with no delay: handy in tests.
-    pub fn immediate(n: u32) -> Self {
+    pub const fn immediate(n: u32) -> Self {
         RetryPolicy {
             max_retries: n,
             initial_interval: Duration::ZERO,

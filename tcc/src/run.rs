@@ -1,10 +1,21 @@
-//! Running one service's phase: a single attempt (panics caught, Try timed
-//! out, context set) and the retry loop of Confirm and Cancel.
+//! Running one phase of one service: [`PhaseRun`], a future that makes every
+//! attempt (panics caught, context set, Try timed out) and, for Confirm and
+//! Cancel, waits and retries.
+//!
+//! It is written by hand rather than as an `async fn` so that it is `Unpin`:
+//! an orchestration polls it the moment it creates it, and only a run that is
+//! still pending then is moved into the set of pending runs. Phases that
+//! finish at once cost one allocation, their own boxed future.
 
-use std::panic::AssertUnwindSafe;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::time::Sleep;
 
 use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Panicked, Permanent, TryTimedOut};
@@ -12,72 +23,182 @@ use crate::phase::Phase;
 use crate::retry::{RetryPolicy, mix, name_hash};
 use crate::service::Service;
 
-/// Runs one attempt of `context.phase()` on `service`. A panic, in the phase
-/// function or in its future, becomes a [`Panicked`] error; a future still
-/// running after `timeout` is dropped and becomes a [`TryTimedOut`] error.
-pub(crate) async fn attempt(
-    service: &Service,
-    context: Context,
-    timeout: Option<Duration>,
-) -> Result<(), BoxError> {
-    let phase = context.phase();
-    // The phase function is called inside the guarded future, so a panic
-    // while building the future is caught too.
-    let guarded = AssertUnwindSafe(async { service.shared.phases.run(phase).await }).catch_unwind();
-    let scoped = context.scope(guarded);
-    let outcome = match timeout {
-        Some(limit) => match tokio::time::timeout(limit, scoped).await {
-            Ok(outcome) => outcome,
-            Err(_) => return Err(Box::new(TryTimedOut(limit))),
-        },
-        None => scoped.await,
-    };
-    outcome.unwrap_or_else(|payload| Err(Box::new(Panicked::from_payload(&*payload))))
-}
-
-/// How one service's Confirm or Cancel is retried in one orchestration.
+/// How one service's phase is retried in one orchestration; Try has a limit
+/// of 0.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Retries {
     pub(crate) policy: RetryPolicy,
     pub(crate) limit: u32,
 }
 
-/// Runs `phase` until it succeeds, fails permanently or uses up its retries.
-/// Returns the number of attempts and the last attempt's result.
-pub(crate) async fn with_retries(
-    service: &Service,
-    transaction_id: TransactionId,
+impl Retries {
+    pub(crate) const NONE: Retries = Retries {
+        policy: RetryPolicy::immediate(0),
+        limit: 0,
+    };
+}
+
+/// How a phase of one service ended: its index in the orchestration, the
+/// attempts made, and the last attempt's result.
+pub(crate) struct Outcome {
+    pub(crate) index: usize,
+    pub(crate) attempts: u32,
+    pub(crate) result: Result<(), BoxError>,
+}
+
+/// One phase of one service, from its first attempt to its last.
+pub(crate) struct PhaseRun<'a> {
+    index: usize,
+    service: &'a Service,
     phase: Phase,
     retries: Retries,
-) -> (u32, Result<(), BoxError>) {
-    let id = transaction_id.as_u128();
-    let seed = mix((id as u64) ^ ((id >> 64) as u64)) ^ name_hash(service.name());
-    let mut attempts = 1;
-    loop {
-        service.mark_started(phase);
-        let context = Context::new(transaction_id, service.shared.name.clone(), phase, attempts);
-        let result = attempt(service, context, None).await;
-        let error = match result {
-            Ok(()) => {
-                service.record(phase, true);
-                return (attempts, Ok(()));
-            }
-            Err(error) => error,
-        };
-        if attempts > retries.limit || Permanent::is_in(&*error) {
-            service.record(phase, false);
-            return (attempts, Err(error));
+    timeout: Option<Duration>,
+    attempts: u32,
+    /// Moved into the thread's current context while the phase is polled.
+    context: Option<Context>,
+    state: State<'a>,
+}
+
+enum State<'a> {
+    /// The next poll starts the next attempt.
+    Start,
+    /// An attempt is running. Its future is built on its first poll, inside
+    /// the context and the panic guard.
+    Running {
+        future: Option<BoxFuture<'a, Result<(), BoxError>>>,
+        deadline: Option<Pin<Box<Sleep>>>,
+    },
+    /// Waiting before a retry.
+    Backoff(Pin<Box<Sleep>>),
+}
+
+impl<'a> PhaseRun<'a> {
+    pub(crate) fn new(
+        index: usize,
+        service: &'a Service,
+        transaction_id: TransactionId,
+        phase: Phase,
+        retries: Retries,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let name: Arc<str> = service.shared.name.clone();
+        PhaseRun {
+            index,
+            service,
+            phase,
+            retries,
+            timeout,
+            attempts: 0,
+            context: Some(Context::new(transaction_id, name, phase, 1)),
+            state: State::Start,
         }
-        let delay = retries.policy.delay(attempts, seed);
-        tracing::warn!(
-            service = service.name(),
-            %phase,
-            attempt = attempts,
-            error = %error,
-            retry_in = ?delay,
-            "phase failed; retrying"
-        );
-        tokio::time::sleep(delay).await;
-        attempts = attempts.saturating_add(1);
+    }
+
+    /// Polls the running attempt's future, building it first if needed, with
+    /// the context set and panics caught.
+    fn poll_attempt(
+        &mut self,
+        future: &mut Option<BoxFuture<'a, Result<(), BoxError>>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        let (service, phase) = (self.service, self.phase);
+        let polled = Context::enter(&mut self.context, || {
+            catch_unwind(AssertUnwindSafe(|| {
+                future
+                    .get_or_insert_with(|| service.shared.phases.run(phase))
+                    .as_mut()
+                    .poll(cx)
+            }))
+        });
+        match polled {
+            Ok(poll) => poll,
+            Err(payload) => Poll::Ready(Err(Box::new(Panicked::from_payload(&*payload)))),
+        }
+    }
+
+    /// The jitter seed: the same for a given transaction and service.
+    fn seed(&self) -> u64 {
+        let id = self
+            .context
+            .as_ref()
+            .map_or(0, |c| c.transaction_id().as_u128());
+        mix((id as u64) ^ ((id >> 64) as u64)) ^ name_hash(self.service.name())
+    }
+
+    fn finish(&mut self, result: Result<(), BoxError>) -> Poll<Outcome> {
+        self.service.record(self.phase, result.is_ok());
+        Poll::Ready(Outcome {
+            index: self.index,
+            attempts: self.attempts,
+            result,
+        })
+    }
+}
+
+impl Future for PhaseRun<'_> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Start => {
+                    this.attempts = this.attempts.saturating_add(1);
+                    if let Some(context) = &mut this.context {
+                        context.set_attempt(this.attempts);
+                    }
+                    this.service.mark_started(this.phase);
+                    let deadline = this
+                        .timeout
+                        .map(|limit| Box::pin(tokio::time::sleep(limit)));
+                    this.state = State::Running {
+                        future: None,
+                        deadline,
+                    };
+                }
+                State::Backoff(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state = State::Start;
+                }
+                State::Running { future, deadline } => {
+                    let mut future = future.take();
+                    let mut deadline = deadline.take();
+                    let result = match this.poll_attempt(&mut future, cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            let timed_out = deadline
+                                .as_mut()
+                                .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                            if !timed_out {
+                                this.state = State::Running { future, deadline };
+                                return Poll::Pending;
+                            }
+                            // Dropping the attempt's future cancels it.
+                            drop(future);
+                            let limit = this.timeout.unwrap_or_default();
+                            Err(Box::new(TryTimedOut(limit)) as BoxError)
+                        }
+                    };
+                    let error = match result {
+                        Ok(()) => return this.finish(Ok(())),
+                        Err(error) => error,
+                    };
+                    if this.attempts > this.retries.limit || Permanent::is_in(&*error) {
+                        return this.finish(Err(error));
+                    }
+                    this.service.record(this.phase, false);
+                    let delay = this.retries.policy.delay(this.attempts, this.seed());
+                    tracing::warn!(
+                        service = this.service.name(),
+                        phase = %this.phase,
+                        attempt = this.attempts,
+                        error = %error,
+                        retry_in = ?delay,
+                        "phase failed; retrying"
+                    );
+                    this.state = State::Backoff(Box::pin(tokio::time::sleep(delay)));
+                }
+            }
+        }
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::context::{Context, TransactionId};
+use crate::context::TransactionId;
 use crate::error::{BoxError, Failure};
 use crate::phase::Phase;
 use crate::retry::RetryPolicy;
-use crate::run;
+use crate::run::{PhaseRun, Retries};
 
 /// A type whose three phases an orchestrator can run: the trait that
 /// [`#[tcc_service]`](crate::tcc_service) implements for an annotated impl block.
@@ -26,7 +26,7 @@ use crate::run;
 /// `confirm` must eventually succeed; `cancel` releases what `try_phase`
 /// reserved, and may run after a Try that failed, timed out or never finished,
 /// so it must tolerate finding nothing to release. Confirm and Cancel are
-/// retried, so they must be idempotent: [`Context::current`] gives the
+/// retried, so they must be idempotent: [`Context::current`](crate::Context::current) gives the
 /// transaction id to key them by.
 ///
 /// ```
@@ -162,11 +162,19 @@ pub(crate) async fn erase<E: Into<BoxError>>(
 }
 
 /// Settings a service may carry; the orchestrator's own settings win over them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Settings {
     pub(crate) max_retries: Option<u32>,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) try_timeout: Option<Duration>,
+}
+
+impl Settings {
+    pub(crate) const DEFAULT: Settings = Settings {
+        max_retries: None,
+        retry: None,
+        try_timeout: None,
+    };
 }
 
 // Bits of `Shared::state`. Each getter reads its own bit.
@@ -217,7 +225,8 @@ pub(crate) struct Shared<P: ?Sized> {
 #[derive(Clone)]
 pub struct Service {
     pub(crate) shared: Arc<Shared<dyn Phases>>,
-    pub(crate) settings: Settings,
+    /// Boxed, and absent when all are defaults, to keep the handle small.
+    settings: Option<Box<Settings>>,
 }
 
 impl Service {
@@ -262,8 +271,18 @@ impl Service {
                 state: AtomicU8::new(0),
                 phases,
             }),
-            settings,
+            settings: (settings != Settings::DEFAULT).then(|| Box::new(settings)),
         }
+    }
+
+    /// The settings given to this handle.
+    pub(crate) fn settings(&self) -> &Settings {
+        self.settings.as_deref().unwrap_or(&Settings::DEFAULT)
+    }
+
+    fn settings_mut(&mut self) -> &mut Settings {
+        self.settings
+            .get_or_insert_with(|| Box::new(Settings::DEFAULT))
     }
 
     /// The service's name.
@@ -275,7 +294,7 @@ impl Service {
     /// attempts. The orchestrator's own limit, when set, wins.
     #[must_use]
     pub fn max_retries(mut self, n: u32) -> Self {
-        self.settings.max_retries = Some(n);
+        self.settings_mut().max_retries = Some(n);
         self
     }
 
@@ -283,8 +302,9 @@ impl Service {
     /// orchestrator's own policy, when set, wins.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.settings.max_retries = Some(policy.max_retries);
-        self.settings.retry = Some(policy);
+        let settings = self.settings_mut();
+        settings.max_retries = Some(policy.max_retries);
+        settings.retry = Some(policy);
         self
     }
 
@@ -292,7 +312,7 @@ impl Service {
     /// The orchestrator's own timeout, when set, wins.
     #[must_use]
     pub fn try_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.try_timeout = Some(timeout);
+        self.settings_mut().try_timeout = Some(timeout);
         self
     }
 
@@ -324,7 +344,7 @@ impl Service {
     }
 
     /// Runs Try once, outside any orchestration, with a fresh transaction id
-    /// in its [`Context`]. A panic is caught and returned as the failure's
+    /// in its [`Context`](crate::Context). A panic is caught and returned as the failure's
     /// cause. Sets [`tried`](Service::tried) and
     /// [`try_succeeded`](Service::try_succeeded).
     pub async fn try_phase(&self) -> Result<(), Failure> {
@@ -341,15 +361,11 @@ impl Service {
 
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
         self.clear(phase);
-        let context = Context::new(
-            TransactionId::generate(),
-            self.shared.name.clone(),
-            phase,
-            1,
-        );
-        let result = run::attempt(self, context, None).await;
-        self.record(phase, result.is_ok());
-        result.map_err(|cause| Failure::new(self.shared.name.clone(), phase, 1, cause))
+        let id = TransactionId::generate();
+        let outcome = PhaseRun::new(0, self, id, phase, Retries::NONE, None).await;
+        outcome
+            .result
+            .map_err(|cause| Failure::new(self.shared.name.clone(), phase, 1, cause))
     }
 
     fn flag(&self, bit: u8) -> bool {
@@ -434,8 +450,8 @@ impl fmt::Debug for Service {
             .field("confirm_succeeded", &self.confirm_succeeded())
             .field("canceled", &self.canceled())
             .field("cancel_succeeded", &self.cancel_succeeded())
-            .field("max_retries", &self.settings.max_retries)
-            .field("try_timeout", &self.settings.try_timeout)
+            .field("max_retries", &self.settings().max_retries)
+            .field("try_timeout", &self.settings().try_timeout)
             .finish()
     }
 }
