@@ -366,3 +366,44 @@ async fn the_tcc_future_is_send() {
     tokio::spawn(booking).await.unwrap().unwrap();
     assert_eq!(counts.get(), (1, 1, 0));
 }
+
+/// A wallet whose phases borrow it: `async fn` on `&self`.
+#[derive(Default)]
+struct Wallet {
+    frozen: AtomicU32,
+    debited: AtomicU32,
+}
+
+impl Wallet {
+    async fn freeze(&self, amount: u32) -> Result<(), String> {
+        self.frozen.fetch_add(amount, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn debit(&self, amount: u32) -> Result<(), String> {
+        self.frozen.fetch_sub(amount, Ordering::SeqCst);
+        self.debited.fetch_add(amount, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn unfreeze(&self, amount: u32) -> Result<(), String> {
+        self.frozen.fetch_sub(amount, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cloned_handles_let_phases_borrow_and_stay_with_the_caller() {
+    let wallet = Arc::new(Wallet::default());
+    let amount = 30;
+    tcc! {
+        "payment" => clone(wallet) {
+            try_phase: wallet.freeze(amount),
+            confirm: wallet.debit(amount),
+            cancel: wallet.unfreeze(amount),
+        },
+    }
+    .await
+    .unwrap();
+    // `wallet` was cloned in, not moved.
+    assert_eq!(wallet.debited.load(Ordering::SeqCst), 30);
+    assert_eq!(wallet.frozen.load(Ordering::SeqCst), 0);
+}

@@ -11,6 +11,7 @@ use super::parse::{Inline, Orchestration, Service};
 //         max_retries = 3;
 //         flights,
 //         "payment" => { try_phase: t, confirm: c, cancel: x },
+//         "audit" => clone(log) { try_phase: log.open(), .. },
 //     }
 //
 // Output:
@@ -22,6 +23,16 @@ use super::parse::{Inline, Orchestration, Service};
 //                 Phase::Confirm => ::tcc::__private::boxed(c),
 //                 Phase::Cancel => ::tcc::__private::boxed(x),
 //             }),
+//             {
+//                 let log = Clone::clone(&log);
+//                 ::tcc::__private::inline_service("audit", move |__tcc_phase| match __tcc_phase {
+//                     Phase::Try => {
+//                         let log = Clone::clone(&log);
+//                         ::tcc::__private::boxed(async move { (log.open()).await })
+//                     }
+//                     ..
+//                 })
+//             },
 //         ])
 //         .max_retries(3);
 //         async move { __tcc_orchestrator.orchestrate().await }
@@ -52,20 +63,39 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
 
 /// One closure for the three phases, so the block's environment is captured
 /// (moved) once per service; each phase expression runs anew per attempt.
+///
+/// With `clone(a, b)`, the service moves in clones of `a` and `b` (the
+/// caller keeps its own), and every attempt clones them again into an
+/// `async move` block that evaluates and awaits the phase expression, so
+/// that expression may borrow them freely.
 fn inline_service(inline: &Inline) -> TokenStream {
     let name = &inline.name;
+    let clones = &inline.clones;
     let [try_phase, confirm, cancel] = inline.phases.each_ref().map(|expr| {
-        quote_spanned! {expr.span()=>
-            ::tcc::__private::boxed(#expr)
+        if clones.is_empty() {
+            quote_spanned! {expr.span()=>
+                ::tcc::__private::boxed(#expr)
+            }
+        } else {
+            let future = quote_spanned!(expr.span()=> (#expr).await);
+            quote! {
+                {
+                    #(let #clones = ::core::clone::Clone::clone(&#clones);)*
+                    ::tcc::__private::boxed(async move { #future })
+                }
+            }
         }
     });
     quote! {
-        ::tcc::__private::inline_service(#name, move |__tcc_phase: ::tcc::__private::Phase| {
-            match __tcc_phase {
-                ::tcc::__private::Phase::Try => #try_phase,
-                ::tcc::__private::Phase::Confirm => #confirm,
-                ::tcc::__private::Phase::Cancel => #cancel,
-            }
-        })
+        {
+            #(let #clones = ::core::clone::Clone::clone(&#clones);)*
+            ::tcc::__private::inline_service(#name, move |__tcc_phase: ::tcc::__private::Phase| {
+                match __tcc_phase {
+                    ::tcc::__private::Phase::Try => #try_phase,
+                    ::tcc::__private::Phase::Confirm => #confirm,
+                    ::tcc::__private::Phase::Cancel => #cancel,
+                }
+            })
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! tcc! {
 //!     (setting = expr;)*          settings: max_retries, retry, try_timeout, fail_fast
 //!     service, ...                a value of a #[tcc_service] type, or
-//!     "name" => {                 an inline service: one expression a phase
+//!     "name" => clone(a, b)? {    an inline service: one expression a phase,
+//!                                 with handles cloned into each attempt
 //!         try_phase: expr,
 //!         confirm: expr,
 //!         cancel: expr,
@@ -14,7 +15,7 @@
 
 use proc_macro2::Span;
 use syn::ext::IdentExt;
-use syn::parse::ParseStream;
+use syn::parse::{Parse, ParseStream};
 use syn::{Expr, Ident, LitStr, Token, braced};
 
 use crate::context::Errors;
@@ -48,6 +49,9 @@ pub(crate) enum Service {
 
 pub(crate) struct Inline {
     pub(crate) name: LitStr,
+    /// The names of `clone(a, b)`: cloned into the service, then into the
+    /// future of every attempt.
+    pub(crate) clones: Vec<Ident>,
     /// The expressions of Try, Confirm and Cancel, in that order.
     pub(crate) phases: [Expr; 3],
 }
@@ -151,6 +155,7 @@ fn inline(
     if name.value().is_empty() {
         errors.error_spanned_by(&name, "a service name must not be empty");
     }
+    let clones = clones(input, errors)?;
     let body;
     braced!(body in input);
     let mut phases: [Option<(Ident, Expr)>; 3] = Default::default();
@@ -213,12 +218,41 @@ fn inline(
     let placeholder = || syn::parse_quote!(());
     Ok(Inline {
         name,
+        clones,
         phases: [
             try_phase.map_or_else(placeholder, |(_, e)| e),
             confirm.map_or_else(placeholder, |(_, e)| e),
             cancel.map_or_else(placeholder, |(_, e)| e),
         ],
     })
+}
+
+/// `clone(a, b)` before an inline service's block, if present.
+fn clones(input: ParseStream, errors: &mut Errors) -> syn::Result<Vec<Ident>> {
+    if !(input.peek(Ident) && input.peek2(syn::token::Paren)) {
+        return Ok(Vec::new());
+    }
+    let keyword: Ident = input.parse()?;
+    if keyword != "clone" {
+        errors.error_spanned_by(
+            &keyword,
+            format_args!(
+                "expected `clone(..)` or the service's `{{ .. }}` block, found `{keyword}`"
+            ),
+        );
+    }
+    let list;
+    syn::parenthesized!(list in input);
+    let names = list.parse_terminated(Ident::parse, Token![,])?;
+    let mut clones: Vec<Ident> = Vec::new();
+    for name in names {
+        if clones.contains(&name) {
+            errors.error_spanned_by(&name, format_args!("`{name}` is cloned twice"));
+        } else {
+            clones.push(name);
+        }
+    }
+    Ok(clones)
 }
 
 /// The candidate `word` most likely misspells, if any is close enough.
