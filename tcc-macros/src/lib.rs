@@ -59,6 +59,7 @@
 mod context;
 mod orchestration;
 mod service;
+mod suggest;
 
 use proc_macro::TokenStream;
 
@@ -185,8 +186,9 @@ use proc_macro::TokenStream;
 /// (phase attributes stripped), so no other errors follow:
 ///
 /// - no `#[try_phase]`, `#[confirm]` or `#[cancel]` method, or one of them
-///   twice; two phase attributes on one method; a phase attribute with
-///   arguments or on something other than a method;
+///   twice; a misspelt one such as `#[confrim]` (the nearest is suggested);
+///   two phase attributes on one method; a phase attribute with arguments or
+///   on something other than a method;
 /// - a phase that is not an `async fn`, is `unsafe`, has type parameters,
 ///   takes `self`, `&mut self`, no receiver or more arguments, or does not
 ///   return `Result<(), E>`;

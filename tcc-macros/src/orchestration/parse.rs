@@ -19,6 +19,7 @@ use syn::parse::{Parse, ParseStream};
 use syn::{Expr, Ident, LitStr, Token, braced};
 
 use crate::context::Errors;
+use crate::suggest::nearest;
 
 /// The settings `tcc!` accepts, each an orchestrator builder method.
 pub(crate) const SETTINGS: [&str; 4] = ["max_retries", "retry", "try_timeout", "fail_fast"];
@@ -134,7 +135,7 @@ fn setting(input: ParseStream, errors: &mut Errors) -> syn::Result<Setting> {
     input.parse::<Token![;]>()?;
     let name = key.to_string();
     if !SETTINGS.contains(&name.as_str()) {
-        let message = match nearest(&name, &SETTINGS) {
+        let message = match nearest(&name, &SETTINGS, 3) {
             Some(near) => format!("unknown setting `{name}`; did you mean `{near}`?"),
             None => format!(
                 "unknown setting `{name}`; the settings are `max_retries`, `retry`, `try_timeout` and `fail_fast`"
@@ -173,7 +174,7 @@ fn inline(
             }
             Some(i) => phases[i] = Some((key, value)),
             None => {
-                let message = match nearest(&name_of_key, &PHASES) {
+                let message = match nearest(&name_of_key, &PHASES, 3) {
                     Some(near) => {
                         suggested.push(near);
                         format!("unknown phase `{name_of_key}`; did you mean `{near}`?")
@@ -253,33 +254,4 @@ fn clones(input: ParseStream, errors: &mut Errors) -> syn::Result<Vec<Ident>> {
         }
     }
     Ok(clones)
-}
-
-/// The candidate `word` most likely misspells, if any is close enough.
-fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|candidate| (distance(word, candidate), *candidate))
-        .filter(|(d, candidate)| {
-            *d <= 3
-                || (word.len() >= 3 && (candidate.starts_with(word) || word.starts_with(candidate)))
-        })
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, candidate)| candidate)
-}
-
-/// Levenshtein distance.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
-        }
-    }
-    row[b.len()]
 }

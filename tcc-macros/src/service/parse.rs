@@ -7,6 +7,7 @@ use syn::parse::Parser;
 use syn::{Attribute, Expr, ImplItem, ImplItemFn, Item, ItemImpl, LitStr, Meta};
 
 use crate::context::Errors;
+use crate::suggest::nearest;
 
 /// The arguments of `#[tcc_service(name = "...", max_retries = N)]`.
 #[derive(Default)]
@@ -48,6 +49,17 @@ impl Phase {
             .into_iter()
             .find(|phase| name == phase.attribute())
     }
+
+    /// The phase a single-word attribute such as `#[confrim]` most likely
+    /// misspells.
+    fn misspelt(attr: &Attribute) -> Option<Phase> {
+        let name = attr.path().get_ident()?.to_string();
+        let names = Phase::ALL.map(Phase::attribute);
+        let near = nearest(&name, &names, 2)?;
+        Phase::ALL
+            .into_iter()
+            .find(|phase| phase.attribute() == near)
+    }
 }
 
 /// A method marked with a phase attribute.
@@ -65,6 +77,8 @@ pub(crate) struct ServiceImpl {
     pub(crate) item: ItemImpl,
     /// The phase methods, in order, duplicates included.
     pub(crate) phases: Vec<PhaseMethod>,
+    /// Phases whose attribute was misspelt, already reported as such.
+    pub(crate) misspelt: Vec<Phase>,
 }
 
 pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
@@ -124,7 +138,7 @@ pub(crate) fn item(item: Item, errors: &mut Errors) -> Result<ServiceImpl, Box<I
             return Err(Box::new(other));
         }
     };
-    let phases = take_phases(&mut item, errors);
+    let (phases, misspelt) = take_phases(&mut item, errors);
     if let Some((bang, trait_, for_)) = &item.trait_ {
         errors.error_spanned_by(
             quote!(#bang #trait_ #for_),
@@ -132,7 +146,11 @@ pub(crate) fn item(item: Item, errors: &mut Errors) -> Result<ServiceImpl, Box<I
         );
         return Err(Box::new(Item::Impl(item)));
     }
-    Ok(ServiceImpl { item, phases })
+    Ok(ServiceImpl {
+        item,
+        phases,
+        misspelt,
+    })
 }
 
 /// The tokens that name an item: its keyword and identifier where it has them.
@@ -162,9 +180,11 @@ fn item_head(item: &Item) -> TokenStream {
     }
 }
 
-/// Takes the phase attributes off every item of the impl block.
-fn take_phases(item: &mut ItemImpl, errors: &mut Errors) -> Vec<PhaseMethod> {
+/// Takes the phase attributes, and misspellings of them, off every item of
+/// the impl block.
+fn take_phases(item: &mut ItemImpl, errors: &mut Errors) -> (Vec<PhaseMethod>, Vec<Phase>) {
     let mut phases = Vec::new();
+    let mut misspelt = Vec::new();
     for impl_item in &mut item.items {
         let (attrs, method) = match impl_item {
             ImplItem::Fn(method) => (&mut method.attrs, true),
@@ -174,12 +194,29 @@ fn take_phases(item: &mut ItemImpl, errors: &mut Errors) -> Vec<PhaseMethod> {
             _ => continue,
         };
         let mut found = Vec::new();
-        attrs.retain(|attr| match Phase::of(attr) {
-            Some(phase) => {
+        attrs.retain(|attr| {
+            if let Some(phase) = Phase::of(attr) {
                 found.push((phase, attr.clone()));
-                false
+                return false;
             }
-            None => true,
+            // `#[confrim]` would leave rustc's "cannot find attribute" and our
+            // "no #[confirm] method": say what it is instead.
+            let Some(phase) = Phase::misspelt(attr) else {
+                return true;
+            };
+            errors.error_spanned_by(
+                attr.path(),
+                format_args!(
+                    "unknown attribute `{}`; did you mean #[{}]?",
+                    attr.path()
+                        .get_ident()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    phase.attribute(),
+                ),
+            );
+            misspelt.push(phase);
+            false
         });
         for (_, attr) in &found {
             if !matches!(attr.meta, Meta::Path(_)) {
@@ -220,5 +257,5 @@ fn take_phases(item: &mut ItemImpl, errors: &mut Errors) -> Vec<PhaseMethod> {
             method: method.clone(),
         });
     }
-    phases
+    (phases, misspelt)
 }

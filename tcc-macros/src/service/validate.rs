@@ -11,6 +11,7 @@ pub(crate) fn service(service: &ServiceImpl, errors: &mut Errors) {
     for phase in Phase::ALL {
         let mut methods = service.phases.iter().filter(|m| m.phase == phase);
         match methods.next() {
+            None if service.misspelt.contains(&phase) => {}
             None => missing(service, phase, errors),
             Some(first) => {
                 for again in methods {
@@ -86,6 +87,7 @@ fn signature(method: &PhaseMethod, errors: &mut Errors) {
                 &receiver.colon_token,
             ) {
                 (Some(_), None, None) => None,
+                (None, None, Some(_)) if is_ref_self(&receiver.ty) => None,
                 (Some(_), Some(_), None) => Some("`&mut self`"),
                 (None, _, None) => Some("`self`"),
                 _ => Some("this receiver"),
@@ -142,4 +144,15 @@ fn is_unit_result(ty: &Type) -> bool {
             args.args.first(),
             Some(syn::GenericArgument::Type(Type::Tuple(unit))) if unit.elems.is_empty()
         )
+}
+
+/// `&Self` or `&'a Self`, as in `self: &Self`.
+fn is_ref_self(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(reference) => {
+            reference.mutability.is_none()
+                && matches!(&*reference.elem, Type::Path(path) if path.qself.is_none() && path.path.is_ident("Self"))
+        }
+        _ => false,
+    }
 }
