@@ -80,7 +80,11 @@ fn inline_service(inline: &Inline) -> TokenStream {
             let future = quote_spanned!(expr.span()=> (#expr).await);
             quote! {
                 {
-                    #(let #clones = ::core::clone::Clone::clone(&#clones);)*
+                    // A phase need not use every handle of the list.
+                    #(
+                        #[allow(unused_variables)]
+                        let #clones = ::core::clone::Clone::clone(&#clones);
+                    )*
                     ::tcc::__private::boxed(async move { #future })
                 }
             }
