@@ -1,6 +1,6 @@
 //! The transaction id and the task-local context a running phase can read.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -81,7 +81,7 @@ thread_local! {
     /// The context of the phase being polled on this thread. A phase's
     /// future is polled only inside [`Context::enter`], which puts its context
     /// here for the length of the poll and takes it back after.
-    static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<Context>> = const { Cell::new(None) };
 }
 
 /// What a running phase can learn about itself: the transaction it belongs
@@ -142,7 +142,12 @@ impl Context {
     /// it along.
     pub fn current() -> Option<Context> {
         CURRENT
-            .try_with(|current| current.borrow().clone())
+            .try_with(|current| {
+                let context = current.take();
+                let copy = context.clone();
+                current.set(context);
+                copy
+            })
             .ok()
             .flatten()
     }
@@ -172,10 +177,12 @@ impl Context {
     /// polling another phase directly) is restored after. `f` must not
     /// unwind: callers catch panics inside it.
     pub(crate) fn enter<R>(context: &mut Option<Context>, f: impl FnOnce() -> R) -> R {
-        let outer = CURRENT.with(|current| current.replace(context.take()));
-        let result = f();
-        *context = CURRENT.with(|current| current.replace(outer));
-        result
+        CURRENT.with(|current| {
+            let outer = current.replace(context.take());
+            let result = f();
+            *context = current.replace(outer);
+            result
+        })
     }
 
     pub(crate) fn set_attempt(&mut self, attempt: u32) {

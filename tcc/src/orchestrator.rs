@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::future::{Future, poll_fn};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::context::TransactionId;
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::phase::Phase;
 use crate::report::{PhaseRecord, Report, ServiceReport};
-use crate::retry::RetryPolicy;
+use crate::retry::{FNV_OFFSET, RetryPolicy, fnv1a};
 use crate::run::{Outcome, PhaseRun, Retries};
 use crate::service::{Service, Settings};
 
@@ -85,8 +86,7 @@ impl Orchestrator {
     /// An orchestrator over `services`, with default settings.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
         let services: Arc<[Service]> = services.into_iter().collect();
-        let mut names = HashSet::with_capacity(services.len());
-        let duplicate = services.iter().position(|s| !names.insert(s.name()));
+        let duplicate = first_duplicate(&services);
         Orchestrator {
             services,
             duplicate,
@@ -428,6 +428,37 @@ impl Drop for Transaction {
     /// (a refusal, or a runtime shutting down).
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// The index of the first service whose name an earlier service has.
+fn first_duplicate(services: &[Service]) -> Option<usize> {
+    // A handful of names are compared pairwise: no allocation, no hashing.
+    if services.len() <= 16 {
+        return (1..services.len())
+            .find(|&i| services[..i].iter().any(|s| s.name() == services[i].name()));
+    }
+    let mut names =
+        HashSet::with_capacity_and_hasher(services.len(), BuildHasherDefault::<Fnv>::default());
+    services.iter().position(|s| !names.insert(s.name()))
+}
+
+/// FNV-1a: names are short and not chosen by an attacker, so a fast hash
+/// beats the default SipHash here.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(FNV_OFFSET)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv1a(self.0, bytes);
     }
 }
 
