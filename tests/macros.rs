@@ -407,3 +407,36 @@ async fn cloned_handles_let_phases_borrow_and_stay_with_the_caller() {
     assert_eq!(wallet.debited.load(Ordering::SeqCst), 30);
     assert_eq!(wallet.frozen.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn services_built_by_hand_mix_with_typed_and_inline_ones() {
+    let (flight, hotel, payment) = (
+        Arc::new(Counts::default()),
+        Arc::new(Counts::default()),
+        Arc::new(Counts::default()),
+    );
+    let (h1, h2, h3) = (hotel.clone(), hotel.clone(), hotel.clone());
+    let by_hand = tcc::Service::new(
+        "hotel",
+        move || count(&h1, Phase::Try),
+        move || count(&h2, Phase::Confirm),
+        move || count(&h3, Phase::Cancel),
+    );
+    let counts = payment.clone();
+    tcc! {
+        Flight::new(&flight),
+        by_hand.clone(),
+        "payment" => {
+            try_phase: count(&counts, Phase::Try),
+            confirm: count(&counts, Phase::Confirm),
+            cancel: count(&counts, Phase::Cancel),
+        },
+    }
+    .await
+    .unwrap();
+    assert!(by_hand.confirm_succeeded());
+    assert_eq!(
+        (flight.get(), hotel.get(), payment.get()),
+        ((1, 1, 0), (1, 1, 0), (1, 1, 0))
+    );
+}

@@ -301,8 +301,8 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 ///          | try_timeout             // Duration: Orchestrator::try_timeout
 ///          | fail_fast               // bool: Orchestrator::fail_fast
 ///
-/// SERVICE := EXPR                    // a value whose type implements TccService:
-///                                    // a #[tcc_service] type, an Arc of one ...
+/// SERVICE := EXPR                    // a value of a #[tcc_service] type, an Arc of
+///                                    // one, any TccService, or a tcc::Service
 ///          | "name" => { PHASES }               // an inline service
 ///          | "name" => clone(a, b, ..) { PHASES }
 ///

@@ -90,8 +90,8 @@
 //!   error marked [`Permanent`] stops the retries of its service at once.
 //! - The [`Error`] keeps every [`Failure`]: a failed Cancel does not hide the
 //!   Try failure that caused it.
-//! - Once started, a transaction runs to its end on its own task, even if
-//!   the caller drops the future.
+//! - Once started, a transaction runs to its end even if the caller drops
+//!   the future: it then moves to a tokio task of its own.
 //! - Every orchestration has a [`TransactionId`]; a running phase reads it,
 //!   with its service name and attempt, from [`Context::current`].
 
@@ -130,10 +130,34 @@ pub mod __private {
 
     use crate::service::{PhaseFn, Settings};
 
-    /// A typed service as a [`Service`]; its bound carries the
+    /// A service listed in `tcc!` as a [`Service`]; the bound carries the
     /// "not a TCC service" message.
-    pub fn service<S: TccService>(service: S) -> Service {
-        Service::from(service)
+    pub fn service<S: IntoService>(service: S) -> Service {
+        service.into_service()
+    }
+
+    /// What `tcc!` accepts as a listed service: a [`TccService`] or a
+    /// [`Service`] built by hand.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a TCC service",
+        label = "not a TCC service",
+        note = "annotate its impl block with #[tcc_service] and mark one method each with #[try_phase], #[confirm] and #[cancel]"
+    )]
+    pub trait IntoService {
+        /// Converts into the orchestrator's handle.
+        fn into_service(self) -> Service;
+    }
+
+    impl<S: TccService> IntoService for S {
+        fn into_service(self) -> Service {
+            Service::from(self)
+        }
+    }
+
+    impl IntoService for Service {
+        fn into_service(self) -> Service {
+            self
+        }
     }
 
     /// An inline service of `tcc!`: one closure that builds the future of a
