@@ -51,7 +51,7 @@ pub(crate) fn service(service: &ServiceImpl, args: &Args) -> TokenStream {
             .iter()
             .find(|m| m.phase == phase)
             .expect("validated: every phase has a method");
-        let user_method = &method.method.sig.ident;
+        let user_method = &method.sig.ident;
         let trait_method = syn::Ident::new(phase.attribute(), user_method.span());
         // Spanned on the user's method, so a wrong error type or a future that
         // is not `Send` is reported once, on its name.

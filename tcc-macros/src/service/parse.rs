@@ -4,7 +4,7 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::parse::Parser;
-use syn::{Attribute, Expr, ImplItem, ImplItemFn, Item, ItemImpl, LitStr, Meta};
+use syn::{Attribute, Expr, ImplItem, Item, ItemImpl, LitStr, Meta, Signature};
 
 use crate::context::Errors;
 use crate::suggest::nearest;
@@ -67,8 +67,8 @@ pub(crate) struct PhaseMethod {
     pub(crate) phase: Phase,
     /// The phase attribute, for spans.
     pub(crate) attr: Attribute,
-    /// The method, without its phase attributes.
-    pub(crate) method: ImplItemFn,
+    /// The method's signature.
+    pub(crate) sig: Signature,
 }
 
 /// An impl block under `#[tcc_service]`.
@@ -254,7 +254,7 @@ fn take_phases(item: &mut ItemImpl, errors: &mut Errors) -> (Vec<PhaseMethod>, V
         phases.push(PhaseMethod {
             phase,
             attr,
-            method: method.clone(),
+            sig: method.sig.clone(),
         });
     }
     (phases, misspelt)

@@ -20,7 +20,7 @@ pub(crate) fn service(service: &ServiceImpl, errors: &mut Errors) {
                         format_args!(
                             "#[{}] is already on `{}`; a service has exactly one #[{0}] method",
                             phase.attribute(),
-                            first.method.sig.ident,
+                            first.sig.ident,
                         ),
                     );
                 }
@@ -51,7 +51,7 @@ fn missing(service: &ServiceImpl, phase: Phase, errors: &mut Errors) {
 
 fn signature(method: &PhaseMethod, errors: &mut Errors) {
     let attr = method.phase.attribute();
-    let sig: &Signature = &method.method.sig;
+    let sig: &Signature = &method.sig;
     if sig.asyncness.is_none() {
         let fn_token = &sig.fn_token;
         let tokens = match &sig.constness {
