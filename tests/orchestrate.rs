@@ -412,7 +412,13 @@ fn a_runtime_without_a_timer_gives_an_error_not_a_panic() {
 async fn a_duplicate_among_many_services_is_found() {
     let mut services: Vec<_> = (0..40).map(|i| healthy(&format!("s{i}")).0).collect();
     services[30] = healthy("s7").0;
-    let error = Orchestrator::new(services.clone()).orchestrate().await.unwrap_err();
-    assert_eq!((error.kind(), error.service_name()), (ErrorKind::DuplicateService, "s7"));
+    let error = Orchestrator::new(services.clone())
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.kind(), error.service_name()),
+        (ErrorKind::DuplicateService, "s7")
+    );
     assert!(services.iter().all(|s| !s.tried()));
 }
