@@ -136,3 +136,29 @@ fn transaction_ids_are_unique_and_round_trip() {
             .is_err()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_phase_running_another_phase_inline_gets_its_own_context_back() {
+    let (inner, inner_probe) = scripted("inner", Step::Ok, Step::Ok, Step::Ok);
+    let outer = Service::new(
+        "outer",
+        move || {
+            let inner = inner.clone();
+            async move {
+                let before = Context::current().unwrap();
+                inner.try_phase().await.map_err(|e| e.to_string())?;
+                let after = Context::current().unwrap();
+                assert_eq!(after.service_name(), "outer");
+                assert_eq!(after.transaction_id(), before.transaction_id());
+                Ok::<(), String>(())
+            }
+        },
+        || async { Ok::<(), String>(()) },
+        || async { Ok::<(), String>(()) },
+    );
+    let report = Orchestrator::new([outer]).orchestrate().await.unwrap();
+    let inner_context = inner_probe.contexts.lock().unwrap()[0].clone();
+    assert_eq!(inner_context.service_name(), "inner");
+    assert_ne!(inner_context.transaction_id(), report.transaction_id());
+    assert!(Context::current().is_none());
+}

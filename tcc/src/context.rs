@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::phase::Phase;
+use crate::service::Service;
 
 /// The unique id of one orchestration.
 ///
@@ -78,10 +79,30 @@ impl FromStr for TransactionId {
 }
 
 thread_local! {
-    /// The context of the phase being polled on this thread. A phase's
-    /// future is polled only inside [`Context::enter`], which puts its context
-    /// here for the length of the poll and takes it back after.
+    /// The context of the transaction being polled on this thread. A
+    /// transaction is polled only inside [`Context::enter`], which puts its
+    /// context here for the length of the poll and takes it back after; each
+    /// phase's poll first points it at itself with [`Context::focus`].
     static CURRENT: Cell<Option<Context>> = const { Cell::new(None) };
+    /// Where in that transaction the phase being polled is. Kept apart from
+    /// `CURRENT` because it is plain data, cheap to set at every poll.
+    static POSITION: Cell<Position> = const { Cell::new(Position::START) };
+}
+
+/// A service, phase and attempt within a transaction.
+#[derive(Clone, Copy)]
+struct Position {
+    index: usize,
+    phase: Phase,
+    attempt: u32,
+}
+
+impl Position {
+    const START: Position = Position {
+        index: 0,
+        phase: Phase::Try,
+        attempt: 1,
+    };
 }
 
 /// What a running phase can learn about itself: the transaction it belongs
@@ -114,26 +135,27 @@ thread_local! {
 /// assert!(Context::current().is_none());
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Context {
     transaction_id: TransactionId,
-    service_name: Arc<str>,
+    /// The transaction's services, shared: pointing the context at another
+    /// service changes `index`, not a reference count.
+    services: Arc<[Service]>,
+    index: usize,
     phase: Phase,
     attempt: u32,
 }
 
 impl Context {
-    pub(crate) fn new(
-        transaction_id: TransactionId,
-        service_name: Arc<str>,
-        phase: Phase,
-        attempt: u32,
-    ) -> Self {
+    /// A context for the services of one transaction, pointing at the first
+    /// service's Try until [`focus`](Context::focus) moves it.
+    pub(crate) fn new(transaction_id: TransactionId, services: Arc<[Service]>) -> Self {
         Context {
             transaction_id,
-            service_name,
-            phase,
-            attempt,
+            services,
+            index: 0,
+            phase: Phase::Try,
+            attempt: 1,
         }
     }
 
@@ -141,7 +163,7 @@ impl Context {
     /// phase. Work a phase spawns onto other tasks does not inherit it: pass
     /// it along.
     pub fn current() -> Option<Context> {
-        CURRENT
+        let context = CURRENT
             .try_with(|current| {
                 let context = current.take();
                 let copy = context.clone();
@@ -149,7 +171,18 @@ impl Context {
                 copy
             })
             .ok()
-            .flatten()
+            .flatten()?;
+        let Position {
+            index,
+            phase,
+            attempt,
+        } = POSITION.get();
+        Some(Context {
+            index,
+            phase,
+            attempt,
+            ..context
+        })
     }
 
     /// The orchestration's id.
@@ -159,7 +192,7 @@ impl Context {
 
     /// The running service's name.
     pub fn service_name(&self) -> &str {
-        &self.service_name
+        self.services[self.index].name()
     }
 
     /// The running phase.
@@ -174,18 +207,51 @@ impl Context {
 
     /// Runs `f` with `context` as the current context. The context moves in
     /// and back out, so entering costs no clone; an outer context (a phase
-    /// polling another phase directly) is restored after. `f` must not
-    /// unwind: callers catch panics inside it.
+    /// polling another transaction inline) is restored after, even if `f`
+    /// unwinds.
     pub(crate) fn enter<R>(context: &mut Option<Context>, f: impl FnOnce() -> R) -> R {
-        CURRENT.with(|current| {
-            let outer = current.replace(context.take());
-            let result = f();
-            *context = current.replace(outer);
-            result
-        })
+        /// Puts the outer context back and the entered one in its slot.
+        struct Restore<'a> {
+            slot: &'a mut Option<Context>,
+            outer: Option<Context>,
+            position: Position,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let outer = self.outer.take();
+                if let Ok(entered) = CURRENT.try_with(|current| current.replace(outer)) {
+                    *self.slot = entered;
+                }
+                let _ = POSITION.try_with(|position| position.set(self.position));
+            }
+        }
+        let outer = CURRENT.with(|current| current.replace(context.take()));
+        let _restore = Restore {
+            slot: context,
+            outer,
+            position: POSITION.get(),
+        };
+        f()
     }
 
-    pub(crate) fn set_attempt(&mut self, attempt: u32) {
-        self.attempt = attempt;
+    /// Points the current context at service `index`, `phase` and `attempt`
+    /// of the entered transaction, before that phase is polled.
+    pub(crate) fn focus(index: usize, phase: Phase, attempt: u32) {
+        POSITION.set(Position {
+            index,
+            phase,
+            attempt,
+        });
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("transaction_id", &self.transaction_id)
+            .field("service_name", &self.service_name())
+            .field("phase", &self.phase)
+            .field("attempt", &self.attempt)
+            .finish()
     }
 }

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
-use crate::context::TransactionId;
+use crate::context::{Context, TransactionId};
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::phase::Phase;
 use crate::report::{PhaseRecord, Report, ServiceReport};
@@ -218,6 +218,8 @@ struct Transaction {
     fail_fast: bool,
     reports: Vec<ServiceReport>,
     failures: Vec<(usize, Failure)>,
+    /// Entered while the transaction is polled, so its phases can read it.
+    context: Option<Context>,
 }
 
 impl Transaction {
@@ -254,8 +256,10 @@ impl Transaction {
                 ));
             }
         }
+        let id = TransactionId::generate();
         let mut transaction = Transaction {
-            id: TransactionId::generate(),
+            id,
+            context: Some(Context::new(id, services.clone())),
             services: services.clone(),
             claimed: 0,
             settings: orchestrator.settings,
@@ -311,6 +315,7 @@ impl Transaction {
             fail_fast,
             reports,
             failures,
+            context,
             ..
         } = self;
         let stop_on_failure = phase == Phase::Try && *fail_fast;
@@ -332,25 +337,29 @@ impl Transaction {
             stop
         };
         poll_fn(|cx| {
-            for mut run in starting.by_ref() {
-                match Pin::new(&mut run).poll(cx) {
-                    Poll::Ready(outcome) => {
-                        if record(outcome) {
-                            return Poll::Ready(());
+            Context::enter(context, || {
+                for mut run in starting.by_ref() {
+                    match Pin::new(&mut run).poll(cx) {
+                        Poll::Ready(outcome) => {
+                            if record(outcome) {
+                                return Poll::Ready(());
+                            }
+                        }
+                        Poll::Pending => {
+                            pending.get_or_insert_with(FuturesUnordered::new).push(run)
                         }
                     }
-                    Poll::Pending => pending.get_or_insert_with(FuturesUnordered::new).push(run),
                 }
-            }
-            let Some(pending) = pending.as_mut() else {
-                return Poll::Ready(());
-            };
-            while let Some(outcome) = ready!(pending.poll_next_unpin(cx)) {
-                if record(outcome) {
+                let Some(pending) = pending.as_mut() else {
                     return Poll::Ready(());
+                };
+                while let Some(outcome) = ready!(pending.poll_next_unpin(cx)) {
+                    if record(outcome) {
+                        return Poll::Ready(());
+                    }
                 }
-            }
-            Poll::Ready(())
+                Poll::Ready(())
+            })
         })
         .await;
         drop(pending);

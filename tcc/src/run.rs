@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Poll, ready};
 use std::time::Duration;
 
@@ -54,8 +53,7 @@ pub(crate) struct PhaseRun<'a> {
     retries: Retries,
     timeout: Option<Duration>,
     attempts: u32,
-    /// Moved into the thread's current context while the phase is polled.
-    context: Option<Context>,
+    transaction_id: TransactionId,
     state: State<'a>,
 }
 
@@ -81,7 +79,6 @@ impl<'a> PhaseRun<'a> {
         retries: Retries,
         timeout: Option<Duration>,
     ) -> Self {
-        let name: Arc<str> = service.shared.name.clone();
         PhaseRun {
             index,
             service,
@@ -89,27 +86,27 @@ impl<'a> PhaseRun<'a> {
             retries,
             timeout,
             attempts: 0,
-            context: Some(Context::new(transaction_id, name, phase, 1)),
+            transaction_id,
             state: State::Start,
         }
     }
 
     /// Polls the running attempt's future, building it first if needed, with
-    /// the context set and panics caught.
+    /// the context pointed at it and panics caught. Runs inside the
+    /// transaction's [`Context::enter`].
     fn poll_attempt(
         &mut self,
         future: &mut Option<BoxFuture<'a, Result<(), BoxError>>>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Result<(), BoxError>> {
         let (service, phase) = (self.service, self.phase);
-        let polled = Context::enter(&mut self.context, || {
-            catch_unwind(AssertUnwindSafe(|| {
-                future
-                    .get_or_insert_with(|| service.shared.phases.run(phase))
-                    .as_mut()
-                    .poll(cx)
-            }))
-        });
+        Context::focus(self.index, phase, self.attempts);
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            future
+                .get_or_insert_with(|| service.shared.phases.run(phase))
+                .as_mut()
+                .poll(cx)
+        }));
         match polled {
             Ok(poll) => poll,
             Err(payload) => Poll::Ready(Err(Box::new(Panicked::from_payload(&*payload)))),
@@ -118,10 +115,7 @@ impl<'a> PhaseRun<'a> {
 
     /// The jitter seed: the same for a given transaction and service.
     fn seed(&self) -> u64 {
-        let id = self
-            .context
-            .as_ref()
-            .map_or(0, |c| c.transaction_id().as_u128());
+        let id = self.transaction_id.as_u128();
         mix((id as u64) ^ ((id >> 64) as u64)) ^ name_hash(self.service.name())
     }
 
@@ -144,9 +138,6 @@ impl Future for PhaseRun<'_> {
             match &mut this.state {
                 State::Start => {
                     this.attempts = this.attempts.saturating_add(1);
-                    if let Some(context) = &mut this.context {
-                        context.set_attempt(this.attempts);
-                    }
                     this.service.mark_started(this.phase);
                     let deadline = this
                         .timeout

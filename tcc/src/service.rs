@@ -2,14 +2,15 @@
 //! [`Service`] handle that an [`Orchestrator`](crate::Orchestrator) runs.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::context::TransactionId;
+use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Failure};
 use crate::phase::Phase;
 use crate::retry::RetryPolicy;
@@ -363,7 +364,10 @@ impl Service {
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
         self.clear(phase);
         let id = TransactionId::generate();
-        let outcome = PhaseRun::new(0, self, id, phase, Retries::NONE, None).await;
+        let mut context = Some(Context::new(id, Arc::from([self.clone()])));
+        let mut run = PhaseRun::new(0, self, id, phase, Retries::NONE, None);
+        let outcome =
+            poll_fn(|cx| Context::enter(&mut context, || Pin::new(&mut run).poll(cx))).await;
         outcome
             .result
             .map_err(|cause| Failure::new(self.shared.name.clone(), phase, 1, cause))
