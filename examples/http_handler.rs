@@ -37,7 +37,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tcc::{BoxError, Context, ErrorKind, RetryPolicy, TransactionId, tcc};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// How long a simulated slow hotel takes to answer its Try.
 pub const SLOW_TRY: Duration = Duration::from_millis(300);
@@ -306,7 +306,11 @@ async fn create_booking(
 
 /// Serves `state` on an ephemeral port of 127.0.0.1, on a task of its own.
 pub async fn serve(state: Arc<AppState>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
+    // The default backlog of 128 makes a burst of clients beyond it wait
+    // for a SYN retransmit (a second or more).
+    let listener = socket.listen(1024)?;
     let address = listener.local_addr()?;
     tokio::spawn(async move {
         axum::serve(listener, router(state))
