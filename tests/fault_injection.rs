@@ -1,0 +1,1487 @@
+//! Fault injection: random orchestrations with random misbehaviour, checked
+//! against the invariants of a TCC transaction after every case.
+//!
+//! Each case draws 1 to 20 services and, for each phase of each service, a
+//! behaviour (succeed, fail, fail k times then succeed, fail permanently,
+//! panic, take 0 to 5 s, hang), plus random settings (retry limits and
+//! policies on the orchestrator or on services, `try_timeout`, `fail_fast`)
+//! and, sometimes, a moment at which the caller drops the orchestration. It
+//! runs on a current-thread runtime with paused time, so a case that spans
+//! minutes of virtual time takes microseconds. Every phase function records
+//! what it saw (attempt, start and end instants, how it ended, its
+//! `Context`); the checks compare that record with the result, the report,
+//! the getters and a model of the documented semantics.
+//!
+//! The invariants, numbered as in the issue that asked for them:
+//! 1. Confirm only if every Try succeeded, Cancel only if some Try failed,
+//!    never both on one service.
+//! 2. After a failed Try, Cancel on every service whose Try started and on
+//!    no other.
+//! 3. Attempts per phase: at most the retry limit + 1, exactly 1 for Try and
+//!    after a permanent error, none after a success.
+//! 4. `Ok` exactly when every Try and Confirm succeeded; `failures()` lists
+//!    exactly the services whose final attempt failed, with phase and
+//!    attempts; `phase()` and `service_name()` follow the documented rule.
+//! 5. The getters and the report agree with what the phase functions saw.
+//! 6. The orchestration ends within the time the settings imply: the slowest
+//!    service's chain, not the sum of them (no hidden serialisation).
+//! 7. A dropped orchestration still reaches the same end state.
+//! 8. No panic escapes, whatever the phases do.
+//!
+//! # Case count
+//! 2,000 cases per property by default (about a minute in a debug build on
+//! two cores). For a long local run:
+//! `TCC_FAULT_CASES=100000 cargo test --release --test fault_injection`
+//! (`PROPTEST_CASES` works too; `TCC_FAULT_CASES` wins when both are set).
+//!
+//! # Replaying a failure
+//! A failing property panics with the run's seed and the minimal failing
+//! case. `PROPTEST_RNG_SEED=<seed> cargo test --test fault_injection <property>`
+//! draws the same cases in the same order, so it fails again on the same
+//! case. proptest also saves the failing case's own seed in
+//! `tests/proptest-regressions/fault_injection.txt` (commit it to keep the
+//! case); every later run replays the seeds listed there first.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};
+use tcc::{
+    BoxError, Context, Error, ErrorKind, Orchestrator, Panicked, Permanent, Phase, Report,
+    RetryPolicy, Service, TransactionId, TryTimedOut,
+};
+use tokio::time::Instant;
+
+/// Every panic a phase injects starts with this, so the panic hook can keep
+/// them quiet while any other panic still prints.
+const INJECTED: &str = "injected panic";
+
+const PHASES: [Phase; 3] = [Phase::Try, Phase::Confirm, Phase::Cancel];
+
+/// Slack for tokio's timer, which rounds each deadline up to the next
+/// millisecond.
+const TICK: Duration = Duration::from_millis(1);
+
+// ---------------------------------------------------------------------------
+// What a case is made of
+// ---------------------------------------------------------------------------
+
+/// What one attempt of a phase does once its latency has passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Succeed,
+    Fail,
+    /// Fails the first `k` attempts, then succeeds.
+    FailThenSucceed(u32),
+    /// Fails with a [`Permanent`] error.
+    FailPermanently,
+    /// Panics; `eager` panics in the phase function itself, before it
+    /// returns a future, the rest panic inside the future.
+    Panic {
+        eager: bool,
+    },
+    /// Never completes (Try only, and only with a `try_timeout`).
+    Hang,
+}
+
+/// How one attempt ends, as the phase function decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Ok,
+    Err,
+    Permanent,
+    Panic,
+    EagerPanic,
+    Hang,
+}
+
+impl Outcome {
+    fn act(self, attempt: u32) -> Act {
+        match self {
+            Outcome::Succeed => Act::Ok,
+            Outcome::Fail => Act::Err,
+            Outcome::FailThenSucceed(k) if attempt <= k => Act::Err,
+            Outcome::FailThenSucceed(_) => Act::Ok,
+            Outcome::FailPermanently => Act::Permanent,
+            Outcome::Panic { eager: true } => Act::EagerPanic,
+            Outcome::Panic { eager: false } => Act::Panic,
+            Outcome::Hang => Act::Hang,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Behaviour {
+    outcome: Outcome,
+    /// Virtual time each attempt takes before it ends (not for eager panics).
+    latency: Duration,
+}
+
+impl Behaviour {
+    fn latency(self) -> Duration {
+        match self.outcome {
+            Outcome::Panic { eager: true } => Duration::ZERO,
+            _ => self.latency,
+        }
+    }
+}
+
+/// A retry policy, in terms the model can compute bounds from (the policy's
+/// own fields are private).
+#[derive(Clone, Copy, Debug)]
+enum PolicySpec {
+    /// `RetryPolicy::default()`: the Go library's policy.
+    GoDefault,
+    /// `RetryPolicy::immediate(n)`.
+    Immediate(u32),
+    Custom {
+        max_retries: u32,
+        initial_ms: u64,
+        multiplier: f64,
+        max_interval_ms: u64,
+        jitter: f64,
+    },
+}
+
+impl PolicySpec {
+    fn build(self) -> RetryPolicy {
+        match self {
+            PolicySpec::GoDefault => RetryPolicy::default(),
+            PolicySpec::Immediate(n) => RetryPolicy::immediate(n),
+            PolicySpec::Custom {
+                max_retries,
+                initial_ms,
+                multiplier,
+                max_interval_ms,
+                jitter,
+            } => RetryPolicy::default()
+                .with_max_retries(max_retries)
+                .with_initial_interval(Duration::from_millis(initial_ms))
+                .with_multiplier(multiplier)
+                .with_max_interval(Duration::from_millis(max_interval_ms))
+                .with_jitter(jitter),
+        }
+    }
+
+    /// (retries, initial s, multiplier, cap s, jitter)
+    fn params(self) -> (u32, f64, f64, f64, f64) {
+        match self {
+            PolicySpec::GoDefault => (10, 0.5, 1.5, 60.0, 0.5),
+            PolicySpec::Immediate(n) => (n, 0.0, 1.0, 0.0, 0.0),
+            PolicySpec::Custom {
+                max_retries,
+                initial_ms,
+                multiplier,
+                max_interval_ms,
+                jitter,
+            } => (
+                max_retries,
+                initial_ms as f64 / 1e3,
+                multiplier,
+                max_interval_ms as f64 / 1e3,
+                jitter,
+            ),
+        }
+    }
+
+    fn max_retries(self) -> u32 {
+        self.params().0
+    }
+
+    /// The documented range of the delay before retry `retry` (from 1):
+    /// about initial × multiplier^(retry-1), ± jitter, never above the cap.
+    fn delay_range(self, retry: u32) -> (Duration, Duration) {
+        let (_, initial, multiplier, cap, jitter) = self.params();
+        let base = (initial * multiplier.powi(retry as i32 - 1)).min(cap);
+        let low = (base * (1.0 - jitter)).clamp(0.0, cap);
+        let high = (base * (1.0 + jitter)).clamp(0.0, cap);
+        let fudge = Duration::from_micros(1);
+        (
+            Duration::from_secs_f64(low).saturating_sub(fudge),
+            Duration::from_secs_f64(high) + fudge,
+        )
+    }
+}
+
+/// Retry settings as given to a builder: a limit, a policy, or both, in
+/// either order (a later call wins where they overlap).
+#[derive(Clone, Copy, Debug)]
+struct RetrySpec {
+    max_retries: Option<u32>,
+    policy: Option<PolicySpec>,
+    policy_first: bool,
+}
+
+impl RetrySpec {
+    /// The limit and policy the builder calls leave, as documented:
+    /// `retry(p)` sets the policy and its limit, `max_retries(n)` the limit.
+    fn resolved(self) -> (Option<u32>, Option<PolicySpec>) {
+        let from_policy = self.policy.map(PolicySpec::max_retries);
+        let limit = match (self.max_retries, from_policy) {
+            (Some(n), Some(p)) => Some(if self.policy_first { n } else { p }),
+            (n, p) => n.or(p),
+        };
+        (limit, self.policy)
+    }
+
+    fn apply_service(self, mut service: Service) -> Service {
+        if self.policy_first {
+            if let Some(p) = self.policy {
+                service = service.retry(p.build());
+            }
+        }
+        if let Some(n) = self.max_retries {
+            service = service.max_retries(n);
+        }
+        if !self.policy_first {
+            if let Some(p) = self.policy {
+                service = service.retry(p.build());
+            }
+        }
+        service
+    }
+
+    fn apply_orchestrator(self, mut orchestrator: Orchestrator) -> Orchestrator {
+        if self.policy_first {
+            if let Some(p) = self.policy {
+                orchestrator = orchestrator.retry(p.build());
+            }
+        }
+        if let Some(n) = self.max_retries {
+            orchestrator = orchestrator.max_retries(n);
+        }
+        if !self.policy_first {
+            if let Some(p) = self.policy {
+                orchestrator = orchestrator.retry(p.build());
+            }
+        }
+        orchestrator
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ServiceSpec {
+    /// Indexed by `Phase as usize`.
+    behaviours: [Behaviour; 3],
+    retry: RetrySpec,
+    try_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+struct OrchestratorSpec {
+    retry: RetrySpec,
+    try_timeout: Option<Duration>,
+    fail_fast: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    services: Vec<ServiceSpec>,
+    orchestrator: OrchestratorSpec,
+    /// When set, the caller drops the orchestration future after this share
+    /// (in thousandths) of the time bound.
+    drop_at_permille: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------
+// Strategies
+// ---------------------------------------------------------------------------
+
+/// 0 (half the time) or 10 ms to 5 s in steps of 10 ms. Timeouts end in 5 ms,
+/// so a Try never ends at the very instant its timeout fires.
+fn latency() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        Just(Duration::ZERO),
+        (1..=500u64).prop_map(|n| Duration::from_millis(n * 10)),
+    ]
+}
+
+fn timeout() -> impl Strategy<Value = Option<Duration>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => (0..=600u64).prop_map(|n| Some(Duration::from_millis(n * 10 + 5))),
+    ]
+}
+
+/// Try outcomes; `calm` (0 to 3) makes failures rarer, so that cases with
+/// many services still reach Confirm.
+fn try_outcome(calm: u32) -> impl Strategy<Value = Outcome> {
+    let ok = [2, 8, 40, 200][calm as usize];
+    prop_oneof![
+        ok => Just(Outcome::Succeed),
+        2 => Just(Outcome::Fail),
+        1 => (1..=3u32).prop_map(Outcome::FailThenSucceed),
+        1 => Just(Outcome::FailPermanently),
+        1 => any::<bool>().prop_map(|eager| Outcome::Panic { eager }),
+        2 => Just(Outcome::Hang),
+    ]
+}
+
+/// Confirm and Cancel outcomes; `calm` as for [`try_outcome`].
+fn settle_outcome(calm: u32) -> impl Strategy<Value = Outcome> {
+    let ok = [2, 10, 50, 300][calm as usize];
+    prop_oneof![
+        ok => Just(Outcome::Succeed),
+        2 => Just(Outcome::Fail),
+        3 => (1..=6u32).prop_map(Outcome::FailThenSucceed),
+        1 => Just(Outcome::FailPermanently),
+        1 => any::<bool>().prop_map(|eager| Outcome::Panic { eager }),
+    ]
+}
+
+fn behaviour(outcome: impl Strategy<Value = Outcome>) -> impl Strategy<Value = Behaviour> {
+    (outcome, latency()).prop_map(|(outcome, latency)| Behaviour { outcome, latency })
+}
+
+fn policy() -> impl Strategy<Value = PolicySpec> {
+    prop_oneof![
+        1 => Just(PolicySpec::GoDefault),
+        1 => (0..=5u32).prop_map(PolicySpec::Immediate),
+        4 => (0..=5u32, 0..=1000u64, 1.0..3.0f64, 0..=5000u64, 0.0..=1.0f64).prop_map(
+            |(max_retries, initial_ms, multiplier, max_interval_ms, jitter)| PolicySpec::Custom {
+                max_retries,
+                initial_ms,
+                multiplier,
+                max_interval_ms,
+                jitter,
+            }
+        ),
+    ]
+}
+
+fn retry_spec() -> impl Strategy<Value = RetrySpec> {
+    (
+        proptest::option::of(0..=5u32),
+        proptest::option::weighted(0.3, policy()),
+        any::<bool>(),
+    )
+        .prop_map(|(max_retries, policy, policy_first)| RetrySpec {
+            max_retries,
+            policy,
+            policy_first,
+        })
+}
+
+fn service_spec(try_calm: u32, settle_calm: u32) -> impl Strategy<Value = ServiceSpec> {
+    (
+        behaviour(try_outcome(try_calm)),
+        behaviour(settle_outcome(settle_calm)),
+        behaviour(settle_outcome(settle_calm)),
+        retry_spec(),
+        timeout(),
+    )
+        .prop_map(|(try_, confirm, cancel, retry, try_timeout)| ServiceSpec {
+            behaviours: [try_, confirm, cancel],
+            retry,
+            try_timeout,
+        })
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let orchestrator =
+        (retry_spec(), timeout(), any::<bool>()).prop_map(|(retry, try_timeout, fail_fast)| {
+            OrchestratorSpec {
+                retry,
+                try_timeout,
+                fail_fast,
+            }
+        });
+    let drop = proptest::option::weighted(0.25, 0..=1000u32);
+    let services = (1..=20usize, 0..4u32, 0..4u32).prop_flat_map(|(n, try_calm, settle_calm)| {
+        proptest::collection::vec(service_spec(try_calm, settle_calm), n)
+    });
+    (services, orchestrator, drop).prop_map(|(mut services, orchestrator, drop_at_permille)| {
+        // Hang only where a timeout will end it.
+        for service in &mut services {
+            let timeout = orchestrator.try_timeout.or(service.try_timeout);
+            let try_ = &mut service.behaviours[Phase::Try as usize];
+            if try_.outcome == Outcome::Hang && timeout.is_none() {
+                try_.outcome = Outcome::Succeed;
+            }
+        }
+        Case {
+            services,
+            orchestrator,
+            drop_at_permille,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The model: what the documented semantics predict
+// ---------------------------------------------------------------------------
+
+/// One service's settings after the orchestrator's win over its own.
+#[derive(Clone, Copy, Debug)]
+struct Effective {
+    limit: u32,
+    policy: PolicySpec,
+    try_timeout: Option<Duration>,
+}
+
+fn effective(case: &Case, service: &ServiceSpec) -> Effective {
+    let (orch_limit, orch_policy) = case.orchestrator.retry.resolved();
+    let (own_limit, own_policy) = service.retry.resolved();
+    let policy = orch_policy.or(own_policy).unwrap_or(PolicySpec::GoDefault);
+    Effective {
+        limit: orch_limit.or(own_limit).unwrap_or(policy.max_retries()),
+        policy,
+        try_timeout: case.orchestrator.try_timeout.or(service.try_timeout),
+    }
+}
+
+/// How a service's Try ends if nothing stops it first.
+#[derive(Clone, Copy, Debug)]
+struct TryEnd {
+    at: Duration,
+    /// `None`: timed out.
+    act: Option<Act>,
+}
+
+impl TryEnd {
+    fn failed(self) -> bool {
+        self.act != Some(Act::Ok)
+    }
+}
+
+fn try_end(spec: &ServiceSpec, settings: Effective) -> TryEnd {
+    let behaviour = spec.behaviours[Phase::Try as usize];
+    let act = behaviour.outcome.act(1);
+    let latency = behaviour.latency();
+    match settings.try_timeout {
+        Some(limit) if act == Act::Hang || (act != Act::EagerPanic && latency > limit) => TryEnd {
+            at: limit,
+            act: None,
+        },
+        _ => TryEnd {
+            at: latency,
+            act: Some(act),
+        },
+    }
+}
+
+/// How a Confirm or Cancel retry loop ends: attempts, success, and the range
+/// of virtual time it takes.
+#[derive(Clone, Copy, Debug)]
+struct Chain {
+    attempts: u32,
+    succeeded: bool,
+    shortest: Duration,
+    longest: Duration,
+}
+
+fn chain(behaviour: Behaviour, settings: Effective) -> Chain {
+    let cap = settings.limit + 1;
+    let (attempts, succeeded) = match behaviour.outcome {
+        Outcome::Succeed => (1, true),
+        Outcome::FailPermanently => (1, false),
+        Outcome::FailThenSucceed(k) if k < cap => (k + 1, true),
+        _ => (cap, false),
+    };
+    let mut shortest = behaviour.latency() * attempts;
+    // Each sleep (latency, then backoff) may run one tick over.
+    let mut longest = shortest + TICK * attempts * 2;
+    for retry in 1..attempts {
+        let (low, high) = settings.policy.delay_range(retry);
+        shortest += low;
+        longest += high;
+    }
+    Chain {
+        attempts,
+        succeeded,
+        shortest,
+        longest,
+    }
+}
+
+struct Model {
+    settings: Vec<Effective>,
+    tries: Vec<TryEnd>,
+    /// Whether every Try succeeds.
+    all_ok: bool,
+    /// When the Try phase ends: the last Try, or with `fail_fast` the first
+    /// failure.
+    try_phase_ends: Duration,
+    /// An upper bound of the whole orchestration, valid whichever services
+    /// end up cancelled.
+    bound: Duration,
+}
+
+impl Model {
+    fn new(case: &Case) -> Model {
+        let settings: Vec<_> = case.services.iter().map(|s| effective(case, s)).collect();
+        let tries: Vec<_> = case
+            .services
+            .iter()
+            .zip(&settings)
+            .map(|(s, e)| try_end(s, *e))
+            .collect();
+        let all_ok = tries.iter().all(|t| !t.failed());
+        let last = tries.iter().map(|t| t.at).max().unwrap_or_default();
+        let first_failure = tries.iter().filter(|t| t.failed()).map(|t| t.at).min();
+        let try_phase_ends = match first_failure {
+            Some(at) if case.orchestrator.fail_fast => at,
+            _ => last,
+        };
+        let mut model = Model {
+            settings,
+            tries,
+            all_ok,
+            try_phase_ends,
+            bound: Duration::ZERO,
+        };
+        let everyone: Vec<usize> = (0..case.services.len()).collect();
+        model.bound = model.window(case, &everyone).1;
+        model
+    }
+
+    fn settle_phase(&self) -> Phase {
+        if self.all_ok {
+            Phase::Confirm
+        } else {
+            Phase::Cancel
+        }
+    }
+
+    fn chain(&self, case: &Case, index: usize) -> Chain {
+        let behaviour = case.services[index].behaviours[self.settle_phase() as usize];
+        chain(behaviour, self.settings[index])
+    }
+
+    /// The range of the orchestration's total time when `settled` are the
+    /// services that run Confirm or Cancel.
+    fn window(&self, case: &Case, settled: &[usize]) -> (Duration, Duration) {
+        let chains = settled.iter().map(|&i| self.chain(case, i));
+        let shortest = chains.clone().map(|c| c.shortest).max().unwrap_or_default();
+        let longest = chains.map(|c| c.longest).max().unwrap_or_default();
+        (
+            self.try_phase_ends + shortest,
+            self.try_phase_ends + TICK + longest,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Probes: phase functions that do what the case says and record what they saw
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Ok,
+    Err,
+    Permanent,
+    Panic,
+    /// The future was dropped before it ended (timeout, or `fail_fast`).
+    Dropped,
+}
+
+impl End {
+    fn failed(self) -> bool {
+        matches!(self, End::Err | End::Permanent | End::Panic)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct AttemptLog {
+    started: Duration,
+    ended: Option<(End, Duration)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ServiceLog {
+    attempts: [Vec<AttemptLog>; 3],
+    transaction_ids: HashSet<TransactionId>,
+    /// Anything a phase saw that breaks a rule on the spot.
+    problems: Vec<String>,
+    /// Attempts in the second orchestration (every phase succeeds at once).
+    second_round: [u32; 3],
+}
+
+impl ServiceLog {
+    fn attempts(&self, phase: Phase) -> &[AttemptLog] {
+        &self.attempts[phase as usize]
+    }
+
+    fn last_end(&self, phase: Phase) -> Option<End> {
+        let last = self.attempts(phase).last()?;
+        Some(last.ended.map_or(End::Dropped, |(end, _)| end))
+    }
+
+    fn succeeded(&self, phase: Phase) -> bool {
+        self.last_end(phase) == Some(End::Ok)
+    }
+
+    fn failed(&self, phase: Phase) -> bool {
+        self.last_end(phase).is_some_and(End::failed)
+    }
+}
+
+/// The error an injected failure returns, naming its attempt so the checks
+/// can tell that a failure carries the cause of the final attempt.
+#[derive(Debug)]
+struct Injected {
+    service: String,
+    phase: Phase,
+    attempt: u32,
+}
+
+impl fmt::Display for Injected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "injected failure: {} of `{}`, attempt {}",
+            self.phase, self.service, self.attempt
+        )
+    }
+}
+
+impl std::error::Error for Injected {}
+
+struct Probe {
+    name: String,
+    behaviours: [Behaviour; 3],
+    origin: Instant,
+    second_round: Arc<AtomicBool>,
+    log: Mutex<ServiceLog>,
+}
+
+impl Probe {
+    fn log(&self) -> MutexGuard<'_, ServiceLog> {
+        // An injected panic never happens while the lock is held, but a
+        // poisoned lock must not hide the real failure.
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn service(self: &Arc<Self>) -> Service {
+        let phase_fn = |phase: Phase| {
+            let probe = self.clone();
+            move || probe.start(phase)
+        };
+        Service::new(
+            self.name.clone(),
+            phase_fn(Phase::Try),
+            phase_fn(Phase::Confirm),
+            phase_fn(Phase::Cancel),
+        )
+    }
+
+    /// The phase function: records the attempt and checks its context, then
+    /// returns the future that plays the behaviour.
+    fn start(
+        self: &Arc<Self>,
+        phase: Phase,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + use<> {
+        let second_round = self.second_round.load(Ordering::SeqCst);
+        let attempt = {
+            let mut log = self.log();
+            let attempt = if second_round {
+                log.second_round[phase as usize] += 1;
+                log.second_round[phase as usize]
+            } else {
+                let started = self.now();
+                let attempts = &mut log.attempts[phase as usize];
+                attempts.push(AttemptLog {
+                    started,
+                    ended: None,
+                });
+                attempts.len() as u32
+            };
+            match Context::current() {
+                None => log
+                    .problems
+                    .push(format!("{phase}: no Context inside a phase")),
+                Some(context) => {
+                    let seen = (context.service_name(), context.phase(), context.attempt());
+                    if seen != (self.name.as_str(), phase, attempt) {
+                        log.problems
+                            .push(format!("{phase} attempt {attempt}: Context says {seen:?}"));
+                    }
+                    if !second_round {
+                        log.transaction_ids.insert(context.transaction_id());
+                    }
+                }
+            }
+            attempt
+        };
+        let behaviour = self.behaviours[phase as usize];
+        let act = if second_round {
+            Act::Ok
+        } else {
+            behaviour.outcome.act(attempt)
+        };
+        if act == Act::EagerPanic {
+            self.end(phase, attempt, End::Panic);
+            panic!("{INJECTED} in the {phase} function of `{}`", self.name);
+        }
+        let mut guard = DropGuard {
+            probe: self.clone(),
+            phase,
+            attempt,
+            armed: !second_round,
+        };
+        async move {
+            if guard.armed && !behaviour.latency.is_zero() {
+                tokio::time::sleep(behaviour.latency).await;
+            }
+            let error = |attempt| Injected {
+                service: guard.probe.name.clone(),
+                phase,
+                attempt,
+            };
+            let (end, result): (End, Result<(), BoxError>) = match act {
+                Act::Ok => (End::Ok, Ok(())),
+                Act::Err => (End::Err, Err(error(attempt).into())),
+                Act::Permanent => (End::Permanent, Err(Permanent::new(error(attempt)).into())),
+                Act::Panic => {
+                    guard.finish(End::Panic);
+                    panic!("{INJECTED} in the {phase} future of `{}`", guard.probe.name);
+                }
+                Act::Hang => std::future::pending().await,
+                Act::EagerPanic => unreachable!("handled above"),
+            };
+            guard.finish(end);
+            result
+        }
+    }
+
+    fn end(&self, phase: Phase, attempt: u32, end: End) {
+        let now = self.now();
+        let mut log = self.log();
+        let record = &mut log.attempts[phase as usize][attempt as usize - 1];
+        if let Some(earlier) = record.ended {
+            let problem = format!("{phase} attempt {attempt} ended twice: {earlier:?}, {end:?}");
+            log.problems.push(problem);
+        } else {
+            record.ended = Some((end, now));
+        }
+    }
+}
+
+/// Records an attempt whose future is dropped before it ends.
+struct DropGuard {
+    probe: Arc<Probe>,
+    phase: Phase,
+    attempt: u32,
+    armed: bool,
+}
+
+impl DropGuard {
+    fn finish(&mut self, end: End) {
+        if self.armed {
+            self.armed = false;
+            self.probe.end(self.phase, self.attempt, end);
+        }
+    }
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.finish(End::Dropped);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running a case
+// ---------------------------------------------------------------------------
+
+/// How the caller's side of the orchestration went.
+enum Caller {
+    Returned {
+        result: Result<Report, Error>,
+        at: Duration,
+    },
+    Dropped {
+        at: Duration,
+    },
+}
+
+fn run_case(case: &Case) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let origin = Instant::now();
+        let second_round = Arc::new(AtomicBool::new(false));
+        let probes: Vec<Arc<Probe>> = case
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                Arc::new(Probe {
+                    name: format!("s{i}"),
+                    behaviours: spec.behaviours,
+                    origin,
+                    second_round: second_round.clone(),
+                    log: Mutex::new(ServiceLog::default()),
+                })
+            })
+            .collect();
+        let services: Vec<Service> = probes
+            .iter()
+            .zip(&case.services)
+            .map(|(probe, spec)| {
+                let service = spec.retry.apply_service(probe.service());
+                match spec.try_timeout {
+                    Some(limit) => service.try_timeout(limit),
+                    None => service,
+                }
+            })
+            .collect();
+        let spec = &case.orchestrator;
+        let mut orchestrator = spec
+            .retry
+            .apply_orchestrator(Orchestrator::new(services.clone()))
+            .fail_fast(spec.fail_fast);
+        if let Some(limit) = spec.try_timeout {
+            orchestrator = orchestrator.try_timeout(limit);
+        }
+
+        let model = Model::new(case);
+        // A caller that does not drop the future still gives up a little
+        // after the bound, so that a hung orchestration fails the case.
+        let patience = match case.drop_at_permille {
+            Some(permille) => model.bound * permille / 1000,
+            None => model.bound + Duration::from_secs(1),
+        };
+        let caller = match tokio::time::timeout(patience, orchestrator.orchestrate()).await {
+            Ok(result) => Caller::Returned {
+                result,
+                at: origin.elapsed(),
+            },
+            Err(_) if case.drop_at_permille.is_some() => Caller::Dropped {
+                at: origin.elapsed(),
+            },
+            Err(_) => {
+                return Err(TestCaseError::fail(format!(
+                    "inv 6: the orchestration had not returned after {patience:?}, \
+                     past its bound {:?}",
+                    model.bound
+                )));
+            }
+        };
+        // Whatever the caller did, the transaction must reach its end by the
+        // bound; wait well past it.
+        tokio::time::sleep_until(origin + model.bound + Duration::from_secs(1)).await;
+        let logs: Vec<ServiceLog> = probes.iter().map(|p| p.log().clone()).collect();
+        check(case, &model, &logs, &services, &caller).map_err(|problem| {
+            let when = match &caller {
+                Caller::Returned { at, .. } => format!("returned at {at:?}"),
+                Caller::Dropped { at } => format!("dropped by the caller at {at:?}"),
+            };
+            TestCaseError::fail(format!(
+                "{problem}\n  orchestration {when}; time bound {:?}; logs: {logs:#?}",
+                model.bound
+            ))
+        })?;
+        second_orchestration(&services, &probes, &second_round)
+            .await
+            .map_err(TestCaseError::fail)
+    })
+}
+
+/// The services are free again and their flags start afresh: an
+/// orchestration where every phase succeeds confirms them all.
+async fn second_orchestration(
+    services: &[Service],
+    probes: &[Arc<Probe>],
+    second_round: &AtomicBool,
+) -> Result<(), String> {
+    second_round.store(true, Ordering::SeqCst);
+    let second = Orchestrator::new(services.iter().cloned()).max_retries(0);
+    match tokio::time::timeout(Duration::from_secs(1), second.orchestrate()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            return Err(format!(
+                "a second orchestration of the same services failed: {error}"
+            ));
+        }
+        Err(_) => return Err("a second orchestration of the same services hung".into()),
+    }
+    for (service, probe) in services.iter().zip(probes) {
+        let flags = flags(service);
+        if flags != [true, true, true, true, false, false] {
+            return Err(format!(
+                "`{}` after a second orchestration that confirmed: getters {flags:?}",
+                service.name()
+            ));
+        }
+        let log = probe.log();
+        if log.second_round != [1, 1, 0] || !log.problems.is_empty() {
+            return Err(format!(
+                "`{}` in a second orchestration: attempts {:?}, problems {:?}",
+                service.name(),
+                log.second_round,
+                log.problems
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn flags(service: &Service) -> [bool; 6] {
+    [
+        service.tried(),
+        service.try_succeeded(),
+        service.confirmed(),
+        service.confirm_succeeded(),
+        service.canceled(),
+        service.cancel_succeeded(),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// The invariants
+// ---------------------------------------------------------------------------
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(format!($($arg)+));
+        }
+    };
+}
+
+fn check(
+    case: &Case,
+    model: &Model,
+    logs: &[ServiceLog],
+    services: &[Service],
+    caller: &Caller,
+) -> Result<(), String> {
+    let fail_fast = case.orchestrator.fail_fast;
+    let name = |i: usize| services[i].name();
+    for (i, log) in logs.iter().enumerate() {
+        ensure!(log.problems.is_empty(), "`{}`: {:?}", name(i), log.problems);
+    }
+
+    // Invariant 8: a panic that escaped would have failed the test already;
+    // a panic inside the transaction's task shows as an interrupted result.
+    if let Caller::Returned { result: Err(e), .. } = caller {
+        ensure!(
+            e.kind() != ErrorKind::Interrupted,
+            "inv 8: the transaction's task died: {e}"
+        );
+    }
+
+    // How each Try went, as the Try functions saw it.
+    let started: Vec<bool> = logs
+        .iter()
+        .map(|l| !l.attempts(Phase::Try).is_empty())
+        .collect();
+    let try_ok: Vec<bool> = logs.iter().map(|l| l.succeeded(Phase::Try)).collect();
+    let every_try_ok = try_ok.iter().all(|ok| *ok);
+    ensure!(
+        every_try_ok == model.all_ok,
+        "model: every Try succeeds = {}, but the Tries saw {try_ok:?}",
+        model.all_ok
+    );
+    let decided_at = model.try_phase_ends;
+    for (i, log) in logs.iter().enumerate() {
+        let tries = log.attempts(Phase::Try);
+        // Invariant 3, Try: never retried.
+        ensure!(
+            tries.len() <= 1,
+            "inv 3: `{}` tried {} times",
+            name(i),
+            tries.len()
+        );
+        let predicted = model.tries[i];
+        let Some(attempt) = tries.first() else {
+            // Only fail_fast leaves a Try unstarted, and only when a Try
+            // failed at once, before the orchestrator reached this one.
+            ensure!(
+                fail_fast && decided_at.is_zero() && !model.all_ok,
+                "semantics 1: the Try of `{}` never started",
+                name(i)
+            );
+            continue;
+        };
+        ensure!(
+            attempt.started.is_zero(),
+            "semantics 1: the Try of `{}` started at {:?}, not with the others",
+            name(i),
+            attempt.started
+        );
+        let (end, at) = attempt
+            .ended
+            .ok_or_else(|| format!("the Try of `{}` never ended", name(i)))?;
+        let timed_out = predicted.act.is_none() && at == predicted.at;
+        let dropped_by_fail_fast = fail_fast && at == decided_at && predicted.at >= decided_at;
+        match end {
+            End::Dropped => ensure!(
+                timed_out || dropped_by_fail_fast,
+                "the Try of `{}` was dropped at {at:?}; predicted {predicted:?}, \
+                 Try phase ends at {decided_at:?}",
+                name(i)
+            ),
+            _ => {
+                let as_predicted = matches!(
+                    (end, predicted.act),
+                    (End::Ok, Some(Act::Ok))
+                        | (End::Err, Some(Act::Err))
+                        | (End::Permanent, Some(Act::Permanent))
+                        | (End::Panic, Some(Act::Panic | Act::EagerPanic))
+                );
+                ensure!(
+                    at == predicted.at && as_predicted,
+                    "the Try of `{}` ended {end:?} at {at:?}; predicted {predicted:?}",
+                    name(i)
+                );
+                ensure!(
+                    at <= decided_at,
+                    "the Try of `{}` ended at {at:?}, after the Try phase ended at \
+                     {decided_at:?}",
+                    name(i)
+                );
+            }
+        }
+    }
+
+    // Invariants 1 and 2: which services are confirmed or cancelled.
+    for (i, log) in logs.iter().enumerate() {
+        let confirmed = !log.attempts(Phase::Confirm).is_empty();
+        let cancelled = !log.attempts(Phase::Cancel).is_empty();
+        ensure!(
+            !(confirmed && cancelled),
+            "inv 1: `{}` saw both Confirm and Cancel",
+            name(i)
+        );
+        ensure!(
+            !confirmed || every_try_ok,
+            "inv 1: `{}` confirmed although a Try failed",
+            name(i)
+        );
+        ensure!(
+            !cancelled || !every_try_ok,
+            "inv 1: `{}` cancelled although every Try succeeded",
+            name(i)
+        );
+        if every_try_ok {
+            ensure!(
+                confirmed,
+                "`{}` not confirmed after every Try succeeded",
+                name(i)
+            );
+        } else {
+            ensure!(
+                cancelled == started[i],
+                "inv 2: `{}`: Try started = {}, cancelled = {cancelled}",
+                name(i),
+                started[i]
+            );
+        }
+    }
+
+    // Invariant 3 and the model, for Confirm and Cancel: attempt counts, no
+    // attempt after a success or a permanent error, backoff between attempts.
+    let settle = model.settle_phase();
+    let settled: Vec<usize> = (0..logs.len())
+        .filter(|&i| !logs[i].attempts(settle).is_empty())
+        .collect();
+    for &i in &settled {
+        let attempts = logs[i].attempts(settle);
+        let limit = model.settings[i].limit;
+        ensure!(
+            attempts.len() as u32 <= limit + 1,
+            "inv 3: `{}` made {} {settle} attempts with a limit of {limit} retries",
+            name(i),
+            attempts.len()
+        );
+        for (k, attempt) in attempts.iter().enumerate() {
+            let Some((end, _)) = attempt.ended else {
+                return Err(format!(
+                    "{settle} attempt {} of `{}` never ended",
+                    k + 1,
+                    name(i)
+                ));
+            };
+            let last = k + 1 == attempts.len();
+            ensure!(
+                last || matches!(end, End::Err | End::Panic),
+                "inv 3: `{}` made another {settle} attempt after attempt {} ended {end:?}",
+                name(i),
+                k + 1
+            );
+        }
+        let predicted = model.chain(case, i);
+        ensure!(
+            attempts.len() as u32 == predicted.attempts
+                && logs[i].succeeded(settle) == predicted.succeeded,
+            "`{}`: {settle} made {} attempts, succeeded = {}; predicted {predicted:?} \
+             (limit {limit})",
+            name(i),
+            attempts.len(),
+            logs[i].succeeded(settle)
+        );
+        // Semantics 3/4: every service starts at once, when the Try phase
+        // ends, and waits only its own backoff between attempts.
+        ensure!(
+            attempts[0].started == decided_at,
+            "inv 6: `{}` started {settle} at {:?}, not when the Try phase ended at \
+             {decided_at:?}",
+            name(i),
+            attempts[0].started
+        );
+        for (k, pair) in attempts.windows(2).enumerate() {
+            let ended = pair[0].ended.map(|(_, at)| at).unwrap_or_default();
+            let waited = pair[1].started.saturating_sub(ended);
+            let (low, high) = model.settings[i].policy.delay_range(k as u32 + 1);
+            ensure!(
+                low <= waited && waited <= high + TICK,
+                "`{}` waited {waited:?} before {settle} retry {}; the policy allows \
+                 {low:?}..={high:?}",
+                name(i),
+                k + 1
+            );
+        }
+    }
+
+    // Invariant 6: the end, within the time the settings imply.
+    let (shortest, longest) = model.window(case, &settled);
+    let last_event = logs
+        .iter()
+        .flat_map(|l| l.attempts.iter().flatten())
+        .filter_map(|a| a.ended.map(|(_, at)| at))
+        .max()
+        .unwrap_or_default();
+    ensure!(
+        last_event <= longest,
+        "inv 6: the last phase ended at {last_event:?}, after the bound {longest:?}"
+    );
+    if let Caller::Returned { at, .. } = caller {
+        ensure!(
+            shortest <= *at && *at <= longest,
+            "inv 6: the orchestration returned at {at:?}, outside {shortest:?}..={longest:?}"
+        );
+    }
+
+    // Invariant 5: the getters agree with what the phases saw.
+    for (i, log) in logs.iter().enumerate() {
+        let seen = [
+            started[i],
+            log.succeeded(Phase::Try),
+            !log.attempts(Phase::Confirm).is_empty(),
+            log.succeeded(Phase::Confirm),
+            !log.attempts(Phase::Cancel).is_empty(),
+            log.succeeded(Phase::Cancel),
+        ];
+        ensure!(
+            flags(&services[i]) == seen,
+            "inv 5: getters of `{}` say {:?}, the phases saw {seen:?}",
+            name(i),
+            flags(&services[i])
+        );
+    }
+
+    // Every phase of one orchestration saw the same transaction id.
+    let ids: HashSet<TransactionId> = logs
+        .iter()
+        .flat_map(|l| l.transaction_ids.iter().copied())
+        .collect();
+    ensure!(
+        ids.len() <= 1,
+        "the phases saw several transaction ids: {ids:?}"
+    );
+
+    let Caller::Returned { result, .. } = caller else {
+        return Ok(());
+    };
+    check_result(case, model, logs, services, result, &ids)
+}
+
+/// Invariant 4 (and 5 for the report): the result says what happened.
+fn check_result(
+    case: &Case,
+    model: &Model,
+    logs: &[ServiceLog],
+    services: &[Service],
+    result: &Result<Report, Error>,
+    ids: &HashSet<TransactionId>,
+) -> Result<(), String> {
+    let name = |i: usize| services[i].name();
+    let succeeded = logs
+        .iter()
+        .all(|l| l.succeeded(Phase::Try) && l.succeeded(Phase::Confirm));
+    ensure!(
+        result.is_ok() == succeeded,
+        "inv 4: every Try and Confirm succeeded = {succeeded}, but the result is {result:?}"
+    );
+    let report = match result {
+        Ok(report) => report,
+        Err(error) => error
+            .report()
+            .ok_or_else(|| format!("inv 4: an error without a report: {error}"))?,
+    };
+    ensure!(
+        ids.iter().all(|id| *id == report.transaction_id()),
+        "the report's id {} is not the one the phases saw: {ids:?}",
+        report.transaction_id()
+    );
+    ensure!(
+        report.services().len() == services.len(),
+        "the report has {} services, not {}",
+        report.services().len(),
+        services.len()
+    );
+    for (i, (record, log)) in report.services().iter().zip(logs).enumerate() {
+        ensure!(
+            record.name() == name(i),
+            "report order: {} at {i}",
+            record.name()
+        );
+        for phase in PHASES {
+            let attempts = log.attempts(phase).len() as u32;
+            let succeeded = log.succeeded(phase);
+            ensure!(
+                (record.attempts(phase), record.succeeded(phase)) == (attempts, succeeded),
+                "inv 5: the report says {phase} of `{}` made {} attempts, succeeded = {}; \
+                 the phase saw {attempts}, {succeeded}",
+                name(i),
+                record.attempts(phase),
+                record.succeeded(phase)
+            );
+        }
+    }
+    let Err(error) = result else {
+        return Ok(());
+    };
+
+    // The failures: every service whose final attempt failed, ordered by
+    // phase, then by service order.
+    let listed: Vec<(&str, Phase, u32)> = error
+        .failures()
+        .iter()
+        .map(|f| (f.service_name(), f.phase(), f.attempts()))
+        .collect();
+    let mut expected: Vec<(&str, Phase, u32)> = Vec::new();
+    let dropped_try = |i: usize| logs[i].last_end(Phase::Try) == Some(End::Dropped);
+    let timed_out = |i: usize| {
+        let predicted = model.tries[i];
+        let at = logs[i]
+            .attempts(Phase::Try)
+            .first()
+            .and_then(|a| a.ended)
+            .map(|e| e.1);
+        dropped_try(i) && predicted.act.is_none() && at == Some(predicted.at)
+    };
+    if case.orchestrator.fail_fast && !model.all_ok {
+        // The first failure ends the Try phase: exactly one Try failure, the
+        // one that ended, or else one that timed out at that instant.
+        let ended: Vec<usize> = (0..logs.len())
+            .filter(|&i| logs[i].failed(Phase::Try))
+            .collect();
+        let first = listed.first().copied();
+        ensure!(
+            ended.len() <= 1,
+            "fail_fast: several Try failures ran to their end: {ended:?}"
+        );
+        let candidates: Vec<usize> = if ended.is_empty() {
+            (0..logs.len()).filter(|&i| timed_out(i)).collect()
+        } else {
+            ended
+        };
+        let Some(&winner) = candidates
+            .iter()
+            .find(|&&i| first.is_some_and(|f| f.0 == name(i)))
+        else {
+            return Err(format!(
+                "inv 4: fail_fast: the first failure listed is {first:?}, expected one of {:?}",
+                candidates.iter().map(|&i| name(i)).collect::<Vec<_>>()
+            ));
+        };
+        expected.push((name(winner), Phase::Try, 1));
+    } else {
+        for (i, log) in logs.iter().enumerate() {
+            if log.failed(Phase::Try) || timed_out(i) {
+                expected.push((name(i), Phase::Try, 1));
+            }
+        }
+    }
+    for phase in [Phase::Confirm, Phase::Cancel] {
+        for (i, log) in logs.iter().enumerate() {
+            if log.failed(phase) {
+                expected.push((name(i), phase, log.attempts(phase).len() as u32));
+            }
+        }
+    }
+    ensure!(
+        listed == expected,
+        "inv 4: failures() lists {listed:?}, expected {expected:?}"
+    );
+
+    // Each failure carries the cause of its final attempt.
+    for failure in error.failures() {
+        let i = services
+            .iter()
+            .position(|s| s.name() == failure.service_name())
+            .expect("listed services exist");
+        let cause = failure.cause();
+        let injected = cause.downcast_ref::<Injected>().or_else(|| {
+            cause
+                .downcast_ref::<Permanent>()?
+                .0
+                .downcast_ref::<Injected>()
+        });
+        let end = logs[i].last_end(failure.phase());
+        let fits = match end {
+            Some(End::Panic) => cause
+                .downcast_ref::<Panicked>()
+                .is_some_and(|p| p.message().starts_with(INJECTED)),
+            Some(End::Dropped) => cause
+                .downcast_ref::<TryTimedOut>()
+                .is_some_and(|t| Some(t.0) == model.settings[i].try_timeout),
+            Some(End::Err | End::Permanent) => injected.is_some_and(|e| {
+                e.attempt == failure.attempts()
+                    && e.phase == failure.phase()
+                    && e.service == failure.service_name()
+            }),
+            _ => false,
+        };
+        ensure!(
+            fits,
+            "inv 4: {failure} carries {cause:?}, but its last attempt ended {end:?}"
+        );
+        ensure!(
+            failure.is_permanent() == (end == Some(End::Permanent)),
+            "inv 4: {failure}: is_permanent() = {}, last attempt ended {end:?}",
+            failure.is_permanent()
+        );
+    }
+
+    // phase(): the worst phase that failed; service_name(): its first
+    // service in the order given.
+    let worst = expected
+        .iter()
+        .map(|f| f.1)
+        .max()
+        .expect("an error lists failures");
+    let first = expected
+        .iter()
+        .find(|f| f.1 == worst)
+        .expect("worst is listed")
+        .0;
+    let kind = match worst {
+        Phase::Try => ErrorKind::TryFailed,
+        Phase::Confirm => ErrorKind::ConfirmFailed,
+        Phase::Cancel => ErrorKind::CancelFailed,
+    };
+    ensure!(
+        (error.phase(), error.service_name(), error.kind()) == (worst, first, kind),
+        "inv 4: the error says ({}, `{}`, {:?}), expected ({worst}, `{first}`, {kind:?})",
+        error.phase(),
+        error.service_name(),
+        error.kind()
+    );
+    let message = error.to_string();
+    let headline = format!("{worst} failed in `{first}`");
+    ensure!(
+        message.starts_with(&headline),
+        "the message {message:?} does not start with {headline:?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The properties
+// ---------------------------------------------------------------------------
+
+/// Runs `test` over `cases()` cases of `strategy`, with a seed the failure
+/// message names.
+fn check_property<S: Strategy>(
+    property: &str,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) where
+    S::Value: fmt::Debug,
+{
+    quiet_injected_panics();
+    let mut config = Config::default(); // reads the PROPTEST_* variables
+    config.source_file = Some(file!());
+    // The root package has no lib.rs for proptest's default location.
+    config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(
+        "tests/proptest-regressions/fault_injection.txt",
+    )));
+    config.cases = cases(config.cases);
+    let seed = match config.rng_seed {
+        RngSeed::Fixed(seed) => seed,
+        RngSeed::Random => random_seed(),
+    };
+    config.rng_seed = RngSeed::Fixed(seed);
+    let cases = config.cases;
+    let mut runner = TestRunner::new(config);
+    let clock = std::time::Instant::now();
+    if let Err(failure) = runner.run(&strategy, test) {
+        panic!(
+            "{property} failed (seed {seed}): {failure}\n\
+             replay: PROPTEST_RNG_SEED={seed} cargo test --test fault_injection {property}"
+        );
+    }
+    eprintln!(
+        "{property}: {cases} cases passed in {:.1?} (seed {seed})",
+        clock.elapsed()
+    );
+}
+
+/// `TCC_FAULT_CASES`, else `PROPTEST_CASES`, else 2,000.
+fn cases(from_proptest: u32) -> u32 {
+    if let Some(n) = std::env::var("TCC_FAULT_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        return from_proptest;
+    }
+    2_000
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish()
+}
+
+/// Keeps injected panics off stderr; any other panic still prints.
+fn quiet_injected_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied());
+            if !message.is_some_and(|m| m.starts_with(INJECTED)) {
+                default(info);
+            }
+        }));
+    });
+}
+
+#[test]
+fn orchestrator_keeps_the_invariants_under_faults() {
+    check_property(
+        "orchestrator_keeps_the_invariants_under_faults",
+        case(),
+        |case| run_case(&case),
+    );
+}
