@@ -28,9 +28,12 @@
 //! 7. A dropped orchestration still reaches the same end state.
 //! 8. No panic escapes, whatever the phases do.
 //!
-//! # Case count
-//! 2,000 cases per property by default (about a minute in a debug build on
-//! two cores). For a long local run:
+//! # Properties and case count
+//! The same cases run through the `Orchestrator` API (services with their
+//! own settings) and through `tcc!` (inline services, one block per service
+//! count; the block's services are not reachable, so their getters are not
+//! read and the report stands in for them). 10,000 cases per property by
+//! default, in about ten seconds each in a debug build. For a long local run:
 //! `TCC_FAULT_CASES=100000 cargo test --release --test fault_injection`
 //! (`PROPTEST_CASES` works too; `TCC_FAULT_CASES` wins when both are set).
 //!
@@ -45,6 +48,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
@@ -292,8 +296,9 @@ struct Case {
 // Strategies
 // ---------------------------------------------------------------------------
 
-/// 0 (half the time) or 10 ms to 5 s in steps of 10 ms. Timeouts end in 5 ms,
-/// so a Try never ends at the very instant its timeout fires.
+/// 0 (half the time) or 10 ms to 5 s in steps of 10 ms. Timeouts other than
+/// zero end in 5 ms, so a Try never ends at the very instant its timeout
+/// fires (a zero timeout lets a Try that ends at its first poll succeed).
 fn latency() -> impl Strategy<Value = Duration> {
     prop_oneof![
         Just(Duration::ZERO),
@@ -301,10 +306,13 @@ fn latency() -> impl Strategy<Value = Duration> {
     ]
 }
 
+/// No timeout, a zero timeout (a Try that does not end at its first poll
+/// times out), or 5 ms to 6 s.
 fn timeout() -> impl Strategy<Value = Option<Duration>> {
     prop_oneof![
-        2 => Just(None),
-        1 => (0..=600u64).prop_map(|n| Some(Duration::from_millis(n * 10 + 5))),
+        20 => Just(None),
+        1 => Just(Some(Duration::ZERO)),
+        10 => (0..=600u64).prop_map(|n| Some(Duration::from_millis(n * 10 + 5))),
     ]
 }
 
@@ -382,7 +390,37 @@ fn service_spec(try_calm: u32, settle_calm: u32) -> impl Strategy<Value = Servic
         })
 }
 
+/// A case for the `Orchestrator` API: settings on the orchestrator and on
+/// services.
 fn case() -> impl Strategy<Value = Case> {
+    raw_case().prop_map(finish_case)
+}
+
+/// A case for `tcc!`, whose inline services carry no settings of their own:
+/// the block always sets every orchestrator setting, each to the value that
+/// leaving it out would give (`try_timeout = Duration::MAX` for none).
+fn macro_case() -> impl Strategy<Value = Case> {
+    raw_case().prop_map(|mut case| {
+        for service in &mut case.services {
+            service.retry = RetrySpec {
+                max_retries: None,
+                policy: None,
+                policy_first: false,
+            };
+            service.try_timeout = None;
+        }
+        let (limit, policy) = case.orchestrator.retry.resolved();
+        let policy = policy.unwrap_or(PolicySpec::GoDefault);
+        case.orchestrator.retry = RetrySpec {
+            max_retries: Some(limit.unwrap_or(policy.max_retries())),
+            policy: Some(policy),
+            policy_first: true,
+        };
+        finish_case(case)
+    })
+}
+
+fn raw_case() -> impl Strategy<Value = Case> {
     let orchestrator =
         (retry_spec(), timeout(), any::<bool>()).prop_map(|(retry, try_timeout, fail_fast)| {
             OrchestratorSpec {
@@ -395,21 +433,23 @@ fn case() -> impl Strategy<Value = Case> {
     let services = (1..=20usize, 0..4u32, 0..4u32).prop_flat_map(|(n, try_calm, settle_calm)| {
         proptest::collection::vec(service_spec(try_calm, settle_calm), n)
     });
-    (services, orchestrator, drop).prop_map(|(mut services, orchestrator, drop_at_permille)| {
-        // Hang only where a timeout will end it.
-        for service in &mut services {
-            let timeout = orchestrator.try_timeout.or(service.try_timeout);
-            let try_ = &mut service.behaviours[Phase::Try as usize];
-            if try_.outcome == Outcome::Hang && timeout.is_none() {
-                try_.outcome = Outcome::Succeed;
-            }
-        }
-        Case {
-            services,
-            orchestrator,
-            drop_at_permille,
-        }
+    (services, orchestrator, drop).prop_map(|(services, orchestrator, drop_at_permille)| Case {
+        services,
+        orchestrator,
+        drop_at_permille,
     })
+}
+
+/// Hang only where a timeout will end it.
+fn finish_case(mut case: Case) -> Case {
+    for service in &mut case.services {
+        let timeout = case.orchestrator.try_timeout.or(service.try_timeout);
+        let try_ = &mut service.behaviours[Phase::Try as usize];
+        if try_.outcome == Outcome::Hang && timeout.is_none() {
+            try_.outcome = Outcome::Succeed;
+        }
+    }
+    case
 }
 
 // ---------------------------------------------------------------------------
@@ -804,7 +844,16 @@ enum Caller {
     },
 }
 
-fn run_case(case: &Case) -> Result<(), TestCaseError> {
+/// How a case starts its orchestration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Api {
+    Orchestrator,
+    Macro,
+}
+
+type Run = Pin<Box<dyn Future<Output = Result<Report, Error>> + Send>>;
+
+fn run_case(case: &Case, api: Api) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -827,25 +876,15 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                 })
             })
             .collect();
-        let services: Vec<Service> = probes
-            .iter()
-            .zip(&case.services)
-            .map(|(probe, spec)| {
-                let service = spec.retry.apply_service(probe.service());
-                match spec.try_timeout {
-                    Some(limit) => service.try_timeout(limit),
-                    None => service,
-                }
-            })
-            .collect();
-        let spec = &case.orchestrator;
-        let mut orchestrator = spec
-            .retry
-            .apply_orchestrator(Orchestrator::new(services.clone()))
-            .fail_fast(spec.fail_fast);
-        if let Some(limit) = spec.try_timeout {
-            orchestrator = orchestrator.try_timeout(limit);
-        }
+        let names: Vec<String> = probes.iter().map(|p| p.name.clone()).collect();
+        // Handles to read the getters from; `tcc!` keeps its inline services.
+        let (services, run) = match api {
+            Api::Orchestrator => {
+                let (services, run) = orchestrator_run(case, &probes);
+                (Some(services), run)
+            }
+            Api::Macro => (None, macro_run(case, &probes)),
+        };
 
         let model = Model::new(case);
         // A caller that does not drop the future still gives up a little
@@ -854,7 +893,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
             Some(permille) => model.bound * permille / 1000,
             None => model.bound + Duration::from_secs(1),
         };
-        let caller = match tokio::time::timeout(patience, orchestrator.orchestrate()).await {
+        let caller = match tokio::time::timeout(patience, run).await {
             Ok(result) => Caller::Returned {
                 result,
                 at: origin.elapsed(),
@@ -874,7 +913,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         // bound; wait well past it.
         tokio::time::sleep_until(origin + model.bound + Duration::from_secs(1)).await;
         let logs: Vec<ServiceLog> = probes.iter().map(|p| p.log().clone()).collect();
-        check(case, &model, &logs, &services, &caller).map_err(|problem| {
+        check(case, &model, &logs, &names, services.as_deref(), &caller).map_err(|problem| {
             let when = match &caller {
                 Caller::Returned { at, .. } => format!("returned at {at:?}"),
                 Caller::Dropped { at } => format!("dropped by the caller at {at:?}"),
@@ -884,10 +923,89 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                 model.bound
             ))
         })?;
-        second_orchestration(&services, &probes, &second_round)
-            .await
-            .map_err(TestCaseError::fail)
+        match services {
+            Some(services) => second_orchestration(&services, &probes, &second_round)
+                .await
+                .map_err(TestCaseError::fail),
+            None => Ok(()),
+        }
     })
+}
+
+/// The case's services, built with the `Service` API, and the future of
+/// their orchestration.
+fn orchestrator_run(case: &Case, probes: &[Arc<Probe>]) -> (Vec<Service>, Run) {
+    let services: Vec<Service> = probes
+        .iter()
+        .zip(&case.services)
+        .map(|(probe, spec)| {
+            let service = spec.retry.apply_service(probe.service());
+            match spec.try_timeout {
+                Some(limit) => service.try_timeout(limit),
+                None => service,
+            }
+        })
+        .collect();
+    let spec = &case.orchestrator;
+    let mut orchestrator = spec
+        .retry
+        .apply_orchestrator(Orchestrator::new(services.clone()))
+        .fail_fast(spec.fail_fast);
+    if let Some(limit) = spec.try_timeout {
+        orchestrator = orchestrator.try_timeout(limit);
+    }
+    (
+        services,
+        Box::pin(async move { orchestrator.orchestrate().await }),
+    )
+}
+
+/// The orchestration of `probes` as a `tcc!` block of inline services.
+fn macro_run(case: &Case, probes: &[Arc<Probe>]) -> Run {
+    let spec = &case.orchestrator;
+    let (Some(max_retries), Some(policy)) = spec.retry.resolved() else {
+        unreachable!("a macro case sets every setting");
+    };
+    let policy = policy.build();
+    let try_timeout = spec.try_timeout.unwrap_or(Duration::MAX);
+    let fail_fast = spec.fail_fast;
+    // A `tcc!` block lists a fixed number of services: one block per count.
+    macro_rules! blocks {
+        ([$($done:ident $done_name:literal)*]) => {
+            unreachable!("a case has at most 20 services")
+        };
+        ([$($done:ident $done_name:literal)*] $next:ident $next_name:literal $($rest:tt)*) => {
+            if probes.len() == [$($done_name,)* $next_name].len() {
+                let mut each = probes.iter().cloned();
+                $(let $done = each.next().expect("counted");)*
+                let $next = each.next().expect("counted");
+                let run: Run = Box::pin(tcc::tcc! {
+                    retry = policy;
+                    max_retries = max_retries;
+                    try_timeout = try_timeout;
+                    fail_fast = fail_fast;
+                    $(
+                        $done_name => clone($done) {
+                            try_phase: $done.start(Phase::Try),
+                            confirm: $done.start(Phase::Confirm),
+                            cancel: $done.start(Phase::Cancel),
+                        },
+                    )*
+                    $next_name => clone($next) {
+                        try_phase: $next.start(Phase::Try),
+                        confirm: $next.start(Phase::Confirm),
+                        cancel: $next.start(Phase::Cancel),
+                    },
+                });
+                run
+            } else {
+                blocks!([$($done $done_name)* $next $next_name] $($rest)*)
+            }
+        };
+    }
+    blocks!([] p0 "s0" p1 "s1" p2 "s2" p3 "s3" p4 "s4" p5 "s5" p6 "s6" p7 "s7" p8 "s8" p9 "s9"
+        p10 "s10" p11 "s11" p12 "s12" p13 "s13" p14 "s14" p15 "s15" p16 "s16" p17 "s17"
+        p18 "s18" p19 "s19")
 }
 
 /// The services are free again and their flags start afresh: an
@@ -956,11 +1074,12 @@ fn check(
     case: &Case,
     model: &Model,
     logs: &[ServiceLog],
-    services: &[Service],
+    names: &[String],
+    services: Option<&[Service]>,
     caller: &Caller,
 ) -> Result<(), String> {
     let fail_fast = case.orchestrator.fail_fast;
-    let name = |i: usize| services[i].name();
+    let name = |i: usize| names[i].as_str();
     for (i, log) in logs.iter().enumerate() {
         ensure!(log.problems.is_empty(), "`{}`: {:?}", name(i), log.problems);
     }
@@ -1167,7 +1286,8 @@ fn check(
     }
 
     // Invariant 5: the getters agree with what the phases saw.
-    for (i, log) in logs.iter().enumerate() {
+    for (i, log) in logs.iter().enumerate().filter(|_| services.is_some()) {
+        let service = &services.expect("filtered")[i];
         let seen = [
             started[i],
             log.succeeded(Phase::Try),
@@ -1177,10 +1297,10 @@ fn check(
             log.succeeded(Phase::Cancel),
         ];
         ensure!(
-            flags(&services[i]) == seen,
+            flags(service) == seen,
             "inv 5: getters of `{}` say {:?}, the phases saw {seen:?}",
             name(i),
-            flags(&services[i])
+            flags(service)
         );
     }
 
@@ -1197,7 +1317,7 @@ fn check(
     let Caller::Returned { result, .. } = caller else {
         return Ok(());
     };
-    check_result(case, model, logs, services, result, &ids)
+    check_result(case, model, logs, names, result, &ids)
 }
 
 /// Invariant 4 (and 5 for the report): the result says what happened.
@@ -1205,11 +1325,11 @@ fn check_result(
     case: &Case,
     model: &Model,
     logs: &[ServiceLog],
-    services: &[Service],
+    names: &[String],
     result: &Result<Report, Error>,
     ids: &HashSet<TransactionId>,
 ) -> Result<(), String> {
-    let name = |i: usize| services[i].name();
+    let name = |i: usize| names[i].as_str();
     let succeeded = logs
         .iter()
         .all(|l| l.succeeded(Phase::Try) && l.succeeded(Phase::Confirm));
@@ -1229,10 +1349,10 @@ fn check_result(
         report.transaction_id()
     );
     ensure!(
-        report.services().len() == services.len(),
+        report.services().len() == names.len(),
         "the report has {} services, not {}",
         report.services().len(),
-        services.len()
+        names.len()
     );
     for (i, (record, log)) in report.services().iter().zip(logs).enumerate() {
         ensure!(
@@ -1322,9 +1442,9 @@ fn check_result(
 
     // Each failure carries the cause of its final attempt.
     for failure in error.failures() {
-        let i = services
+        let i = names
             .iter()
-            .position(|s| s.name() == failure.service_name())
+            .position(|n| n == failure.service_name())
             .expect("listed services exist");
         let cause = failure.cause();
         let injected = cause.downcast_ref::<Injected>().or_else(|| {
@@ -1433,7 +1553,7 @@ fn check_property<S: Strategy>(
     );
 }
 
-/// `TCC_FAULT_CASES`, else `PROPTEST_CASES`, else 2,000.
+/// `TCC_FAULT_CASES`, else `PROPTEST_CASES`, else 10,000.
 fn cases(from_proptest: u32) -> u32 {
     if let Some(n) = std::env::var("TCC_FAULT_CASES")
         .ok()
@@ -1444,7 +1564,7 @@ fn cases(from_proptest: u32) -> u32 {
     if std::env::var_os("PROPTEST_CASES").is_some() {
         return from_proptest;
     }
-    2_000
+    10_000
 }
 
 fn random_seed() -> u64 {
@@ -1482,6 +1602,15 @@ fn orchestrator_keeps_the_invariants_under_faults() {
     check_property(
         "orchestrator_keeps_the_invariants_under_faults",
         case(),
-        |case| run_case(&case),
+        |case| run_case(&case, Api::Orchestrator),
+    );
+}
+
+#[test]
+fn tcc_macro_keeps_the_invariants_under_faults() {
+    check_property(
+        "tcc_macro_keeps_the_invariants_under_faults",
+        macro_case(),
+        |case| run_case(&case, Api::Macro),
     );
 }
