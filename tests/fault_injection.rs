@@ -688,6 +688,10 @@ struct Probe {
     origin: Instant,
     second_round: Arc<AtomicBool>,
     log: Mutex<ServiceLog>,
+    /// The service built over this probe, when the test can reach it, to
+    /// read its getters while a phase runs. Cleared at the end of the case
+    /// (the service holds the probe).
+    handle: Mutex<Option<Service>>,
 }
 
 impl Probe {
@@ -735,6 +739,12 @@ impl Probe {
                 });
                 attempts.len() as u32
             };
+            if !second_round {
+                let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(service) = handle.as_ref() {
+                    live_getters(service, phase, &mut log);
+                }
+            }
             match Context::current() {
                 None => log
                     .problems
@@ -806,6 +816,27 @@ impl Probe {
     }
 }
 
+/// The getters update live: while a phase runs, they already say that it
+/// started and how the earlier phases ended.
+fn live_getters(service: &Service, phase: Phase, log: &mut ServiceLog) {
+    let expected = [
+        true,
+        log.succeeded(Phase::Try),
+        phase == Phase::Confirm,
+        false,
+        phase == Phase::Cancel,
+        false,
+    ];
+    let seen = flags(service);
+    if seen != expected {
+        let attempt = log.attempts(phase).len();
+        log.problems.push(format!(
+            "inv 5: during {phase} attempt {attempt} the getters say {seen:?}, expected \
+             {expected:?}"
+        ));
+    }
+}
+
 /// Records an attempt whose future is dropped before it ends.
 struct DropGuard {
     probe: Arc<Probe>,
@@ -873,9 +904,11 @@ fn run_case(case: &Case, api: Api) -> Result<(), TestCaseError> {
                     origin,
                     second_round: second_round.clone(),
                     log: Mutex::new(ServiceLog::default()),
+                    handle: Mutex::new(None),
                 })
             })
             .collect();
+        let _unlink = Unlink(&probes);
         let names: Vec<String> = probes.iter().map(|p| p.name.clone()).collect();
         // Handles to read the getters from; `tcc!` keeps its inline services.
         let (services, run) = match api {
@@ -932,6 +965,22 @@ fn run_case(case: &Case, api: Api) -> Result<(), TestCaseError> {
     })
 }
 
+/// Clears the probes' service handles as the case ends, however it ends, so
+/// that no service and probe keep each other alive.
+struct Unlink<'a>(&'a [Arc<Probe>]);
+
+impl Drop for Unlink<'_> {
+    fn drop(&mut self) {
+        for probe in self.0 {
+            probe
+                .handle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
+    }
+}
+
 /// The case's services, built with the `Service` API, and the future of
 /// their orchestration.
 fn orchestrator_run(case: &Case, probes: &[Arc<Probe>]) -> (Vec<Service>, Run) {
@@ -946,6 +995,9 @@ fn orchestrator_run(case: &Case, probes: &[Arc<Probe>]) -> (Vec<Service>, Run) {
             }
         })
         .collect();
+    for (probe, service) in probes.iter().zip(&services) {
+        *probe.handle.lock().expect("not poisoned") = Some(service.clone());
+    }
     let spec = &case.orchestrator;
     let mut orchestrator = spec
         .retry
@@ -1279,6 +1331,10 @@ fn check(
         "inv 6: the last phase ended at {last_event:?}, after the bound {longest:?}"
     );
     if let Caller::Returned { at, .. } = caller {
+        ensure!(
+            last_event <= *at,
+            "the orchestration returned at {at:?}, but a phase ran until {last_event:?}"
+        );
         ensure!(
             shortest <= *at && *at <= longest,
             "inv 6: the orchestration returned at {at:?}, outside {shortest:?}..={longest:?}"
