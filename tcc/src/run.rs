@@ -129,6 +129,26 @@ impl<'a> PhaseRun<'a> {
     }
 }
 
+impl Drop for PhaseRun<'_> {
+    /// A run dropped in the middle of an attempt (a Try that fail-fast gives
+    /// up on) drops the attempt's future here, where a panic in its
+    /// destructor cannot take the whole transaction down with it.
+    fn drop(&mut self) {
+        if let State::Running { future, .. } = &mut self.state {
+            drop_quietly(future.take());
+        }
+    }
+}
+
+/// Drops a phase's future, catching a panic in its destructor: whatever a
+/// phase does, its panic never ends the transaction (the attempt's result
+/// stands).
+fn drop_quietly<T>(future: T) {
+    if catch_unwind(AssertUnwindSafe(move || drop(future))).is_err() {
+        tracing::warn!("a phase's future panicked while it was dropped");
+    }
+}
+
 impl Future for PhaseRun<'_> {
     type Output = Outcome;
 
@@ -164,12 +184,13 @@ impl Future for PhaseRun<'_> {
                                 this.state = State::Running { future, deadline };
                                 return Poll::Pending;
                             }
-                            // Dropping the attempt's future cancels it.
-                            drop(future);
                             let limit = this.timeout.unwrap_or_default();
                             Err(Box::new(TryTimedOut(limit)) as BoxError)
                         }
                     };
+                    // The attempt is over (a timed-out one is cancelled by
+                    // this drop).
+                    drop_quietly(future);
                     let error = match result {
                         Ok(()) => return this.finish(Ok(())),
                         Err(error) => error,

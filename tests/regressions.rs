@@ -1,0 +1,97 @@
+//! Bugs that the fault-injection suite (`tests/fault_injection.rs`) found,
+//! each kept as a plain test.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tcc::{ErrorKind, Orchestrator, Phase, Service, TryTimedOut};
+
+/// Panics when dropped, as a phase's future may do in its destructor.
+struct PanicsOnDrop(&'static str);
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("{} panicked while it was dropped", self.0);
+        }
+    }
+}
+
+/// A service whose Try never ends and panics when its future is dropped;
+/// `cancels` counts its Cancel calls.
+fn hangs_then_panics_on_drop(name: &'static str, cancels: Arc<AtomicU32>) -> Service {
+    Service::new(
+        name,
+        move || async move {
+            let _guard = PanicsOnDrop(name);
+            std::future::pending::<Result<(), String>>().await
+        },
+        || async { Ok::<(), String>(()) },
+        move || {
+            cancels.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<(), String>(()) }
+        },
+    )
+}
+
+fn counted(name: &'static str, try_fails: bool, cancels: Arc<AtomicU32>) -> Service {
+    Service::new(
+        name,
+        move || async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if try_fails { Err("no room") } else { Ok(()) }
+        },
+        || async { Ok::<(), &str>(()) },
+        move || {
+            cancels.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<(), &str>(()) }
+        },
+    )
+}
+
+/// Found by the suite: a Try future that panicked in its destructor when its
+/// timeout dropped it killed the whole transaction (the caller got
+/// `Interrupted`), so no service was cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_try_that_panics_when_its_timeout_drops_it_is_still_cancelled() {
+    let cancels = Arc::new(AtomicU32::new(0));
+    let stuck = hangs_then_panics_on_drop("stuck", cancels.clone());
+    let other = counted("other", false, cancels.clone());
+
+    let error = Orchestrator::new([stuck.clone(), other.clone()])
+        .try_timeout(Duration::from_secs(1))
+        .orchestrate()
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.kind(), ErrorKind::TryFailed);
+    assert_eq!((error.phase(), error.service_name()), (Phase::Try, "stuck"));
+    assert_eq!(error.failures().len(), 1);
+    assert!(error.failures()[0].cause().is::<TryTimedOut>());
+    assert_eq!(cancels.load(Ordering::SeqCst), 2);
+    assert!(stuck.cancel_succeeded() && other.cancel_succeeded());
+}
+
+/// Found by the suite: the same panic when `fail_fast` drops a Try still
+/// running, after another Try failed.
+#[tokio::test(start_paused = true)]
+async fn a_try_that_panics_when_fail_fast_drops_it_is_still_cancelled() {
+    let cancels = Arc::new(AtomicU32::new(0));
+    let stuck = hangs_then_panics_on_drop("stuck", cancels.clone());
+    let full = counted("full", true, cancels.clone());
+
+    let error = Orchestrator::new([stuck.clone(), full.clone()])
+        .fail_fast(true)
+        .orchestrate()
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.kind(), ErrorKind::TryFailed);
+    assert_eq!(error.service_name(), "full");
+    // The dropped Try started, so it is cancelled, but it did not fail.
+    assert_eq!(error.failures().len(), 1);
+    assert_eq!(cancels.load(Ordering::SeqCst), 2);
+    assert!(stuck.tried() && !stuck.try_succeeded() && stuck.cancel_succeeded());
+    assert!(full.cancel_succeeded());
+}
