@@ -124,6 +124,9 @@ struct Behaviour {
     outcome: Outcome,
     /// Virtual time each attempt takes before it ends (not for eager panics).
     latency: Duration,
+    /// Panics in the future's destructor when it is dropped before it ends
+    /// (a timed-out Try, or one `fail_fast` drops).
+    panic_on_drop: bool,
 }
 
 impl Behaviour {
@@ -343,7 +346,13 @@ fn settle_outcome(calm: u32) -> impl Strategy<Value = Outcome> {
 }
 
 fn behaviour(outcome: impl Strategy<Value = Outcome>) -> impl Strategy<Value = Behaviour> {
-    (outcome, latency()).prop_map(|(outcome, latency)| Behaviour { outcome, latency })
+    (outcome, latency(), proptest::bool::weighted(0.1)).prop_map(
+        |(outcome, latency, panic_on_drop)| Behaviour {
+            outcome,
+            latency,
+            panic_on_drop,
+        },
+    )
 }
 
 fn policy() -> impl Strategy<Value = PolicySpec> {
@@ -856,7 +865,15 @@ impl DropGuard {
 
 impl Drop for DropGuard {
     fn drop(&mut self) {
+        let cut_short = self.armed;
         self.finish(End::Dropped);
+        let behaviour = self.probe.behaviours[self.phase as usize];
+        if cut_short && behaviour.panic_on_drop && !std::thread::panicking() {
+            panic!(
+                "{INJECTED} while dropping the {} future of `{}`",
+                self.phase, self.probe.name
+            );
+        }
     }
 }
 
