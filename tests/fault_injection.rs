@@ -127,6 +127,9 @@ struct Behaviour {
     /// Panics in the future's destructor when it is dropped before it ends
     /// (a timed-out Try, or one `fail_fast` drops).
     panic_on_drop: bool,
+    /// Runs a whole orchestration of its own first, as a phase that starts a
+    /// sub-transaction does.
+    nested: bool,
 }
 
 impl Behaviour {
@@ -346,13 +349,15 @@ fn settle_outcome(calm: u32) -> impl Strategy<Value = Outcome> {
 }
 
 fn behaviour(outcome: impl Strategy<Value = Outcome>) -> impl Strategy<Value = Behaviour> {
-    (outcome, latency(), proptest::bool::weighted(0.1)).prop_map(
-        |(outcome, latency, panic_on_drop)| Behaviour {
+    let rare = || proptest::bool::weighted(0.05);
+    (outcome, latency(), rare(), rare()).prop_map(|(outcome, latency, panic_on_drop, nested)| {
+        Behaviour {
             outcome,
             latency,
             panic_on_drop,
-        },
-    )
+            nested,
+        }
+    })
 }
 
 fn policy() -> impl Strategy<Value = PolicySpec> {
@@ -788,6 +793,9 @@ impl Probe {
             armed: !second_round,
         };
         async move {
+            if guard.armed && behaviour.nested {
+                guard.probe.clone().nested(phase, attempt).await;
+            }
             if guard.armed && !behaviour.latency.is_zero() {
                 tokio::time::sleep(behaviour.latency).await;
             }
@@ -810,6 +818,56 @@ impl Probe {
             guard.finish(end);
             result
         }
+    }
+
+    /// Runs an orchestration of another service inside this phase, then one
+    /// of this very service (refused: it is busy). The phase's own context
+    /// must come out of both unchanged.
+    async fn nested(self: Arc<Self>, phase: Phase, attempt: u32) {
+        let outer = Context::current().map(|c| c.transaction_id());
+        let ok = || async { Ok::<(), String>(()) };
+        let inner = Service::new(
+            "nested",
+            || async {
+                let seen = Context::current().map(|c| (c.service_name().to_owned(), c.phase()));
+                match seen {
+                    Some((name, Phase::Try)) if name == "nested" => Ok(()),
+                    seen => Err(format!("the nested Try's context says {seen:?}")),
+                }
+            },
+            ok,
+            ok,
+        );
+        let mut problems = Vec::new();
+        if let Err(error) = Orchestrator::new([inner]).orchestrate().await {
+            problems.push(format!("a nested orchestration failed: {error}"));
+        }
+        let handle = self
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(service) = handle {
+            match Orchestrator::new([service]).orchestrate().await {
+                Err(error) if error.kind() == ErrorKind::ServiceBusy => {}
+                other => problems.push(format!("orchestrating a busy service gave {other:?}")),
+            }
+        }
+        let seen = Context::current().map(|c| {
+            (
+                c.transaction_id(),
+                c.service_name().to_owned(),
+                c.phase(),
+                c.attempt(),
+            )
+        });
+        let expected = outer.map(|id| (id, self.name.clone(), phase, attempt));
+        if seen != expected {
+            problems.push(format!(
+                "after nested orchestrations the context says {seen:?}, expected {expected:?}"
+            ));
+        }
+        self.log().problems.extend(problems);
     }
 
     fn end(&self, phase: Phase, attempt: u32, end: End) {
