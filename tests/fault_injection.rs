@@ -51,6 +51,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::task::Poll;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -125,8 +126,13 @@ struct Behaviour {
     /// Virtual time each attempt takes before it ends (not for eager panics).
     latency: Duration,
     /// Panics in the future's destructor when it is dropped before it ends
-    /// (a timed-out Try, or one `fail_fast` drops).
+    /// (a timed-out Try, or one `fail_fast` drops). (One that panics while
+    /// it is dropped after it ends may be dropped inside the runtime's poll,
+    /// where that panic counts as the attempt's: not generated.)
     panic_on_drop: bool,
+    /// Yields to the scheduler this many times first, so that futures
+    /// ending at the same instant interleave in more orders.
+    yields: u32,
     /// Runs a whole orchestration of its own first, as a phase that starts a
     /// sub-transaction does.
     nested: bool,
@@ -350,14 +356,16 @@ fn settle_outcome(calm: u32) -> impl Strategy<Value = Outcome> {
 
 fn behaviour(outcome: impl Strategy<Value = Outcome>) -> impl Strategy<Value = Behaviour> {
     let rare = || proptest::bool::weighted(0.05);
-    (outcome, latency(), rare(), rare()).prop_map(|(outcome, latency, panic_on_drop, nested)| {
-        Behaviour {
+    let yields = prop_oneof![3 => Just(0u32), 1 => 1..=3u32];
+    (outcome, latency(), rare(), rare(), yields).prop_map(
+        |(outcome, latency, panic_on_drop, nested, yields)| Behaviour {
             outcome,
             latency,
             panic_on_drop,
             nested,
-        }
-    })
+            yields,
+        },
+    )
 }
 
 fn policy() -> impl Strategy<Value = PolicySpec> {
@@ -462,6 +470,11 @@ fn finish_case(mut case: Case) -> Case {
         if try_.outcome == Outcome::Hang && timeout.is_none() {
             try_.outcome = Outcome::Succeed;
         }
+        // Whether a nested orchestration ends at its first poll is not for
+        // the model to guess: not under a zero timeout.
+        if timeout == Some(Duration::ZERO) {
+            try_.nested = false;
+        }
     }
     case
 }
@@ -507,11 +520,19 @@ fn try_end(spec: &ServiceSpec, settings: Effective) -> TryEnd {
     let behaviour = spec.behaviours[Phase::Try as usize];
     let act = behaviour.outcome.act(1);
     let latency = behaviour.latency();
+    // A Try that yields does not end at its first poll: a zero timeout ends it.
+    let pending = latency > Duration::ZERO || behaviour.yields > 0;
     match settings.try_timeout {
-        Some(limit) if act == Act::Hang || (act != Act::EagerPanic && latency > limit) => TryEnd {
-            at: limit,
-            act: None,
-        },
+        Some(limit)
+            if act == Act::Hang
+                || (act != Act::EagerPanic && latency > limit)
+                || (act != Act::EagerPanic && limit.is_zero() && pending) =>
+        {
+            TryEnd {
+                at: limit,
+                act: None,
+            }
+        }
         _ => TryEnd {
             at: latency,
             act: Some(act),
@@ -792,9 +813,13 @@ impl Probe {
             attempt,
             armed: !second_round,
         };
-        async move {
+        let armed = guard.armed;
+        let future = async move {
             if guard.armed && behaviour.nested {
                 guard.probe.clone().nested(phase, attempt).await;
+            }
+            for _ in 0..behaviour.yields * u32::from(guard.armed) {
+                tokio::task::yield_now().await;
             }
             if guard.armed && !behaviour.latency.is_zero() {
                 tokio::time::sleep(behaviour.latency).await;
@@ -817,6 +842,11 @@ impl Probe {
             };
             guard.finish(end);
             result
+        };
+        Bomb {
+            inner: Some(Box::pin(future)),
+            armed: armed && behaviour.panic_on_drop,
+            what: format!("the {phase} future of `{}`", self.name),
         }
     }
 
@@ -923,14 +953,37 @@ impl DropGuard {
 
 impl Drop for DropGuard {
     fn drop(&mut self) {
-        let cut_short = self.armed;
         self.finish(End::Dropped);
-        let behaviour = self.probe.behaviours[self.phase as usize];
-        if cut_short && behaviour.panic_on_drop && !std::thread::panicking() {
-            panic!(
-                "{INJECTED} while dropping the {} future of `{}`",
-                self.phase, self.probe.name
-            );
+    }
+}
+
+/// A phase's future that panics in its destructor, once the future it wraps
+/// is dropped, if it had not ended. The runtime must take it in its stride:
+/// the attempt has failed (timed out) or was given up on (`fail_fast`)
+/// already.
+struct Bomb<F> {
+    inner: Option<Pin<Box<F>>>,
+    armed: bool,
+    what: String,
+}
+
+impl<F: Future> Future for Bomb<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let inner = this.inner.as_mut().expect("not dropped");
+        let poll = inner.as_mut().poll(cx);
+        this.armed &= poll.is_pending();
+        poll
+    }
+}
+
+impl<F> Drop for Bomb<F> {
+    fn drop(&mut self) {
+        drop(self.inner.take());
+        if self.armed && !std::thread::panicking() {
+            panic!("{INJECTED} while dropping {}", self.what);
         }
     }
 }
