@@ -1756,6 +1756,27 @@ fn check_result(
         message.starts_with(&headline),
         "the message {message:?} does not start with {headline:?}"
     );
+    // ... and what state is left.
+    let count = |phase: Phase| expected.iter().filter(|f| f.1 == phase).count();
+    let state = match worst {
+        Phase::Try => {
+            let started = logs
+                .iter()
+                .filter(|l| !l.attempts(Phase::Try).is_empty())
+                .count();
+            format!("{started} started")
+        }
+        Phase::Confirm => format!(
+            "{} of {} services not confirmed",
+            count(Phase::Confirm),
+            names.len()
+        ),
+        Phase::Cancel => format!("{} service", count(Phase::Cancel)),
+    };
+    ensure!(
+        message.contains(&state),
+        "the message {message:?} does not say {state:?}"
+    );
     Ok(())
 }
 
