@@ -169,9 +169,20 @@ enum PolicySpec {
         max_interval_ms: u64,
         jitter: f64,
     },
+    /// A multiplier and jitter out of range: the orchestration is refused
+    /// before any phase runs.
+    Invalid {
+        max_retries: u32,
+        multiplier: f64,
+        jitter: f64,
+    },
 }
 
 impl PolicySpec {
+    fn is_invalid(self) -> bool {
+        matches!(self, PolicySpec::Invalid { .. })
+    }
+
     fn build(self) -> RetryPolicy {
         match self {
             PolicySpec::GoDefault => RetryPolicy::default(),
@@ -188,6 +199,13 @@ impl PolicySpec {
                 .with_multiplier(multiplier)
                 .with_max_interval(Duration::from_millis(max_interval_ms))
                 .with_jitter(jitter),
+            PolicySpec::Invalid {
+                max_retries,
+                multiplier,
+                jitter,
+            } => RetryPolicy::immediate(max_retries)
+                .with_multiplier(multiplier)
+                .with_jitter(jitter),
         }
     }
 
@@ -195,7 +213,9 @@ impl PolicySpec {
     fn params(self) -> (u32, f64, f64, f64, f64) {
         match self {
             PolicySpec::GoDefault => (10, 0.5, 1.5, 60.0, 0.5),
-            PolicySpec::Immediate(n) => (n, 0.0, 1.0, 0.0, 0.0),
+            PolicySpec::Immediate(n) | PolicySpec::Invalid { max_retries: n, .. } => {
+                (n, 0.0, 1.0, 0.0, 0.0)
+            }
             PolicySpec::Custom {
                 max_retries,
                 initial_ms,
@@ -377,9 +397,9 @@ fn behaviour(outcome: impl Strategy<Value = Outcome>) -> impl Strategy<Value = B
 
 fn policy() -> impl Strategy<Value = PolicySpec> {
     prop_oneof![
-        1 => Just(PolicySpec::GoDefault),
-        1 => (0..=5u32).prop_map(PolicySpec::Immediate),
-        4 => (0..=5u32, 0..=1000u64, 1.0..3.0f64, 0..=5000u64, 0.0..=1.0f64).prop_map(
+        50 => Just(PolicySpec::GoDefault),
+        50 => (0..=5u32).prop_map(PolicySpec::Immediate),
+        200 => (0..=5u32, 0..=1000u64, 1.0..3.0f64, 0..=5000u64, 0.0..=1.0f64).prop_map(
             |(max_retries, initial_ms, multiplier, max_interval_ms, jitter)| PolicySpec::Custom {
                 max_retries,
                 initial_ms,
@@ -388,6 +408,18 @@ fn policy() -> impl Strategy<Value = PolicySpec> {
                 jitter,
             }
         ),
+        // Rare: with twenty services, about one case in twenty has one.
+        1 => (0..=5u32, prop_oneof![
+            Just((f64::NAN, 0.0)),
+            Just((0.5, 0.0)),
+            Just((1.0, 1.5)),
+            Just((1.0, -0.1)),
+        ])
+        .prop_map(|(max_retries, (multiplier, jitter))| PolicySpec::Invalid {
+            max_retries,
+            multiplier,
+            jitter,
+        }),
     ]
 }
 
@@ -454,7 +486,10 @@ fn macro_case() -> impl Strategy<Value = Case> {
 /// future, so no case waits on the clock.
 fn threaded_case() -> impl Strategy<Value = Case> {
     let instant = |spec: &mut RetrySpec| {
-        spec.policy = spec.policy.map(|p| PolicySpec::Immediate(p.max_retries()));
+        spec.policy = spec.policy.map(|p| match p {
+            PolicySpec::Invalid { .. } => p,
+            _ => PolicySpec::Immediate(p.max_retries()),
+        });
     };
     raw_case().prop_map(move |mut case| {
         for service in &mut case.services {
@@ -610,6 +645,9 @@ fn chain(behaviour: Behaviour, settings: Effective) -> Chain {
 }
 
 struct Model {
+    /// Whether a retry policy is out of range, so that the orchestration is
+    /// refused before any phase runs.
+    refused: bool,
     settings: Vec<Effective>,
     tries: Vec<TryEnd>,
     /// Whether every Try succeeds.
@@ -638,7 +676,11 @@ impl Model {
             Some(at) if case.orchestrator.fail_fast => at,
             _ => last,
         };
+        let refused = std::iter::once(&case.orchestrator.retry)
+            .chain(case.services.iter().map(|s| &s.retry))
+            .any(|r| r.policy.is_some_and(PolicySpec::is_invalid));
         let mut model = Model {
+            refused,
             settings,
             tries,
             all_ok,
@@ -1147,7 +1189,12 @@ fn run_case(case: &Case, api: Api, clock: Clock) -> Result<(), TestCaseError> {
                 model.bound
             ))
         })?;
-        match services {
+        // A service's own invalid policy would refuse the second one too.
+        let refuses = case
+            .services
+            .iter()
+            .any(|s| s.retry.policy.is_some_and(PolicySpec::is_invalid));
+        match services.filter(|_| !refuses) {
             Some(services) => second_orchestration(&services, &probes, &second_round)
                 .await
                 .map_err(TestCaseError::fail),
@@ -1325,6 +1372,9 @@ fn check(
     let name = |i: usize| names[i].as_str();
     for (i, log) in logs.iter().enumerate() {
         ensure!(log.problems.is_empty(), "`{}`: {:?}", name(i), log.problems);
+    }
+    if model.refused {
+        return check_refused(logs, services, caller);
     }
 
     // Invariant 8: a panic that escaped would have failed the test already;
@@ -1567,6 +1617,36 @@ fn check(
     check_result(case, model, logs, names, result, &ids)
 }
 
+/// An orchestration with a retry policy out of range is refused before any
+/// phase runs, and leaves the services as they were.
+fn check_refused(
+    logs: &[ServiceLog],
+    services: Option<&[Service]>,
+    caller: &Caller,
+) -> Result<(), String> {
+    let ran = logs
+        .iter()
+        .any(|l| l.attempts.iter().any(|a| !a.is_empty()));
+    ensure!(!ran, "a refused orchestration ran a phase");
+    if let Caller::Returned { result, .. } = caller {
+        let refused = result.as_ref().err().is_some_and(|e| {
+            e.kind() == ErrorKind::InvalidRetryPolicy
+                && e.failures().is_empty()
+                && e.report().is_none()
+        });
+        ensure!(refused, "an invalid retry policy gave {result:?}");
+    }
+    for service in services.unwrap_or_default() {
+        ensure!(
+            flags(service) == [false; 6],
+            "a refused orchestration set the getters of `{}`: {:?}",
+            service.name(),
+            flags(service)
+        );
+    }
+    Ok(())
+}
+
 /// Invariant 4 (and 5 for the report): the result says what happened.
 fn check_result(
     case: &Case,
@@ -1797,10 +1877,13 @@ fn check_property<S: Strategy>(
     quiet_injected_panics();
     let mut config = Config::default(); // reads the PROPTEST_* variables
     config.source_file = Some(file!());
-    // The root package has no lib.rs for proptest's default location.
-    config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(
-        "tests/proptest-regressions/fault_injection.txt",
-    )));
+    // The root package has no lib.rs for proptest's default location
+    // (PROPTEST_DISABLE_FAILURE_PERSISTENCE still turns it off).
+    if config.failure_persistence.is_some() {
+        config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(
+            "tests/proptest-regressions/fault_injection.txt",
+        )));
+    }
     config.cases = cases(config.cases, default_cases);
     let seed = match config.rng_seed {
         RngSeed::Fixed(seed) => seed,
