@@ -62,7 +62,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::{
+    Config, FailurePersistence, FileFailurePersistence, RngSeed, TestCaseError, TestRunner,
+};
 use tcc::{
     BoxError, Context, Error, ErrorKind, Orchestrator, Panicked, Permanent, Phase, Report,
     RetryPolicy, Service, TransactionId, TryTimedOut,
@@ -1875,22 +1877,25 @@ fn check_property<S: Strategy>(
     S::Value: fmt::Debug,
 {
     quiet_injected_panics();
-    let mut config = Config::default(); // reads the PROPTEST_* variables
-    config.source_file = Some(file!());
-    // The root package has no lib.rs for proptest's default location
-    // (PROPTEST_DISABLE_FAILURE_PERSISTENCE still turns it off).
-    if config.failure_persistence.is_some() {
-        config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(
-            "tests/proptest-regressions/fault_injection.txt",
-        )));
-    }
-    config.cases = cases(config.cases, default_cases);
-    let seed = match config.rng_seed {
+    let defaults = Config::default(); // reads the PROPTEST_* variables
+    let seed = match defaults.rng_seed {
         RngSeed::Fixed(seed) => seed,
         RngSeed::Random => random_seed(),
     };
-    config.rng_seed = RngSeed::Fixed(seed);
-    let cases = config.cases;
+    let cases = cases(defaults.cases, default_cases);
+    // The root package has no lib.rs for proptest's default location
+    // (PROPTEST_DISABLE_FAILURE_PERSISTENCE still turns it off).
+    let failure_persistence = defaults.failure_persistence.as_ref().map(|_| {
+        let file = "tests/proptest-regressions/fault_injection.txt";
+        Box::new(FileFailurePersistence::Direct(file)) as Box<dyn FailurePersistence>
+    });
+    let config = Config {
+        cases,
+        source_file: Some(file!()),
+        failure_persistence,
+        rng_seed: RngSeed::Fixed(seed),
+        ..defaults
+    };
     let mut runner = TestRunner::new(config);
     let clock = std::time::Instant::now();
     if let Err(failure) = runner.run(&strategy, test) {
