@@ -3,14 +3,19 @@
 //!
 //! Each case draws 1 to 20 services and, for each phase of each service, a
 //! behaviour (succeed, fail, fail k times then succeed, fail permanently,
-//! panic, take 0 to 5 s, hang), plus random settings (retry limits and
-//! policies on the orchestrator or on services, `try_timeout`, `fail_fast`)
-//! and, sometimes, a moment at which the caller drops the orchestration. It
-//! runs on a current-thread runtime with paused time, so a case that spans
-//! minutes of virtual time takes microseconds. Every phase function records
-//! what it saw (attempt, start and end instants, how it ended, its
-//! `Context`); the checks compare that record with the result, the report,
-//! the getters and a model of the documented semantics.
+//! panic in the phase function or in its future, take 0 to 5 s, hang; and,
+//! now and then, yield first, run a nested orchestration first, or panic in
+//! the future's destructor when it is dropped early), plus random settings
+//! (retry limits and policies on the orchestrator or on services, some out of
+//! range; `try_timeout`, zero included; `fail_fast`) and, sometimes, a moment
+//! at which the caller drops the orchestration. It runs on a current-thread
+//! runtime with paused time, so a case that spans minutes of virtual time
+//! takes microseconds. Every phase function records what it saw (attempt,
+//! start and end instants, how it ended, its `Context`, the service's
+//! getters); the checks compare that record with the result, the report, the
+//! getters and a model of the documented semantics. Then the same services
+//! are orchestrated again, every phase succeeding: they must be free, and
+//! their getters must start afresh.
 //!
 //! The invariants, numbered as in the issue that asked for them:
 //! 1. Confirm only if every Try succeeded, Cancel only if some Try failed,
