@@ -1,11 +1,15 @@
 //! Bugs that the fault-injection suite (`tests/fault_injection.rs`) found,
 //! each kept as a plain test.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tcc::{ErrorKind, Orchestrator, Phase, Service, TryTimedOut};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
 
 /// Panics when dropped, as a phase's future may do in its destructor.
 struct PanicsOnDrop(&'static str);
@@ -94,4 +98,84 @@ async fn a_try_that_panics_when_fail_fast_drops_it_is_still_cancelled() {
     assert_eq!(cancels.load(Ordering::SeqCst), 2);
     assert!(stuck.tried() && !stuck.try_succeeded() && stuck.cancel_succeeded());
     assert!(full.cancel_succeeded());
+}
+
+/// A subscriber that formats every field of every span and event, as any
+/// real one does.
+struct Formatting;
+
+impl Subscriber for Formatting {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        span.record(&mut FormatAll);
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, values: &Record<'_>) {
+        values.record(&mut FormatAll);
+    }
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        event.record(&mut FormatAll);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+struct FormatAll;
+
+impl Visit for FormatAll {
+    fn record_debug(&mut self, _: &Field, value: &dyn fmt::Debug) {
+        let _ = format!("{value:?}");
+    }
+}
+
+/// An error whose `Display` panics.
+#[derive(Debug)]
+struct Unprintable;
+
+impl fmt::Display for Unprintable {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        panic!("Unprintable cannot be displayed")
+    }
+}
+
+impl std::error::Error for Unprintable {}
+
+/// Found while extending the suite (a formatting subscriber, errors whose
+/// `Display` panics): with a tracing subscriber on, the runtime's log lines
+/// formatted a failed phase's error; one whose `Display` panicked killed the
+/// transaction (`Interrupted`) before any service was cancelled.
+#[tokio::test(start_paused = true)]
+async fn an_error_whose_display_panics_does_not_stop_the_transaction() {
+    let _subscriber = tracing::subscriber::set_default(Formatting);
+    let cancels = Arc::new(AtomicU32::new(0));
+    let service = |name: &'static str, try_fails: bool| {
+        let cancels = cancels.clone();
+        Service::new(
+            name,
+            move || async move { if try_fails { Err(Unprintable) } else { Ok(()) } },
+            || async { Ok::<(), Unprintable>(()) },
+            move || {
+                cancels.fetch_add(1, Ordering::SeqCst);
+                // Fails once, so that the retry is logged too.
+                let first = cancels.load(Ordering::SeqCst) == 1;
+                async move { if first { Err(Unprintable) } else { Ok(()) } }
+            },
+        )
+    };
+    let (bad, good) = (service("bad", true), service("good", false));
+
+    let error = Orchestrator::new([bad.clone(), good.clone()])
+        .retry(tcc::RetryPolicy::immediate(3))
+        .orchestrate()
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.kind(), ErrorKind::TryFailed);
+    assert_eq!(error.service_name(), "bad");
+    assert!(error.failures()[0].cause().is::<Unprintable>());
+    assert_eq!(cancels.load(Ordering::SeqCst), 3);
+    assert!(bad.cancel_succeeded() && good.cancel_succeeded());
 }

@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::phase::Phase;
 use crate::report::{PhaseRecord, Report, ServiceReport};
 use crate::retry::{FNV_OFFSET, RetryPolicy, fnv1a};
-use crate::run::{Outcome, PhaseRun, Retries};
+use crate::run::{Logged, Outcome, PhaseRun, Retries};
 use crate::service::{Service, Settings};
 
 /// Runs a TCC transaction over a set of services.
@@ -399,7 +399,7 @@ impl Transaction {
         };
         if let Err(cause) = result {
             let service = &services[index];
-            tracing::warn!(service = service.name(), %phase, attempts, error = %cause, "phase failed");
+            tracing::warn!(service = service.name(), %phase, attempts, error = %Logged(&*cause), "phase failed");
             failures.push((
                 index,
                 Failure::new(service.shared.name.clone(), phase, attempts, cause),
@@ -417,7 +417,7 @@ impl Transaction {
         failures.sort_by_key(|(index, failure)| (failure.phase().severity(), *index));
         let error = Error::failed(failures.into_iter().map(|(_, f)| f).collect(), report);
         if error.needs_repair() {
-            tracing::error!(error = %error, "transaction needs manual repair");
+            tracing::error!(error = %Logged(&error), "transaction needs manual repair");
         }
         Err(error)
     }

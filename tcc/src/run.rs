@@ -7,6 +7,7 @@
 //! still pending then is moved into the set of pending runs. Phases that
 //! finish at once cost one allocation, their own boxed future.
 
+use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -140,6 +141,20 @@ impl Drop for PhaseRun<'_> {
     }
 }
 
+/// An error as a log line shows it. Logs format a phase's error, and a
+/// `Display` that panics must not take the transaction down with it: it shows
+/// as a note instead. Formats only when a subscriber records the field.
+pub(crate) struct Logged<'a, E: ?Sized>(pub(crate) &'a E);
+
+impl<E: fmt::Display + ?Sized> fmt::Display for Logged<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match catch_unwind(AssertUnwindSafe(|| self.0.to_string())) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => f.write_str("<the error's Display panicked>"),
+        }
+    }
+}
+
 /// Drops a phase's future, catching a panic in its destructor: whatever a
 /// phase does, its panic never ends the transaction (the attempt's result
 /// stands).
@@ -204,7 +219,7 @@ impl Future for PhaseRun<'_> {
                         service = this.service.name(),
                         phase = %this.phase,
                         attempt = this.attempts,
-                        error = %error,
+                        error = %Logged(&*error),
                         retry_in = ?delay,
                         "phase failed; retrying"
                     );
