@@ -4,8 +4,10 @@
 //! Each case draws 1 to 20 services and, for each phase of each service, a
 //! behaviour (succeed, fail, fail k times then succeed, fail permanently,
 //! panic in the phase function or in its future, take 0 to 5 s, hang; and,
-//! now and then, yield first, run a nested orchestration first, or panic in
-//! the future's destructor when it is dropped early), plus random settings
+//! now and then, yield first, run a nested orchestration first, panic in
+//! the future's destructor when it is dropped early, or fail with an error
+//! whose `Display` panics, under a tracing subscriber that formats every
+//! field of the runtime's log lines), plus random settings
 //! (retry limits and policies on the orchestrator or on services, some out of
 //! range; `try_timeout`, zero included; `fail_fast`) and, sometimes, a moment
 //! at which the caller drops the orchestration. It runs on a current-thread
@@ -154,6 +156,9 @@ struct Behaviour {
     /// Runs a whole orchestration of its own first, as a phase that starts a
     /// sub-transaction does.
     nested: bool,
+    /// Fails with an error whose `Display` panics (the runtime's log lines
+    /// format it: a subscriber that records every field is installed).
+    unprintable: bool,
 }
 
 impl Behaviour {
@@ -395,13 +400,14 @@ fn settle_outcome(calm: u32) -> impl Strategy<Value = Outcome> {
 fn behaviour(outcome: impl Strategy<Value = Outcome>) -> impl Strategy<Value = Behaviour> {
     let rare = || proptest::bool::weighted(0.05);
     let yields = prop_oneof![3 => Just(0u32), 1 => 1..=3u32];
-    (outcome, latency(), rare(), rare(), yields).prop_map(
-        |(outcome, latency, panic_on_drop, nested, yields)| Behaviour {
+    (outcome, latency(), rare(), rare(), yields, rare()).prop_map(
+        |(outcome, latency, panic_on_drop, nested, yields, unprintable)| Behaviour {
             outcome,
             latency,
             panic_on_drop,
             nested,
             yields,
+            unprintable,
         },
     )
 }
@@ -791,10 +797,14 @@ struct Injected {
     service: String,
     phase: Phase,
     attempt: u32,
+    unprintable: bool,
 }
 
 impl fmt::Display for Injected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unprintable {
+            panic!("{INJECTED} in the Display of an error");
+        }
         write!(
             f,
             "injected failure: {} of `{}`, attempt {}",
@@ -920,6 +930,7 @@ impl Probe {
                 service: guard.probe.name.clone(),
                 phase,
                 attempt,
+                unprintable: behaviour.unprintable,
             };
             let (end, result): (End, Result<(), BoxError>) = match act {
                 Act::Ok => (End::Ok, Ok(())),
@@ -1679,7 +1690,7 @@ fn check_result(
         Ok(report) => report,
         Err(error) => error
             .report()
-            .ok_or_else(|| format!("inv 4: an error without a report: {error}"))?,
+            .ok_or_else(|| format!("inv 4: an error without a report: {error:?}"))?,
     };
     ensure!(
         ids.iter().all(|id| *id == report.transaction_id()),
@@ -1841,6 +1852,20 @@ fn check_result(
         error.service_name(),
         error.kind()
     );
+    // The message formats the causes; an injected one may refuse to.
+    let unprintable = error.failures().iter().any(|f| {
+        let cause = f.cause();
+        let injected = cause.downcast_ref::<Injected>().or_else(|| {
+            cause
+                .downcast_ref::<Permanent>()?
+                .0
+                .downcast_ref::<Injected>()
+        });
+        injected.is_some_and(|e| e.unprintable)
+    });
+    if unprintable {
+        return Ok(());
+    }
     let message = error.to_string();
     let headline = format!("{worst} failed in `{first}`");
     ensure!(
@@ -1945,7 +1970,39 @@ fn random_seed() -> u64 {
     hasher.finish()
 }
 
-/// Keeps injected panics off stderr; any other panic still prints.
+/// A subscriber that formats every field of every span and event, as any
+/// real one does, so that the runtime's log lines run in full.
+struct Formatting;
+
+impl tracing::Subscriber for Formatting {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        span.record(&mut FormatAll);
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut FormatAll);
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        event.record(&mut FormatAll);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+struct FormatAll;
+
+impl tracing::field::Visit for FormatAll {
+    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn fmt::Debug) {
+        let _ = format!("{value:?}");
+    }
+}
+
+/// Keeps injected panics off stderr (any other panic still prints), and
+/// installs the [`Formatting`] subscriber.
 fn quiet_injected_panics() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
@@ -1960,6 +2017,8 @@ fn quiet_injected_panics() {
                 default(info);
             }
         }));
+        tracing::subscriber::set_global_default(Formatting)
+            .expect("no other subscriber in this test binary");
     });
 }
 
