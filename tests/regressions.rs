@@ -179,3 +179,65 @@ async fn an_error_whose_display_panics_does_not_stop_the_transaction() {
     assert_eq!(cancels.load(Ordering::SeqCst), 3);
     assert!(bad.cancel_succeeded() && good.cancel_succeeded());
 }
+
+/// An error whose source chain loops back on itself.
+#[derive(Debug)]
+struct Cyclic;
+
+impl fmt::Display for Cyclic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cyclic")
+    }
+}
+
+impl std::error::Error for Cyclic {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self)
+    }
+}
+
+/// An error whose `source()` panics.
+#[derive(Debug)]
+struct NoSource;
+
+impl fmt::Display for NoSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no source")
+    }
+}
+
+impl std::error::Error for NoSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        panic!("NoSource::source panicked")
+    }
+}
+
+/// Found while extending the suite: deciding whether a failed Confirm was
+/// permanent walked the error's whole source chain, so a chain that loops
+/// back on itself hung the orchestration for ever (a busy loop: no timeout
+/// could fire), and a `source()` that panicked killed it.
+#[tokio::test(start_paused = true)]
+async fn odd_source_chains_are_retried_like_any_error() {
+    let ok = || async { Ok::<(), Cyclic>(()) };
+    let cyclic = Service::new("cyclic", ok, || async { Err::<(), _>(Cyclic) }, ok);
+    let no_source = Service::new(
+        "no_source",
+        || async { Ok::<(), NoSource>(()) },
+        || async { Err::<(), _>(NoSource) },
+        || async { Ok::<(), NoSource>(()) },
+    );
+
+    let error = Orchestrator::new([cyclic, no_source])
+        .retry(tcc::RetryPolicy::immediate(2))
+        .orchestrate()
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.kind(), ErrorKind::ConfirmFailed);
+    let attempts: Vec<_> = error
+        .failures()
+        .iter()
+        .map(|f| (f.service_name(), f.attempts()))
+        .collect();
+    assert_eq!(attempts, [("cyclic", 3), ("no_source", 3)]);
+}

@@ -141,6 +141,22 @@ impl Drop for PhaseRun<'_> {
     }
 }
 
+/// How many links of an error's source chain [`is_permanent`] looks at.
+const SOURCE_LINKS: usize = 64;
+
+/// Whether retrying cannot help: [`Permanent`] somewhere in the first
+/// [`SOURCE_LINKS`] links of the source chain. Bounded, and a `source()`
+/// that panics ends the chain, so that a phase's odd error type (one whose
+/// chain loops back on itself) can neither hang nor crash the transaction.
+fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
+    catch_unwind(AssertUnwindSafe(|| {
+        std::iter::successors(Some(error), |e| e.source())
+            .take(SOURCE_LINKS)
+            .any(|e| e.is::<Permanent>())
+    }))
+    .unwrap_or(false)
+}
+
 /// An error as a log line shows it. Logs format a phase's error, and a
 /// `Display` that panics must not take the transaction down with it: it shows
 /// as a note instead. Formats only when a subscriber records the field.
@@ -210,7 +226,7 @@ impl Future for PhaseRun<'_> {
                         Ok(()) => return this.finish(Ok(())),
                         Err(error) => error,
                     };
-                    if this.attempts > this.retries.limit || Permanent::is_in(&*error) {
+                    if this.attempts > this.retries.limit || is_permanent(&*error) {
                         return this.finish(Err(error));
                     }
                     this.service.record(this.phase, false);
