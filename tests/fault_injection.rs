@@ -7,7 +7,8 @@
 //! now and then, yield first, run a nested orchestration first, panic in
 //! the future's destructor when it is dropped early, or fail with an error
 //! whose `Display` panics, under a tracing subscriber that formats every
-//! field of the runtime's log lines), plus random settings
+//! field of the runtime's log lines, or whose source chain loops back on
+//! itself), plus random settings
 //! (retry limits and policies on the orchestrator or on services, some out of
 //! range; `try_timeout`, zero included; `fail_fast`) and, sometimes, a moment
 //! at which the caller drops the orchestration. It runs on a current-thread
@@ -159,6 +160,8 @@ struct Behaviour {
     /// Fails with an error whose `Display` panics (the runtime's log lines
     /// format it: a subscriber that records every field is installed).
     unprintable: bool,
+    /// Fails with an error whose source chain loops back on itself.
+    cyclic: bool,
 }
 
 impl Behaviour {
@@ -400,14 +403,16 @@ fn settle_outcome(calm: u32) -> impl Strategy<Value = Outcome> {
 fn behaviour(outcome: impl Strategy<Value = Outcome>) -> impl Strategy<Value = Behaviour> {
     let rare = || proptest::bool::weighted(0.05);
     let yields = prop_oneof![3 => Just(0u32), 1 => 1..=3u32];
-    (outcome, latency(), rare(), rare(), yields, rare()).prop_map(
-        |(outcome, latency, panic_on_drop, nested, yields, unprintable)| Behaviour {
+    let odd_errors = (rare(), rare());
+    (outcome, latency(), rare(), rare(), yields, odd_errors).prop_map(
+        |(outcome, latency, panic_on_drop, nested, yields, (unprintable, cyclic))| Behaviour {
             outcome,
             latency,
             panic_on_drop,
             nested,
             yields,
             unprintable,
+            cyclic,
         },
     )
 }
@@ -798,6 +803,7 @@ struct Injected {
     phase: Phase,
     attempt: u32,
     unprintable: bool,
+    cyclic: bool,
 }
 
 impl fmt::Display for Injected {
@@ -813,7 +819,12 @@ impl fmt::Display for Injected {
     }
 }
 
-impl std::error::Error for Injected {}
+impl std::error::Error for Injected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cyclic
+            .then_some(self as &(dyn std::error::Error + 'static))
+    }
+}
 
 struct Probe {
     name: String,
@@ -931,6 +942,7 @@ impl Probe {
                 phase,
                 attempt,
                 unprintable: behaviour.unprintable,
+                cyclic: behaviour.cyclic,
             };
             let (end, result): (End, Result<(), BoxError>) = match act {
                 Act::Ok => (End::Ok, Ok(())),
@@ -1821,8 +1833,10 @@ fn check_result(
             fits,
             "inv 4: {failure} carries {cause:?}, but its last attempt ended {end:?}"
         );
+        // (`is_permanent` walks the whole chain: not on a cyclic one.)
+        let cyclic = injected.is_some_and(|e| e.cyclic);
         ensure!(
-            failure.is_permanent() == (end == Some(End::Permanent)),
+            cyclic || failure.is_permanent() == (end == Some(End::Permanent)),
             "inv 4: {failure}: is_permanent() = {}, last attempt ended {end:?}",
             failure.is_permanent()
         );
