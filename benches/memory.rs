@@ -3,32 +3,13 @@
 //!
 //! `cargo bench --bench memory`
 
-use std::future::{Ready, ready};
+mod common;
 
-use tcc::{Orchestrator, Service};
+use common::{Noop, OK, names, services};
+use tcc::{Orchestrator, Service, tcc};
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
-
-type Phase = fn() -> Ready<Result<(), std::io::Error>>;
-const OK: Phase = || ready(Ok(()));
-const FAIL: Phase = || ready(Err(std::io::Error::other("no room")));
-
-fn services(names: &[String], fail: bool) -> Vec<Service> {
-    let last = names.len() - 1;
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            Service::new(
-                name.as_str(),
-                if fail && i == last { FAIL } else { OK },
-                OK,
-                OK,
-            )
-        })
-        .collect()
-}
 
 /// Peak resident set size of this process, from /proc (Linux).
 fn peak_rss_kib() -> Option<u64> {
@@ -78,8 +59,9 @@ fn main() {
 
     let _profiler = dhat::Profiler::builder().testing().build();
     for n in [1, 10, 100] {
-        let names: Vec<String> = (0..n).map(|i| format!("service-{i}")).collect();
-        let (build_blocks, build_bytes) = count(100, || drop(services(&names, false)));
+        let names = names(n);
+        let (build_blocks, build_bytes) =
+            count(100, || drop(services(&names, false).collect::<Vec<_>>()));
         let reused = Orchestrator::new(services(&names, false));
         let (run_blocks, run_bytes) = count(100, || {
             runtime.block_on(reused.orchestrate()).unwrap();
@@ -95,4 +77,15 @@ fn main() {
             run_blocks / n as f64
         );
     }
+    let (blocks, bytes) = count(100, || {
+        runtime
+            .block_on(tcc! {
+                Noop("a"), Noop("b"), Noop("c"), Noop("d"), Noop("e"),
+                Noop("f"), Noop("g"), Noop("h"), Noop("i"), Noop("j"),
+            })
+            .unwrap();
+    });
+    println!(
+        "tcc! over 10 typed services, built in the block: {blocks:.1} allocations / {bytes:.0} bytes"
+    );
 }

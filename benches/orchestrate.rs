@@ -3,36 +3,21 @@
 //! `cargo bench --bench orchestrate`; one group with
 //! `cargo bench --bench orchestrate -- success`.
 
-use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Noop, names, services};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tcc::{Orchestrator, Service};
+use tcc::{Orchestrator, Service, tcc};
 use tokio::runtime::{Builder, Runtime};
 
 /// A type-erased future, as every orchestrator of dynamic services has.
 type BoxedUnit = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ()>> + Send>>;
 
-type Phase = fn() -> Ready<Result<(), std::io::Error>>;
-const OK: Phase = || ready(Ok(()));
-const FAIL: Phase = || ready(Err(std::io::Error::other("no room")));
-
 fn current_thread() -> Runtime {
     Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("service-{i}")).collect()
-}
-
-/// `n` no-op services; the last one's Try fails when `fail` is set.
-fn services(names: &[String], fail: bool) -> impl Iterator<Item = Service> + '_ {
-    let last = names.len() - 1;
-    names.iter().enumerate().map(move |(i, name)| {
-        let try_phase = if fail && i == last { FAIL } else { OK };
-        Service::new(name.as_str(), try_phase, OK, OK)
-    })
 }
 
 /// F: what any orchestrator of type-erased services must at least do: `n`
@@ -46,6 +31,29 @@ async fn floor(n: usize) {
             black_box(future.await).unwrap();
         }
     }
+}
+
+/// `tcc!` over typed services, built in the block as a handler would.
+fn macro_cases(c: &mut Criterion) {
+    let runtime = current_thread();
+    let mut group = c.benchmark_group("success");
+    group.throughput(Throughput::Elements(2));
+    group.bench_function(BenchmarkId::new("tcc_macro", 2), |b| {
+        b.to_async(&runtime)
+            .iter(|| async { tcc! { Noop("a"), Noop("b") }.await.unwrap() })
+    });
+    group.throughput(Throughput::Elements(10));
+    group.bench_function(BenchmarkId::new("tcc_macro", 10), |b| {
+        b.to_async(&runtime).iter(|| async {
+            tcc! {
+                Noop("a"), Noop("b"), Noop("c"), Noop("d"), Noop("e"),
+                Noop("f"), Noop("g"), Noop("h"), Noop("i"), Noop("j"),
+            }
+            .await
+            .unwrap()
+        })
+    });
+    group.finish();
 }
 
 fn success(c: &mut Criterion) {
@@ -164,5 +172,12 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, success, try_fails, latency, throughput);
+criterion_group!(
+    benches,
+    success,
+    macro_cases,
+    try_fails,
+    latency,
+    throughput
+);
 criterion_main!(benches);
