@@ -240,4 +240,6 @@ async fn odd_source_chains_are_retried_like_any_error() {
         .map(|f| (f.service_name(), f.attempts()))
         .collect();
     assert_eq!(attempts, [("cyclic", 3), ("no_source", 3)]);
+    // Asked by the caller, the answer comes back too.
+    assert!(!error.failures()[0].is_permanent());
 }

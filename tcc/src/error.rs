@@ -43,9 +43,14 @@ impl Permanent {
         Permanent(error.into())
     }
 
-    /// Whether `error`, or any error in its source chain, is [`Permanent`].
+    /// Whether `error`, or an error in its source chain, is [`Permanent`].
+    /// Looks at the first 64 links only, so a chain that loops back on
+    /// itself cannot hang the caller.
     pub fn is_in(error: &(dyn std::error::Error + 'static)) -> bool {
-        std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<Permanent>())
+        const LINKS: usize = 64;
+        std::iter::successors(Some(error), |e| e.source())
+            .take(LINKS)
+            .any(|e| e.is::<Permanent>())
     }
 }
 

@@ -141,20 +141,11 @@ impl Drop for PhaseRun<'_> {
     }
 }
 
-/// How many links of an error's source chain [`is_permanent`] looks at.
-const SOURCE_LINKS: usize = 64;
-
-/// Whether retrying cannot help: [`Permanent`] somewhere in the first
-/// [`SOURCE_LINKS`] links of the source chain. Bounded, and a `source()`
-/// that panics ends the chain, so that a phase's odd error type (one whose
-/// chain loops back on itself) can neither hang nor crash the transaction.
+/// Whether retrying cannot help: [`Permanent::is_in`], with a `source()`
+/// that panics taken as the end of the chain, so that a phase's odd error
+/// type can neither hang nor crash the transaction.
 fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
-    catch_unwind(AssertUnwindSafe(|| {
-        std::iter::successors(Some(error), |e| e.source())
-            .take(SOURCE_LINKS)
-            .any(|e| e.is::<Permanent>())
-    }))
-    .unwrap_or(false)
+    catch_unwind(AssertUnwindSafe(|| Permanent::is_in(error))).unwrap_or(false)
 }
 
 /// An error as a log line shows it. Logs format a phase's error, and a
