@@ -11,9 +11,9 @@ use tokio::time::Instant;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-#[tokio::test(start_paused = true)]
-async fn every_try_starts_at_once_and_then_every_confirm() {
-    let services: Vec<_> = (0..10)
+/// `n` services whose Try and Confirm each take a second.
+fn sleepy(n: usize) -> Vec<(tcc::Service, std::sync::Arc<common::Probe>)> {
+    (0..n)
         .map(|i| {
             scripted(
                 &format!("s{i}"),
@@ -22,7 +22,12 @@ async fn every_try_starts_at_once_and_then_every_confirm() {
                 Step::Ok,
             )
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_try_starts_at_once_and_then_every_confirm() {
+    let services = sleepy(10);
     let start = Instant::now();
     let report = Orchestrator::new(services.iter().map(|(s, _)| s.clone()))
         .orchestrate()
@@ -241,16 +246,7 @@ async fn a_panic_while_building_the_future_is_caught_too() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_orchestration_still_confirms() {
-    let services: Vec<_> = (0..3)
-        .map(|i| {
-            scripted(
-                &format!("s{i}"),
-                Step::Sleep(SECOND),
-                Step::Sleep(SECOND),
-                Step::Ok,
-            )
-        })
-        .collect();
+    let services = sleepy(3);
     let orchestrator = Orchestrator::new(services.iter().map(|(s, _)| s.clone()));
     // The caller gives up while the tries are running.
     let given_up = tokio::time::timeout(SECOND / 2, orchestrator.orchestrate()).await;
