@@ -291,38 +291,47 @@ impl RetrySpec {
         (limit, self.policy)
     }
 
-    fn apply_service(self, mut service: Service) -> Service {
+    /// Makes the builder calls, in the drawn order, on a service or an
+    /// orchestrator (both take the same two settings).
+    fn apply<T: RetrySettings>(self, mut target: T) -> T {
+        let policy = |target: T| match self.policy {
+            Some(p) => target.retry(p.build()),
+            None => target,
+        };
         if self.policy_first {
-            if let Some(p) = self.policy {
-                service = service.retry(p.build());
-            }
+            target = policy(target);
         }
         if let Some(n) = self.max_retries {
-            service = service.max_retries(n);
+            target = target.max_retries(n);
         }
         if !self.policy_first {
-            if let Some(p) = self.policy {
-                service = service.retry(p.build());
-            }
+            target = policy(target);
         }
-        service
+        target
     }
+}
 
-    fn apply_orchestrator(self, mut orchestrator: Orchestrator) -> Orchestrator {
-        if self.policy_first {
-            if let Some(p) = self.policy {
-                orchestrator = orchestrator.retry(p.build());
-            }
-        }
-        if let Some(n) = self.max_retries {
-            orchestrator = orchestrator.max_retries(n);
-        }
-        if !self.policy_first {
-            if let Some(p) = self.policy {
-                orchestrator = orchestrator.retry(p.build());
-            }
-        }
-        orchestrator
+/// The retry builders that `Service` and `Orchestrator` share.
+trait RetrySettings: Sized {
+    fn retry(self, policy: RetryPolicy) -> Self;
+    fn max_retries(self, n: u32) -> Self;
+}
+
+impl RetrySettings for Service {
+    fn retry(self, policy: RetryPolicy) -> Self {
+        Service::retry(self, policy)
+    }
+    fn max_retries(self, n: u32) -> Self {
+        Service::max_retries(self, n)
+    }
+}
+
+impl RetrySettings for Orchestrator {
+    fn retry(self, policy: RetryPolicy) -> Self {
+        Orchestrator::retry(self, policy)
+    }
+    fn max_retries(self, n: u32) -> Self {
+        Orchestrator::max_retries(self, n)
     }
 }
 
@@ -1260,7 +1269,7 @@ fn orchestrator_run(case: &Case, probes: &[Arc<Probe>]) -> (Vec<Service>, Run) {
         .iter()
         .zip(&case.services)
         .map(|(probe, spec)| {
-            let service = spec.retry.apply_service(probe.service());
+            let service = spec.retry.apply(probe.service());
             match spec.try_timeout {
                 Some(limit) => service.try_timeout(limit),
                 None => service,
@@ -1273,7 +1282,7 @@ fn orchestrator_run(case: &Case, probes: &[Arc<Probe>]) -> (Vec<Service>, Run) {
     let spec = &case.orchestrator;
     let mut orchestrator = spec
         .retry
-        .apply_orchestrator(Orchestrator::new(services.clone()))
+        .apply(Orchestrator::new(services.clone()))
         .fail_fast(spec.fail_fast);
     if let Some(limit) = spec.try_timeout {
         orchestrator = orchestrator.try_timeout(limit);

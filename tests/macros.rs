@@ -57,10 +57,15 @@ struct Flight {
 
 impl Flight {
     fn new(counts: &Arc<Counts>) -> Self {
+        Flight::confirm_failing(counts, 0)
+    }
+
+    /// A flight whose Confirm fails its first `failures` attempts.
+    fn confirm_failing(counts: &Arc<Counts>, failures: u32) -> Self {
         Flight {
             counts: counts.clone(),
             fail_try: false,
-            confirm_failures: AtomicU32::new(0),
+            confirm_failures: AtomicU32::new(failures),
         }
     }
 }
@@ -192,10 +197,7 @@ async fn an_inline_try_failure_cancels_the_typed_services_too() {
 async fn the_max_retries_argument_limits_confirm_retries() {
     // max_retries = 2: three attempts, enough for two failures ...
     let counts = Arc::new(Counts::default());
-    let flight = Flight {
-        confirm_failures: AtomicU32::new(2),
-        ..Flight::new(&counts)
-    };
+    let flight = Flight::confirm_failing(&counts, 2);
     let report = tcc! { flight }.await.unwrap();
     assert_eq!(
         report.service("flight").unwrap().attempts(Phase::Confirm),
@@ -205,10 +207,7 @@ async fn the_max_retries_argument_limits_confirm_retries() {
 
     // ... but not for three.
     let counts = Arc::new(Counts::default());
-    let flight = Flight {
-        confirm_failures: AtomicU32::new(3),
-        ..Flight::new(&counts)
-    };
+    let flight = Flight::confirm_failing(&counts, 3);
     let error = tcc! { flight }.await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::ConfirmFailed);
     assert_eq!(error.failures()[0].attempts(), 3);
@@ -218,10 +217,7 @@ async fn the_max_retries_argument_limits_confirm_retries() {
 #[tokio::test(start_paused = true)]
 async fn the_max_retries_setting_wins_over_the_argument() {
     let counts = Arc::new(Counts::default());
-    let flight = Flight {
-        confirm_failures: AtomicU32::new(4),
-        ..Flight::new(&counts)
-    };
+    let flight = Flight::confirm_failing(&counts, 4);
     let report = tcc! {
         max_retries = 5;
         flight,
@@ -234,10 +230,7 @@ async fn the_max_retries_setting_wins_over_the_argument() {
     );
 
     let counts = Arc::new(Counts::default());
-    let flight = Flight {
-        confirm_failures: AtomicU32::new(1),
-        ..Flight::new(&counts)
-    };
+    let flight = Flight::confirm_failing(&counts, 1);
     let error = tcc! {
         retry = tcc::RetryPolicy::immediate(0);
         flight,

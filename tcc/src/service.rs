@@ -163,7 +163,7 @@ pub(crate) async fn erase<E: Into<BoxError>>(
 }
 
 /// Settings a service may carry; the orchestrator's own settings win over them.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Settings {
     pub(crate) max_retries: Option<u32>,
     pub(crate) retry: Option<RetryPolicy>,
@@ -262,7 +262,7 @@ impl Service {
             confirm_fn,
             cancel_fn,
         };
-        Self::from_phases(name.into(), phases, Settings::default())
+        Self::from_phases(name.into(), phases, Settings::DEFAULT)
     }
 
     pub(crate) fn from_phases(name: Arc<str>, phases: impl Phases, settings: Settings) -> Self {
@@ -445,7 +445,7 @@ impl<S: TccService> From<S> for Service {
         let name: Arc<str> = service.service_name().into();
         let settings = Settings {
             max_retries: service.max_retries(),
-            ..Settings::default()
+            ..Settings::DEFAULT
         };
         Service::from_phases(name, TypedPhases(service), settings)
     }
