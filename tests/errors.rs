@@ -111,26 +111,44 @@ async fn a_confirm_failure_message_says_repair_is_needed() {
 
 #[tokio::test(start_paused = true)]
 async fn fail_fast_says_how_many_started_services_were_cancelled() {
-    let mut services = vec![scripted("first", Step::Fail, Step::Ok, Step::Ok).0];
-    services.extend((0..3).map(|i| healthy(&format!("s{i}")).0));
+    // The failure comes after every Try has started, so all were started.
+    let mut services: Vec<_> = (0..3)
+        .map(|i| {
+            scripted(
+                &format!("s{i}"),
+                Step::Sleep(Duration::from_secs(5)),
+                Step::Ok,
+                Step::Ok,
+            )
+            .0
+        })
+        .collect();
+    services.push(
+        scripted(
+            "last",
+            Step::SleepThenFail(Duration::from_secs(1)),
+            Step::Ok,
+            Step::Ok,
+        )
+        .0,
+    );
     let error = Orchestrator::new(services.clone())
         .fail_fast(true)
         .orchestrate()
         .await
         .unwrap_err();
-    let started = services.iter().filter(|s| s.tried()).count();
-    let expected = if started == 1 {
-        "try failed in `first`: transient failure; 1 started service was cancelled".to_owned()
-    } else if started == services.len() {
-        format!(
-            "try failed in `first`: transient failure; all {started} started services were cancelled"
-        )
-    } else {
-        format!(
-            "try failed in `first`: transient failure; {started} started services were cancelled"
-        )
-    };
-    assert_eq!(error.to_string(), expected);
+    assert_eq!(
+        error.to_string(),
+        "try failed in `last`: failure after a while; all 4 started services were cancelled"
+    );
+    assert!(services.iter().all(|s| s.tried() && s.cancel_succeeded()));
+
+    let (only, _) = scripted("only", Step::Fail, Step::Ok, Step::Ok);
+    let error = Orchestrator::new([only]).orchestrate().await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "try failed in `only`: transient failure; 1 started service was cancelled"
+    );
 }
 
 #[tokio::test(start_paused = true)]

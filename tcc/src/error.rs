@@ -315,7 +315,11 @@ impl fmt::Display for Inner {
                         .filter(|s| s.attempts(Phase::Cancel) > 0)
                         .count()
                 });
-                let word = if started == services { "all " } else { "" };
+                let word = if started == services && started > 1 {
+                    "all "
+                } else {
+                    ""
+                };
                 write!(
                     f,
                     "; {word}{started} started {} cancelled",
