@@ -1,8 +1,8 @@
 //! What went wrong: [`Error`] for a whole orchestration, [`Failure`] for one
 //! phase of one service, and the causes the runtime itself produces.
 
+use crate::service::Name;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::phase::Phase;
@@ -91,7 +91,7 @@ impl Panicked {
 #[derive(Debug, thiserror::Error)]
 #[error("{phase} of `{service}` failed after {attempts} {}", plural(*.attempts, "attempt"))]
 pub struct Failure {
-    service: Arc<str>,
+    service: Name,
     phase: Phase,
     attempts: u32,
     #[source]
@@ -99,7 +99,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub(crate) fn new(service: Arc<str>, phase: Phase, attempts: u32, cause: BoxError) -> Self {
+    pub(crate) fn new(service: Name, phase: Phase, attempts: u32, cause: BoxError) -> Self {
         Failure {
             service,
             phase,
@@ -190,7 +190,7 @@ pub struct Error {
 struct Inner {
     kind: ErrorKind,
     phase: Phase,
-    service: Option<Arc<str>>,
+    service: Option<Name>,
     failures: Vec<Failure>,
     report: Option<Report>,
     detail: Option<String>,
@@ -227,7 +227,7 @@ impl Error {
     }
 
     /// An orchestration refused (or cut short) before any phase ran.
-    pub(crate) fn refused(kind: ErrorKind, service: Option<Arc<str>>, detail: String) -> Self {
+    pub(crate) fn refused(kind: ErrorKind, service: Option<Name>, detail: String) -> Self {
         Error {
             inner: Box::new(Inner {
                 kind,

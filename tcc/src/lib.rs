@@ -166,7 +166,11 @@ pub mod __private {
     where
         F: Fn(Phase) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static,
     {
-        Service::from_phases(name.into(), PhaseFn(phases), Settings::DEFAULT)
+        Service::from_phases(
+            crate::service::Name::new_static(name),
+            PhaseFn(phases),
+            Settings::DEFAULT,
+        )
     }
 
     /// Boxes an inline phase's future, erasing its error type.

@@ -1,6 +1,6 @@
 //! What happened in one orchestration: [`Report`].
 
-use std::sync::Arc;
+use crate::service::Name;
 
 use crate::context::TransactionId;
 use crate::phase::Phase;
@@ -53,12 +53,12 @@ pub struct PhaseRecord {
 /// What happened to one service in one orchestration.
 #[derive(Clone, Debug)]
 pub struct ServiceReport {
-    name: Arc<str>,
+    name: Name,
     phases: [PhaseRecord; 3],
 }
 
 impl ServiceReport {
-    pub(crate) fn new(name: Arc<str>) -> Self {
+    pub(crate) fn new(name: Name) -> Self {
         ServiceReport {
             name,
             phases: [PhaseRecord::default(); 3],

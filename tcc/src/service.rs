@@ -188,8 +188,12 @@ const CANCEL_SUCCEEDED: u8 = 1 << 5;
 const BUSY: u8 = 1 << 7;
 const FLAGS: u8 = !BUSY;
 
+/// A service's name: up to 23 bytes are stored inline, so naming a service
+/// costs no allocation of its own, and copies are cheap.
+pub(crate) type Name = smol_str::SmolStr;
+
 pub(crate) struct Shared<P: ?Sized> {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: Name,
     state: AtomicU8,
     pub(crate) phases: P,
 }
@@ -231,7 +235,7 @@ pub struct Service {
 }
 
 impl Service {
-    /// Builds a service from its name (a `&str`, `String` or `Arc<str>`) and
+    /// Builds a service from its name (a `&str`, `String`, `Arc<str>` ...) and
     /// its Try, Confirm and Cancel functions. Each function is called once per attempt and returns a
     /// future yielding `Result<(), E>`, where `E` is any error type that
     /// converts into [`BoxError`] (every `std::error::Error + Send + Sync`,
@@ -241,7 +245,7 @@ impl Service {
     /// handle (an `Arc`, a connection pool) into each closure and clone it
     /// into the future.
     pub fn new<T, C, X, TF, CF, XF, TE, CE, XE>(
-        name: impl Into<Arc<str>>,
+        name: impl AsRef<str>,
         try_fn: T,
         confirm_fn: C,
         cancel_fn: X,
@@ -262,10 +266,10 @@ impl Service {
             confirm_fn,
             cancel_fn,
         };
-        Self::from_phases(name.into(), phases, Settings::DEFAULT)
+        Self::from_phases(Name::new(name), phases, Settings::DEFAULT)
     }
 
-    pub(crate) fn from_phases(name: Arc<str>, phases: impl Phases, settings: Settings) -> Self {
+    pub(crate) fn from_phases(name: Name, phases: impl Phases, settings: Settings) -> Self {
         Service {
             shared: Arc::new(Shared {
                 name,
@@ -442,7 +446,7 @@ fn succeeded_bit(phase: Phase) -> u8 {
 
 impl<S: TccService> From<S> for Service {
     fn from(service: S) -> Self {
-        let name: Arc<str> = service.service_name().into();
+        let name = Name::new(service.service_name());
         let settings = Settings {
             max_retries: service.max_retries(),
             ..Settings::DEFAULT
