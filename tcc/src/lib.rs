@@ -106,6 +106,8 @@ mod report;
 mod retry;
 mod run;
 mod service;
+mod transaction;
+mod typed;
 
 pub use context::{Context, ParseTransactionIdError, TransactionId};
 pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TryTimedOut};
@@ -122,70 +124,34 @@ pub use tcc_macros::{cancel, confirm, tcc, tcc_service, try_phase};
 /// What the macros expand to. Not public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::{BoxError, Error, Orchestrator, Phase, Report, Service, TccService};
+    pub use crate::typed::{
+        Inline, IsNotParticipant, IsParticipant, Listed, Member, Members, NotAService, Participant,
+        Plan, check, member,
+    };
+    pub use crate::{BoxError, Phase, TccService};
     pub use core::future::Future;
+    pub use core::option::Option;
+    pub use core::pin::pin;
     pub use core::result::Result;
-    pub use futures_util::future::BoxFuture;
-    pub use std::sync::Arc;
-
-    use crate::service::{PhaseFn, Settings};
-
-    /// A service listed in `tcc!` as a [`Service`]; the bound carries the
-    /// "not a TCC service" message.
-    pub fn service<S: IntoService>(service: S) -> Service {
-        service.into_service()
-    }
-
-    /// What `tcc!` accepts as a listed service: a [`TccService`] or a
-    /// [`Service`] built by hand.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` is not a TCC service",
-        label = "not a TCC service",
-        note = "annotate its impl block with #[tcc_service] and mark one method each with #[try_phase], #[confirm] and #[cancel]"
-    )]
-    pub trait IntoService {
-        /// Converts into the orchestrator's handle.
-        fn into_service(self) -> Service;
-    }
-
-    impl<S: TccService> IntoService for S {
-        fn into_service(self) -> Service {
-            Service::from(self)
-        }
-    }
-
-    impl IntoService for Service {
-        fn into_service(self) -> Service {
-            self
-        }
-    }
-
-    /// An inline service of `tcc!`: one closure that builds the future of a
-    /// phase, so that the block's environment is captured once.
-    pub fn inline_service<F>(name: &'static str, phases: F) -> Service
-    where
-        F: Fn(Phase) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static,
-    {
-        Service::from_phases(
-            crate::service::Name::new_static(name),
-            PhaseFn(phases),
-            Settings::DEFAULT,
-        )
-    }
-
-    /// Boxes an inline phase's future, erasing its error type.
-    pub fn boxed<F, E>(future: F) -> BoxFuture<'static, Result<(), BoxError>>
-    where
-        F: Future<Output = Result<(), E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        Box::pin(crate::service::erase(future))
-    }
+    pub use futures_util::future::Either;
 
     /// A `#[tcc_service]` method's future, its error converted on failure.
     pub fn erase<F, E>(future: F) -> impl Future<Output = Result<(), BoxError>> + Send
     where
         F: Future<Output = Result<(), E>> + Send,
+        E: Into<BoxError> + 'static,
+    {
+        crate::service::erase(future)
+    }
+
+    /// An inline phase's future, its error converted on failure. It may
+    /// outlive the block (its transaction goes on if the caller goes away),
+    /// so it must own what it uses.
+    pub fn inline_phase<F, E>(
+        future: F,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'static
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         crate::service::erase(future)

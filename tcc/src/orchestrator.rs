@@ -1,26 +1,23 @@
 //! Running a transaction: [`Orchestrator`].
 
-use std::collections::HashSet;
 use std::future::{Future, poll_fn};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Poll, ready};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
 use crate::context::{Context, TransactionId};
-use crate::error::{Error, ErrorKind, Failure, Panicked};
+use crate::error::{Error, ErrorKind};
 use crate::phase::Phase;
-use crate::report::{PhaseRecord, Report, ServiceReport};
-use crate::retry::{FNV_OFFSET, RetryPolicy, fnv1a};
-use crate::run::{Logged, Outcome, PhaseRun, Retries};
-use crate::service::{Service, Settings};
+use crate::report::Report;
+use crate::retry::RetryPolicy;
+use crate::run::{Outcome, PhaseRun, ServiceAttempts};
+use crate::service::{Name, Service, Settings};
+use crate::transaction::{self, Claims, Ledger, first_duplicate, resolve};
 
 /// Runs a TCC transaction over a set of services.
 ///
@@ -76,8 +73,8 @@ pub struct Orchestrator {
     /// Shared with each running transaction, so starting one copies nothing
     /// per service.
     services: Arc<[Service]>,
-    /// The first service whose name an earlier one has, found once in `new`.
-    duplicate: Option<usize>,
+    /// The first name that an earlier service has too, found once in `new`.
+    duplicate: Option<Name>,
     settings: Settings,
     fail_fast: bool,
 }
@@ -86,7 +83,7 @@ impl Orchestrator {
     /// An orchestrator over `services`, with default settings.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
         let services: Arc<[Service]> = services.into_iter().collect();
-        let duplicate = first_duplicate(&services);
+        let duplicate = first_duplicate(services.iter().map(|s| &s.shared.name)).cloned();
         Orchestrator {
             services,
             duplicate,
@@ -150,74 +147,24 @@ impl Orchestrator {
     /// same name, a service already in a running orchestration, an invalid
     /// retry policy, or no tokio runtime.
     pub async fn orchestrate(&self) -> Result<Report, Error> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            let detail = "orchestration refused: `orchestrate` must run inside a tokio runtime";
-            Error::refused(ErrorKind::NoRuntime, None, detail.to_owned())
-        })?;
+        let runtime = transaction::runtime()?;
         let transaction = Transaction::prepare(self)?;
-        let id = transaction.id;
+        let id = transaction.ledger.id();
         let span = tracing::debug_span!("tcc_transaction", id = %id);
-        let mut running = Detached {
-            future: Some(Box::pin(transaction.run().instrument(span))),
-            runtime,
-        };
-        poll_fn(|cx| {
-            let Some(future) = running.future.as_mut() else {
-                return Poll::Ready(Err(interrupted(id, "polled after its end")));
-            };
-            // Phases' panics are caught where they run; this guards against
-            // the runtime's own (a timer used on a runtime without one).
-            let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
-            let result = match polled {
-                Ok(Poll::Pending) => return Poll::Pending,
-                Ok(Poll::Ready(result)) => result,
-                Err(payload) => Err(interrupted(id, Panicked::from_payload(&*payload).message())),
-            };
-            running.future = None;
-            Poll::Ready(result)
-        })
-        .await
-    }
-}
-
-fn interrupted(id: TransactionId, why: &str) -> Error {
-    Error::refused(
-        ErrorKind::Interrupted,
-        None,
-        format!("transaction {id} was interrupted before it ended: {why}"),
-    )
-}
-
-/// A running transaction that moves to a task of its own when the future
-/// polling it is dropped before its end.
-struct Detached {
-    future: Option<BoxFuture<'static, Result<Report, Error>>>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        if let Some(future) = self.future.take() {
-            tracing::debug!("caller went away; the transaction goes on in its own task");
-            drop(self.runtime.spawn(future));
-        }
+        transaction::drive(id, runtime, Box::pin(transaction.run().instrument(span))).await
     }
 }
 
 /// A transaction that holds its services (each claimed, so no other
-/// orchestration can run them meanwhile) and records what happens to them.
-///
-/// Every state change goes through [`Transaction::record`]: the one place a
-/// durable log will write to.
+/// orchestration can run them meanwhile) and records in its [`Ledger`] what
+/// happens to them.
 struct Transaction {
-    id: TransactionId,
     services: Arc<[Service]>,
-    /// How many of `services`, from the first, this transaction claimed.
-    claimed: usize,
+    /// The services, claimed until the transaction ends or is dropped.
+    claims: Claims<Arc<[Service]>>,
     settings: Settings,
     fail_fast: bool,
-    reports: Vec<ServiceReport>,
-    failures: Vec<(usize, Failure)>,
+    ledger: Ledger,
     /// Entered while the transaction is polled, so its phases can read it.
     context: Option<Context>,
 }
@@ -234,15 +181,8 @@ impl Transaction {
                 detail.to_owned(),
             ));
         }
-        if let Some(twice) = orchestrator.duplicate.map(|index| &services[index]) {
-            return Err(Error::refused(
-                ErrorKind::DuplicateService,
-                Some(twice.shared.name.clone()),
-                format!(
-                    "orchestration refused: two services are named `{}`",
-                    twice.name()
-                ),
-            ));
+        if let Some(twice) = &orchestrator.duplicate {
+            return Err(transaction::duplicate(twice));
         }
         let policies = std::iter::once(&orchestrator.settings)
             .chain(services.iter().map(Service::settings))
@@ -256,37 +196,16 @@ impl Transaction {
                 ));
             }
         }
+        let claims = Claims::claim(services.clone())?;
         let id = TransactionId::generate();
-        let mut transaction = Transaction {
-            id,
-            context: Some(Context::new(id, services.clone())),
+        Ok(Transaction {
+            context: Some(Context::new(id, services.clone().into())),
             services: services.clone(),
-            claimed: 0,
+            claims,
             settings: orchestrator.settings,
             fail_fast: orchestrator.fail_fast,
-            reports: Vec::new(),
-            failures: Vec::new(),
-        };
-        // Claims every service, or none: on a conflict, the services already
-        // claimed are given back as `transaction` drops.
-        for service in services.iter() {
-            if !service.acquire() {
-                return Err(Error::refused(
-                    ErrorKind::ServiceBusy,
-                    Some(service.shared.name.clone()),
-                    format!(
-                        "orchestration refused: service `{}` is already part of a running orchestration",
-                        service.name()
-                    ),
-                ));
-            }
-            transaction.claimed += 1;
-        }
-        transaction.reports = services
-            .iter()
-            .map(|s| ServiceReport::new(s.shared.name.clone()))
-            .collect();
-        Ok(transaction)
+            ledger: Ledger::new(id, services.iter().map(|s| s.shared.name.clone())),
+        })
     }
 
     async fn run(mut self) -> Result<Report, Error> {
@@ -309,31 +228,31 @@ impl Transaction {
     /// still pending are dropped and runs not created never start.
     async fn round(&mut self, phase: Phase) -> bool {
         let Transaction {
-            id,
             services,
             settings,
             fail_fast,
-            reports,
-            failures,
+            ledger,
             context,
             ..
         } = self;
+        let id = ledger.id();
         let stop_on_failure = phase == Phase::Try && *fail_fast;
         let mut starting = services
             .iter()
             .enumerate()
             .filter(|(_, service)| phase != Phase::Cancel || service.tried())
             .map(|(index, service)| {
-                let (retries, timeout) = resolve(settings, service, phase);
-                PhaseRun::new(index, service, *id, phase, retries, timeout)
+                let (retries, timeout) = resolve(settings, service.settings(), phase);
+                let attempts = ServiceAttempts::new(service);
+                PhaseRun::new(index, attempts, id, phase, retries, timeout)
             });
         // Created on the first run that does not finish at once.
-        let mut pending: Option<FuturesUnordered<PhaseRun<'_>>> = None;
+        let mut pending: Option<FuturesUnordered<PhaseRun<ServiceAttempts<'_>>>> = None;
         let mut all_succeeded = true;
         let mut record = |outcome: Outcome| {
             all_succeeded &= outcome.result.is_ok();
             let stop = stop_on_failure && outcome.result.is_err();
-            Self::record(services, reports, failures, phase, outcome);
+            ledger.record(phase, outcome);
             stop
         };
         poll_fn(|cx| {
@@ -363,129 +282,21 @@ impl Transaction {
         })
         .await;
         drop(pending);
-        if phase == Phase::Try {
+        if phase == Phase::Try && !all_succeeded {
             // With fail-fast, Tries still running were dropped above: they
             // started, so they will be cancelled like the rest, and are
             // reported as started but not succeeded.
-            for (service, report) in services.iter().zip(reports.iter_mut()) {
-                if service.tried() && report.attempts(Phase::Try) == 0 {
-                    all_succeeded = false;
-                    *report.record_mut(Phase::Try) = PhaseRecord {
-                        attempts: 1,
-                        succeeded: false,
-                    };
+            for (index, service) in services.iter().enumerate() {
+                if service.tried() {
+                    ledger.record_dropped_try(index);
                 }
             }
         }
         all_succeeded
     }
 
-    /// Records how a phase of one service ended.
-    fn record(
-        services: &[Service],
-        reports: &mut [ServiceReport],
-        failures: &mut Vec<(usize, Failure)>,
-        phase: Phase,
-        outcome: Outcome,
-    ) {
-        let Outcome {
-            index,
-            attempts,
-            result,
-        } = outcome;
-        *reports[index].record_mut(phase) = PhaseRecord {
-            attempts,
-            succeeded: result.is_ok(),
-        };
-        if let Err(cause) = result {
-            let service = &services[index];
-            tracing::warn!(service = service.name(), %phase, attempts, error = %Logged(&*cause), "phase failed");
-            failures.push((
-                index,
-                Failure::new(service.shared.name.clone(), phase, attempts, cause),
-            ));
-        }
+    fn finish(self) -> Result<Report, Error> {
+        drop(self.claims);
+        self.ledger.finish()
     }
-
-    fn finish(mut self) -> Result<Report, Error> {
-        self.release();
-        let report = Report::new(self.id, std::mem::take(&mut self.reports));
-        if self.failures.is_empty() {
-            return Ok(report);
-        }
-        let mut failures = std::mem::take(&mut self.failures);
-        failures.sort_by_key(|(index, failure)| (failure.phase().severity(), *index));
-        let error = Error::failed(failures.into_iter().map(|(_, f)| f).collect(), report);
-        if error.needs_repair() {
-            tracing::error!(error = %Logged(&error), "transaction needs manual repair");
-        }
-        Err(error)
-    }
-
-    /// Gives back the services this transaction claimed, once.
-    fn release(&mut self) {
-        for service in &self.services[..self.claimed] {
-            service.release();
-        }
-        // Another orchestration may claim them from now on: never again.
-        self.claimed = 0;
-    }
-}
-
-impl Drop for Transaction {
-    /// Gives the services back if the transaction is dropped before its end
-    /// (a refusal, or a runtime shutting down).
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// The index of the first service whose name an earlier service has.
-fn first_duplicate(services: &[Service]) -> Option<usize> {
-    // A handful of names are compared pairwise: no allocation, no hashing.
-    if services.len() <= 16 {
-        return (1..services.len())
-            .find(|&i| services[..i].iter().any(|s| s.name() == services[i].name()));
-    }
-    let mut names =
-        HashSet::with_capacity_and_hasher(services.len(), BuildHasherDefault::<Fnv>::default());
-    services.iter().position(|s| !names.insert(s.name()))
-}
-
-/// FNV-1a: names are short and not chosen by an attacker, so a fast hash
-/// beats the default SipHash here.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(FNV_OFFSET)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = fnv1a(self.0, bytes);
-    }
-}
-
-/// How a service runs `phase`: the orchestrator's settings where it sets
-/// them, the service's own otherwise, then the defaults.
-fn resolve(
-    orchestrator: &Settings,
-    service: &Service,
-    phase: Phase,
-) -> (Retries, Option<Duration>) {
-    let own = service.settings();
-    if phase == Phase::Try {
-        return (Retries::NONE, orchestrator.try_timeout.or(own.try_timeout));
-    }
-    let policy = orchestrator.retry.or(own.retry).unwrap_or_default();
-    let limit = orchestrator
-        .max_retries
-        .or(own.max_retries)
-        .unwrap_or(policy.max_retries);
-    (Retries { policy, limit }, None)
 }

@@ -74,6 +74,10 @@ impl ServiceReport {
         &self.name
     }
 
+    pub(crate) fn name_shared(&self) -> &Name {
+        &self.name
+    }
+
     /// How `phase` went.
     pub fn phase(&self, phase: Phase) -> PhaseRecord {
         self.phases[phase as usize]

@@ -40,41 +40,107 @@ impl Retries {
 
 /// How a phase of one service ended: its index in the orchestration, the
 /// attempts made, and the last attempt's result.
-pub(crate) struct Outcome {
+pub struct Outcome {
     pub(crate) index: usize,
     pub(crate) attempts: u32,
     pub(crate) result: Result<(), BoxError>,
 }
 
-/// One phase of one service, from its first attempt to its last.
-pub(crate) struct PhaseRun<'a> {
-    index: usize,
+/// The attempts a [`PhaseRun`] makes: how one service builds, polls and
+/// drops the future of one attempt, and where its status flags live.
+pub(crate) trait Attempts {
+    /// The service's name, for logs and the jitter seed.
+    fn name(&self) -> &str;
+
+    /// Polls the current attempt at `phase`, building its future first when
+    /// there is none. Called inside the context and the panic guard.
+    fn poll_attempt(
+        &mut self,
+        phase: Phase,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), BoxError>>;
+
+    /// Drops the current attempt's future, if there is one.
+    fn end_attempt(&mut self);
+
+    /// An attempt at `phase` starts.
+    fn started(&self, phase: Phase);
+
+    /// An attempt at `phase` ended.
+    fn ended(&self, phase: Phase, succeeded: bool);
+}
+
+/// The attempts of a [`Service`]: each one's future boxed by the service.
+pub(crate) struct ServiceAttempts<'a> {
     service: &'a Service,
+    future: Option<BoxFuture<'a, Result<(), BoxError>>>,
+}
+
+impl<'a> ServiceAttempts<'a> {
+    pub(crate) fn new(service: &'a Service) -> Self {
+        ServiceAttempts {
+            service,
+            future: None,
+        }
+    }
+}
+
+impl Attempts for ServiceAttempts<'_> {
+    fn name(&self) -> &str {
+        self.service.name()
+    }
+
+    fn poll_attempt(
+        &mut self,
+        phase: Phase,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        let service = self.service;
+        self.future
+            .get_or_insert_with(|| service.shared.phases.run(phase))
+            .as_mut()
+            .poll(cx)
+    }
+
+    fn end_attempt(&mut self) {
+        self.future = None;
+    }
+
+    fn started(&self, phase: Phase) {
+        self.service.mark_started(phase);
+    }
+
+    fn ended(&self, phase: Phase, succeeded: bool) {
+        self.service.record(phase, succeeded);
+    }
+}
+
+/// One phase of one service, from its first attempt to its last.
+pub(crate) struct PhaseRun<A: Attempts> {
+    index: usize,
     phase: Phase,
     retries: Retries,
     timeout: Option<Duration>,
     attempts: u32,
     transaction_id: TransactionId,
-    state: State<'a>,
+    state: State,
+    attempt: A,
 }
 
-enum State<'a> {
+enum State {
     /// The next poll starts the next attempt.
     Start,
-    /// An attempt is running. Its future is built on its first poll, inside
+    /// An attempt is running; its future is built on its first poll, inside
     /// the context and the panic guard.
-    Running {
-        future: Option<BoxFuture<'a, Result<(), BoxError>>>,
-        deadline: Option<Pin<Box<Sleep>>>,
-    },
+    Running { deadline: Option<Pin<Box<Sleep>>> },
     /// Waiting before a retry.
     Backoff(Pin<Box<Sleep>>),
 }
 
-impl<'a> PhaseRun<'a> {
+impl<A: Attempts> PhaseRun<A> {
     pub(crate) fn new(
         index: usize,
-        service: &'a Service,
+        attempt: A,
         transaction_id: TransactionId,
         phase: Phase,
         retries: Retries,
@@ -82,33 +148,54 @@ impl<'a> PhaseRun<'a> {
     ) -> Self {
         PhaseRun {
             index,
-            service,
             phase,
             retries,
             timeout,
             attempts: 0,
             transaction_id,
             state: State::Start,
+            attempt,
         }
     }
 
-    /// Polls the running attempt's future, building it first if needed, with
-    /// the context pointed at it and panics caught. Runs inside the
-    /// transaction's [`Context::enter`].
-    fn poll_attempt(
+    /// Makes the run start over at `phase`, as a new run would.
+    pub(crate) fn restart(
         &mut self,
-        future: &mut Option<BoxFuture<'a, Result<(), BoxError>>>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Result<(), BoxError>> {
-        let (service, phase) = (self.service, self.phase);
-        Context::focus(self.index, phase, self.attempts);
-        let polled = catch_unwind(AssertUnwindSafe(|| {
-            future
-                .get_or_insert_with(|| service.shared.phases.run(phase))
-                .as_mut()
-                .poll(cx)
-        }));
-        match polled {
+        index: usize,
+        transaction_id: TransactionId,
+        phase: Phase,
+        retries: Retries,
+        timeout: Option<Duration>,
+    ) {
+        self.end_attempt();
+        self.index = index;
+        self.transaction_id = transaction_id;
+        self.phase = phase;
+        self.retries = retries;
+        self.timeout = timeout;
+        self.attempts = 0;
+        self.state = State::Start;
+    }
+
+    /// Attempts made so far; 0 when the run has not started.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Ends the running attempt, if any, dropping its future where a panic
+    /// in its destructor cannot take the transaction down with it.
+    pub(crate) fn end_attempt(&mut self) {
+        if catch_unwind(AssertUnwindSafe(|| self.attempt.end_attempt())).is_err() {
+            tracing::warn!("a phase's future panicked while it was dropped");
+        }
+    }
+
+    /// Polls the running attempt, with the context pointed at it and panics
+    /// caught. Runs inside the transaction's [`Context::enter`].
+    fn poll_attempt(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
+        Context::focus(self.index, self.phase, self.attempts);
+        let (attempt, phase) = (&mut self.attempt, self.phase);
+        match catch_unwind(AssertUnwindSafe(|| attempt.poll_attempt(phase, cx))) {
             Ok(poll) => poll,
             Err(payload) => Poll::Ready(Err(Box::new(Panicked::from_payload(&*payload)))),
         }
@@ -117,11 +204,11 @@ impl<'a> PhaseRun<'a> {
     /// The jitter seed: the same for a given transaction and service.
     fn seed(&self) -> u64 {
         let id = self.transaction_id.as_u128();
-        mix((id as u64) ^ ((id >> 64) as u64)) ^ name_hash(self.service.name())
+        mix((id as u64) ^ ((id >> 64) as u64)) ^ name_hash(self.attempt.name())
     }
 
     fn finish(&mut self, result: Result<(), BoxError>) -> Poll<Outcome> {
-        self.service.record(self.phase, result.is_ok());
+        self.attempt.ended(self.phase, result.is_ok());
         Poll::Ready(Outcome {
             index: self.index,
             attempts: self.attempts,
@@ -130,13 +217,13 @@ impl<'a> PhaseRun<'a> {
     }
 }
 
-impl Drop for PhaseRun<'_> {
+impl<A: Attempts> Drop for PhaseRun<A> {
     /// A run dropped in the middle of an attempt (a Try that fail-fast gives
     /// up on) drops the attempt's future here, where a panic in its
     /// destructor cannot take the whole transaction down with it.
     fn drop(&mut self) {
-        if let State::Running { future, .. } = &mut self.state {
-            drop_quietly(future.take());
+        if let State::Running { .. } = self.state {
+            self.end_attempt();
         }
     }
 }
@@ -162,48 +249,44 @@ impl<E: fmt::Display + ?Sized> fmt::Display for Logged<'_, E> {
     }
 }
 
-/// Drops a phase's future, catching a panic in its destructor: whatever a
-/// phase does, its panic never ends the transaction (the attempt's result
-/// stands).
-fn drop_quietly<T>(future: T) {
-    if catch_unwind(AssertUnwindSafe(move || drop(future))).is_err() {
-        tracing::warn!("a phase's future panicked while it was dropped");
-    }
-}
-
-impl Future for PhaseRun<'_> {
+impl<A: Attempts + Unpin> Future for PhaseRun<A> {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
-        let this = self.get_mut();
+        self.get_mut().poll_run(cx)
+    }
+}
+
+impl<A: Attempts> PhaseRun<A> {
+    /// Drives the run: starts each attempt, waits out its backoff, retries.
+    /// Nothing in a run is pinned (an attempt's future is boxed, or pinned
+    /// where its [`Attempts`] keep it), so it needs no `Pin` to be polled.
+    pub(crate) fn poll_run(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        let this = self;
         loop {
             match &mut this.state {
                 State::Start => {
                     this.attempts = this.attempts.saturating_add(1);
-                    this.service.mark_started(this.phase);
+                    this.attempt.started(this.phase);
                     let deadline = this
                         .timeout
                         .map(|limit| Box::pin(tokio::time::sleep(limit)));
-                    this.state = State::Running {
-                        future: None,
-                        deadline,
-                    };
+                    this.state = State::Running { deadline };
                 }
                 State::Backoff(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
                     this.state = State::Start;
                 }
-                State::Running { future, deadline } => {
-                    let mut future = future.take();
+                State::Running { deadline } => {
                     let mut deadline = deadline.take();
-                    let result = match this.poll_attempt(&mut future, cx) {
+                    let result = match this.poll_attempt(cx) {
                         Poll::Ready(result) => result,
                         Poll::Pending => {
                             let timed_out = deadline
                                 .as_mut()
                                 .is_some_and(|d| d.as_mut().poll(cx).is_ready());
                             if !timed_out {
-                                this.state = State::Running { future, deadline };
+                                this.state = State::Running { deadline };
                                 return Poll::Pending;
                             }
                             let limit = this.timeout.unwrap_or_default();
@@ -212,7 +295,8 @@ impl Future for PhaseRun<'_> {
                     };
                     // The attempt is over (a timed-out one is cancelled by
                     // this drop).
-                    drop_quietly(future);
+                    this.state = State::Start;
+                    this.end_attempt();
                     let error = match result {
                         Ok(()) => return this.finish(Ok(())),
                         Err(error) => error,
@@ -220,10 +304,10 @@ impl Future for PhaseRun<'_> {
                     if this.attempts > this.retries.limit || is_permanent(&*error) {
                         return this.finish(Err(error));
                     }
-                    this.service.record(this.phase, false);
+                    this.attempt.ended(this.phase, false);
                     let delay = this.retries.policy.delay(this.attempts, this.seed());
                     tracing::warn!(
-                        service = this.service.name(),
+                        service = this.attempt.name(),
                         phase = %this.phase,
                         attempt = this.attempts,
                         error = %Logged(&*error),

@@ -14,7 +14,7 @@ use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Failure};
 use crate::phase::Phase;
 use crate::retry::RetryPolicy;
-use crate::run::{PhaseRun, Retries};
+use crate::run::{PhaseRun, Retries, ServiceAttempts};
 
 /// A type whose three phases an orchestrator can run: the trait that
 /// [`#[tcc_service]`](crate::tcc_service) implements for an annotated impl block.
@@ -142,19 +142,6 @@ impl<S: TccService> Phases for TypedPhases<S> {
     }
 }
 
-/// Phases given as one closure that picks the future by phase, so that an
-/// inline service of `tcc!` captures its environment once.
-pub(crate) struct PhaseFn<F>(pub(crate) F);
-
-impl<F> Phases for PhaseFn<F>
-where
-    F: Fn(Phase) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static,
-{
-    fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>> {
-        (self.0)(phase)
-    }
-}
-
 /// Converts a phase's own error type into [`BoxError`], only on failure.
 pub(crate) async fn erase<E: Into<BoxError>>(
     future: impl Future<Output = Result<(), E>>,
@@ -164,7 +151,7 @@ pub(crate) async fn erase<E: Into<BoxError>>(
 
 /// Settings a service may carry; the orchestrator's own settings win over them.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Settings {
+pub struct Settings {
     pub(crate) max_retries: Option<u32>,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) try_timeout: Option<Duration>,
@@ -368,8 +355,12 @@ impl Service {
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
         self.clear(phase);
         let id = TransactionId::generate();
-        let mut context = Some(Context::new(id, Arc::from([self.clone()])));
-        let mut run = PhaseRun::new(0, self, id, phase, Retries::NONE, None);
+        let mut context = Some(Context::new(
+            id,
+            Arc::<[Service]>::from([self.clone()]).into(),
+        ));
+        let attempts = ServiceAttempts::new(self);
+        let mut run = PhaseRun::new(0, attempts, id, phase, Retries::NONE, None);
         let outcome =
             poll_fn(|cx| Context::enter(&mut context, || Pin::new(&mut run).poll(cx))).await;
         outcome

@@ -1,7 +1,7 @@
-//! Builds the orchestrator and returns the future of its run.
+//! Builds the block's services and returns the future of its run.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use super::parse::{Inline, Orchestration, Service};
@@ -16,32 +16,58 @@ use super::parse::{Inline, Orchestration, Service};
 //
 // Output:
 //     {
-//         let __tcc_orchestrator = ::tcc::__private::Orchestrator::new([
-//             ::tcc::__private::service(flights),
-//             ::tcc::__private::inline_service("payment", move |__tcc_phase| match __tcc_phase {
-//                 Phase::Try => ::tcc::__private::boxed(t),
-//                 Phase::Confirm => ::tcc::__private::boxed(c),
-//                 Phase::Cancel => ::tcc::__private::boxed(x),
-//             }),
-//             {
-//                 let log = Clone::clone(&log);
-//                 ::tcc::__private::inline_service("audit", move |__tcc_phase| match __tcc_phase {
-//                     Phase::Try => {
-//                         let log = Clone::clone(&log);
-//                         ::tcc::__private::boxed(async move { (log.open()).await })
-//                     }
-//                     ..
-//                 })
-//             },
-//         ])
-//         .max_retries(3);
-//         async move { __tcc_orchestrator.orchestrate().await }
+//         let __tcc_plan = ::tcc::__private::Plan::new().max_retries(3);
+//         let __tcc_service_0 = {
+//             let __tcc_value = flights;
+//             ::tcc::__private::check(&__tcc_value); // "not a TCC service"
+//             ::tcc::__private::Listed(__tcc_value).participant()
+//         };
+//         let __tcc_service_1 = ::tcc::__private::Inline::new("payment", move |__tcc_phase| {
+//             match __tcc_phase {
+//                 Phase::Try => Either::Left(::tcc::__private::inline_phase(t)),
+//                 Phase::Confirm => Either::Right(Either::Left(::tcc::__private::inline_phase(c))),
+//                 Phase::Cancel => Either::Right(Either::Right(::tcc::__private::inline_phase(x))),
+//             }
+//         });
+//         let __tcc_service_2 = {
+//             let log = Clone::clone(&log);
+//             ::tcc::__private::Inline::new("audit", move |__tcc_phase| match __tcc_phase {
+//                 Phase::Try => Either::Left({
+//                     let log = Clone::clone(&log);
+//                     ::tcc::__private::inline_phase(async move { (log.open()).await })
+//                 }),
+//                 ..
+//             })
+//         };
+//         __tcc_plan.start(async move {
+//             let __tcc_service_0 = &__tcc_service_0;
+//             let __tcc_slot_0 = ::tcc::__private::pin!(::tcc::__private::Option::None);
+//             ..
+//             __tcc_plan
+//                 .run((
+//                     ::tcc::__private::member(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
+//                         ::tcc::__private::Participant::phase(__tcc_service_0, __tcc_phase)
+//                     }),
+//                     (.., (.., ())),
+//                 ))
+//                 .await
+//         })
 //     }
+//
+// Each service's phase futures run in a slot pinned inside the block's own
+// future, so a run allocates nothing per service.
 pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
-    let services = orchestration.services.iter().map(|service| match service {
-        // Spanned on the value, so "`X` is not a TCC service" points at it.
+    let values = orchestration.services.iter().map(|service| match service {
+        // Spanned on the value, so "`X` is not a TCC service" points at it,
+        // once: a value that is not a service becomes a stand-in that is.
         Service::Typed(value) => quote_spanned! {value.span()=>
-            ::tcc::__private::service(#value)
+            {
+                let __tcc_value = #value;
+                ::tcc::__private::check(&__tcc_value);
+                #[allow(unused_imports)]
+                use ::tcc::__private::{IsNotParticipant as _, IsParticipant as _};
+                ::tcc::__private::Listed(__tcc_value).participant()
+            }
         },
         Service::Inline(inline) => inline_service(inline),
     });
@@ -50,19 +76,42 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
         let value = quote_spanned!(value.span()=> #value);
         quote!(.#key(#value))
     });
+    let count = orchestration.services.len();
+    let services: Vec<_> = (0..count)
+        .map(|i| format_ident!("__tcc_service_{}", i))
+        .collect();
+    let slots = (0..count).map(|i| format_ident!("__tcc_slot_{}", i));
+    let members =
+        services
+            .iter()
+            .zip(slots.clone())
+            .rev()
+            .fold(quote!(()), |rest, (service, slot)| {
+                quote! {
+                    (
+                        ::tcc::__private::member(#service, #slot, move |__tcc_phase| {
+                            ::tcc::__private::Participant::phase(#service, __tcc_phase)
+                        }),
+                        #rest,
+                    )
+                }
+            });
     quote! {
         {
-            let __tcc_orchestrator = ::tcc::__private::Orchestrator::new([
-                #(#services,)*
-            ])
-            #(#settings)*;
-            async move { __tcc_orchestrator.orchestrate().await }
+            let __tcc_plan = ::tcc::__private::Plan::new() #(#settings)*;
+            #(let #services = #values;)*
+            __tcc_plan.start(async move {
+                #(let #services = &#services;)*
+                #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
+                __tcc_plan.run(#members).await
+            })
         }
     }
 }
 
 /// One closure for the three phases, so the block's environment is captured
 /// (moved) once per service; each phase expression runs anew per attempt.
+/// The three futures become one type as the arms of a nested `Either`.
 ///
 /// With `clone(a, b)`, the service moves in clones of `a` and `b` (the
 /// caller keeps its own), and every attempt clones them again into an
@@ -74,7 +123,7 @@ fn inline_service(inline: &Inline) -> TokenStream {
     let [try_phase, confirm, cancel] = inline.phases.each_ref().map(|expr| {
         if clones.is_empty() {
             quote_spanned! {expr.span()=>
-                ::tcc::__private::boxed(#expr)
+                ::tcc::__private::inline_phase(#expr)
             }
         } else {
             let future = quote_spanned!(expr.span()=> (#expr).await);
@@ -85,7 +134,7 @@ fn inline_service(inline: &Inline) -> TokenStream {
                         #[allow(unused_variables)]
                         let #clones = ::core::clone::Clone::clone(&#clones);
                     )*
-                    ::tcc::__private::boxed(async move { #future })
+                    ::tcc::__private::inline_phase(async move { #future })
                 }
             }
         }
@@ -93,11 +142,15 @@ fn inline_service(inline: &Inline) -> TokenStream {
     quote! {
         {
             #(let #clones = ::core::clone::Clone::clone(&#clones);)*
-            ::tcc::__private::inline_service(#name, move |__tcc_phase: ::tcc::__private::Phase| {
+            ::tcc::__private::Inline::new(#name, move |__tcc_phase: ::tcc::__private::Phase| {
                 match __tcc_phase {
-                    ::tcc::__private::Phase::Try => #try_phase,
-                    ::tcc::__private::Phase::Confirm => #confirm,
-                    ::tcc::__private::Phase::Cancel => #cancel,
+                    ::tcc::__private::Phase::Try => ::tcc::__private::Either::Left(#try_phase),
+                    ::tcc::__private::Phase::Confirm => {
+                        ::tcc::__private::Either::Right(::tcc::__private::Either::Left(#confirm))
+                    }
+                    ::tcc::__private::Phase::Cancel => {
+                        ::tcc::__private::Either::Right(::tcc::__private::Either::Right(#cancel))
+                    }
                 }
             })
         }
