@@ -428,3 +428,106 @@ async fn services_built_by_hand_mix_with_typed_and_inline_ones() {
         ((1, 1, 0), (1, 1, 0), (1, 1, 0))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_typed_services_with_one_name_are_refused_before_any_phase() {
+    let (first, second) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+    let error = tcc! { Flight::new(&first), Flight::new(&second) }
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::DuplicateService);
+    assert_eq!(error.service_name(), "flight");
+    assert_eq!((first.get(), second.get()), ((0, 0, 0), (0, 0, 0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_handle_busy_in_another_orchestration_is_refused() {
+    let counts = Arc::new(Counts::default());
+    let (c1, c2, c3) = (counts.clone(), counts.clone(), counts.clone());
+    let slow = tcc::Service::new(
+        "slow",
+        move || slow_try(&c1, false),
+        move || count(&c2, Phase::Confirm),
+        move || count(&c3, Phase::Cancel),
+    );
+    let orchestrator = tcc::Orchestrator::new([slow.clone()]);
+    let running = tokio::spawn(async move { orchestrator.orchestrate().await });
+    tokio::task::yield_now().await;
+
+    let error = tcc! { slow.clone() }.await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ServiceBusy);
+    assert_eq!(error.service_name(), "slow");
+    running.await.unwrap().unwrap();
+    // Only the first orchestration ran it, and it is free again.
+    assert_eq!(counts.get(), (1, 1, 0));
+    tcc! { slow.clone() }.await.unwrap();
+    assert!(slow.try_succeeded() && slow.confirm_succeeded() && !slow.canceled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_handle_keeps_its_own_retry_limit() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let seen = attempts.clone();
+    let ok = || async { Ok::<(), String>(()) };
+    let ledger = tcc::Service::new(
+        "ledger",
+        ok,
+        move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>("ledger down".to_owned()) }
+        },
+        ok,
+    )
+    .max_retries(1);
+    let error = tcc! { ledger.clone() }.await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConfirmFailed);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(error.failures()[0].attempts(), 2);
+    assert!(ledger.confirmed() && !ledger.confirm_succeeded());
+}
+
+#[tokio::test(start_paused = true)]
+async fn phases_of_a_block_see_their_transaction_service_and_attempt() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let report = tcc! {
+        Flight::new(&Arc::new(Counts::default())),
+        "audit" => clone(log) {
+            try_phase: async {
+                let context = tcc::Context::current().expect("inside a phase");
+                log.lock().unwrap().push(context);
+                Ok::<(), String>(())
+            },
+            confirm: async {
+                let context = tcc::Context::current().expect("inside a phase");
+                log.lock().unwrap().push(context);
+                Ok::<(), String>(())
+            },
+            cancel: async { Ok::<(), String>(()) },
+        },
+    }
+    .await
+    .unwrap();
+    let seen: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c.transaction_id(),
+                c.service_name().to_owned(),
+                c.phase(),
+                c.attempt(),
+            )
+        })
+        .collect();
+    let id = report.transaction_id();
+    assert_eq!(
+        seen,
+        [
+            (id, "audit".to_owned(), Phase::Try, 1),
+            (id, "audit".to_owned(), Phase::Confirm, 1),
+        ]
+    );
+    assert!(tcc::Context::current().is_none());
+}
