@@ -418,3 +418,21 @@ async fn a_duplicate_among_many_services_is_found() {
     );
     assert!(services.iter().all(|s| !s.tried()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn names_of_one_length_that_end_alike_are_told_apart() {
+    // Few services (compared pairwise) and many (hashed) alike.
+    for count in [3, 20] {
+        let mut names: Vec<String> = (0..count).map(|i| format!("{i:0>3}-room-1234")).collect();
+        let services: Vec<_> = names.iter().map(|name| healthy(name).0).collect();
+        Orchestrator::new(services).orchestrate().await.unwrap();
+
+        names.push(names[1].clone());
+        let services: Vec<_> = names.iter().map(|name| healthy(name).0).collect();
+        let error = Orchestrator::new(services).orchestrate().await.unwrap_err();
+        assert_eq!(
+            (error.kind(), error.service_name()),
+            (ErrorKind::DuplicateService, names[1].as_str())
+        );
+    }
+}

@@ -204,7 +204,7 @@ impl Transaction {
             claims,
             settings: orchestrator.settings,
             fail_fast: orchestrator.fail_fast,
-            ledger: Ledger::new(id, services.iter().map(|s| s.shared.name.clone())),
+            ledger: Ledger::new(id, services.iter().map(Service::report).collect()),
         })
     }
 

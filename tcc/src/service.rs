@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Failure};
 use crate::phase::Phase;
+use crate::report::ServiceReport;
 use crate::retry::RetryPolicy;
 use crate::run::{PhaseRun, Retries, ServiceAttempts};
 
@@ -265,6 +266,11 @@ impl Service {
             }),
             settings: (settings != Settings::DEFAULT).then(|| Box::new(settings)),
         }
+    }
+
+    /// An empty record of this service, for an orchestration's report.
+    pub(crate) fn report(&self) -> ServiceReport {
+        ServiceReport::new(self.shared.name.clone())
     }
 
     /// The settings given to this handle.

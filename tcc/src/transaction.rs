@@ -31,17 +31,22 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    /// A ledger for the services named `names`, in order.
-    pub(crate) fn new(id: TransactionId, names: impl IntoIterator<Item = Name>) -> Self {
+    /// A ledger for the services whose (empty) records are `reports`.
+    pub(crate) fn new(id: TransactionId, reports: Vec<ServiceReport>) -> Self {
         Ledger {
             id,
-            reports: names.into_iter().map(ServiceReport::new).collect(),
+            reports,
             failures: Vec::new(),
         }
     }
 
     pub(crate) fn id(&self) -> TransactionId {
         self.id
+    }
+
+    /// The services' names, in order.
+    pub(crate) fn names(&self) -> impl ExactSizeIterator<Item = &Name> {
+        self.reports.iter().map(ServiceReport::name_shared)
     }
 
     /// Records how `phase` of one service ended.
@@ -226,19 +231,40 @@ pub(crate) fn duplicate(twice: &Name) -> Error {
 
 /// The first name that an earlier one equals.
 pub(crate) fn first_duplicate<'a>(
-    mut names: impl ExactSizeIterator<Item = &'a Name> + Clone,
+    mut names: impl ExactSizeIterator<Item = &'a Name>,
 ) -> Option<&'a Name> {
-    // A handful of names are compared pairwise: no allocation, no hashing.
-    if names.len() <= 16 {
-        let all = names.clone();
-        return names
-            .enumerate()
-            .find(|(i, name)| all.clone().take(*i).any(|earlier| earlier == *name))
-            .map(|(_, name)| name);
+    const FEW: usize = 16;
+    if names.len() <= FEW {
+        // A handful of names are compared pairwise, with no allocation and
+        // no hashing: a cheap fingerprint first, so that names that differ
+        // are rarely compared byte by byte.
+        let mut seen = [(0_u64, ""); FEW];
+        for (i, name) in names.enumerate() {
+            let text = name.as_str();
+            let print = fingerprint(text);
+            if seen[..i]
+                .iter()
+                .any(|&(p, earlier)| p == print && earlier == text)
+            {
+                return Some(name);
+            }
+            seen[i] = (print, text);
+        }
+        return None;
     }
     let mut seen =
         HashSet::with_capacity_and_hasher(names.len(), BuildHasherDefault::<Fnv>::default());
     names.find(|name| !seen.insert(name.as_str()))
+}
+
+/// The length and the last four bytes: names such as `service-17` and
+/// `service-18` differ there.
+fn fingerprint(text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let tail = bytes[bytes.len().saturating_sub(4)..]
+        .iter()
+        .fold(0_u64, |print, &byte| (print << 8) | u64::from(byte));
+    ((text.len() as u64) << 32) | tail
 }
 
 /// FNV-1a: names are short and not chosen by an attacker, so a fast hash

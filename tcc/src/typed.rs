@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::context::{Context, Roster, TransactionId};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::phase::Phase;
-use crate::report::Report;
+use crate::report::{Report, ServiceReport};
 use crate::retry::RetryPolicy;
 use crate::run::{Attempts, Outcome, PhaseRun, Retries};
 use crate::service::{Name, Service, Settings, TccService};
@@ -452,13 +452,13 @@ impl Plan {
     }
 
     /// Runs the transaction over `members` to its end and reports it.
-    pub async fn run<L: Members>(self, mut members: L) -> Result<Report, Error> {
+    pub async fn run<L: Members>(self, members: &mut L) -> Result<Report, Error> {
         let Plan { id, settings, .. } = self;
-        let mut names = Vec::with_capacity(L::LEN);
+        let mut reports = Vec::with_capacity(L::LEN);
         let mut services = Vec::new();
         let mut invalid = settings.retry.and_then(|policy| policy.validate().err());
         members.visit(&mut |name, _, service| {
-            names.push(Name::new(name));
+            reports.push(ServiceReport::new(Name::new(name)));
             if let Some(service) = service {
                 let own = service.settings().retry;
                 invalid = invalid
@@ -467,7 +467,8 @@ impl Plan {
                 services.push(service.clone());
             }
         });
-        if let Some(twice) = first_duplicate(names.iter()) {
+        let mut ledger = Ledger::new(id, reports);
+        if let Some(twice) = first_duplicate(ledger.names()) {
             return Err(transaction::duplicate(twice));
         }
         if let Some(invalid) = invalid {
@@ -478,9 +479,10 @@ impl Plan {
             ));
         }
         let claims = Claims::claim(services)?;
-        let mut ledger = Ledger::new(id, names.iter().cloned());
-        let mut context = Some(Context::new(id, Roster::Names(Arc::from(names))));
-        let (members, ledger_, context) = (&mut members, &mut ledger, &mut context);
+        // Collected from an iterator of known length: one allocation.
+        let names: Arc<[Name]> = ledger.names().cloned().collect();
+        let mut context = Some(Context::new(id, Roster::Names(names)));
+        let (ledger_, context) = (&mut ledger, &mut context);
         if round(members, ledger_, context, Phase::Try, &self).await {
             tracing::debug!("every try succeeded; confirming");
             round(members, ledger_, context, Phase::Confirm, &self).await;

@@ -43,14 +43,13 @@ use super::parse::{Inline, Orchestration, Service};
 //             let __tcc_service_0 = &__tcc_service_0;
 //             let __tcc_slot_0 = ::tcc::__private::pin!(::tcc::__private::Option::None);
 //             ..
-//             __tcc_plan
-//                 .run((
-//                     ::tcc::__private::member(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
-//                         ::tcc::__private::Participant::phase(__tcc_service_0, __tcc_phase)
-//                     }),
-//                     (.., (.., ())),
-//                 ))
-//                 .await
+//             let mut __tcc_members = (
+//                 ::tcc::__private::member(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
+//                     ::tcc::__private::Participant::phase(__tcc_service_0, __tcc_phase)
+//                 }),
+//                 (.., (.., ())),
+//             );
+//             __tcc_plan.run(&mut __tcc_members).await
 //         })
 //     }
 //
@@ -103,7 +102,8 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
             __tcc_plan.start(async move {
                 #(let #services = &#services;)*
                 #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
-                __tcc_plan.run(#members).await
+                let mut __tcc_members = #members;
+                __tcc_plan.run(&mut __tcc_members).await
             })
         }
     }
