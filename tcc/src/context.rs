@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::phase::Phase;
-use crate::service::{Name, Service};
+use crate::report::ServiceReport;
 
 /// The unique id of one orchestration.
 ///
@@ -138,9 +138,9 @@ impl Position {
 #[derive(Clone)]
 pub struct Context {
     transaction_id: TransactionId,
-    /// Who takes part, shared: pointing the context at another service
-    /// changes `index`, not a reference count.
-    roster: Roster,
+    /// The transaction's records, shared for their names: pointing the
+    /// context at another service changes `index`, not a reference count.
+    services: Arc<[ServiceReport]>,
     index: usize,
     phase: Phase,
     attempt: u32,
@@ -149,10 +149,10 @@ pub struct Context {
 impl Context {
     /// A context for the services of one transaction, pointing at the first
     /// service's Try until [`focus`](Context::focus) moves it.
-    pub(crate) fn new(transaction_id: TransactionId, roster: Roster) -> Self {
+    pub(crate) fn new(transaction_id: TransactionId, services: Arc<[ServiceReport]>) -> Self {
         Context {
             transaction_id,
-            roster,
+            services,
             index: 0,
             phase: Phase::Try,
             attempt: 1,
@@ -192,7 +192,9 @@ impl Context {
 
     /// The running service's name.
     pub fn service_name(&self) -> &str {
-        self.roster.name(self.index)
+        self.services
+            .get(self.index)
+            .map_or("", ServiceReport::name)
     }
 
     /// The running phase.
@@ -253,29 +255,5 @@ impl fmt::Debug for Context {
             .field("phase", &self.phase)
             .field("attempt", &self.attempt)
             .finish()
-    }
-}
-
-/// The services of a transaction, as its context names them.
-#[derive(Clone)]
-pub(crate) enum Roster {
-    /// An [`Orchestrator`](crate::Orchestrator)'s services.
-    Services(Arc<[Service]>),
-    /// The names of the services of a `tcc!` block.
-    Names(Arc<[Name]>),
-}
-
-impl Roster {
-    fn name(&self, index: usize) -> &str {
-        match self {
-            Roster::Services(services) => services.get(index).map_or("", Service::name),
-            Roster::Names(names) => names.get(index).map_or("", Name::as_str),
-        }
-    }
-}
-
-impl From<Arc<[Service]>> for Roster {
-    fn from(services: Arc<[Service]>) -> Self {
-        Roster::Services(services)
     }
 }

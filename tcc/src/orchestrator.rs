@@ -83,7 +83,7 @@ impl Orchestrator {
     /// An orchestrator over `services`, with default settings.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
         let services: Arc<[Service]> = services.into_iter().collect();
-        let duplicate = first_duplicate(services.iter().map(|s| &s.shared.name)).cloned();
+        let duplicate = first_duplicate(services.iter().map(Service::name)).map(Name::new);
         Orchestrator {
             services,
             duplicate,
@@ -198,13 +198,14 @@ impl Transaction {
         }
         let claims = Claims::claim(services.clone())?;
         let id = TransactionId::generate();
+        let ledger = Ledger::new(id, services.iter().map(Service::report).collect());
         Ok(Transaction {
-            context: Some(Context::new(id, services.clone().into())),
+            context: Some(Context::new(id, ledger.reports().clone())),
             services: services.clone(),
             claims,
             settings: orchestrator.settings,
             fail_fast: orchestrator.fail_fast,
-            ledger: Ledger::new(id, services.iter().map(Service::report).collect()),
+            ledger,
         })
     }
 

@@ -1,23 +1,28 @@
 //! What happened in one orchestration: [`Report`].
 
-use crate::service::Name;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::context::TransactionId;
 use crate::phase::Phase;
+use crate::service::Name;
 
 /// What one orchestration did: its id and, for each service in the order
 /// given, how each phase went.
 ///
 /// `orchestrate` returns it on success; [`Error::report`](crate::Error::report)
-/// holds it when a transaction ran and failed.
+/// holds it when a transaction ran and failed. Cloning it is cheap.
 #[derive(Clone, Debug)]
 pub struct Report {
     transaction_id: TransactionId,
-    services: Vec<ServiceReport>,
+    services: Arc<[ServiceReport]>,
 }
 
 impl Report {
-    pub(crate) fn new(transaction_id: TransactionId, services: Vec<ServiceReport>) -> Self {
+    /// The report of a transaction whose records are `services`; nothing
+    /// changes them any more.
+    pub(crate) fn new(transaction_id: TransactionId, services: Arc<[ServiceReport]>) -> Self {
         Report {
             transaction_id,
             services,
@@ -50,23 +55,43 @@ pub struct PhaseRecord {
     pub succeeded: bool,
 }
 
+impl PhaseRecord {
+    const SUCCEEDED: u64 = 1 << 32;
+
+    fn pack(self) -> u64 {
+        u64::from(self.attempts) | if self.succeeded { Self::SUCCEEDED } else { 0 }
+    }
+
+    fn unpack(packed: u64) -> Self {
+        PhaseRecord {
+            attempts: packed as u32,
+            succeeded: packed & Self::SUCCEEDED != 0,
+        }
+    }
+}
+
 /// What happened to one service in one orchestration.
-#[derive(Clone, Debug)]
+///
+/// While the transaction runs, its records are shared with the phases'
+/// [`Context`](crate::Context) (which reads only the names), so that one
+/// allocation serves the transaction, its context and its report.
 pub struct ServiceReport {
     name: Name,
-    phases: [PhaseRecord; 3],
+    /// Each phase's [`PhaseRecord`], packed; written only by the
+    /// transaction, before it hands the report over.
+    phases: [AtomicU64; 3],
 }
 
 impl ServiceReport {
     pub(crate) fn new(name: Name) -> Self {
         ServiceReport {
             name,
-            phases: [PhaseRecord::default(); 3],
+            phases: Default::default(),
         }
     }
 
-    pub(crate) fn record_mut(&mut self, phase: Phase) -> &mut PhaseRecord {
-        &mut self.phases[phase as usize]
+    pub(crate) fn set(&self, phase: Phase, record: PhaseRecord) {
+        self.phases[phase as usize].store(record.pack(), Ordering::Relaxed);
     }
 
     /// The service's name.
@@ -80,7 +105,7 @@ impl ServiceReport {
 
     /// How `phase` went.
     pub fn phase(&self, phase: Phase) -> PhaseRecord {
-        self.phases[phase as usize]
+        PhaseRecord::unpack(self.phases[phase as usize].load(Ordering::Relaxed))
     }
 
     /// Attempts made at `phase`; 0 when it never started.
@@ -91,5 +116,26 @@ impl ServiceReport {
     /// Whether `phase` ran and its last attempt succeeded.
     pub fn succeeded(&self, phase: Phase) -> bool {
         self.phase(phase).succeeded
+    }
+}
+
+impl Clone for ServiceReport {
+    fn clone(&self) -> Self {
+        let copy = ServiceReport::new(self.name.clone());
+        for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
+            copy.set(phase, self.phase(phase));
+        }
+        copy
+    }
+}
+
+impl fmt::Debug for ServiceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceReport")
+            .field("name", &self.name())
+            .field("try", &self.phase(Phase::Try))
+            .field("confirm", &self.phase(Phase::Confirm))
+            .field("cancel", &self.phase(Phase::Cancel))
+            .finish()
     }
 }

@@ -361,10 +361,7 @@ impl Service {
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
         self.clear(phase);
         let id = TransactionId::generate();
-        let mut context = Some(Context::new(
-            id,
-            Arc::<[Service]>::from([self.clone()]).into(),
-        ));
+        let mut context = Some(Context::new(id, Arc::from([self.report()])));
         let attempts = ServiceAttempts::new(self);
         let mut run = PhaseRun::new(0, attempts, id, phase, Retries::NONE, None);
         let outcome =

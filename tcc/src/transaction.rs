@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::future::poll_fn;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -26,13 +27,14 @@ use crate::service::{Name, Service, Settings};
 /// one place a durable log will write to.
 pub(crate) struct Ledger {
     id: TransactionId,
-    reports: Vec<ServiceReport>,
+    /// Shared with the transaction's context, and then its report.
+    reports: Arc<[ServiceReport]>,
     failures: Vec<(usize, Failure)>,
 }
 
 impl Ledger {
     /// A ledger for the services whose (empty) records are `reports`.
-    pub(crate) fn new(id: TransactionId, reports: Vec<ServiceReport>) -> Self {
+    pub(crate) fn new(id: TransactionId, reports: Arc<[ServiceReport]>) -> Self {
         Ledger {
             id,
             reports,
@@ -44,9 +46,10 @@ impl Ledger {
         self.id
     }
 
-    /// The services' names, in order.
-    pub(crate) fn names(&self) -> impl ExactSizeIterator<Item = &Name> {
-        self.reports.iter().map(ServiceReport::name_shared)
+    /// The services' records, in order, as the transaction's context
+    /// shares them.
+    pub(crate) fn reports(&self) -> &Arc<[ServiceReport]> {
+        &self.reports
     }
 
     /// Records how `phase` of one service ended.
@@ -56,11 +59,14 @@ impl Ledger {
             attempts,
             result,
         } = outcome;
-        let report = &mut self.reports[index];
-        *report.record_mut(phase) = PhaseRecord {
-            attempts,
-            succeeded: result.is_ok(),
-        };
+        let report = &self.reports[index];
+        report.set(
+            phase,
+            PhaseRecord {
+                attempts,
+                succeeded: result.is_ok(),
+            },
+        );
         if let Err(cause) = result {
             let name = report.name_shared();
             tracing::warn!(service = %name, %phase, attempts, error = %Logged(&*cause), "phase failed");
@@ -72,12 +78,13 @@ impl Ledger {
     /// Records a Try that fail-fast dropped while it ran: it started, so it
     /// will be cancelled, and it did not succeed. No failure of its own.
     pub(crate) fn record_dropped_try(&mut self, index: usize) {
-        let record = self.reports[index].record_mut(Phase::Try);
-        if record.attempts == 0 {
-            *record = PhaseRecord {
+        let report = &self.reports[index];
+        if report.attempts(Phase::Try) == 0 {
+            let started = PhaseRecord {
                 attempts: 1,
                 succeeded: false,
             };
+            report.set(Phase::Try, started);
         }
     }
 
@@ -221,32 +228,31 @@ pub(crate) fn resolve(
 }
 
 /// The refusal of an orchestration in which two services are named `twice`.
-pub(crate) fn duplicate(twice: &Name) -> Error {
+pub(crate) fn duplicate(twice: &str) -> Error {
     Error::refused(
         ErrorKind::DuplicateService,
-        Some(twice.clone()),
+        Some(Name::new(twice)),
         format!("orchestration refused: two services are named `{twice}`"),
     )
 }
 
 /// The first name that an earlier one equals.
 pub(crate) fn first_duplicate<'a>(
-    mut names: impl ExactSizeIterator<Item = &'a Name>,
-) -> Option<&'a Name> {
+    mut names: impl ExactSizeIterator<Item = &'a str>,
+) -> Option<&'a str> {
     const FEW: usize = 16;
     if names.len() <= FEW {
         // A handful of names are compared pairwise, with no allocation and
         // no hashing: a cheap fingerprint first, so that names that differ
         // are rarely compared byte by byte.
         let mut seen = [(0_u64, ""); FEW];
-        for (i, name) in names.enumerate() {
-            let text = name.as_str();
+        for (i, text) in names.enumerate() {
             let print = fingerprint(text);
             if seen[..i]
                 .iter()
                 .any(|&(p, earlier)| p == print && earlier == text)
             {
-                return Some(name);
+                return Some(text);
             }
             seen[i] = (print, text);
         }
@@ -254,7 +260,7 @@ pub(crate) fn first_duplicate<'a>(
     }
     let mut seen =
         HashSet::with_capacity_and_hasher(names.len(), BuildHasherDefault::<Fnv>::default());
-    names.find(|name| !seen.insert(name.as_str()))
+    names.find(|name| !seen.insert(*name))
 }
 
 /// The length and the last four bytes: names such as `service-17` and

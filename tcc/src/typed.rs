@@ -17,14 +17,13 @@
 use std::future::{Future, poll_fn};
 use std::ops::ControlFlow;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::Either;
 use tracing::Instrument;
 
-use crate::context::{Context, Roster, TransactionId};
+use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::phase::Phase;
 use crate::report::{Report, ServiceReport};
@@ -284,10 +283,9 @@ pub trait Members: Send {
     /// How many services there are.
     const LEN: usize;
 
-    /// Calls `f` with each participant's name, own retry limit and handle,
-    /// in order.
+    /// Calls `f` with each participant that is a [`Service`] handle.
     #[doc(hidden)]
-    fn visit<'s>(&'s self, f: &mut impl FnMut(&'s str, Option<u32>, Option<&'s Service>));
+    fn visit(&self, f: &mut impl FnMut(&Service));
 
     /// Sets each service up to run `phase`, from `index` on.
     #[doc(hidden)]
@@ -311,7 +309,7 @@ pub trait Members: Send {
 
 impl Members for () {
     const LEN: usize = 0;
-    fn visit<'s>(&'s self, _: &mut impl FnMut(&'s str, Option<u32>, Option<&'s Service>)) {}
+    fn visit(&self, _: &mut impl FnMut(&Service)) {}
     fn begin(&mut self, _: usize, _: TransactionId, _: Phase, _: &Settings) {}
     fn poll_runs(
         &mut self,
@@ -332,13 +330,10 @@ where
 {
     const LEN: usize = 1 + T::LEN;
 
-    fn visit<'s>(&'s self, f: &mut impl FnMut(&'s str, Option<u32>, Option<&'s Service>)) {
-        let participant = self.0.participant;
-        f(
-            participant.name(),
-            participant.max_retries(),
-            participant.as_service(),
-        );
+    fn visit(&self, f: &mut impl FnMut(&Service)) {
+        if let Some(service) = self.0.participant.as_service() {
+            f(service);
+        }
         self.1.visit(f);
     }
 
@@ -451,26 +446,22 @@ impl Plan {
         transaction::drive(self.id, runtime, Box::pin(transaction.instrument(span))).await
     }
 
-    /// Runs the transaction over `members` to its end and reports it.
-    pub async fn run<L: Members>(self, members: &mut L) -> Result<Report, Error> {
+    /// Runs the transaction over `members`, whose names are `names`, to its
+    /// end and reports it.
+    pub async fn run<L: Members>(self, names: &[&str], members: &mut L) -> Result<Report, Error> {
         let Plan { id, settings, .. } = self;
-        let mut reports = Vec::with_capacity(L::LEN);
-        let mut services = Vec::new();
-        let mut invalid = settings.retry.and_then(|policy| policy.validate().err());
-        members.visit(&mut |name, _, service| {
-            reports.push(ServiceReport::new(Name::new(name)));
-            if let Some(service) = service {
-                let own = service.settings().retry;
-                invalid = invalid
-                    .take()
-                    .or_else(|| own.and_then(|policy| policy.validate().err()));
-                services.push(service.clone());
-            }
-        });
-        let mut ledger = Ledger::new(id, reports);
-        if let Some(twice) = first_duplicate(ledger.names()) {
+        if let Some(twice) = first_duplicate(names.iter().copied()) {
             return Err(transaction::duplicate(twice));
         }
+        let mut services = Vec::new();
+        let mut invalid = settings.retry.and_then(|policy| policy.validate().err());
+        members.visit(&mut |service| {
+            let own = service.settings().retry;
+            invalid = invalid
+                .take()
+                .or_else(|| own.and_then(|policy| policy.validate().err()));
+            services.push(service.clone());
+        });
         if let Some(invalid) = invalid {
             return Err(Error::refused(
                 ErrorKind::InvalidRetryPolicy,
@@ -479,9 +470,13 @@ impl Plan {
             ));
         }
         let claims = Claims::claim(services)?;
-        // Collected from an iterator of known length: one allocation.
-        let names: Arc<[Name]> = ledger.names().cloned().collect();
-        let mut context = Some(Context::new(id, Roster::Names(names)));
+        // From an iterator of known length: one allocation, which the
+        // context and the report share.
+        let reports = names
+            .iter()
+            .map(|&name| ServiceReport::new(Name::new(name)));
+        let mut ledger = Ledger::new(id, reports.collect());
+        let mut context = Some(Context::new(id, ledger.reports().clone()));
         let (ledger_, context) = (&mut ledger, &mut context);
         if round(members, ledger_, context, Phase::Try, &self).await {
             tracing::debug!("every try succeeded; confirming");

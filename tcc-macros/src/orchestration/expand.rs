@@ -43,13 +43,14 @@ use super::parse::{Inline, Orchestration, Service};
 //             let __tcc_service_0 = &__tcc_service_0;
 //             let __tcc_slot_0 = ::tcc::__private::pin!(::tcc::__private::Option::None);
 //             ..
+//             let __tcc_names = [::tcc::__private::Participant::name(__tcc_service_0), ..];
 //             let mut __tcc_members = (
 //                 ::tcc::__private::member(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
 //                     ::tcc::__private::Participant::phase(__tcc_service_0, __tcc_phase)
 //                 }),
 //                 (.., (.., ())),
 //             );
-//             __tcc_plan.run(&mut __tcc_members).await
+//             __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
 //         })
 //     }
 //
@@ -80,6 +81,7 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
         .map(|i| format_ident!("__tcc_service_{}", i))
         .collect();
     let slots = (0..count).map(|i| format_ident!("__tcc_slot_{}", i));
+    let services2 = &services;
     let members =
         services
             .iter()
@@ -102,8 +104,9 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
             __tcc_plan.start(async move {
                 #(let #services = &#services;)*
                 #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
+                let __tcc_names = [#(::tcc::__private::Participant::name(#services2)),*];
                 let mut __tcc_members = #members;
-                __tcc_plan.run(&mut __tcc_members).await
+                __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
             })
         }
     }
