@@ -291,8 +291,10 @@ pub trait Members: Send {
     #[doc(hidden)]
     fn begin(&mut self, index: usize, id: TransactionId, phase: Phase, settings: &Settings);
 
-    /// Polls every run still active, starting those not yet started, and
-    /// hands each outcome to `record`. Breaks as soon as `record` says to
+    /// Runs the phase at once on every member it applies to (Try and
+    /// Confirm: all; Cancel: those whose Try started). Polls every run still
+    /// active, starting those not yet started, in order, and hands each
+    /// outcome to `record`. Breaks as soon as `record` says to
     /// stop; otherwise continues with whether a run is still pending.
     #[doc(hidden)]
     fn poll_runs(
@@ -477,53 +479,47 @@ impl Plan {
             .map(|&name| ServiceReport::new(Name::new(name)));
         let mut ledger = Ledger::new(id, reports.collect());
         let mut context = Some(Context::new(id, ledger.reports().clone()));
-        let (ledger_, context) = (&mut ledger, &mut context);
-        if round(members, ledger_, context, Phase::Try, &self).await {
-            tracing::debug!("every try succeeded; confirming");
-            round(members, ledger_, context, Phase::Confirm, &self).await;
-        } else {
-            tracing::debug!("a try failed; cancelling every started service");
-            round(members, ledger_, context, Phase::Cancel, &self).await;
-        }
+        let mut phase = Phase::Try;
+        members.begin(0, id, phase, &settings);
+        let mut all_succeeded = true;
+        // The rounds run in one loop, so that a round that ends at once goes
+        // straight on to the next, in the same poll and the same context.
+        poll_fn(|cx| {
+            Context::enter(&mut context, || {
+                loop {
+                    let stop_on_failure = phase == Phase::Try && self.fail_fast;
+                    let mut record = |outcome: Outcome| {
+                        all_succeeded &= outcome.result.is_ok();
+                        let stop = stop_on_failure && outcome.result.is_err();
+                        ledger.record(phase, outcome);
+                        stop
+                    };
+                    if let ControlFlow::Continue(true) = members.poll_runs(cx, &mut record) {
+                        return Poll::Pending;
+                    }
+                    if phase != Phase::Try {
+                        return Poll::Ready(());
+                    }
+                    // Tries that fail-fast cut short started, so they will be
+                    // cancelled like the rest; they are reported as started
+                    // but not succeeded.
+                    members.settle_tries(0, &mut |index| {
+                        all_succeeded = false;
+                        ledger.record_dropped_try(index);
+                    });
+                    phase = if all_succeeded {
+                        tracing::debug!("every try succeeded; confirming");
+                        Phase::Confirm
+                    } else {
+                        tracing::debug!("a try failed; cancelling every started service");
+                        Phase::Cancel
+                    };
+                    members.begin(0, id, phase, &settings);
+                }
+            })
+        })
+        .await;
         drop(claims);
         ledger.finish()
     }
-}
-
-/// Runs `phase` at once on every member it applies to (Try and Confirm: all;
-/// Cancel: those whose Try started). True when all succeeded. Each run starts
-/// when first polled, in order; with fail-fast, the first failed Try ends the
-/// round: runs still pending are dropped and runs not started never start.
-async fn round<L: Members>(
-    members: &mut L,
-    ledger: &mut Ledger,
-    context: &mut Option<Context>,
-    phase: Phase,
-    plan: &Plan,
-) -> bool {
-    members.begin(0, plan.id, phase, &plan.settings);
-    let stop_on_failure = phase == Phase::Try && plan.fail_fast;
-    let mut all_succeeded = true;
-    let mut record = |outcome: Outcome| {
-        all_succeeded &= outcome.result.is_ok();
-        let stop = stop_on_failure && outcome.result.is_err();
-        ledger.record(phase, outcome);
-        stop
-    };
-    poll_fn(|cx| {
-        Context::enter(context, || match members.poll_runs(cx, &mut record) {
-            ControlFlow::Continue(true) => Poll::Pending,
-            ControlFlow::Continue(false) | ControlFlow::Break(()) => Poll::Ready(()),
-        })
-    })
-    .await;
-    if phase == Phase::Try {
-        // Tries that fail-fast cut short started, so they will be cancelled
-        // like the rest; they are reported as started but not succeeded.
-        members.settle_tries(0, &mut |index| {
-            all_succeeded = false;
-            ledger.record_dropped_try(index);
-        });
-    }
-    all_succeeded
 }
