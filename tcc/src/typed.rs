@@ -439,13 +439,19 @@ impl Plan {
     /// [`run`](Plan::run)) as `Orchestrator::orchestrate` runs its own: in
     /// the caller's future, moved to a task of its own if the caller drops
     /// it before the end, refused outside a tokio runtime.
-    pub async fn start<T>(self, transaction: T) -> Result<Report, Error>
+    ///
+    /// The transaction is boxed here, once: it holds every service's slot,
+    /// so the future returned, which callers move about, stays small.
+    pub fn start<T>(self, transaction: T) -> impl Future<Output = Result<Report, Error>> + Send
     where
         T: Future<Output = Result<Report, Error>> + Send + 'static,
     {
-        let runtime = transaction::runtime()?;
         let span = tracing::debug_span!("tcc_transaction", id = %self.id);
-        transaction::drive(self.id, runtime, Box::pin(transaction.instrument(span))).await
+        let transaction = Box::pin(transaction.instrument(span));
+        async move {
+            let runtime = transaction::runtime()?;
+            transaction::drive(self.id, runtime, transaction).await
+        }
     }
 
     /// Runs the transaction over `members`, whose names are `names`, to its
