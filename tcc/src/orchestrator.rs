@@ -83,7 +83,8 @@ impl Orchestrator {
     /// An orchestrator over `services`, with default settings.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
         let services: Arc<[Service]> = services.into_iter().collect();
-        let duplicate = first_duplicate(services.iter().map(Service::name)).map(Name::new);
+        let duplicate =
+            first_duplicate(services.iter().map(Service::name)).map(crate::service::name);
         Orchestrator {
             services,
             duplicate,

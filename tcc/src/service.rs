@@ -180,6 +180,17 @@ const FLAGS: u8 = !BUSY;
 /// costs no allocation of its own, and copies are cheap.
 pub(crate) type Name = smol_str::SmolStr;
 
+/// A [`Name`] holding `text`. Short names, the common case, take the direct
+/// inline path.
+pub(crate) fn name(text: &str) -> Name {
+    const INLINE: usize = 23;
+    if text.len() <= INLINE {
+        Name::new_inline(text)
+    } else {
+        Name::new(text)
+    }
+}
+
 pub(crate) struct Shared<P: ?Sized> {
     pub(crate) name: Name,
     state: AtomicU8,
@@ -254,7 +265,7 @@ impl Service {
             confirm_fn,
             cancel_fn,
         };
-        Self::from_phases(Name::new(name), phases, Settings::DEFAULT)
+        Self::from_phases(self::name(name.as_ref()), phases, Settings::DEFAULT)
     }
 
     pub(crate) fn from_phases(name: Name, phases: impl Phases, settings: Settings) -> Self {
@@ -440,7 +451,7 @@ fn succeeded_bit(phase: Phase) -> u8 {
 
 impl<S: TccService> From<S> for Service {
     fn from(service: S) -> Self {
-        let name = Name::new(service.service_name());
+        let name = self::name(service.service_name());
         let settings = Settings {
             max_retries: service.max_retries(),
             ..Settings::DEFAULT

@@ -18,7 +18,7 @@ use crate::phase::Phase;
 use crate::report::{PhaseRecord, Report, ServiceReport};
 use crate::retry::{FNV_OFFSET, fnv1a};
 use crate::run::{Logged, Outcome, Retries};
-use crate::service::{Name, Service, Settings};
+use crate::service::{Service, Settings};
 
 /// What a transaction has done so far: each service's record, and every
 /// failure.
@@ -231,7 +231,7 @@ pub(crate) fn resolve(
 pub(crate) fn duplicate(twice: &str) -> Error {
     Error::refused(
         ErrorKind::DuplicateService,
-        Some(Name::new(twice)),
+        Some(crate::service::name(twice)),
         format!("orchestration refused: two services are named `{twice}`"),
     )
 }

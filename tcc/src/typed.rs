@@ -29,7 +29,7 @@ use crate::phase::Phase;
 use crate::report::{Report, ServiceReport};
 use crate::retry::RetryPolicy;
 use crate::run::{Attempts, Outcome, PhaseRun, Retries};
-use crate::service::{Name, Service, Settings, TccService};
+use crate::service::{Service, Settings, TccService};
 use crate::transaction::{self, Claims, Ledger, first_duplicate, resolve};
 
 /// What `tcc!` accepts as a listed service: a [`TccService`] (or an `Arc` of
@@ -482,7 +482,7 @@ impl Plan {
         // context and the report share.
         let reports = names
             .iter()
-            .map(|&name| ServiceReport::new(Name::new(name)));
+            .map(|&name| ServiceReport::new(crate::service::name(name)));
         let mut ledger = Ledger::new(id, reports.collect());
         let mut context = Some(Context::new(id, ledger.reports().clone()));
         let mut phase = Phase::Try;
