@@ -419,12 +419,15 @@ impl Service {
     /// Claims the service for one orchestration and clears its flags. False
     /// when another orchestration holds it.
     pub(crate) fn acquire(&self) -> bool {
-        self.shared
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                (state & BUSY == 0).then_some(BUSY)
-            })
-            .is_ok()
+        // One atomic bit-set: setting a bit that another orchestration set
+        // changes nothing, and tells that it holds the service.
+        if self.shared.state.fetch_or(BUSY, Ordering::Acquire) & BUSY != 0 {
+            return false;
+        }
+        // Ours now, so the previous orchestration's flags are cleared with
+        // a plain store.
+        self.shared.state.store(BUSY, Ordering::Release);
+        true
     }
 
     /// Gives the service back, keeping the flags of the orchestration.
