@@ -151,10 +151,10 @@ pub(crate) fn mix(mut x: u64) -> u64 {
 }
 
 /// FNV-1a's starting value.
-pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Continues an FNV-1a hash over `bytes`: fast and stable across processes.
-pub(crate) fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(hash, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })

@@ -2,21 +2,19 @@
 //! that records how each phase ended, running to the end when the caller
 //! goes away ([`drive`]), and how settings resolve.
 
-use std::collections::HashSet;
 use std::future::poll_fn;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 
 use crate::context::TransactionId;
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::phase::Phase;
 use crate::report::{PhaseRecord, Report, ServiceReport};
-use crate::retry::{FNV_OFFSET, fnv1a};
 use crate::run::{Logged, Outcome, Retries};
 use crate::service::{Service, Settings};
 
@@ -258,8 +256,9 @@ pub(crate) fn first_duplicate<'a>(
         }
         return None;
     }
-    let mut seen =
-        HashSet::with_capacity_and_hasher(names.len(), BuildHasherDefault::<Fnv>::default());
+    // FxHash: names are short and not chosen by an attacker, so a fast
+    // hash beats the default SipHash here.
+    let mut seen = FxHashSet::with_capacity_and_hasher(names.len(), FxBuildHasher);
     names.find(|name| !seen.insert(*name))
 }
 
@@ -271,23 +270,4 @@ fn fingerprint(text: &str) -> u64 {
         .iter()
         .fold(0_u64, |print, &byte| (print << 8) | u64::from(byte));
     ((text.len() as u64) << 32) | tail
-}
-
-/// FNV-1a: names are short and not chosen by an attacker, so a fast hash
-/// beats the default SipHash here.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(FNV_OFFSET)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = fnv1a(self.0, bytes);
-    }
 }
