@@ -210,25 +210,16 @@ impl Transaction {
         })
     }
 
-    async fn run(mut self) -> Result<Report, Error> {
-        if self.round(Phase::Try).await {
-            tracing::debug!("every try succeeded; confirming");
-            self.round(Phase::Confirm).await;
-        } else {
-            tracing::debug!("a try failed; cancelling every started service");
-            self.round(Phase::Cancel).await;
-        }
-        self.finish()
-    }
-
-    /// Runs `phase` at once on every service it applies to (Try and Confirm:
-    /// all; Cancel: those whose Try started). True when all succeeded.
+    /// Runs every Try at once; then, if all succeeded, every Confirm, and
+    /// otherwise every Cancel of a service whose Try started.
     ///
     /// Each run is polled as soon as it is created: one that completes at
     /// once is recorded there and then, and only one still pending joins the
-    /// pending set. With fail-fast, the first failed Try ends the round: runs
-    /// still pending are dropped and runs not created never start.
-    async fn round(&mut self, phase: Phase) -> bool {
+    /// pending set. With fail-fast, the first failed Try ends the Try round:
+    /// runs still pending are dropped and runs not created never start. The
+    /// rounds run in one loop, so a round that ends at once goes straight on
+    /// to the next, in the same poll and the same context.
+    async fn run(mut self) -> Result<Report, Error> {
         let Transaction {
             services,
             settings,
@@ -236,69 +227,103 @@ impl Transaction {
             ledger,
             context,
             ..
-        } = self;
+        } = &mut self;
         let id = ledger.id();
-        let stop_on_failure = phase == Phase::Try && *fail_fast;
-        let mut starting = services
-            .iter()
-            .enumerate()
-            .filter(|(_, service)| phase != Phase::Cancel || service.tried())
-            .map(|(index, service)| {
-                let (retries, timeout) = resolve(settings, service.settings(), phase);
-                let attempts = ServiceAttempts::new(service);
-                PhaseRun::new(index, attempts, id, phase, retries, timeout)
-            });
+        let mut phase = Phase::Try;
+        let mut starting = runs(services, settings, id, phase);
         // Created on the first run that does not finish at once.
         let mut pending: Option<FuturesUnordered<PhaseRun<ServiceAttempts<'_>>>> = None;
         let mut all_succeeded = true;
-        let mut record = |outcome: Outcome| {
-            all_succeeded &= outcome.result.is_ok();
-            let stop = stop_on_failure && outcome.result.is_err();
-            ledger.record(phase, outcome);
-            stop
-        };
         poll_fn(|cx| {
             Context::enter(context, || {
-                for mut run in starting.by_ref() {
-                    match Pin::new(&mut run).poll(cx) {
-                        Poll::Ready(outcome) => {
-                            if record(outcome) {
-                                return Poll::Ready(());
+                loop {
+                    let stop_on_failure = phase == Phase::Try && *fail_fast;
+                    let mut record = |outcome: Outcome| {
+                        all_succeeded &= outcome.result.is_ok();
+                        let stop = stop_on_failure && outcome.result.is_err();
+                        ledger.record(phase, outcome);
+                        stop
+                    };
+                    'round: {
+                        for mut run in starting.by_ref() {
+                            match Pin::new(&mut run).poll(cx) {
+                                Poll::Ready(outcome) => {
+                                    if record(outcome) {
+                                        break 'round;
+                                    }
+                                }
+                                Poll::Pending => {
+                                    pending.get_or_insert_with(FuturesUnordered::new).push(run)
+                                }
                             }
                         }
-                        Poll::Pending => {
-                            pending.get_or_insert_with(FuturesUnordered::new).push(run)
+                        if let Some(pending) = pending.as_mut() {
+                            while let Some(outcome) = ready!(pending.poll_next_unpin(cx)) {
+                                if record(outcome) {
+                                    break 'round;
+                                }
+                            }
                         }
                     }
-                }
-                let Some(pending) = pending.as_mut() else {
-                    return Poll::Ready(());
-                };
-                while let Some(outcome) = ready!(pending.poll_next_unpin(cx)) {
-                    if record(outcome) {
+                    // Runs still pending (Tries that fail-fast gave up on)
+                    // are dropped.
+                    pending = None;
+                    if phase != Phase::Try {
                         return Poll::Ready(());
                     }
+                    if !all_succeeded {
+                        // Tries dropped by fail-fast started, so they will be
+                        // cancelled like the rest, and are reported as
+                        // started but not succeeded.
+                        for (index, service) in services.iter().enumerate() {
+                            if service.tried() {
+                                ledger.record_dropped_try(index);
+                            }
+                        }
+                    }
+                    phase = if all_succeeded {
+                        tracing::debug!("every try succeeded; confirming");
+                        Phase::Confirm
+                    } else {
+                        tracing::debug!("a try failed; cancelling every started service");
+                        Phase::Cancel
+                    };
+                    starting = runs(services, settings, id, phase);
                 }
-                Poll::Ready(())
             })
         })
         .await;
-        drop(pending);
-        if phase == Phase::Try && !all_succeeded {
-            // With fail-fast, Tries still running were dropped above: they
-            // started, so they will be cancelled like the rest, and are
-            // reported as started but not succeeded.
-            for (index, service) in services.iter().enumerate() {
-                if service.tried() {
-                    ledger.record_dropped_try(index);
-                }
-            }
-        }
-        all_succeeded
+        drop((starting, pending));
+        self.finish()
     }
 
     fn finish(self) -> Result<Report, Error> {
         drop(self.claims);
         self.ledger.finish()
     }
+}
+
+/// The runs of `phase`, in service order, for the services it applies to
+/// (Try and Confirm: all; Cancel: those whose Try started).
+fn runs<'a>(
+    services: &'a [Service],
+    settings: &'a Settings,
+    id: TransactionId,
+    phase: Phase,
+) -> impl Iterator<Item = PhaseRun<ServiceAttempts<'a>>> + 'a {
+    services
+        .iter()
+        .enumerate()
+        .filter(move |(_, service)| phase != Phase::Cancel || service.tried())
+        .map(move |(index, service)| {
+            let (retries, timeout) = resolve(settings, service.settings(), phase);
+            PhaseRun::new(
+                index,
+                ServiceAttempts::new(service),
+                id,
+                phase,
+                retries,
+                timeout,
+            )
+        })
 }
