@@ -1724,7 +1724,7 @@ fn check_result(
         report.services().len(),
         names.len()
     );
-    for (i, (record, log)) in report.services().iter().zip(logs).enumerate() {
+    for (i, (record, log)) in report.services().zip(logs).enumerate() {
         ensure!(
             record.name() == name(i),
             "report order: {} at {i}",

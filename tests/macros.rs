@@ -145,7 +145,7 @@ async fn all_tries_succeed_so_every_service_confirms() {
 
     assert_eq!(flight.get(), (1, 1, 0));
     assert_eq!(payment.get(), (1, 1, 0));
-    let names: Vec<&str> = report.services().iter().map(|s| s.name()).collect();
+    let names: Vec<&str> = report.services().map(|s| s.name()).collect();
     assert_eq!(names, ["flight", "payment"]);
 }
 

@@ -47,12 +47,7 @@ async fn every_try_starts_at_once_and_then_every_confirm() {
         assert!(service.try_succeeded() && service.confirm_succeeded() && !service.canceled());
     }
     assert_eq!(report.services().len(), 10);
-    assert!(
-        report
-            .services()
-            .iter()
-            .all(|s| s.succeeded(Phase::Confirm))
-    );
+    assert!(report.services().all(|s| s.succeeded(Phase::Confirm)));
 }
 
 #[tokio::test(start_paused = true)]

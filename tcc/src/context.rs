@@ -5,12 +5,11 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::phase::Phase;
-use crate::report::ServiceReport;
+use crate::report::Entries;
 
 /// The unique id of one orchestration.
 ///
@@ -138,9 +137,9 @@ impl Position {
 #[derive(Clone)]
 pub struct Context {
     transaction_id: TransactionId,
-    /// The transaction's records, shared for their names: pointing the
-    /// context at another service changes `index`, not a reference count.
-    services: Arc<[ServiceReport]>,
+    /// The transaction's names and records, shared for the names: pointing
+    /// the context at another service changes `index`, not a reference count.
+    entries: Entries,
     index: usize,
     phase: Phase,
     attempt: u32,
@@ -149,10 +148,10 @@ pub struct Context {
 impl Context {
     /// A context for the services of one transaction, pointing at the first
     /// service's Try until [`focus`](Context::focus) moves it.
-    pub(crate) fn new(transaction_id: TransactionId, services: Arc<[ServiceReport]>) -> Self {
+    pub(crate) fn new(transaction_id: TransactionId, entries: Entries) -> Self {
         Context {
             transaction_id,
-            services,
+            entries,
             index: 0,
             phase: Phase::Try,
             attempt: 1,
@@ -192,9 +191,7 @@ impl Context {
 
     /// The running service's name.
     pub fn service_name(&self) -> &str {
-        self.services
-            .get(self.index)
-            .map_or("", ServiceReport::name)
+        self.entries.name(self.index)
     }
 
     /// The running phase.

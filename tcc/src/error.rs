@@ -311,7 +311,6 @@ impl fmt::Display for Inner {
             Phase::Try => {
                 let started = self.report.as_ref().map_or(0, |r| {
                     r.services()
-                        .iter()
                         .filter(|s| s.attempts(Phase::Cancel) > 0)
                         .count()
                 });

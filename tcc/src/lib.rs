@@ -113,7 +113,7 @@ pub use context::{Context, ParseTransactionIdError, TransactionId};
 pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TryTimedOut};
 pub use orchestrator::Orchestrator;
 pub use phase::Phase;
-pub use report::{PhaseRecord, Report, ServiceReport};
+pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
 pub use service::{Service, TccService};
 

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::context::{Context, TransactionId};
 use crate::error::{Error, ErrorKind};
 use crate::phase::Phase;
-use crate::report::Report;
+use crate::report::{Entries, Report};
 use crate::retry::RetryPolicy;
 use crate::run::{Outcome, PhaseRun, ServiceAttempts};
 use crate::service::{Name, Service, Settings};
@@ -199,9 +199,9 @@ impl Transaction {
         }
         let claims = Claims::claim(services.clone())?;
         let id = TransactionId::generate();
-        let ledger = Ledger::new(id, services.iter().map(Service::report).collect());
+        let ledger = Ledger::new(id, Entries::services(services.clone()));
         Ok(Transaction {
-            context: Some(Context::new(id, ledger.reports().clone())),
+            context: Some(Context::new(id, ledger.entries().clone())),
             services: services.clone(),
             claims,
             settings: orchestrator.settings,

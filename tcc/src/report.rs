@@ -2,30 +2,47 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use crate::context::TransactionId;
 use crate::phase::Phase;
-use crate::service::Name;
+use crate::service::{Name, Service};
 
 /// What one orchestration did: its id and, for each service in the order
 /// given, how each phase went.
 ///
 /// `orchestrate` returns it on success; [`Error::report`](crate::Error::report)
 /// holds it when a transaction ran and failed. Cloning it is cheap.
-#[derive(Clone, Debug)]
+///
+/// ```
+/// use tcc::{Orchestrator, Phase, Service};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ok = || async { Ok::<(), std::io::Error>(()) };
+/// let report = Orchestrator::new([Service::new("flight", ok, ok, ok)])
+///     .orchestrate()
+///     .await
+///     .unwrap();
+/// let flight = report.service("flight").unwrap();
+/// assert!(flight.succeeded(Phase::Try) && flight.succeeded(Phase::Confirm));
+/// assert_eq!(flight.attempts(Phase::Cancel), 0);
+/// assert_eq!(report.services().map(|s| s.name()).collect::<Vec<_>>(), ["flight"]);
+/// # }
+/// ```
+#[derive(Clone)]
 pub struct Report {
     transaction_id: TransactionId,
-    services: Arc<[ServiceReport]>,
+    entries: Entries,
 }
 
 impl Report {
-    /// The report of a transaction whose records are `services`; nothing
+    /// The report of a transaction whose records are `entries`; nothing
     /// changes them any more.
-    pub(crate) fn new(transaction_id: TransactionId, services: Arc<[ServiceReport]>) -> Self {
+    pub(crate) fn new(transaction_id: TransactionId, entries: Entries) -> Self {
         Report {
             transaction_id,
-            services,
+            entries,
         }
     }
 
@@ -36,13 +53,25 @@ impl Report {
     }
 
     /// Each service's record, in the order the services were given.
-    pub fn services(&self) -> &[ServiceReport] {
-        &self.services
+    pub fn services(&self) -> ServiceReports<'_> {
+        ServiceReports {
+            entries: &self.entries,
+            range: 0..self.entries.len(),
+        }
     }
 
     /// The record of the service named `name`.
-    pub fn service(&self, name: &str) -> Option<&ServiceReport> {
-        self.services.iter().find(|s| s.name() == name)
+    pub fn service(&self, name: &str) -> Option<ServiceReport<'_>> {
+        self.services().find(|s| s.name() == name)
+    }
+}
+
+impl fmt::Debug for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Report")
+            .field("transaction_id", &self.transaction_id)
+            .field("services", &self.services().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -55,57 +84,23 @@ pub struct PhaseRecord {
     pub succeeded: bool,
 }
 
-impl PhaseRecord {
-    const SUCCEEDED: u64 = 1 << 32;
-
-    fn pack(self) -> u64 {
-        u64::from(self.attempts) | if self.succeeded { Self::SUCCEEDED } else { 0 }
-    }
-
-    fn unpack(packed: u64) -> Self {
-        PhaseRecord {
-            attempts: packed as u32,
-            succeeded: packed & Self::SUCCEEDED != 0,
-        }
-    }
+/// What happened to one service in one orchestration: a view into a
+/// [`Report`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceReport<'a> {
+    name: &'a str,
+    phases: [PhaseRecord; 3],
 }
 
-/// What happened to one service in one orchestration.
-///
-/// While the transaction runs, its records are shared with the phases'
-/// [`Context`](crate::Context) (which reads only the names), so that one
-/// allocation serves the transaction, its context and its report.
-pub struct ServiceReport {
-    name: Name,
-    /// Each phase's [`PhaseRecord`], packed; written only by the
-    /// transaction, before it hands the report over.
-    phases: [AtomicU64; 3],
-}
-
-impl ServiceReport {
-    pub(crate) fn new(name: Name) -> Self {
-        ServiceReport {
-            name,
-            phases: Default::default(),
-        }
-    }
-
-    pub(crate) fn set(&self, phase: Phase, record: PhaseRecord) {
-        self.phases[phase as usize].store(record.pack(), Ordering::Relaxed);
-    }
-
+impl<'a> ServiceReport<'a> {
     /// The service's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub(crate) fn name_shared(&self) -> &Name {
-        &self.name
+    pub fn name(&self) -> &'a str {
+        self.name
     }
 
     /// How `phase` went.
     pub fn phase(&self, phase: Phase) -> PhaseRecord {
-        PhaseRecord::unpack(self.phases[phase as usize].load(Ordering::Relaxed))
+        self.phases[phase as usize]
     }
 
     /// Attempts made at `phase`; 0 when it never started.
@@ -119,23 +114,136 @@ impl ServiceReport {
     }
 }
 
-impl Clone for ServiceReport {
-    fn clone(&self) -> Self {
-        let copy = ServiceReport::new(self.name.clone());
-        for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
-            copy.set(phase, self.phase(phase));
-        }
-        copy
+/// The records of a [`Report`], in service order: what
+/// [`Report::services`] returns.
+#[derive(Clone, Debug)]
+pub struct ServiceReports<'a> {
+    entries: &'a Entries,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> Iterator for ServiceReports<'a> {
+    type Item = ServiceReport<'a>;
+
+    fn next(&mut self) -> Option<ServiceReport<'a>> {
+        self.range.next().map(|index| self.entries.report(index))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.range.size_hint()
     }
 }
 
-impl fmt::Debug for ServiceReport {
+impl DoubleEndedIterator for ServiceReports<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.range
+            .next_back()
+            .map(|index| self.entries.report(index))
+    }
+}
+
+impl ExactSizeIterator for ServiceReports<'_> {}
+
+/// One service's phase records while its transaction runs: written only by
+/// the transaction, read by its report once it has ended.
+#[derive(Default)]
+pub(crate) struct Records {
+    attempts: [AtomicU32; 3],
+    /// One bit a phase.
+    succeeded: AtomicU8,
+}
+
+impl Records {
+    pub(crate) fn set(&self, phase: Phase, record: PhaseRecord) {
+        let bit = 1 << (phase as u8);
+        self.attempts[phase as usize].store(record.attempts, Ordering::Relaxed);
+        let succeeded = self.succeeded.load(Ordering::Relaxed);
+        let succeeded = if record.succeeded {
+            succeeded | bit
+        } else {
+            succeeded & !bit
+        };
+        self.succeeded.store(succeeded, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self, phase: Phase) -> PhaseRecord {
+        PhaseRecord {
+            attempts: self.attempts[phase as usize].load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed) & (1 << (phase as u8)) != 0,
+        }
+    }
+}
+
+/// The names and records of a transaction's services, shared by the
+/// transaction, its phases' [`Context`](crate::Context) and its report.
+#[derive(Clone)]
+pub(crate) enum Entries {
+    /// An `Orchestrator`'s: the names are its services' own, so a run
+    /// copies none.
+    Services {
+        services: Arc<[Service]>,
+        records: Arc<[Records]>,
+    },
+    /// A `tcc!` block's: each name beside its records, in one allocation.
+    Listed(Arc<[(Name, Records)]>),
+}
+
+impl Entries {
+    /// Fresh records for `services`.
+    pub(crate) fn services(services: Arc<[Service]>) -> Self {
+        let records = (0..services.len()).map(|_| Records::default()).collect();
+        Entries::Services { services, records }
+    }
+
+    /// Fresh records for the services named `names`.
+    pub(crate) fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Self {
+        let entries = names.map(|name| (crate::service::name(name), Records::default()));
+        Entries::Listed(entries.collect())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Entries::Services { records, .. } => records.len(),
+            Entries::Listed(entries) => entries.len(),
+        }
+    }
+
+    /// The name of service `index`; `""` past the end.
+    pub(crate) fn name(&self, index: usize) -> &str {
+        match self {
+            Entries::Services { services, .. } => services.get(index).map_or("", Service::name),
+            Entries::Listed(entries) => entries.get(index).map_or("", |(name, _)| name.as_str()),
+        }
+    }
+
+    /// The shared name of service `index`, for a failure.
+    pub(crate) fn shared_name(&self, index: usize) -> Name {
+        match self {
+            Entries::Services { services, .. } => services[index].shared.name.clone(),
+            Entries::Listed(entries) => entries[index].0.clone(),
+        }
+    }
+
+    pub(crate) fn records(&self, index: usize) -> &Records {
+        match self {
+            Entries::Services { records, .. } => &records[index],
+            Entries::Listed(entries) => &entries[index].1,
+        }
+    }
+
+    fn report(&self, index: usize) -> ServiceReport<'_> {
+        let records = self.records(index);
+        ServiceReport {
+            name: self.name(index),
+            phases: [Phase::Try, Phase::Confirm, Phase::Cancel].map(|phase| records.get(phase)),
+        }
+    }
+}
+
+impl fmt::Debug for Entries {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceReport")
-            .field("name", &self.name())
-            .field("try", &self.phase(Phase::Try))
-            .field("confirm", &self.phase(Phase::Confirm))
-            .field("cancel", &self.phase(Phase::Cancel))
+        f.debug_list()
+            .entries((0..self.len()).map(|index| self.report(index)))
             .finish()
     }
 }

@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Failure};
 use crate::phase::Phase;
-use crate::report::ServiceReport;
+use crate::report::Entries;
 use crate::retry::RetryPolicy;
 use crate::run::{PhaseRun, Retries, ServiceAttempts};
 
@@ -279,11 +279,6 @@ impl Service {
         }
     }
 
-    /// An empty record of this service, for an orchestration's report.
-    pub(crate) fn report(&self) -> ServiceReport {
-        ServiceReport::new(self.shared.name.clone())
-    }
-
     /// The settings given to this handle.
     pub(crate) fn settings(&self) -> &Settings {
         self.settings.as_deref().unwrap_or(&Settings::DEFAULT)
@@ -372,7 +367,10 @@ impl Service {
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
         self.clear(phase);
         let id = TransactionId::generate();
-        let mut context = Some(Context::new(id, Arc::from([self.report()])));
+        let mut context = Some(Context::new(
+            id,
+            Entries::services(Arc::from([self.clone()])),
+        ));
         let attempts = ServiceAttempts::new(self);
         let mut run = PhaseRun::new(0, attempts, id, phase, Retries::NONE, None);
         let outcome =

@@ -4,7 +4,6 @@
 
 use std::future::poll_fn;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use rustc_hash::{FxBuildHasher, FxHashSet};
 use crate::context::TransactionId;
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::phase::Phase;
-use crate::report::{PhaseRecord, Report, ServiceReport};
+use crate::report::{Entries, PhaseRecord, Report};
 use crate::run::{Logged, Outcome, Retries};
 use crate::service::{Service, Settings};
 
@@ -26,16 +25,16 @@ use crate::service::{Service, Settings};
 pub(crate) struct Ledger {
     id: TransactionId,
     /// Shared with the transaction's context, and then its report.
-    reports: Arc<[ServiceReport]>,
+    entries: Entries,
     failures: Vec<(usize, Failure)>,
 }
 
 impl Ledger {
-    /// A ledger for the services whose (empty) records are `reports`.
-    pub(crate) fn new(id: TransactionId, reports: Arc<[ServiceReport]>) -> Self {
+    /// A ledger for the services whose (empty) records are `entries`.
+    pub(crate) fn new(id: TransactionId, entries: Entries) -> Self {
         Ledger {
             id,
-            reports,
+            entries,
             failures: Vec::new(),
         }
     }
@@ -44,10 +43,10 @@ impl Ledger {
         self.id
     }
 
-    /// The services' records, in order, as the transaction's context
+    /// The services' names and records, as the transaction's context
     /// shares them.
-    pub(crate) fn reports(&self) -> &Arc<[ServiceReport]> {
-        &self.reports
+    pub(crate) fn entries(&self) -> &Entries {
+        &self.entries
     }
 
     /// Records how `phase` of one service ended.
@@ -57,18 +56,15 @@ impl Ledger {
             attempts,
             result,
         } = outcome;
-        let report = &self.reports[index];
-        report.set(
-            phase,
-            PhaseRecord {
-                attempts,
-                succeeded: result.is_ok(),
-            },
-        );
+        let record = PhaseRecord {
+            attempts,
+            succeeded: result.is_ok(),
+        };
+        self.entries.records(index).set(phase, record);
         if let Err(cause) = result {
-            let name = report.name_shared();
+            let name = self.entries.shared_name(index);
             tracing::warn!(service = %name, %phase, attempts, error = %Logged(&*cause), "phase failed");
-            let failure = Failure::new(name.clone(), phase, attempts, cause);
+            let failure = Failure::new(name, phase, attempts, cause);
             self.failures.push((index, failure));
         }
     }
@@ -76,19 +72,19 @@ impl Ledger {
     /// Records a Try that fail-fast dropped while it ran: it started, so it
     /// will be cancelled, and it did not succeed. No failure of its own.
     pub(crate) fn record_dropped_try(&mut self, index: usize) {
-        let report = &self.reports[index];
-        if report.attempts(Phase::Try) == 0 {
+        let records = self.entries.records(index);
+        if records.get(Phase::Try).attempts == 0 {
             let started = PhaseRecord {
                 attempts: 1,
                 succeeded: false,
             };
-            report.set(Phase::Try, started);
+            records.set(Phase::Try, started);
         }
     }
 
     /// The transaction's report, or its error when a phase failed.
     pub(crate) fn finish(self) -> Result<Report, Error> {
-        let report = Report::new(self.id, self.reports);
+        let report = Report::new(self.id, self.entries);
         let mut failures = self.failures;
         if failures.is_empty() {
             return Ok(report);

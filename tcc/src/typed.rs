@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::phase::Phase;
-use crate::report::{Report, ServiceReport};
+use crate::report::{Entries, Report};
 use crate::retry::RetryPolicy;
 use crate::run::{Attempts, Outcome, PhaseRun, Retries};
 use crate::service::{Service, Settings, TccService};
@@ -480,11 +480,8 @@ impl Plan {
         let claims = Claims::claim(services)?;
         // From an iterator of known length: one allocation, which the
         // context and the report share.
-        let reports = names
-            .iter()
-            .map(|&name| ServiceReport::new(crate::service::name(name)));
-        let mut ledger = Ledger::new(id, reports.collect());
-        let mut context = Some(Context::new(id, ledger.reports().clone()));
+        let mut ledger = Ledger::new(id, Entries::listed(names.iter().copied()));
+        let mut context = Some(Context::new(id, ledger.entries().clone()));
         let mut phase = Phase::Try;
         members.begin(0, id, phase, &settings);
         let mut all_succeeded = true;
