@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use futures_util::TryFutureExt;
 use futures_util::future::BoxFuture;
 
 use crate::context::{Context, TransactionId};
@@ -143,11 +144,14 @@ impl<S: TccService> Phases for TypedPhases<S> {
     }
 }
 
-/// Converts a phase's own error type into [`BoxError`], only on failure.
-pub(crate) async fn erase<E: Into<BoxError>>(
-    future: impl Future<Output = Result<(), E>>,
-) -> Result<(), BoxError> {
-    future.await.map_err(Into::into)
+/// Converts a phase's own error type into [`BoxError`], only on failure: a
+/// plain combinator, lighter to build and poll than an `async` wrapper.
+pub(crate) fn erase<F, E>(future: F) -> impl Future<Output = Result<(), BoxError>>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    TryFutureExt::map_err(future, Into::into)
 }
 
 /// Settings a service may carry; the orchestrator's own settings win over them.
