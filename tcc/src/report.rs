@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::context::TransactionId;
 use crate::phase::Phase;
@@ -147,29 +147,25 @@ impl ExactSizeIterator for ServiceReports<'_> {}
 /// One service's phase records while its transaction runs: written only by
 /// the transaction, read by its report once it has ended.
 #[derive(Default)]
-pub(crate) struct Records {
-    attempts: [AtomicU32; 3],
-    /// One bit a phase.
-    succeeded: AtomicU8,
-}
+pub(crate) struct Records([AtomicU32; 3]);
 
 impl Records {
+    /// The top bit of a phase's word: its last attempt succeeded. The other
+    /// 31 count attempts, saturating at 2^31 - 1, more than any real retry
+    /// loop reaches.
+    const SUCCEEDED: u32 = 1 << 31;
+
     pub(crate) fn set(&self, phase: Phase, record: PhaseRecord) {
-        let bit = 1 << (phase as u8);
-        self.attempts[phase as usize].store(record.attempts, Ordering::Relaxed);
-        let succeeded = self.succeeded.load(Ordering::Relaxed);
-        let succeeded = if record.succeeded {
-            succeeded | bit
-        } else {
-            succeeded & !bit
-        };
-        self.succeeded.store(succeeded, Ordering::Relaxed);
+        let attempts = record.attempts.min(!Self::SUCCEEDED);
+        let word = attempts | if record.succeeded { Self::SUCCEEDED } else { 0 };
+        self.0[phase as usize].store(word, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self, phase: Phase) -> PhaseRecord {
+        let word = self.0[phase as usize].load(Ordering::Relaxed);
         PhaseRecord {
-            attempts: self.attempts[phase as usize].load(Ordering::Relaxed),
-            succeeded: self.succeeded.load(Ordering::Relaxed) & (1 << (phase as u8)) != 0,
+            attempts: word & !Self::SUCCEEDED,
+            succeeded: word & Self::SUCCEEDED != 0,
         }
     }
 }

@@ -191,39 +191,14 @@ impl<A: Attempts> PhaseRun<A> {
     }
 
     /// Polls the running attempt, with the context pointed at it and panics
-    /// caught. An attempt that is over is dropped at once, under the same
-    /// guard: a panic in its destructor leaves its result standing, a panic
-    /// while it is polled is its result. Runs inside the transaction's
-    /// [`Context::enter`].
+    /// caught. Runs inside the transaction's [`Context::enter`].
     fn poll_attempt(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
         Context::focus(self.index, self.phase, self.attempts);
         let (attempt, phase) = (&mut self.attempt, self.phase);
-        let mut ended = None;
-        let polled = catch_unwind(AssertUnwindSafe(|| match attempt.poll_attempt(phase, cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(result) => {
-                ended = Some(result);
-                attempt.end_attempt();
-                Poll::Ready(())
-            }
-        }));
-        if let Ok(Poll::Pending) = polled {
-            return Poll::Pending;
+        match catch_unwind(AssertUnwindSafe(|| attempt.poll_attempt(phase, cx))) {
+            Ok(poll) => poll,
+            Err(payload) => Poll::Ready(Err(Box::new(Panicked::from_payload(&*payload)))),
         }
-        if let Some(result) = ended {
-            if polled.is_err() {
-                tracing::warn!("a phase's future panicked while it was dropped");
-            }
-            return Poll::Ready(result);
-        }
-        // It panicked while polled: that is the attempt's failure, and its
-        // future goes.
-        self.end_attempt();
-        let panicked = match polled {
-            Err(payload) => Panicked::from_payload(&*payload),
-            Ok(_) => Panicked::from_payload(&"the phase's future panicked"),
-        };
-        Poll::Ready(Err(Box::new(panicked)))
     }
 
     /// The jitter seed: the same for a given transaction and service.
@@ -314,14 +289,14 @@ impl<A: Attempts> PhaseRun<A> {
                                 this.state = State::Running { deadline };
                                 return Poll::Pending;
                             }
-                            // The attempt is cancelled by dropping it.
-                            this.end_attempt();
                             let limit = this.timeout.unwrap_or_default();
                             Err(Box::new(TryTimedOut(limit)) as BoxError)
                         }
                     };
-                    // The attempt is over, and its future dropped.
+                    // The attempt is over (a timed-out one is cancelled by
+                    // this drop).
                     this.state = State::Start;
+                    this.end_attempt();
                     let error = match result {
                         Ok(()) => return this.finish(Ok(())),
                         Err(error) => error,
