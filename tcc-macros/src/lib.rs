@@ -220,6 +220,14 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// then every Confirm, or every Cancel of the services whose Try started,
 /// each retried on its own; every failure in the error.
 ///
+/// Unlike an `Orchestrator`, which runs type-erased `tcc::Service` handles,
+/// the block knows its services' types: each phase's future runs in place,
+/// in a slot of the block's own future, and no handle is built. A run makes
+/// two allocations whatever the number of services (the transaction, boxed
+/// so that it can outlive the caller, and the report's records). A
+/// `tcc::Service` listed in the block keeps its own settings, its status
+/// flags and its claim, as in an `Orchestrator`.
+///
 /// ```
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU32, Ordering};
@@ -320,8 +328,9 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// (`E` as for [`macro@tcc_service`]). It is evaluated anew for every
 /// attempt, so a retried Confirm gets a fresh future.
 ///
-/// The transaction outlives the block: it runs on its own task and finishes
-/// even if the caller drops the future (drop safety). So, as with
+/// The transaction can outlive the block: it runs inside the caller's
+/// future, and if the caller drops that future before the end, it moves to a
+/// task of its own and finishes there (drop safety). So, as with
 /// `tokio::spawn`, phase futures must be `Send + 'static`, and an inline
 /// service takes what its phases name, as a `move` closure does: the
 /// compiler enforces both. Three ways to satisfy it:
