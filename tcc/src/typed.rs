@@ -21,7 +21,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::Either;
-use tracing::Instrument;
 
 use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Error, ErrorKind};
@@ -446,8 +445,9 @@ impl Plan {
     where
         T: Future<Output = Result<Report, Error>> + Send + 'static,
     {
-        let span = tracing::debug_span!("tcc_transaction", id = %self.id);
-        let transaction = Box::pin(transaction.instrument(span));
+        // Moved once, into its box: it is the size of every service's slot.
+        // Its span is entered by `run`, inside.
+        let transaction = Box::pin(transaction);
         async move {
             let runtime = transaction::runtime()?;
             transaction::drive(self.id, runtime, transaction).await
@@ -487,7 +487,9 @@ impl Plan {
         let mut all_succeeded = true;
         // The rounds run in one loop, so that a round that ends at once goes
         // straight on to the next, in the same poll and the same context.
+        let span = tracing::debug_span!("tcc_transaction", id = %id);
         poll_fn(|cx| {
+            let _entered = span.enter();
             Context::enter(&mut context, || {
                 loop {
                     let stop_on_failure = phase == Phase::Try && self.fail_fast;
