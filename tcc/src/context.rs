@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::phase::Phase;
-use crate::report::Entries;
+use crate::report::Names;
 
 /// The unique id of one orchestration.
 ///
@@ -137,9 +137,9 @@ impl Position {
 #[derive(Clone)]
 pub struct Context {
     transaction_id: TransactionId,
-    /// The transaction's names and records, shared for the names: pointing
-    /// the context at another service changes `index`, not a reference count.
-    entries: Entries,
+    /// The transaction's names, shared: pointing the context at another
+    /// service changes `index`, not a reference count.
+    names: Names,
     index: usize,
     phase: Phase,
     attempt: u32,
@@ -148,10 +148,10 @@ pub struct Context {
 impl Context {
     /// A context for the services of one transaction, pointing at the first
     /// service's Try until [`focus`](Context::focus) moves it.
-    pub(crate) fn new(transaction_id: TransactionId, entries: Entries) -> Self {
+    pub(crate) fn new(transaction_id: TransactionId, names: Names) -> Self {
         Context {
             transaction_id,
-            entries,
+            names,
             index: 0,
             phase: Phase::Try,
             attempt: 1,
@@ -191,7 +191,7 @@ impl Context {
 
     /// The running service's name.
     pub fn service_name(&self) -> &str {
-        self.entries.name(self.index)
+        self.names.name(self.index)
     }
 
     /// The running phase.

@@ -201,7 +201,7 @@ impl Transaction {
         let id = TransactionId::generate();
         let ledger = Ledger::new(id, Entries::services(services.clone()));
         Ok(Transaction {
-            context: Some(Context::new(id, ledger.entries().clone())),
+            context: Some(Context::new(id, ledger.entries().names())),
             services: services.clone(),
             claims,
             settings: orchestrator.settings,

@@ -212,6 +212,14 @@ impl Entries {
         }
     }
 
+    /// The names alone, for the transaction's context.
+    pub(crate) fn names(&self) -> Names {
+        match self {
+            Entries::Services { services, .. } => Names::Services(services.clone()),
+            Entries::Listed(entries) => Names::Listed(entries.clone()),
+        }
+    }
+
     /// The shared name of service `index`, for a failure.
     pub(crate) fn shared_name(&self, index: usize) -> Name {
         match self {
@@ -232,6 +240,23 @@ impl Entries {
         ServiceReport {
             name: self.name(index),
             phases: [Phase::Try, Phase::Confirm, Phase::Cancel].map(|phase| records.get(phase)),
+        }
+    }
+}
+
+/// The names of a transaction's services, as its context shares them.
+#[derive(Clone)]
+pub(crate) enum Names {
+    Services(Arc<[Service]>),
+    Listed(Arc<[(Name, Records)]>),
+}
+
+impl Names {
+    /// The name of service `index`; `""` past the end.
+    pub(crate) fn name(&self, index: usize) -> &str {
+        match self {
+            Names::Services(services) => services.get(index).map_or("", Service::name),
+            Names::Listed(entries) => entries.get(index).map_or("", |(name, _)| name.as_str()),
         }
     }
 }

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Failure};
 use crate::phase::Phase;
-use crate::report::Entries;
+use crate::report::Names;
 use crate::retry::RetryPolicy;
 use crate::run::{PhaseRun, Retries, ServiceAttempts};
 
@@ -371,10 +371,7 @@ impl Service {
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
         self.clear(phase);
         let id = TransactionId::generate();
-        let mut context = Some(Context::new(
-            id,
-            Entries::services(Arc::from([self.clone()])),
-        ));
+        let mut context = Some(Context::new(id, Names::Services(Arc::from([self.clone()]))));
         let attempts = ServiceAttempts::new(self);
         let mut run = PhaseRun::new(0, attempts, id, phase, Retries::NONE, None);
         let outcome =

@@ -481,7 +481,7 @@ impl Plan {
         // From an iterator of known length: one allocation, which the
         // context and the report share.
         let mut ledger = Ledger::new(id, Entries::listed(names.iter().copied()));
-        let mut context = Some(Context::new(id, ledger.entries().clone()));
+        let mut context = Some(Context::new(id, ledger.entries().names()));
         let mut phase = Phase::Try;
         members.begin(0, id, phase, &settings);
         let mut all_succeeded = true;
