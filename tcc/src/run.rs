@@ -4,8 +4,10 @@
 //!
 //! It is written by hand rather than as an `async fn` so that it is `Unpin`:
 //! an orchestration polls it the moment it creates it, and only a run that is
-//! still pending then is moved into the set of pending runs. Phases that
-//! finish at once cost one allocation, their own boxed future.
+//! still pending then is moved into the set of pending runs. Where an
+//! attempt's future lives is up to its [`Attempts`]: a [`Service`]'s is
+//! boxed (one allocation an attempt), a `tcc!` member's sits in a slot
+//! pinned inside the block's future (none).
 
 use std::fmt;
 use std::future::Future;
