@@ -279,9 +279,6 @@ where
 
 /// The services of a `tcc!` block, nested as `(first, (second, (..., ())))`.
 pub trait Members: Send {
-    /// How many services there are.
-    const LEN: usize;
-
     /// Calls `f` with each participant that is a [`Service`] handle.
     #[doc(hidden)]
     fn visit(&self, f: &mut impl FnMut(&Service));
@@ -309,7 +306,6 @@ pub trait Members: Send {
 }
 
 impl Members for () {
-    const LEN: usize = 0;
     fn visit(&self, _: &mut impl FnMut(&Service)) {}
     fn begin(&mut self, _: usize, _: TransactionId, _: Phase, _: &Settings) {}
     fn poll_runs(
@@ -329,8 +325,6 @@ where
     M: Fn(Phase) -> F + Send,
     T: Members,
 {
-    const LEN: usize = 1 + T::LEN;
-
     fn visit(&self, f: &mut impl FnMut(&Service)) {
         if let Some(service) = self.0.participant.as_service() {
             f(service);
