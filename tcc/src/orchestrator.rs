@@ -111,8 +111,7 @@ impl Orchestrator {
     /// [`max_retries`](Orchestrator::max_retries) changes the limit alone.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.settings.max_retries = Some(policy.max_retries);
-        self.settings.retry = Some(policy);
+        self.settings.set_retry(policy);
         self
     }
 

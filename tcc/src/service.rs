@@ -168,6 +168,13 @@ impl Settings {
         retry: None,
         try_timeout: None,
     };
+
+    /// Sets the backoff policy and, with it, its retry limit: the one rule
+    /// behind every `retry` builder.
+    pub(crate) fn set_retry(&mut self, policy: RetryPolicy) {
+        self.max_retries = Some(policy.max_retries);
+        self.retry = Some(policy);
+    }
 }
 
 // Bits of `Shared::state`. Each getter reads its own bit.
@@ -310,9 +317,7 @@ impl Service {
     /// orchestrator's own policy, when set, wins.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        let settings = self.settings_mut();
-        settings.max_retries = Some(policy.max_retries);
-        settings.retry = Some(policy);
+        self.settings_mut().set_retry(policy);
         self
     }
 

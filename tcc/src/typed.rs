@@ -409,8 +409,7 @@ impl Plan {
     /// As [`Orchestrator::retry`](crate::Orchestrator::retry).
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.settings.max_retries = Some(policy.max_retries);
-        self.settings.retry = Some(policy);
+        self.settings.set_retry(policy);
         self
     }
 
