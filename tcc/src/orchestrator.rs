@@ -189,11 +189,7 @@ impl Transaction {
             .filter_map(|settings| settings.retry.as_ref());
         for policy in policies {
             if let Err(invalid) = policy.validate() {
-                return Err(Error::refused(
-                    ErrorKind::InvalidRetryPolicy,
-                    None,
-                    format!("orchestration refused: {invalid}"),
-                ));
+                return Err(transaction::invalid_policy(invalid));
             }
         }
         let claims = Claims::claim(services.clone())?;

@@ -14,6 +14,7 @@ use crate::context::TransactionId;
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::phase::Phase;
 use crate::report::{Entries, PhaseRecord, Report};
+use crate::retry::InvalidRetryPolicy;
 use crate::run::{Logged, Outcome, Retries};
 use crate::service::{Service, Settings};
 
@@ -96,6 +97,15 @@ impl Ledger {
         }
         Err(error)
     }
+}
+
+/// The refusal of an orchestration with a retry policy out of range.
+pub(crate) fn invalid_policy(invalid: InvalidRetryPolicy) -> Error {
+    Error::refused(
+        ErrorKind::InvalidRetryPolicy,
+        None,
+        format!("orchestration refused: {invalid}"),
+    )
 }
 
 /// Services claimed by one transaction, so that no other orchestration runs

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures_util::future::Either;
 
 use crate::context::{Context, TransactionId};
-use crate::error::{BoxError, Error, ErrorKind};
+use crate::error::{BoxError, Error};
 use crate::phase::Phase;
 use crate::report::{Entries, Report};
 use crate::retry::RetryPolicy;
@@ -464,11 +464,7 @@ impl Plan {
             services.push(service.clone());
         });
         if let Some(invalid) = invalid {
-            return Err(Error::refused(
-                ErrorKind::InvalidRetryPolicy,
-                None,
-                format!("orchestration refused: {invalid}"),
-            ));
+            return Err(transaction::invalid_policy(invalid));
         }
         let claims = Claims::claim(services)?;
         // From an iterator of known length: one allocation, which the
