@@ -1,8 +1,8 @@
 //! What the macros expand to. Not public API: it may change in any release.
 
+pub use crate::engine::{Member, Members};
 pub use crate::typed::{
-    Inline, IsNotParticipant, IsParticipant, Listed, Member, Members, NotAService, Participant,
-    Plan, check, member,
+    Inline, IsNotParticipant, IsParticipant, Listed, NotAService, Participant, Plan, check, member,
 };
 pub use crate::{BoxError, Phase, TccService};
 pub use core::future::Future;

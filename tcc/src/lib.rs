@@ -98,24 +98,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// Leaf modules first, then what builds on them: each imports only modules
+// listed above it.
+mod attempt;
 mod context;
+mod engine;
 mod error;
+mod id;
+mod name;
 mod orchestrator;
 mod phase;
 mod report;
 mod retry;
-mod run;
 mod service;
-mod transaction;
+mod settings;
 mod typed;
 
-pub use context::{Context, ParseTransactionIdError, TransactionId};
-pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TryTimedOut};
+pub use context::Context;
+pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TimedOut};
+pub use id::{ParseTransactionIdError, TransactionId};
 pub use orchestrator::Orchestrator;
 pub use phase::Phase;
 pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
 pub use service::{Service, TccService};
+pub use settings::DEFAULT_ATTEMPT_TIMEOUT;
 
 /// The macros: `#[tcc_service]` (with its phase attributes `#[try_phase]`,
 /// `#[confirm]` and `#[cancel]`) and `tcc!`.

@@ -49,6 +49,13 @@ impl From<Step> for Script {
     }
 }
 
+/// Call `n` takes step `n`; the last one repeats.
+impl<const N: usize> From<[Step; N]> for Script {
+    fn from(steps: [Step; N]) -> Self {
+        Script(steps.to_vec())
+    }
+}
+
 /// What a scripted service saw.
 #[derive(Default)]
 pub struct Probe {
