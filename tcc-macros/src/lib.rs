@@ -58,6 +58,7 @@
 
 mod context;
 mod orchestration;
+mod recoverable;
 mod service;
 mod suggest;
 
@@ -416,4 +417,65 @@ pub fn confirm(_args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn cancel(_args: TokenStream, input: TokenStream) -> TokenStream {
     service::misplaced("cancel", input.into()).into()
+}
+
+/// Derives `tcc::Recoverable` for a service struct, so that it can join a
+/// durable transaction.
+///
+/// Every field is the service's per-transaction **data**, saved in the
+/// transaction log as a JSON object keyed by field name before the Try
+/// runs (its type must implement serde's `Serialize` and `Deserialize`),
+/// except the fields marked `#[recoverable(resource)]`: the application's
+/// own **resources** (a connection pool, a client), never saved, taken back
+/// from `tcc::TransactionLog::provide` when a crashed transaction is
+/// rebuilt (their type must be `Clone`).
+///
+/// - `#[recoverable(kind = "..")]` on the struct: the kind it is registered
+///   and saved under (the struct's name by default). Keep it stable.
+/// - `#[recoverable(default)]` on a field: data saved by an older version
+///   may lack it; it then takes `Default::default()` (an `Option` field is
+///   `None` without it).
+/// - `#[recoverable(rename = "..")]` on a field: the name it is saved
+///   under, to keep reading data saved before the field was renamed.
+///
+/// ```
+/// use tcc::{BoxError, Recoverable, Resources, tcc_service};
+///
+/// #[derive(Clone)]
+/// struct Pool;
+///
+/// #[derive(Recoverable)]
+/// #[recoverable(kind = "debit")]
+/// struct Debit {
+///     #[recoverable(resource)]
+///     pool: Pool,
+///     account: String,
+///     amount: i64,
+///     #[recoverable(default)]
+///     memo: String,
+/// }
+///
+/// #[tcc_service(name = "debit")]
+/// impl Debit {
+///     #[try_phase]
+///     async fn freeze(&self) -> Result<(), BoxError> { Ok(()) }
+///     #[confirm]
+///     async fn take(&self) -> Result<(), BoxError> { Ok(()) }
+///     #[cancel]
+///     async fn unfreeze(&self) -> Result<(), BoxError> { Ok(()) }
+/// }
+///
+/// let debit = Debit { pool: Pool, account: "alice".into(), amount: 30, memo: String::new() };
+/// let saved = debit.save().unwrap();
+/// assert_eq!(saved, br#"{"account":"alice","amount":30,"memo":""}"#);
+///
+/// let mut resources = Resources::new();
+/// resources.insert(Pool);
+/// // Data saved before `memo` existed still reads back.
+/// let old = Debit::rebuild(br#"{"account":"bob","amount":5}"#, &resources).unwrap();
+/// assert_eq!((old.account.as_str(), old.amount, old.memo.as_str()), ("bob", 5, ""));
+/// ```
+#[proc_macro_derive(Recoverable, attributes(recoverable))]
+pub fn derive_recoverable(input: TokenStream) -> TokenStream {
+    recoverable::derive(input.into()).into()
 }

@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::error::{BoxError, Panicked, Permanent, TimedOut};
 use crate::id::TransactionId;
 use crate::phase::Phase;
+use crate::recoverable::Saved;
 use crate::retry::{RetryPolicy, mix, name_hash};
 use crate::settings::Settings;
 
@@ -55,6 +56,10 @@ pub trait Attempts {
 
     /// The service's own settings; the orchestration's win over them.
     fn settings(&self) -> Settings;
+
+    /// The kind and data of a recoverable service, for the log; `None` for
+    /// one that cannot be rebuilt after a crash.
+    fn save(&self) -> Option<Saved>;
 
     /// Polls the current attempt at `phase`, building its future first when
     /// there is none. Called inside the context and the panic guard.

@@ -8,7 +8,11 @@
 //! [`Attempts`]. Everything else, the rounds, fail-fast, the decision,
 //! validation, logging and the [`Ledger`], is written once, here.
 //!
-//! Every state change of a transaction goes through [`Ledger::record`].
+//! Every state change of a transaction goes through its [`Ledger`], which
+//! writes the transaction log when there is one: the intent before the
+//! first Try ([`Ledger::begin`]), the decision before the first Confirm or
+//! Cancel ([`Ledger::decide`]), each phase's outcome ([`Ledger::record`])
+//! and the end ([`Ledger::finish`]).
 
 use std::future::poll_fn;
 use std::ops::ControlFlow;
@@ -21,6 +25,9 @@ use tracing::Instrument;
 
 use crate::attempt::{Attempts, Logged, Outcome, PhaseRun};
 use crate::context::Context;
+use crate::durable::{
+    Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
+};
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
 use crate::name::Name;
@@ -29,10 +36,10 @@ use crate::report::{PhaseRecord, Report};
 use crate::settings::Settings;
 
 /// What a transaction has done so far: each service's record, and every
-/// failure.
+/// failure; with a log, the lease it writes its record under.
 ///
-/// Every state change of a transaction goes through [`Ledger::record`]: the
-/// one place the durable log writes to.
+/// Every state change of a transaction goes through the ledger: the one
+/// place that writes the transaction log.
 pub(crate) struct Ledger {
     id: TransactionId,
     names: Arc<[Name]>,
@@ -40,6 +47,24 @@ pub(crate) struct Ledger {
     /// until the report takes it, so it is changed in place.
     records: Arc<[[PhaseRecord; 3]]>,
     failures: Vec<(usize, Failure)>,
+    durable: Option<Durable>,
+}
+
+/// A transaction's log and its lease on its record.
+struct Durable {
+    log: Arc<dyn Log>,
+    lease: Lease,
+    /// Whether the record was finished; a ledger dropped before (a runtime
+    /// shutting down) gives its lease back, so recovery takes it over.
+    finished: bool,
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.log.release(&self.lease);
+        }
+    }
 }
 
 impl Ledger {
@@ -50,6 +75,124 @@ impl Ledger {
             names,
             records,
             failures: Vec::new(),
+            durable: None,
+        }
+    }
+
+    /// Writes the transaction's intent, every participant with its data,
+    /// before any Try runs. Refused, with nothing run, when a participant
+    /// cannot be rebuilt after a crash or the log fails.
+    ///
+    /// Crash just before: nothing ran, nothing is written. Just after: an
+    /// undecided intent, which recovery cancels everywhere (presumed abort),
+    /// Tries that never ran included.
+    async fn begin<M: Members + ?Sized>(
+        &mut self,
+        log: &Arc<dyn Log>,
+        members: &mut M,
+    ) -> Result<(), Error> {
+        struct Save<'a> {
+            names: &'a [Name],
+            participants: Vec<ParticipantEntry>,
+            refusal: Option<Error>,
+        }
+        impl Visit for Save<'_> {
+            fn visit<A: Attempts>(
+                &mut self,
+                index: usize,
+                member: &mut Member<A>,
+            ) -> ControlFlow<()> {
+                let name = &self.names[index];
+                let refusal = match member.run.attempt().save() {
+                    Some((kind, Ok(data))) => {
+                        self.participants.push(ParticipantEntry {
+                            name: name.to_string(),
+                            kind: kind.to_owned(),
+                            data,
+                        });
+                        return ControlFlow::Continue(());
+                    }
+                    Some((kind, Err(cause))) => format!(
+                        "orchestration refused: the data of service `{name}` (kind `{kind}`) could not be saved: {}",
+                        Logged(&*cause)
+                    ),
+                    None => format!(
+                        "orchestration refused: service `{name}` cannot be rebuilt after a crash, so it cannot join a durable transaction; build it with `Service::recoverable` from a type that implements `tcc::Recoverable`"
+                    ),
+                };
+                let kind = ErrorKind::NotRecoverable;
+                self.refusal = Some(Error::refused(kind, Some(name.clone()), refusal));
+                ControlFlow::Break(())
+            }
+        }
+        let mut save = Save {
+            names: &self.names,
+            participants: Vec::with_capacity(self.names.len()),
+            refusal: None,
+        };
+        let _ = members.each(0, &mut save);
+        if let Some(refusal) = save.refusal {
+            return Err(refusal);
+        }
+        let intent = Intent {
+            id: self.id,
+            participants: save.participants,
+        };
+        let lease = log.begin(&intent).await.map_err(|error| {
+            let detail = format!(
+                "orchestration refused: the transaction log could not write the intent of transaction {}: {error}",
+                self.id
+            );
+            Error::refused(ErrorKind::LogFailed, None, detail)
+        })?;
+        self.durable = Some(Durable {
+            log: log.clone(),
+            lease,
+            finished: false,
+        });
+        Ok(())
+    }
+
+    /// Takes over a transaction the log holds unfinished: its lease, and
+    /// the records of what was done before.
+    fn resume(&mut self, log: &Arc<dyn Log>, lease: Lease, record: &TransactionRecord) {
+        let records = Arc::make_mut(&mut self.records);
+        for (mine, logged) in records.iter_mut().zip(&record.progress) {
+            for (phase, progress) in mine.iter_mut().zip(logged) {
+                *phase = PhaseRecord {
+                    attempts: progress.attempts,
+                    succeeded: progress.succeeded,
+                };
+            }
+        }
+        self.durable = Some(Durable {
+            log: log.clone(),
+            lease,
+            finished: false,
+        });
+    }
+
+    /// Makes the decision durable before any Confirm or Cancel runs, and
+    /// returns the decision in force: the log's compare-and-set keeps the
+    /// first decision ever written, so one transaction never gets two.
+    ///
+    /// Crash just before: an undecided intent, cancelled by recovery. Just
+    /// after: the decision, which recovery carries out on every participant
+    /// not yet done.
+    async fn decide(&mut self, decision: Decision) -> Result<Decision, Error> {
+        let Some(durable) = &mut self.durable else {
+            return Ok(decision);
+        };
+        match durable.log.decide(&durable.lease, decision).await {
+            Ok(in_force) => Ok(in_force),
+            Err(error) => {
+                // Left to recovery: the lease goes back (on drop).
+                let detail = format!(
+                    "transaction {} was interrupted: its decision ({decision:?}) could not be written to the transaction log ({error}); recovery finishes it, cancelling it unless the decision reached the log",
+                    self.id
+                );
+                Err(Error::refused(ErrorKind::LogFailed, None, detail))
+            }
         }
     }
 
@@ -61,6 +204,18 @@ impl Ledger {
             result,
         } = outcome;
         self.set(index, phase, attempts, result.is_ok());
+        if let Some(durable) = &self.durable {
+            // Not synced on its own: a lost note only makes recovery call a
+            // participant again, and phases are idempotent.
+            let progress = PhaseProgress {
+                attempts,
+                succeeded: result.is_ok(),
+                last_error: result.as_ref().err().map(|e| Logged(&**e).to_string()),
+            };
+            durable
+                .log
+                .note(&durable.lease, index as u32, phase, progress);
+        }
         if let Err(cause) = result {
             let name = self.names[index].clone();
             tracing::warn!(service = %name, %phase, attempts, error = %Logged(&*cause), "phase failed");
@@ -82,8 +237,30 @@ impl Ledger {
         };
     }
 
-    /// The transaction's report, or its error when a phase failed.
-    fn finish(self) -> Result<Report, Error> {
+    /// Ends the transaction in the log, and returns its report, or its
+    /// error when a phase failed.
+    ///
+    /// Crash just before: the decision, carried out again by recovery
+    /// (harmless: phases are idempotent). Just after: done, or a durable
+    /// "needs repair" an operator lists and re-drives.
+    async fn finish(mut self) -> Result<Report, Error> {
+        if let Some(durable) = &mut self.durable {
+            let repair = self
+                .failures
+                .iter()
+                .any(|(_, failure)| failure.phase() != Phase::Try);
+            let end = if repair { End::NeedsRepair } else { End::Done };
+            match durable.log.finish(&durable.lease, end).await {
+                Ok(()) => durable.finished = true,
+                // The lease goes back (on drop), so recovery ends it.
+                Err(error) => tracing::warn!(
+                    %error,
+                    "the end of the transaction could not be written to the log; recovery will end it"
+                ),
+            }
+        }
+        let durable = self.durable.take();
+        drop(durable);
         let report = Report::new(self.id, self.names, self.records);
         let mut failures = self.failures;
         if failures.is_empty() {
@@ -157,17 +334,30 @@ impl<A: Attempts + Send, T: Members> Members for (Member<A>, T) {
 }
 
 /// How a transaction runs, beyond its services' own settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub(crate) struct Options {
     pub(crate) settings: Settings,
     pub(crate) fail_fast: bool,
+    /// Where the transaction is written, when it is durable.
+    pub(crate) log: Option<Arc<dyn Log>>,
 }
 
 impl Options {
     pub(crate) const DEFAULT: Options = Options {
         settings: Settings::DEFAULT,
         fail_fast: false,
+        log: None,
     };
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("settings", &self.settings)
+            .field("fail_fast", &self.fail_fast)
+            .field("durable", &self.log.is_some())
+            .finish()
+    }
 }
 
 /// Runs transaction `id` over `members`, named `names` (already checked for
@@ -178,7 +368,8 @@ impl Options {
 /// as soon as its round begins, so a round that ends at once goes straight
 /// on to the next, in the same poll. With fail-fast, the first failed Try
 /// ends the Try round: runs still pending are dropped and runs not yet
-/// polled never start.
+/// polled never start. With a log, the intent is durable before the first
+/// Try and the decision before the first Confirm or Cancel.
 pub(crate) async fn run<M: Members + ?Sized>(
     id: TransactionId,
     options: &Options,
@@ -187,24 +378,59 @@ pub(crate) async fn run<M: Members + ?Sized>(
 ) -> Result<Report, Error> {
     validate(options, &names, members)?;
     let span = tracing::debug_span!("tcc_transaction", id = %id);
-    let mut transaction = Transaction {
-        id,
-        options,
-        context: Some(Context::new(id, names.clone())),
-        ledger: Ledger::new(id, names),
-        members,
-    };
+    let mut transaction = Transaction::new(id, options, names, members);
     async move {
-        let all_succeeded = transaction.round(Phase::Try).await;
-        let decision = if all_succeeded {
+        if let Some(log) = &options.log {
+            transaction.ledger.begin(log, transaction.members).await?;
+        }
+        let decision = if transaction.round(Phase::Try, None).await {
             tracing::debug!("every try succeeded; confirming");
-            Phase::Confirm
+            Decision::Confirm
         } else {
             tracing::debug!("a try failed; cancelling every started service");
-            Phase::Cancel
+            Decision::Cancel
         };
-        transaction.round(decision).await;
-        transaction.ledger.finish()
+        transaction.carry_out(decision, None).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Finishes a transaction the log holds unfinished, under `lease`: its
+/// decision, or Cancel when it has none (presumed abort: every participant
+/// is cancelled, those whose Try may never have run included), carried out
+/// on every participant not yet done, each retry loop resumed from the
+/// attempts the log counted.
+pub(crate) async fn resume<M: Members + ?Sized>(
+    options: &Options,
+    log: &Arc<dyn Log>,
+    lease: Lease,
+    record: &TransactionRecord,
+    members: &mut M,
+) -> Result<Report, Error> {
+    let id = record.intent.id;
+    let names: Arc<[Name]> = record
+        .intent
+        .participants
+        .iter()
+        .map(|p| crate::name::name(&p.name))
+        .collect();
+    validate(options, &names, members)?;
+    let span = tracing::info_span!("tcc_recovery", id = %id);
+    let mut transaction = Transaction::new(id, options, names, members);
+    transaction.ledger.resume(log, lease, record);
+    async move {
+        struct Tried;
+        impl Visit for Tried {
+            fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
+                member.tried = true;
+                ControlFlow::Continue(())
+            }
+        }
+        let _ = transaction.members.each(0, &mut Tried);
+        let decision = record.status.decision().unwrap_or(Decision::Cancel);
+        tracing::info!(?decision, "recovering the transaction");
+        transaction.carry_out(decision, Some(record)).await
     }
     .instrument(span)
     .await
@@ -261,15 +487,51 @@ struct Transaction<'a, M: ?Sized> {
     members: &'a mut M,
 }
 
-impl<M: Members + ?Sized> Transaction<'_, M> {
+impl<'a, M: Members + ?Sized> Transaction<'a, M> {
+    fn new(
+        id: TransactionId,
+        options: &'a Options,
+        names: Arc<[Name]>,
+        members: &'a mut M,
+    ) -> Self {
+        Transaction {
+            id,
+            options,
+            context: Some(Context::new(id, names.clone())),
+            ledger: Ledger::new(id, names),
+            members,
+        }
+    }
+
+    /// Makes `decision` durable (the log's, if it already holds one), runs
+    /// its phase on every participant and ends the transaction.
+    async fn carry_out(
+        mut self,
+        decision: Decision,
+        resumed: Option<&TransactionRecord>,
+    ) -> Result<Report, Error> {
+        let decision = match resumed.and_then(|record| record.status.decision()) {
+            // Already durable: nothing to write.
+            Some(logged) => logged,
+            None => self.ledger.decide(decision).await?,
+        };
+        let phase = match decision {
+            Decision::Confirm => Phase::Confirm,
+            Decision::Cancel => Phase::Cancel,
+        };
+        self.round(phase, resumed).await;
+        self.ledger.finish().await
+    }
+
     /// Runs `phase` on every member it applies to (Try and Confirm: all;
-    /// Cancel: those whose Try started), at once. Returns whether every run
-    /// succeeded.
-    async fn round(&mut self, phase: Phase) -> bool {
+    /// Cancel: those whose Try started; after a crash, those not yet done),
+    /// at once. Returns whether every run succeeded.
+    async fn round(&mut self, phase: Phase, resumed: Option<&TransactionRecord>) -> bool {
         let mut begin = Begin {
             id: self.id,
             phase,
             settings: &self.options.settings,
+            resumed,
         };
         let _ = self.members.each(0, &mut begin);
         let stop_on_failure = phase == Phase::Try && self.options.fail_fast;
@@ -305,19 +567,28 @@ impl<M: Members + ?Sized> Transaction<'_, M> {
     }
 }
 
-/// Sets each member up to run `phase`.
+/// Sets each member up to run `phase`; after a crash, from where the log
+/// says it got to.
 struct Begin<'a> {
     id: TransactionId,
     phase: Phase,
     settings: &'a Settings,
+    resumed: Option<&'a TransactionRecord>,
 }
 
 impl Visit for Begin<'_> {
     fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()> {
-        member.active = self.phase != Phase::Cancel || member.tried;
+        let logged = self
+            .resumed
+            .and_then(|record| record.phase_progress(index, self.phase));
+        let done = logged.is_some_and(|progress| progress.succeeded);
+        member.active = (self.phase != Phase::Cancel || member.tried) && !done;
         let own = member.run.attempt().settings();
         let limits = self.settings.resolve(&own, self.phase);
-        member.run.restart(index, self.id, self.phase, limits, 0);
+        let attempts = logged.map_or(0, |progress| progress.attempts);
+        member
+            .run
+            .restart(index, self.id, self.phase, limits, attempts);
         ControlFlow::Continue(())
     }
 }

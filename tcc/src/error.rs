@@ -165,6 +165,14 @@ pub enum ErrorKind {
     /// The runtime shut down before the transaction ended; its state is
     /// unknown.
     Interrupted,
+    /// A durable transaction was given a service that cannot be rebuilt
+    /// after a crash (or whose data could not be saved). Nothing ran.
+    NotRecoverable,
+    /// The transaction log failed. Before the first Try (the intent could
+    /// not be written), nothing ran; after it (the decision could not be
+    /// written), the transaction is left to recovery, which cancels it
+    /// unless the decision reached the log: look it up by id.
+    LogFailed,
 }
 
 impl ErrorKind {

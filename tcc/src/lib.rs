@@ -102,16 +102,20 @@
 // listed above it.
 mod attempt;
 mod context;
+pub mod durable;
 mod engine;
 mod error;
 mod id;
 mod name;
 mod orchestrator;
 mod phase;
+mod recoverable;
 mod report;
 mod retry;
 mod service;
 mod settings;
+mod tcc_service;
+mod transaction_log;
 mod typed;
 
 pub use context::Context;
@@ -119,14 +123,17 @@ pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TimedO
 pub use id::{ParseTransactionIdError, TransactionId};
 pub use orchestrator::Orchestrator;
 pub use phase::Phase;
+pub use recoverable::{MissingResource, Recoverable, Resources};
 pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
-pub use service::{Service, TccService};
+pub use service::Service;
 pub use settings::DEFAULT_ATTEMPT_TIMEOUT;
+pub use tcc_service::TccService;
+pub use transaction_log::{RecoverySummary, TransactionLog};
 
 /// The macros: `#[tcc_service]` (with its phase attributes `#[try_phase]`,
 /// `#[confirm]` and `#[cancel]`) and `tcc!`.
-pub use tcc_macros::{cancel, confirm, tcc, tcc_service, try_phase};
+pub use tcc_macros::{Recoverable, cancel, confirm, tcc, tcc_service, try_phase};
 
 /// What the macros expand to. Not public API: it may change in any release.
 #[doc(hidden)]

@@ -10,6 +10,7 @@ use crate::name::Name;
 use crate::report::Report;
 use crate::retry::RetryPolicy;
 use crate::service::{Service, ServiceAttempts};
+use crate::transaction_log::TransactionLog;
 
 /// Runs a TCC transaction over a set of services.
 ///
@@ -131,6 +132,18 @@ impl Orchestrator {
         self
     }
 
+    /// Makes every transaction durable in `log`: its intent (each service
+    /// and its data) is synced before the first Try, its decision before
+    /// the first Confirm or Cancel, so that after a crash at any instant
+    /// [`TransactionLog::recover`] finishes it. Every service must be built
+    /// with [`Service::recoverable`]; a transaction with one that is not is
+    /// refused before any phase runs ([`ErrorKind::NotRecoverable`](crate::ErrorKind::NotRecoverable)).
+    #[must_use]
+    pub fn log(mut self, log: &TransactionLog) -> Self {
+        self.options.log = Some(log.store().clone());
+        self
+    }
+
     /// With `true`, the first failed Try ends the Try phase at once: Tries
     /// still running are dropped (and, having started, cancelled), Tries not
     /// yet started never start. With `false`, the default, every Try settles
@@ -154,12 +167,25 @@ impl Orchestrator {
     /// [`kind`](Error::kind) says why: no services, two services with the
     /// same name, an invalid retry policy, or no tokio runtime.
     pub async fn orchestrate(&self) -> Result<Report, Error> {
+        self.orchestrate_as(TransactionId::generate()).await
+    }
+
+    /// Runs a transaction, as [`orchestrate`](Orchestrator::orchestrate)
+    /// does, under an id the caller chose, so that it knows the id before
+    /// the transaction ends (and, with a log, can look the transaction up
+    /// by it after a crash). With a log, an id already used is refused
+    /// ([`ErrorKind::LogFailed`](crate::ErrorKind::LogFailed)) before any
+    /// phase runs.
+    pub async fn orchestrate_as(&self, id: TransactionId) -> Result<Report, Error> {
         let runtime = engine::runtime()?;
         if let Some(twice) = &self.duplicate {
             return Err(engine::duplicate(twice));
         }
-        let id = TransactionId::generate();
-        let (services, names, options) = (self.services.clone(), self.names.clone(), self.options);
+        let (services, names, options) = (
+            self.services.clone(),
+            self.names.clone(),
+            self.options.clone(),
+        );
         let transaction = async move {
             let mut members: Vec<_> = services
                 .iter()

@@ -1,5 +1,5 @@
-//! Participants of a transaction: the [`TccService`] trait and the type-erased
-//! [`Service`] handle that an [`Orchestrator`](crate::Orchestrator) runs.
+//! The type-erased [`Service`] handle that an
+//! [`Orchestrator`](crate::Orchestrator) runs.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -17,94 +17,22 @@ use crate::error::{BoxError, Failure};
 use crate::id::TransactionId;
 use crate::name::Name;
 use crate::phase::Phase;
+use crate::recoverable::{Recoverable, Saved};
 use crate::retry::RetryPolicy;
 use crate::settings::Settings;
-
-/// A type whose three phases an orchestrator can run: the trait that
-/// [`#[tcc_service]`](crate::tcc_service) implements for an annotated impl block.
-///
-/// Implement it by hand when a macro does not fit; any implementor converts
-/// into a [`Service`] with `Service::from(value)` (or from an `Arc` of it).
-///
-/// The contract, as in every TCC system: `try_phase` reserves resources or
-/// checks preconditions and is never retried; once every Try succeeded,
-/// `confirm` must eventually succeed; `cancel` releases what `try_phase`
-/// reserved, and may run after a Try that failed, timed out or never finished,
-/// so it must tolerate finding nothing to release. Confirm and Cancel are
-/// retried, so they must be idempotent: [`Context::current`](crate::Context::current) gives the
-/// transaction id to key them by.
-///
-/// ```
-/// use tcc::{BoxError, Service, TccService};
-///
-/// struct Audit;
-///
-/// impl TccService for Audit {
-///     fn service_name(&self) -> &str {
-///         "audit"
-///     }
-///     async fn try_phase(&self) -> Result<(), BoxError> {
-///         Ok(())
-///     }
-///     async fn confirm(&self) -> Result<(), BoxError> {
-///         Ok(())
-///     }
-///     async fn cancel(&self) -> Result<(), BoxError> {
-///         Ok(())
-///     }
-/// }
-///
-/// let service = Service::from(Audit);
-/// assert_eq!(service.name(), "audit");
-/// ```
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a TCC service",
-    label = "not a TCC service",
-    note = "annotate its impl block with #[tcc_service] and mark one method each with #[try_phase], #[confirm] and #[cancel]"
-)]
-pub trait TccService: Send + Sync + 'static {
-    /// The name the service is known by in reports, errors and logs. It must
-    /// be unique within one orchestration.
-    fn service_name(&self) -> &str;
-
-    /// The Try phase: reserve resources or check preconditions. Never retried.
-    fn try_phase(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// The Confirm phase: make the reservation final. Retried with backoff.
-    fn confirm(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// The Cancel phase: release the reservation. Retried with backoff.
-    fn cancel(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// The service's own retry limit, used when the orchestrator sets none.
-    fn max_retries(&self) -> Option<u32> {
-        None
-    }
-}
-
-impl<T: TccService> TccService for Arc<T> {
-    fn service_name(&self) -> &str {
-        T::service_name(self)
-    }
-    fn try_phase(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
-        T::try_phase(self)
-    }
-    fn confirm(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
-        T::confirm(self)
-    }
-    fn cancel(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
-        T::cancel(self)
-    }
-    fn max_retries(&self) -> Option<u32> {
-        T::max_retries(self)
-    }
-}
+use crate::tcc_service::TccService;
 
 /// The three phases behind one `dyn`: the only place a service's futures are
 /// boxed. The future may borrow the phases, which the running orchestration
 /// keeps alive through its clone of the [`Service`].
 pub(crate) trait Phases: Send + Sync + 'static {
     fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>>;
+
+    /// The kind and data of a [`Recoverable`] service, for the log; `None`
+    /// for a service that cannot be rebuilt after a crash.
+    fn save(&self) -> Option<Saved> {
+        None
+    }
 }
 
 struct FnPhases<T, C, X> {
@@ -143,6 +71,24 @@ impl<S: TccService> Phases for TypedPhases<S> {
             Phase::Confirm => Box::pin(self.0.confirm()),
             Phase::Cancel => Box::pin(self.0.cancel()),
         }
+    }
+}
+
+/// A [`Recoverable`] service's phases: those of [`TypedPhases`], and its
+/// data for the log.
+struct RecoverablePhases<S>(S);
+
+impl<S: Recoverable> Phases for RecoverablePhases<S> {
+    fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>> {
+        match phase {
+            Phase::Try => Box::pin(self.0.try_phase()),
+            Phase::Confirm => Box::pin(self.0.confirm()),
+            Phase::Cancel => Box::pin(self.0.cancel()),
+        }
+    }
+
+    fn save(&self) -> Option<Saved> {
+        Some((S::KIND, self.0.save()))
     }
 }
 
@@ -252,6 +198,26 @@ impl Service {
             cancel_fn,
         };
         Self::from_phases(crate::name::name(name.as_ref()), phases, Settings::DEFAULT)
+    }
+
+    /// A service that can join a durable transaction: its data is saved in
+    /// the transaction log before its Try runs, so that after a crash it is
+    /// rebuilt (from the kind registered with
+    /// [`TransactionLog::register`](crate::TransactionLog::register)) and
+    /// its transaction finished. `Service::from` makes a service that
+    /// cannot be rebuilt, and is refused by a durable transaction.
+    pub fn recoverable<S: Recoverable>(service: S) -> Self {
+        let name = crate::name::name(service.service_name());
+        let settings = Settings {
+            max_retries: service.max_retries(),
+            ..Settings::DEFAULT
+        };
+        Service::from_phases(name, RecoverablePhases(service), settings)
+    }
+
+    /// The kind and data of a recoverable service, for the log.
+    pub(crate) fn save(&self) -> Option<Saved> {
+        self.shared.phases.save()
     }
 
     pub(crate) fn from_phases(name: Name, phases: impl Phases, settings: Settings) -> Self {
@@ -414,6 +380,10 @@ impl Attempts for ServiceAttempts<'_> {
 
     fn settings(&self) -> Settings {
         *self.service.settings()
+    }
+
+    fn save(&self) -> Option<Saved> {
+        self.service.save()
     }
 
     fn poll_attempt(

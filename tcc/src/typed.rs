@@ -26,10 +26,13 @@ use crate::error::{BoxError, Error};
 use crate::id::TransactionId;
 use crate::name::Name;
 use crate::phase::Phase;
+use crate::recoverable::{Recoverable, Saved};
 use crate::report::Report;
 use crate::retry::RetryPolicy;
-use crate::service::{Service, TccService};
+use crate::service::Service;
 use crate::settings::Settings;
+use crate::tcc_service::TccService;
+use crate::transaction_log::TransactionLog;
 
 /// What `tcc!` accepts as a listed service: a [`TccService`] (or an `Arc` of
 /// one), a [`Service`] built by hand, or an inline service.
@@ -51,6 +54,12 @@ pub trait Participant: Send + Sync + 'static {
     /// The handle, when the participant is a [`Service`]: its settings and
     /// flags then apply as in an `Orchestrator`.
     fn as_service(&self) -> Option<&Service> {
+        None
+    }
+
+    /// The kind and data of a participant the log can rebuild; `None` for
+    /// one it cannot (a durable transaction refuses it).
+    fn save(&self) -> Option<Saved> {
         None
     }
 }
@@ -88,6 +97,65 @@ impl Participant for Service {
 
     fn as_service(&self) -> Option<&Service> {
         Some(self)
+    }
+
+    fn save(&self) -> Option<Saved> {
+        Service::save(self)
+    }
+}
+
+/// What a durable `tcc!` block accepts as a listed service: a
+/// [`Recoverable`] type (or an `Arc` of one), or a [`Service`] (checked when
+/// the transaction starts: one built with `Service::recoverable`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be rebuilt after a crash, so it cannot join a durable transaction",
+    label = "not recoverable",
+    note = "derive tcc::Recoverable for it (its per-transaction fields are saved in the log, its #[recoverable(resource)] fields come from the application at start), or leave out the block's `log` setting"
+)]
+pub trait Saveable {
+    /// Its kind and data, for the log.
+    fn save_for_log(&self) -> Option<Saved>;
+}
+
+impl<S: Recoverable> Saveable for S {
+    fn save_for_log(&self) -> Option<Saved> {
+        Some((S::KIND, self.save()))
+    }
+}
+
+impl Saveable for Service {
+    fn save_for_log(&self) -> Option<Saved> {
+        self.save()
+    }
+}
+
+/// Checks a listed service of a durable `tcc!` block: the bound carries the
+/// "cannot be rebuilt after a crash" message to the value.
+pub fn check_durable<P: Saveable>(_: &P) {}
+
+/// A listed service of a durable `tcc!` block: the value, with its data for
+/// the log.
+pub struct Durable<P>(pub P);
+
+impl<P: Participant + Saveable> Participant for Durable<P> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        self.0.max_retries()
+    }
+
+    fn phase(&self, phase: Phase) -> impl Future<Output = Result<(), BoxError>> + Send + '_ {
+        self.0.phase(phase)
+    }
+
+    fn as_service(&self) -> Option<&Service> {
+        self.0.as_service()
+    }
+
+    fn save(&self) -> Option<Saved> {
+        self.0.save_for_log()
     }
 }
 
@@ -219,6 +287,10 @@ where
         self.participant.name()
     }
 
+    fn save(&self) -> Option<Saved> {
+        self.participant.save()
+    }
+
     fn settings(&self) -> Settings {
         match self.participant.as_service() {
             Some(service) => *service.settings(),
@@ -256,7 +328,7 @@ where
 
 /// The settings of a `tcc!` block, with the `Orchestrator`'s builder
 /// methods, and the runner of its transaction.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Plan {
     id: TransactionId,
     options: Options,
@@ -297,6 +369,21 @@ impl Plan {
     #[must_use]
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.options.settings.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// As [`Orchestrator::log`](crate::Orchestrator::log).
+    #[must_use]
+    pub fn log(mut self, log: &TransactionLog) -> Self {
+        self.options.log = Some(log.store().clone());
+        self
+    }
+
+    /// The transaction's id, chosen by the caller (so that it can look the
+    /// transaction up later), instead of a fresh one.
+    #[must_use]
+    pub fn id(mut self, id: TransactionId) -> Self {
+        self.id = id;
         self
     }
 

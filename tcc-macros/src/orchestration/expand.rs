@@ -39,7 +39,7 @@ use super::parse::{Inline, Orchestration, Service};
 //                 ..
 //             })
 //         };
-//         __tcc_plan.start(async move {
+//         ::tcc::__private::Plan::start(__tcc_plan.clone(), async move {
 //             let __tcc_service_0 = &__tcc_service_0;
 //             let __tcc_slot_0 = ::tcc::__private::pin!(::tcc::__private::Option::None);
 //             ..
@@ -57,9 +57,22 @@ use super::parse::{Inline, Orchestration, Service};
 // Each service's phase futures run in a slot pinned inside the block's own
 // future, so a run allocates nothing per service.
 pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
+    let durable = orchestration.settings.iter().any(|s| s.key == "log");
     let values = orchestration.services.iter().map(|service| match service {
         // Spanned on the value, so "`X` is not a TCC service" points at it,
         // once: a value that is not a service becomes a stand-in that is.
+        // In a durable block, the value goes into the log too: one that
+        // cannot be rebuilt after a crash is "not recoverable", once.
+        Service::Typed(value) if durable => quote_spanned! {value.span()=>
+            {
+                let __tcc_value = #value;
+                ::tcc::__private::check(&__tcc_value);
+                ::tcc::__private::check_durable(&__tcc_value);
+                #[allow(unused_imports)]
+                use ::tcc::__private::{IsNotParticipant as _, IsParticipant as _};
+                ::tcc::__private::Listed(::tcc::__private::Durable(__tcc_value)).participant()
+            }
+        },
         Service::Typed(value) => quote_spanned! {value.span()=>
             {
                 let __tcc_value = #value;
@@ -101,7 +114,7 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
         {
             let __tcc_plan = ::tcc::__private::Plan::new() #(#settings)*;
             #(let #services = #values;)*
-            __tcc_plan.start(async move {
+            ::tcc::__private::Plan::start(::core::clone::Clone::clone(&__tcc_plan), async move {
                 #(let #services = &#services;)*
                 #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
                 let __tcc_names = [#(::tcc::__private::Participant::name(#services2)),*];

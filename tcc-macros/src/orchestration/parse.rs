@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! tcc! {
-//!     (setting = expr;)*          settings: max_retries, retry, try_timeout, fail_fast
+//!     (setting = expr;)*          settings: max_retries, retry, try_timeout,
+//!                                 attempt_timeout, fail_fast, log, id
 //!     service, ...                a value of a #[tcc_service] type, or
 //!     "name" => clone(a, b)? {    an inline service: one expression a phase,
 //!                                 with handles cloned into each attempt
@@ -22,7 +23,15 @@ use crate::context::Errors;
 use crate::suggest::nearest;
 
 /// The settings `tcc!` accepts, each an orchestrator builder method.
-pub(crate) const SETTINGS: [&str; 4] = ["max_retries", "retry", "try_timeout", "fail_fast"];
+pub(crate) const SETTINGS: [&str; 7] = [
+    "max_retries",
+    "retry",
+    "try_timeout",
+    "attempt_timeout",
+    "fail_fast",
+    "log",
+    "id",
+];
 
 /// The keys of an inline service.
 const PHASES: [&str; 3] = ["try_phase", "confirm", "cancel"];
@@ -105,6 +114,16 @@ pub(crate) fn orchestration(input: ParseStream, errors: &mut Errors) -> syn::Res
             input.parse::<Token![,]>()?;
         } else {
             let _: Option<Token![,]> = input.parse()?;
+        }
+    }
+    if settings.iter().any(|s| s.key == "log") {
+        for service in &services {
+            if let Service::Inline(inline) = service {
+                errors.error_spanned_by(
+                    &inline.name,
+                    "an inline service cannot join a durable transaction (one with `log = ..`): it could not be rebuilt after a crash; list a value of a type that implements `tcc::Recoverable` instead",
+                );
+            }
         }
     }
     if services.is_empty() {
