@@ -420,6 +420,13 @@ impl Plan {
         self
     }
 
+    /// TEMP stub until the runtime's attempt timeout lands: ignores the
+    /// limit.
+    #[must_use]
+    pub fn attempt_timeout(self, _: std::time::Duration) -> Self {
+        self
+    }
+
     /// As [`Orchestrator::fail_fast`](crate::Orchestrator::fail_fast).
     #[must_use]
     pub fn fail_fast(mut self, fail_fast: bool) -> Self {
