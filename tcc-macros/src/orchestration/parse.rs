@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! tcc! {
-//!     (setting = expr;)*          settings: max_retries, retry, try_timeout, fail_fast
+//!     (setting = expr;)*          settings: max_retries, retry, try_timeout,
+//!                                 attempt_timeout, fail_fast
 //!     service, ...                a value of a #[tcc_service] type, or
 //!     "name" => clone(a, b)? {    an inline service: one expression a phase,
 //!                                 with handles cloned into each attempt
@@ -22,10 +23,16 @@ use crate::context::Errors;
 use crate::suggest::nearest;
 
 /// The settings `tcc!` accepts, each an orchestrator builder method.
-pub(crate) const SETTINGS: [&str; 4] = ["max_retries", "retry", "try_timeout", "fail_fast"];
+pub(crate) const SETTINGS: [&str; 5] = [
+    "max_retries",
+    "retry",
+    "try_timeout",
+    "attempt_timeout",
+    "fail_fast",
+];
 
-/// The keys of an inline service.
-const PHASES: [&str; 3] = ["try_phase", "confirm", "cancel"];
+/// The keys of an inline service, in the order of `Inline::phases`.
+pub(crate) const PHASES: [&str; 3] = ["try_phase", "confirm", "cancel"];
 
 pub(crate) struct Orchestration {
     pub(crate) settings: Vec<Setting>,
@@ -138,7 +145,7 @@ fn setting(input: ParseStream, errors: &mut Errors) -> syn::Result<Setting> {
         let message = match nearest(&name, &SETTINGS, 3) {
             Some(near) => format!("unknown setting `{name}`; did you mean `{near}`?"),
             None => format!(
-                "unknown setting `{name}`; the settings are `max_retries`, `retry`, `try_timeout` and `fail_fast`"
+                "unknown setting `{name}`; the settings are `max_retries`, `retry`, `try_timeout`, `attempt_timeout` and `fail_fast`"
             ),
         };
         errors.error_spanned_by(&key, message);
