@@ -11,8 +11,9 @@ use quote::ToTokens;
 use crate::context::Errors;
 
 /// The whole macro: parse, validate, then expand. On any error the impl block
-/// is still emitted, phase attributes stripped, so the user sees only the
-/// errors that matter and none of rustc's follow-on ones.
+/// is still emitted, phase attributes stripped, with a stand-in impl of the
+/// service trait, so the user sees only the errors that matter and none of
+/// rustc's follow-on ones.
 pub(crate) fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = parse::args(args, &mut errors);
@@ -27,7 +28,7 @@ pub(crate) fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream 
     validate::service(&service, &mut errors);
     match errors.finish() {
         Ok(()) => expand::service(&service, &args),
-        Err(error) => with_error(service.item.into_token_stream(), error),
+        Err(error) => with_error(expand::fallback(&service, &args), error),
     }
 }
 
