@@ -117,8 +117,9 @@ pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
 pub use service::{Service, TccService};
 
-/// The macros: `#[tcc_service]` (with its phase attributes `#[try_phase]`,
-/// `#[confirm]` and `#[cancel]`) and `tcc!`.
+// The macros, each documented on its own page: `#[tcc_service]`, its phase
+// attributes `#[try_phase]`, `#[confirm]` and `#[cancel]`, and `tcc!`. (A doc
+// comment here would be repeated on every one of those pages.)
 pub use tcc_macros::{cancel, confirm, tcc, tcc_service, try_phase};
 
 /// What the macros expand to. Not public API: it may change in any release.
