@@ -3,6 +3,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use syn::ItemImpl;
 use syn::spanned::Spanned;
 
 use super::parse::{Args, Phase, PhaseMethod, ServiceImpl};
@@ -27,8 +28,8 @@ use super::parse::{Args, Phase, PhaseMethod, ServiceImpl};
 //         fn service_name(&self) -> &str { "flight" }
 //         fn try_phase(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
 //             let __tcc_future = Self::hold(self);
-//             ::tcc::__private::check_phase(&__tcc_future);                  // on `E`
-//             ::tcc::__private::try_phase_future_must_be_send(&__tcc_future);      // on `hold`
+//             ::tcc::__private::check_phase(&__tcc_future);                   // on `E`
+//             ::tcc::__private::try_phase_future_must_be_send(&__tcc_future); // on `hold`
 //             {
 //                 use ::tcc::__private::{IsNotPhase as _, IsServicePhase as _};
 //                 ::tcc::__private::Phased(__tcc_future).service_phase()
@@ -49,11 +50,11 @@ pub(crate) fn service(service: &ServiceImpl, args: &Args) -> TokenStream {
             .expect("validated: every phase has a method");
         phase_method(method)
     });
-    service_impl(service, args, &phases)
+    service_impl(&service.item, args, &phases)
 }
 
 // Input: an impl block under #[tcc_service] with errors, such as no
-// #[cancel] method.
+// #[cancel] method, or a trait impl under it.
 //
 // Output: the impl block, phase attributes stripped, and
 //     impl ::tcc::__private::TccService for Seats {
@@ -65,7 +66,7 @@ pub(crate) fn service(service: &ServiceImpl, args: &Args) -> TokenStream {
 // As thiserror's fallback: the type is still a service, so using it as one
 // adds no "`Seats` is not a TCC service" to the errors that matter. Nothing
 // runs it: the crate does not compile.
-pub(crate) fn fallback(service: &ServiceImpl, args: &Args) -> TokenStream {
+pub(crate) fn fallback(item: &ItemImpl, args: &Args) -> TokenStream {
     let phases = Phase::ALL.map(|phase| {
         let trait_method = syn::Ident::new(phase.attribute(), Span::call_site());
         quote! {
@@ -76,12 +77,11 @@ pub(crate) fn fallback(service: &ServiceImpl, args: &Args) -> TokenStream {
             }
         }
     });
-    service_impl(service, args, &phases)
+    service_impl(item, args, &phases)
 }
 
 /// The impl block and the service trait's impl for its type, with `phases`.
-fn service_impl(service: &ServiceImpl, args: &Args, phases: &[TokenStream; 3]) -> TokenStream {
-    let item = &service.item;
+fn service_impl(item: &ItemImpl, args: &Args, phases: &[TokenStream; 3]) -> TokenStream {
     let self_ty = &item.self_ty;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     let predicates = where_clause.into_iter().flat_map(|w| &w.predicates);
