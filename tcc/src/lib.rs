@@ -98,8 +98,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// Leaf modules first, then what builds on them: each imports only modules
-// listed above it.
+// The modules, from the leaves up (each imports only modules before it):
+// id, name, phase; retry, report, error; context, tcc_service, recoverable;
+// attempt (one phase of one service), settings; durable (the log's stores);
+// engine (the one life of a transaction); service (the type-erased handle);
+// transaction_log (recovery and repair); orchestrator and typed, the two
+// front ends.
 mod attempt;
 mod context;
 pub mod durable;
@@ -131,8 +135,10 @@ pub use settings::DEFAULT_ATTEMPT_TIMEOUT;
 pub use tcc_service::TccService;
 pub use transaction_log::{RecoverySummary, TransactionLog};
 
-/// The macros: `#[tcc_service]` (with its phase attributes `#[try_phase]`,
-/// `#[confirm]` and `#[cancel]`) and `tcc!`.
+// The macros, each documented on its own page: `#[tcc_service]`, its phase
+// attributes `#[try_phase]`, `#[confirm]` and `#[cancel]`, `tcc!` and
+// `#[derive(Recoverable)]`. (A doc comment here would be repeated on every
+// one of those pages.)
 pub use tcc_macros::{Recoverable, cancel, confirm, tcc, tcc_service, try_phase};
 
 /// What the macros expand to. Not public API: it may change in any release.

@@ -33,8 +33,8 @@ pub(crate) const SETTINGS: [&str; 7] = [
     "id",
 ];
 
-/// The keys of an inline service.
-const PHASES: [&str; 3] = ["try_phase", "confirm", "cancel"];
+/// The keys of an inline service, in the order of `Inline::phases`.
+pub(crate) const PHASES: [&str; 3] = ["try_phase", "confirm", "cancel"];
 
 pub(crate) struct Orchestration {
     pub(crate) settings: Vec<Setting>,
@@ -157,7 +157,7 @@ fn setting(input: ParseStream, errors: &mut Errors) -> syn::Result<Setting> {
         let message = match nearest(&name, &SETTINGS, 3) {
             Some(near) => format!("unknown setting `{name}`; did you mean `{near}`?"),
             None => format!(
-                "unknown setting `{name}`; the settings are `max_retries`, `retry`, `try_timeout` and `fail_fast`"
+                "unknown setting `{name}`; the settings are `max_retries`, `retry`, `try_timeout`, `attempt_timeout`, `fail_fast`, `log` and `id`"
             ),
         };
         errors.error_spanned_by(&key, message);
