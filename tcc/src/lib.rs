@@ -97,6 +97,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod context;
 mod error;
@@ -116,6 +117,10 @@ pub use phase::Phase;
 pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
 pub use service::{Service, TccService};
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod barrier;
 
 /// The macros: `#[tcc_service]` (with its phase attributes `#[try_phase]`,
 /// `#[confirm]` and `#[cancel]`) and `tcc!`.
