@@ -722,3 +722,16 @@ fn an_unknown_state_is_an_error() {
     let error = deliver(&mut conn, &branch(id, Phase::Confirm), false).unwrap_err();
     assert!(matches!(error, TestError::Barrier(e) if e.kind() == BarrierErrorKind::UnknownState));
 }
+
+/// A busy error is found behind an `#[error(transparent)]` wrapper too,
+/// which shows only SQLite's own error in the source chain.
+#[test]
+fn busy_is_found_behind_a_transparent_wrapper() {
+    let busy =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+    assert!(sqlite::is_busy(&TestError::Sqlite(busy)));
+    let other =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+    assert!(!sqlite::is_busy(&TestError::Sqlite(other)));
+    assert!(!sqlite::is_busy(&TestError::Injected));
+}

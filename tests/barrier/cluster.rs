@@ -85,7 +85,9 @@ impl Cluster {
                 cluster.dir.display()
             );
         }
-        // From here on, a panic drops `cluster`, which stops and removes it.
+        // From here on, a panic drops `cluster`, which stops and removes it,
+        // and the watchdog does if the test binary dies.
+        cluster._watchdog = Some(cluster.watchdog());
         let data = cluster.dir.join("data");
         cluster.run(
             "initdb",
@@ -102,7 +104,8 @@ impl Cluster {
         );
         let options = format!(
             "-p {port} -k {dir} -c listen_addresses='' -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+             -c deadlock_timeout=100ms",
             dir = cluster.dir.display()
         );
         let log = cluster.dir.join("server.log");
@@ -119,7 +122,6 @@ impl Cluster {
                 options.as_ref(),
             ],
         );
-        cluster._watchdog = Some(cluster.watchdog());
         cluster
     }
 

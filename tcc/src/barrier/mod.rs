@@ -105,6 +105,7 @@
 //! the Cancel is an empty cancel.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Permanent};
@@ -483,6 +484,19 @@ pub(crate) fn first_write_entry(step: Step, write: FirstWrite) -> Entry {
     decide(step, prior)
         .map(|decision| decision.entry)
         .expect("every first write is a transition the rules allow")
+}
+
+/// How long the `run` helpers wait before attempt `attempt + 1`: a random
+/// time below 5 ms, doubled at each attempt. Random, so that two phases that
+/// deadlocked each other do not retry in step and deadlock again.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState draws its keys from the OS's randomness: no extra crate.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let ceiling_us = 5_000u64 << attempt.min(10);
+    Duration::from_micros(random % ceiling_us)
 }
 
 /// Whether `error`, or an error in its source chain, satisfies `test`.

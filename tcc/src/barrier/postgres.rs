@@ -37,7 +37,7 @@
 //!     #[try_phase]
 //!     async fn hold(&self) -> Result<(), StockError> {
 //!         let mut db = self.db.lock().await;
-//!         postgres::run(&mut db, async |tx| {
+//!         postgres::run(&mut db, |tx| Box::pin(async move {
 //!             let held = tx
 //!                 .execute("UPDATE seats SET held = held + 1 WHERE free > held", &[])
 //!                 .await?;
@@ -45,7 +45,7 @@
 //!                 return Err(StockError::SoldOut);
 //!             }
 //!             Ok(())
-//!         })
+//!         }))
 //!         .await?;
 //!         Ok(())
 //!     }
@@ -53,10 +53,10 @@
 //!     #[confirm]
 //!     async fn book(&self) -> Result<(), StockError> {
 //!         let mut db = self.db.lock().await;
-//!         postgres::run(&mut db, async |tx| {
+//!         postgres::run(&mut db, |tx| Box::pin(async move {
 //!             tx.execute("UPDATE seats SET held = held - 1, free = free - 1", &[]).await?;
 //!             Ok::<_, StockError>(())
-//!         })
+//!         }))
 //!         .await?;
 //!         Ok(())
 //!     }
@@ -65,10 +65,10 @@
 //!     async fn release(&self) -> Result<(), StockError> {
 //!         let mut db = self.db.lock().await;
 //!         // Runs only if this branch's Try committed.
-//!         postgres::run(&mut db, async |tx| {
+//!         postgres::run(&mut db, |tx| Box::pin(async move {
 //!             tx.execute("UPDATE seats SET held = held - 1", &[]).await?;
 //!             Ok::<_, StockError>(())
-//!         })
+//!         }))
 //!         .await?;
 //!         Ok(())
 //!     }
@@ -85,14 +85,18 @@
 //! # }
 //! ```
 
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::pin::Pin;
 use std::time::Duration;
 
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::{Client, Transaction};
 
 use super::{
     ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, State, Step,
-    decide, first_write, first_write_entry, in_chain,
+    backoff, decide, first_write, first_write_entry, in_chain,
 };
 use crate::phase::Phase;
 
@@ -138,12 +142,30 @@ pub async fn enter(tx: &Transaction<'_>, branch: &Branch) -> Result<Entry, Barri
 
 /// Runs `body` in `tx` if the barrier lets `branch` through; does not
 /// commit. The outcome says whether `body` ran.
-pub async fn guard<T, E>(
-    tx: &Transaction<'_>,
+///
+/// ```no_run
+/// # async fn phase(client: &mut tokio_postgres::Client) -> Result<(), tcc::barrier::BarrierError> {
+/// use tcc::barrier::{postgres, Branch};
+///
+/// let branch = Branch::current()?;
+/// let tx = client.transaction().await?;
+/// postgres::guard(&tx, &branch, |tx| async move {
+///     tx.execute("UPDATE seats SET held = held - 1", &[]).await?;
+///     Ok::<_, tcc::barrier::BarrierError>(())
+/// })
+/// .await?;
+/// tx.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn guard<'t, 'c, T, E, F, Fut>(
+    tx: &'t Transaction<'c>,
     branch: &Branch,
-    body: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+    body: F,
 ) -> Result<Outcome<T>, E>
 where
+    F: FnOnce(&'t Transaction<'c>) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
     E: From<BarrierError>,
 {
     Ok(match enter(tx, branch).await? {
@@ -153,14 +175,37 @@ where
     })
 }
 
+/// The future of a body given to [`run`] or [`run_branch`]: boxed and
+/// `Send`, borrowing the transaction for `'t`. Write the body as
+/// `|tx| Box::pin(async move { ... })`.
+pub type BodyFuture<'t, R> = Pin<Box<dyn Future<Output = R> + Send + 't>>;
+
+/// The transaction a body of [`run`] or [`run_branch`] runs in: it derefs
+/// to [`tokio_postgres::Transaction`].
+///
+/// It exists for its second lifetime: `'a` is the lifetime of what the body
+/// captures, and the body's future may borrow it (a fresh transaction is
+/// opened for each attempt, so the body is called for any transaction's
+/// lifetime, and Rust needs to be told the captures outlive each one).
+pub struct Tx<'c, 'a> {
+    tx: Transaction<'c>,
+    captures: PhantomData<&'a ()>,
+}
+
+impl<'c> Deref for Tx<'c, '_> {
+    type Target = Transaction<'c>;
+
+    fn deref(&self) -> &Transaction<'c> {
+        &self.tx
+    }
+}
+
 /// Runs the phase that is running now ([`Branch::current`]) through the
 /// barrier: one transaction on `client` holding the barrier's row and
 /// whatever `body` does, committed together. See [`run_branch`].
-pub async fn run<T, E>(
-    client: &mut Client,
-    body: impl AsyncFnMut(&Transaction<'_>) -> Result<T, E>,
-) -> Result<Outcome<T>, E>
+pub async fn run<'a, T, E, F>(client: &mut Client, body: F) -> Result<Outcome<T>, E>
 where
+    F: for<'t> FnMut(&'t Tx<'t, 'a>) -> BodyFuture<'t, Result<T, E>>,
     E: From<BarrierError> + std::error::Error + 'static,
 {
     let branch = Branch::current()?;
@@ -175,25 +220,36 @@ where
 /// A serialization failure (40001) or a deadlock report (40P01) anywhere in
 /// the error's source chain, including `body`'s, runs the whole transaction
 /// again, up to [`ATTEMPTS`] times.
-pub async fn run_branch<T, E>(
+pub async fn run_branch<'a, T, E, F>(
     client: &mut Client,
     branch: &Branch,
-    mut body: impl AsyncFnMut(&Transaction<'_>) -> Result<T, E>,
+    mut body: F,
 ) -> Result<Outcome<T>, E>
 where
+    F: for<'t> FnMut(&'t Tx<'t, 'a>) -> BodyFuture<'t, Result<T, E>>,
     E: From<BarrierError> + std::error::Error + 'static,
 {
     let mut attempt = 1;
     loop {
         let result = async {
-            let tx = client.transaction().await.map_err(BarrierError::from)?;
-            let outcome = guard(&tx, branch, &mut body).await?;
-            tx.commit().await.map_err(BarrierError::from)?;
+            let tx = Tx {
+                tx: client.transaction().await.map_err(BarrierError::from)?,
+                captures: PhantomData,
+            };
+            let outcome = match enter(&tx, branch).await? {
+                Entry::Run | Entry::RunAfterUncommittedTry => Outcome::Ran(body(&tx).await?),
+                Entry::Duplicate => Outcome::Duplicate,
+                Entry::EmptyCancel => Outcome::EmptyCancel,
+            };
+            tx.tx.commit().await.map_err(BarrierError::from)?;
             Ok(outcome)
         }
         .await;
         match result {
-            Err(error) if attempt < ATTEMPTS && is_retryable(&error) => attempt += 1,
+            Err(error) if attempt < ATTEMPTS && is_retryable(&error) => {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
             other => return other,
         }
     }
@@ -320,11 +376,13 @@ async fn pass(tx: &Transaction<'_>, branch: &Branch, step: Step) -> Result<Entry
 
 /// Whether `error` is a serialization failure (40001) or a deadlock report
 /// (40P01) anywhere in its source chain: running the transaction again may
-/// succeed.
+/// succeed. Looks for the server's error itself too, as an error wrapping a
+/// `tokio_postgres::Error` with `#[error(transparent)]` hides the wrapper
+/// from the chain and shows only its source.
 pub fn is_retryable(error: &(dyn std::error::Error + 'static)) -> bool {
-    in_chain::<tokio_postgres::Error>(error, |e| {
-        e.code().is_some_and(|code| {
-            *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
-        })
-    })
+    let retryable = |code: &SqlState| {
+        *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    };
+    in_chain::<tokio_postgres::Error>(error, |e| e.code().is_some_and(retryable))
+        || in_chain::<DbError>(error, |e| retryable(e.code()))
 }

@@ -100,7 +100,7 @@ use rusqlite::{
 
 use super::{
     ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, State, Step,
-    decide, first_write, first_write_entry, in_chain,
+    backoff, decide, first_write, first_write_entry, in_chain,
 };
 use crate::phase::Phase;
 
@@ -177,7 +177,8 @@ where
 ///
 /// A busy or locked database (`SQLITE_BUSY`, `SQLITE_LOCKED`, anywhere in
 /// the error's source chain, including `body`'s) runs the whole transaction
-/// again, up to [`ATTEMPTS`] times, after a short pause that doubles; the
+/// again, up to [`ATTEMPTS`] times, after a short random pause that doubles
+/// at each attempt (blocking the thread, as rusqlite does); the
 /// connection's own busy timeout waits first.
 pub fn run_branch<T, E>(
     conn: &mut Connection,
@@ -199,7 +200,7 @@ where
         })();
         match result {
             Err(error) if attempt < ATTEMPTS && is_busy(&error) => {
-                thread::sleep(Duration::from_millis(5 << attempt));
+                thread::sleep(backoff(attempt));
                 attempt += 1;
             }
             other => return other,
@@ -321,12 +322,13 @@ fn pass(conn: &Connection, branch: &Branch, step: Step) -> Result<Entry, Barrier
 }
 
 /// Whether `error` comes from a busy or locked database anywhere in its
-/// source chain: running the transaction again may succeed.
+/// source chain: running the transaction again may succeed. Looks for
+/// SQLite's own error too, as an error wrapping a `rusqlite::Error` with
+/// `#[error(transparent)]` hides the wrapper from the chain and shows only
+/// its source.
 pub fn is_busy(error: &(dyn std::error::Error + 'static)) -> bool {
-    in_chain::<rusqlite::Error>(error, |e| {
-        matches!(
-            e.sqlite_error_code(),
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-        )
-    })
+    let busy =
+        |code: ErrorCode| matches!(code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked);
+    in_chain::<rusqlite::Error>(error, |e| e.sqlite_error_code().is_some_and(busy))
+        || in_chain::<rusqlite::ffi::Error>(error, |e| busy(e.code))
 }
