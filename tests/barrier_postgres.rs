@@ -334,9 +334,9 @@ async fn a_serialization_failure_is_tried_again() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2);
-    assert_eq!(effects(&other, id).await.len(), 1);
+    assert_eq!(effects(other, id).await.len(), 1);
     assert_eq!(
-        state(&other, &branch(id, Phase::Try)).await.as_deref(),
+        state(other, &branch(id, Phase::Try)).await.as_deref(),
         Some("tried")
     );
 }
@@ -415,7 +415,7 @@ async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
     let cancel_client = client.clone();
     let late = Service::new(
         "wallet",
-        || std::future::pending::<Result<(), TestError>>(),
+        std::future::pending::<Result<(), TestError>>,
         || async { Ok::<(), TestError>(()) },
         move || {
             let client = cancel_client.clone();

@@ -341,7 +341,7 @@ async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
     let cancel_conn = conn.clone();
     let late = Service::new(
         "wallet",
-        || std::future::pending::<Result<(), TestError>>(),
+        std::future::pending::<Result<(), TestError>>,
         || async { Ok::<(), TestError>(()) },
         move || {
             let conn = cancel_conn.clone();

@@ -16,7 +16,7 @@
 //!
 //! A branch is one service in one transaction: the row is keyed by
 //! (transaction id, service name), and the phase is read from the same
-//! [`Context`](crate::Context) (or given with [`Branch::new`]).
+//! [`Context`] (or given with [`Branch::new`]).
 //!
 //! | the phase arrives | the branch's row says | the barrier | the phase's code |
 //! |---|---|---|---|
@@ -37,7 +37,7 @@
 //! runs after its Cancel (and a refused Try is an error, never a success); a
 //! Confirm never runs without a committed Try; a Cancel runs its code only
 //! when there is something to cancel. A permanent error carries
-//! [`Permanent`](crate::Permanent) in its source chain, so the runtime stops
+//! [`Permanent`] in its source chain, so the runtime stops
 //! retrying that phase at once.
 //!
 //! When the phase's code fails, its transaction rolls back with the row: the

@@ -5,7 +5,7 @@
 //! connection, passes the barrier, runs your code if the barrier lets it,
 //! and commits; a serialization failure (40001) or a deadlock report
 //! (40P01) runs the whole transaction again, up to
-//! [`ATTEMPTS`](super::ATTEMPTS) times. Inside a transaction of your own, use
+//! [`ATTEMPTS`] times. Inside a transaction of your own, use
 //! [`guard`]; to decide yourself, [`enter`].
 //!
 //! A connection from deadpool-postgres works as it is: its `Object` derefs

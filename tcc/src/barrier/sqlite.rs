@@ -4,7 +4,7 @@
 //! wrap each phase's SQL in [`run`]: it opens an `IMMEDIATE` transaction on
 //! your connection, passes the barrier, runs your code if the barrier lets
 //! it, and commits; a busy or locked database is tried again, up to
-//! [`ATTEMPTS`](super::ATTEMPTS) times. Inside a transaction of your own, use
+//! [`ATTEMPTS`] times. Inside a transaction of your own, use
 //! [`guard`]; to decide yourself, [`enter`].
 //!
 //! ```
