@@ -795,3 +795,28 @@ async fn a_confirm_without_a_try_is_permanent_to_the_runtime() {
     assert!(failure.is_permanent());
     assert!(Permanent::is_in(failure));
 }
+
+/// A pooled connection from deadpool-postgres derefs to a `Client`: the
+/// barrier takes it as it is.
+#[tokio::test]
+async fn a_pooled_connection_works() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    drop(setup(cluster, "pooled", 1).await);
+    let manager = deadpool_postgres::Manager::new(cluster.config("pooled"), tokio_postgres::NoTls);
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(2)
+        .build()
+        .unwrap();
+    let mut pooled = pool.get().await.unwrap();
+    let id = TransactionId::generate();
+    assert_eq!(
+        deliver(&mut pooled, &branch(id, Phase::Cancel), false)
+            .await
+            .unwrap(),
+        Outcome::EmptyCancel
+    );
+    let late = deliver(&mut pooled, &branch(id, Phase::Try), false).await;
+    assert!(refused(late, BarrierErrorKind::TryAfterCancel));
+}

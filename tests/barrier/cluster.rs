@@ -181,15 +181,23 @@ impl Cluster {
         }
     }
 
-    /// A new connection whose `search_path` is `schema`, created if needed.
-    /// Its connection task runs on the caller's runtime.
-    pub async fn connect(&self, schema: &str) -> Client {
-        let config = format!(
+    /// How to connect with `search_path` set to `schema`.
+    pub fn config(&self, schema: &str) -> tokio_postgres::Config {
+        format!(
             "host={} port={} user=postgres dbname=postgres options='-c search_path={schema}'",
             self.dir.display(),
             self.port
-        );
-        let (client, connection) = tokio_postgres::connect(&config, NoTls)
+        )
+        .parse()
+        .expect("a valid connection string")
+    }
+
+    /// A new connection whose `search_path` is `schema`, created if needed.
+    /// Its connection task runs on the caller's runtime.
+    pub async fn connect(&self, schema: &str) -> Client {
+        let (client, connection) = self
+            .config(schema)
+            .connect(NoTls)
             .await
             .expect("connect to the test cluster");
         tokio::spawn(async move {

@@ -43,6 +43,38 @@
 //! When the phase's code fails, its transaction rolls back with the row: the
 //! phase left no trace and may be delivered again.
 //!
+//! # The table
+//!
+//! One row per branch, created by `migrate` ([`sqlite::migrate`],
+//! [`postgres::migrate`]), which is idempotent; the SQL is in each
+//! backend's `SCHEMA` for those who manage schemas themselves. PostgreSQL:
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS tcc_barrier (
+//!     transaction_id text        NOT NULL,  -- TransactionId, 32 hex digits
+//!     service        text        NOT NULL,  -- the service's name
+//!     state          text        NOT NULL CHECK (state IN
+//!         ('started', 'tried', 'confirmed', 'cancelled', 'cancelled_before_try')),
+//!     updated_at     timestamptz NOT NULL DEFAULT now(),
+//!     PRIMARY KEY (transaction_id, service)
+//! );
+//! CREATE INDEX IF NOT EXISTS tcc_barrier_finished ON tcc_barrier (updated_at)
+//!     WHERE state IN ('confirmed', 'cancelled', 'cancelled_before_try');
+//! ```
+//!
+//! SQLite: the same columns, `WITHOUT ROWID`, with `updated_at` an
+//! `INTEGER` of milliseconds since the Unix epoch (SQLite's clock).
+//!
+//! One row with a state, rather than DTM's row per phase: a phase reads one
+//! key to know everything about its branch, so it can tell a duplicate from
+//! a refusal and say which (DTM's blocked Try reported success, #453), and
+//! a Cancel that finds nothing records `cancelled_before_try` under the
+//! same key the Try will insert, so the two meet at the primary key and one
+//! waits for the other. Most phases run a single barrier statement: an
+//! `INSERT ... ON CONFLICT DO NOTHING` (Try, Cancel) or a conditional
+//! `UPDATE` (Confirm); only when it finds the row in another state do they
+//! read it.
+//!
 //! # A Try that fails after acting outside the database (Seata #6374)
 //!
 //! The row of a Try commits with the Try's transaction. A Try that fails
@@ -100,9 +132,10 @@
 //! sent, then by the time a row is older than the horizon, every delivery of
 //! its Try has arrived, and met the row. **Choose a horizon longer than any
 //! Try can be in flight** (queues, retries of the transport, a paused
-//! process): days, not minutes. A late Confirm or Cancel after cleanup is
-//! harmless: the Confirm is refused ([`ConfirmWithoutTry`](BarrierErrorKind::ConfirmWithoutTry)),
-//! the Cancel is an empty cancel.
+//! process): days, not minutes. Make it longer than the coordinator retries
+//! a Confirm or Cancel, too: a Confirm delivered again after its row was
+//! deleted is refused ([`ConfirmWithoutTry`](BarrierErrorKind::ConfirmWithoutTry)),
+//! and a Cancel is taken for an empty cancel. Neither runs its code twice.
 
 use std::fmt;
 use std::time::Duration;
@@ -326,8 +359,10 @@ impl fmt::Display for BarrierError {
                      inside the phase, or build one with Branch::new",
                 );
             }
+            // The cause is the error's source, and only there, so a report
+            // that walks the chain prints it once.
             BarrierErrorKind::Database => {
-                return write!(f, "the barrier's database query failed: {}", self.source);
+                return f.write_str("the barrier's database query failed");
             }
         };
         match &self.branch {

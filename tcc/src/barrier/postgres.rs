@@ -30,6 +30,7 @@
 //!
 //! struct Seats {
 //!     db: Arc<Mutex<Client>>,
+//!     flight: String,
 //! }
 //!
 //! #[tcc_service(name = "seats")]
@@ -37,9 +38,13 @@
 //!     #[try_phase]
 //!     async fn hold(&self) -> Result<(), StockError> {
 //!         let mut db = self.db.lock().await;
+//!         // The body may borrow what the phase has (`self` here).
 //!         postgres::run(&mut db, |tx| Box::pin(async move {
 //!             let held = tx
-//!                 .execute("UPDATE seats SET held = held + 1 WHERE free > held", &[])
+//!                 .execute(
+//!                     "UPDATE seats SET held = held + 1 WHERE flight = $1 AND free > held",
+//!                     &[&self.flight],
+//!                 )
 //!                 .await?;
 //!             if held == 0 {
 //!                 return Err(StockError::SoldOut);
@@ -80,7 +85,7 @@
 //! tokio::spawn(connection);
 //! postgres::migrate(&client).await?;
 //! let db = Arc::new(Mutex::new(client));
-//! tcc! { Seats { db: db.clone() } }.await?;
+//! tcc! { Seats { db: db.clone(), flight: "LH 123".into() } }.await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -178,15 +183,21 @@ where
 /// The future of a body given to [`run`] or [`run_branch`]: boxed and
 /// `Send`, borrowing the transaction for `'t`. Write the body as
 /// `|tx| Box::pin(async move { ... })`.
+///
+/// Why not an `async` closure: the future of an `async` closure that holds
+/// a borrow across an `.await` is not provably `Send` today ("implementation
+/// of `Send` is not general enough"), and a phase's future must be `Send`.
 pub type BodyFuture<'t, R> = Pin<Box<dyn Future<Output = R> + Send + 't>>;
 
 /// The transaction a body of [`run`] or [`run_branch`] runs in: it derefs
 /// to [`tokio_postgres::Transaction`].
 ///
 /// It exists for its second lifetime: `'a` is the lifetime of what the body
-/// captures, and the body's future may borrow it (a fresh transaction is
-/// opened for each attempt, so the body is called for any transaction's
-/// lifetime, and Rust needs to be told the captures outlive each one).
+/// captures. The body is called with a fresh transaction at each attempt,
+/// for a lifetime `'t` it cannot name; `&'t Tx<'t, 'a>` tells the compiler
+/// that `'a` outlives `'t`, so the body's future may borrow what the
+/// closure captured (`&self`, a `&Branch`). Without it, such a borrow would
+/// have to be `'static`.
 pub struct Tx<'c, 'a> {
     tx: Transaction<'c>,
     captures: PhantomData<&'a ()>,
