@@ -97,6 +97,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The modules, from the leaves up (each imports only modules before it):
 // id, name, phase; retry, report, error; context, tcc_service, recoverable;
@@ -134,6 +135,10 @@ pub use service::Service;
 pub use settings::DEFAULT_ATTEMPT_TIMEOUT;
 pub use tcc_service::TccService;
 pub use transaction_log::{RecoverySummary, TransactionLog};
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod barrier;
 
 // The macros, each documented on its own page: `#[tcc_service]`, its phase
 // attributes `#[try_phase]`, `#[confirm]` and `#[cancel]`, `tcc!` and

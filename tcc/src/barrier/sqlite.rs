@@ -1,0 +1,334 @@
+//! The barrier on SQLite, through rusqlite (feature `sqlite`).
+//!
+//! Create the table once with [`migrate`] (or run [`SCHEMA`] yourself), then
+//! wrap each phase's SQL in [`run`]: it opens an `IMMEDIATE` transaction on
+//! your connection, passes the barrier, runs your code if the barrier lets
+//! it, and commits; a busy or locked database is tried again, up to
+//! [`ATTEMPTS`] times. Inside a transaction of your own, use
+//! [`guard`]; to decide yourself, [`enter`].
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use rusqlite::Connection;
+//! use tcc::barrier::{sqlite, BarrierError};
+//! use tcc::{tcc, tcc_service};
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! enum WalletError {
+//!     #[error("insufficient funds")]
+//!     Insufficient,
+//!     #[error(transparent)]
+//!     Barrier(#[from] BarrierError),
+//!     #[error(transparent)]
+//!     Sql(#[from] rusqlite::Error),
+//! }
+//!
+//! struct Wallet {
+//!     db: Arc<Mutex<Connection>>,
+//! }
+//!
+//! #[tcc_service(name = "wallet")]
+//! impl Wallet {
+//!     #[try_phase]
+//!     async fn freeze(&self) -> Result<(), WalletError> {
+//!         let mut db = self.db.lock().unwrap();
+//!         sqlite::run(&mut db, |tx| {
+//!             let frozen = tx.execute(
+//!                 "UPDATE wallet SET frozen = frozen + 10 WHERE balance - frozen >= 10",
+//!                 [],
+//!             )?;
+//!             if frozen == 0 {
+//!                 return Err(WalletError::Insufficient);
+//!             }
+//!             Ok(())
+//!         })?;
+//!         Ok(())
+//!     }
+//!
+//!     #[confirm]
+//!     async fn pay(&self) -> Result<(), WalletError> {
+//!         let mut db = self.db.lock().unwrap();
+//!         sqlite::run(&mut db, |tx| {
+//!             tx.execute("UPDATE wallet SET balance = balance - 10, frozen = frozen - 10", [])?;
+//!             Ok::<_, WalletError>(())
+//!         })?;
+//!         Ok(())
+//!     }
+//!
+//!     #[cancel]
+//!     async fn unfreeze(&self) -> Result<(), WalletError> {
+//!         let mut db = self.db.lock().unwrap();
+//!         // Runs only if this branch's Try committed: an empty cancel (a Try
+//!         // that failed, or never came) unfreezes nothing.
+//!         sqlite::run(&mut db, |tx| {
+//!             tx.execute("UPDATE wallet SET frozen = frozen - 10", [])?;
+//!             Ok::<_, WalletError>(())
+//!         })?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = Connection::open_in_memory()?;
+//! sqlite::migrate(&db)?;
+//! db.execute_batch("CREATE TABLE wallet (balance INTEGER, frozen INTEGER);
+//!                   INSERT INTO wallet VALUES (15, 0);")?;
+//! let db = Arc::new(Mutex::new(db));
+//!
+//! tcc! { Wallet { db: db.clone() } }.await?; // pays 10
+//! // 5 left: the Try fails, its Cancel is an empty cancel, nothing stays frozen.
+//! assert!(tcc! { Wallet { db: db.clone() } }.await.is_err());
+//! let db = db.lock().unwrap();
+//! let (balance, frozen): (i64, i64) =
+//!     db.query_row("SELECT balance, frozen FROM wallet", [], |row| Ok((row.get(0)?, row.get(1)?)))?;
+//! assert_eq!((balance, frozen), (5, 0));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The phases above run on the runtime's thread, as rusqlite blocks. To move
+//! them to `spawn_blocking`, capture [`Branch::current`] first and call
+//! [`run_branch`] there: the blocking thread has no phase context.
+
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+
+use super::{
+    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, State, Step,
+    backoff, decide, first_write, first_write_entry, in_chain,
+};
+use crate::phase::Phase;
+
+/// The barrier's table, as [`migrate`] creates it. `updated_at` is in
+/// milliseconds since the Unix epoch, by SQLite's clock; the partial index
+/// serves [`cleanup`].
+pub const SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS tcc_barrier (
+    transaction_id TEXT    NOT NULL,
+    service        TEXT    NOT NULL,
+    state          TEXT    NOT NULL CHECK (state IN
+        ('started', 'tried', 'confirmed', 'cancelled', 'cancelled_before_try')),
+    updated_at     INTEGER NOT NULL,
+    PRIMARY KEY (transaction_id, service)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tcc_barrier_finished ON tcc_barrier (updated_at)
+    WHERE state IN ('confirmed', 'cancelled', 'cancelled_before_try');
+";
+
+/// SQLite's clock in milliseconds since the Unix epoch, without
+/// `unixepoch('subsec')` (SQLite 3.42+), so older system libraries work.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+/// Creates the barrier's table and index if they do not exist: safe to call
+/// at every start.
+pub fn migrate(conn: &Connection) -> Result<(), BarrierError> {
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+/// Passes the barrier for `branch` inside `tx`, and says what the phase may
+/// do. Call it before the phase's first statement, and commit `tx` whatever
+/// it returns but an error (an empty cancel's row must commit).
+///
+/// Most phases want [`run`] or [`guard`] instead.
+pub fn enter(tx: &Transaction<'_>, branch: &Branch) -> Result<Entry, BarrierError> {
+    pass(tx, branch, Step::Phase(branch.phase()))
+}
+
+/// Runs `body` in `tx` if the barrier lets `branch` through; does not
+/// commit. The outcome says whether `body` ran.
+pub fn guard<T, E>(
+    tx: &Transaction<'_>,
+    branch: &Branch,
+    body: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<Outcome<T>, E>
+where
+    E: From<BarrierError>,
+{
+    Ok(match enter(tx, branch)? {
+        Entry::Run | Entry::RunAfterUncommittedTry => Outcome::Ran(body(tx)?),
+        Entry::Duplicate => Outcome::Duplicate,
+        Entry::EmptyCancel => Outcome::EmptyCancel,
+    })
+}
+
+/// Runs the phase that is running now ([`Branch::current`]) through the
+/// barrier: one `IMMEDIATE` transaction on `conn` holding the barrier's row
+/// and whatever `body` does, committed together. See [`run_branch`].
+pub fn run<T, E>(
+    conn: &mut Connection,
+    body: impl FnMut(&Transaction<'_>) -> Result<T, E>,
+) -> Result<Outcome<T>, E>
+where
+    E: From<BarrierError> + std::error::Error + 'static,
+{
+    run_branch(conn, &Branch::current()?, body)
+}
+
+/// Runs `branch` through the barrier in one `IMMEDIATE` transaction on
+/// `conn`: the barrier's row, then `body` if the barrier lets the phase
+/// through, then the commit. If `body` fails, everything rolls back and the
+/// error is returned.
+///
+/// A busy or locked database (`SQLITE_BUSY`, `SQLITE_LOCKED`, anywhere in
+/// the error's source chain, including `body`'s) runs the whole transaction
+/// again, up to [`ATTEMPTS`] times, after a short random pause that doubles
+/// at each attempt (blocking the thread, as rusqlite does); the
+/// connection's own busy timeout waits first.
+pub fn run_branch<T, E>(
+    conn: &mut Connection,
+    branch: &Branch,
+    mut body: impl FnMut(&Transaction<'_>) -> Result<T, E>,
+) -> Result<Outcome<T>, E>
+where
+    E: From<BarrierError> + std::error::Error + 'static,
+{
+    let mut attempt = 1;
+    loop {
+        let result = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(BarrierError::from)?;
+            let outcome = guard(&tx, branch, &mut body)?;
+            tx.commit().map_err(BarrierError::from)?;
+            Ok(outcome)
+        })();
+        match result {
+            Err(error) if attempt < ATTEMPTS && is_busy(&error) => {
+                thread::sleep(backoff(attempt));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Records, in a transaction of its own, that the Try of `branch` is about
+/// to act outside the database, before it does: a Cancel that comes after
+/// then runs its code even if the Try's own transaction never commits. See
+/// [the module docs](super#a-try-that-fails-after-acting-outside-the-database-seata-6374).
+///
+/// [`Outcome::Ran`] means go ahead; [`Outcome::Duplicate`] means this Try
+/// was delivered before: skip it. A Try after its Cancel is refused
+/// ([`BarrierErrorKind::TryAfterCancel`]).
+pub fn announce(conn: &mut Connection, branch: &Branch) -> Result<Outcome<()>, BarrierError> {
+    if branch.phase() != Phase::Try {
+        return Err(BarrierError::new(
+            BarrierErrorKind::AnnounceOutsideTry,
+            Some(branch),
+        ));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let outcome = match pass(&tx, branch, Step::Announce)? {
+        Entry::Run => Outcome::Ran(()),
+        _ => Outcome::Duplicate,
+    };
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// Deletes the rows of finished branches (`confirmed`, `cancelled`,
+/// `cancelled_before_try`) last changed more than `horizon` ago, at most
+/// `batch` rows per transaction, so a writer waits for one small batch at
+/// most. Returns how many rows it deleted. Rows of unfinished branches are
+/// kept. See [the module docs](super#cleanup) for choosing `horizon`.
+pub fn cleanup(
+    conn: &mut Connection,
+    horizon: Duration,
+    batch: usize,
+) -> Result<u64, BarrierError> {
+    let horizon_ms = i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX);
+    let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+    let sql = format!(
+        "DELETE FROM tcc_barrier WHERE (transaction_id, service) IN (
+             SELECT transaction_id, service FROM tcc_barrier
+             WHERE state IN ('confirmed', 'cancelled', 'cancelled_before_try')
+               AND updated_at < {NOW_MS} - ?1
+             LIMIT ?2)"
+    );
+    let mut deleted = 0;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(&sql, params![horizon_ms, batch])?;
+        tx.commit()?;
+        deleted += n as u64;
+        if (n as i64) < batch {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// One step through the barrier: the first write, and, only if it did not
+/// take effect, a read of the row and the rules' decision.
+fn pass(conn: &Connection, branch: &Branch, step: Step) -> Result<Entry, BarrierError> {
+    let id = branch.transaction_id().to_string();
+    let service = branch.service_name();
+    // A write first: a deferred transaction takes SQLite's write lock here,
+    // before any read, so it cannot deadlock upgrading a read lock.
+    let write = first_write(step);
+    let changed = match write {
+        FirstWrite::Insert(state) => conn.execute(
+            &format!(
+                "INSERT INTO tcc_barrier (transaction_id, service, state, updated_at)
+                 VALUES (?1, ?2, ?3, {NOW_MS}) ON CONFLICT DO NOTHING"
+            ),
+            params![id, service, state.name()],
+        )?,
+        FirstWrite::Update { from, to } => conn.execute(
+            &format!(
+                "UPDATE tcc_barrier SET state = ?3, updated_at = {NOW_MS}
+                 WHERE transaction_id = ?1 AND service = ?2 AND state = ?4"
+            ),
+            params![id, service, to.name(), from.name()],
+        )?,
+    };
+    if changed == 1 {
+        return Ok(first_write_entry(step, write));
+    }
+    let prior = conn
+        .query_row(
+            "SELECT state FROM tcc_barrier WHERE transaction_id = ?1 AND service = ?2",
+            params![id, service],
+            |row| row.get::<_, String>(0),
+        )
+        .optional()?
+        .map(|text| State::parse(&text, branch))
+        .transpose()?;
+    let decision = decide(step, prior).map_err(|kind| BarrierError::new(kind, Some(branch)))?;
+    if let Some(next) = decision.next {
+        match prior {
+            None => conn.execute(
+                &format!(
+                    "INSERT INTO tcc_barrier (transaction_id, service, state, updated_at)
+                     VALUES (?1, ?2, ?3, {NOW_MS})"
+                ),
+                params![id, service, next.name()],
+            )?,
+            Some(prior) => conn.execute(
+                &format!(
+                    "UPDATE tcc_barrier SET state = ?3, updated_at = {NOW_MS}
+                     WHERE transaction_id = ?1 AND service = ?2 AND state = ?4"
+                ),
+                params![id, service, next.name(), prior.name()],
+            )?,
+        };
+    }
+    Ok(decision.entry)
+}
+
+/// Whether `error` comes from a busy or locked database anywhere in its
+/// source chain: running the transaction again may succeed. Looks for
+/// SQLite's own error too, as an error wrapping a `rusqlite::Error` with
+/// `#[error(transparent)]` hides the wrapper from the chain and shows only
+/// its source.
+pub fn is_busy(error: &(dyn std::error::Error + 'static)) -> bool {
+    let busy =
+        |code: ErrorCode| matches!(code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked);
+    in_chain::<rusqlite::Error>(error, |e| e.sqlite_error_code().is_some_and(busy))
+        || in_chain::<rusqlite::ffi::Error>(error, |e| busy(e.code))
+}

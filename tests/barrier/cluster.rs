@@ -1,0 +1,286 @@
+//! A throwaway PostgreSQL cluster for the tests: `initdb` in a temporary
+//! directory, the server listening only on a unix socket in that directory
+//! (so no port can clash with anything), stopped and removed at the end.
+//!
+//! One cluster per test binary ([`Cluster::get`]); each test works in a
+//! schema of its own ([`Cluster::connect`]). The server is stopped and its
+//! directory removed by [`Cluster`]'s `Drop`, and, since a static is never
+//! dropped, by a watchdog process that waits for the test binary to exit
+//! (however it exits: a panic, an abort, SIGKILL) on a pipe only the test
+//! binary holds.
+//!
+//! Without server binaries (neither `initdb` on `PATH` nor in
+//! `/usr/lib/postgresql/*/bin`) the PostgreSQL tests print one line and
+//! pass, unless `TCC_REQUIRE_POSTGRES=1`, which makes that a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_postgres::{Client, NoTls};
+
+pub struct Cluster {
+    /// The temporary directory: data in `data/`, the socket and the log.
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    /// Run the server binaries as `postgres` (we are root, which `initdb`
+    /// refuses to be).
+    as_postgres: bool,
+    /// Holding its stdin open keeps the watchdog waiting.
+    _watchdog: Option<(Child, ChildStdin)>,
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+impl Cluster {
+    /// The test binary's cluster, started on first use; `None` (after one
+    /// line on stderr) when PostgreSQL is not installed and not required.
+    pub fn get() -> Option<&'static Cluster> {
+        CLUSTER
+            .get_or_init(|| match find_bin() {
+                Some(bin) => Some(Cluster::start(bin)),
+                None if std::env::var("TCC_REQUIRE_POSTGRES").as_deref() == Ok("1") => panic!(
+                    "TCC_REQUIRE_POSTGRES=1 but no PostgreSQL server binaries were found \
+                     (initdb on PATH or in /usr/lib/postgresql/*/bin)"
+                ),
+                None => {
+                    eprintln!(
+                        "PostgreSQL tests skipped: no initdb on PATH or in /usr/lib/postgresql/*/bin \
+                         (install postgresql, or set TCC_REQUIRE_POSTGRES=1 to make this a failure)"
+                    );
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    fn start(bin: PathBuf) -> Cluster {
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let as_postgres = is_root();
+        let dir = std::env::temp_dir().join(format!(
+            "tcc-barrier-pg-{}-{}",
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the cluster's directory");
+        let port = free_port();
+        let mut cluster = Cluster {
+            dir,
+            bin,
+            port,
+            as_postgres,
+            _watchdog: None,
+        };
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres:", &cluster.dir.to_string_lossy()])
+                .status()
+                .expect("run chown");
+            assert!(
+                status.success(),
+                "chown of {} failed",
+                cluster.dir.display()
+            );
+        }
+        // From here on, a panic drops `cluster`, which stops and removes it,
+        // and the watchdog does if the test binary dies.
+        cluster._watchdog = Some(cluster.watchdog());
+        let data = cluster.dir.join("data");
+        cluster.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "--auth=trust".as_ref(),
+                "--no-sync".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+            ],
+        );
+        let options = format!(
+            "-p {port} -k {dir} -c listen_addresses='' -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+             -c deadlock_timeout=100ms",
+            dir = cluster.dir.display()
+        );
+        let log = cluster.dir.join("server.log");
+        cluster.run(
+            "pg_ctl",
+            &[
+                "start".as_ref(),
+                "-w".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+            ],
+        );
+        cluster
+    }
+
+    /// A shell that waits for end of file on its stdin (the test binary
+    /// exited: the kernel closed our end), then stops the server and
+    /// removes the directory. Its output goes nowhere, so it never holds a
+    /// pipe that `cargo test`'s caller waits on.
+    fn watchdog(&self) -> (Child, ChildStdin) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let stop = format!(
+            "{} {} stop -m immediate -D {}",
+            if self.as_postgres {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
+            pg_ctl.display(),
+            self.dir.join("data").display()
+        );
+        let script = format!("cat >/dev/null; {stop}; rm -rf {}", self.dir.display());
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cluster's watchdog");
+        let stdin = child.stdin.take().expect("piped stdin");
+        (child, stdin)
+    }
+
+    /// Runs one of the server's programs, as `postgres` when we are root;
+    /// panics with its output if it fails.
+    fn run(&self, program: &str, args: &[&std::ffi::OsStr]) {
+        let path = self.bin.join(program);
+        let mut command = if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&path);
+            command
+        } else {
+            Command::new(&path)
+        };
+        let output = command
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+        if !output.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            panic!(
+                "{program} failed ({}):\n{}\n{}\nserver log:\n{log}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+
+    /// How to connect with `search_path` set to `schema`.
+    pub fn config(&self, schema: &str) -> tokio_postgres::Config {
+        format!(
+            "host={} port={} user=postgres dbname=postgres options='-c search_path={schema}'",
+            self.dir.display(),
+            self.port
+        )
+        .parse()
+        .expect("a valid connection string")
+    }
+
+    /// A new connection whose `search_path` is `schema`, created if needed.
+    /// Its connection task runs on the caller's runtime.
+    pub async fn connect(&self, schema: &str) -> Client {
+        let (client, connection) = self
+            .config(schema)
+            .connect(NoTls)
+            .await
+            .expect("connect to the test cluster");
+        tokio::spawn(async move {
+            // The connection ends when its client is dropped, or the test
+            // binary exits; an error then is no test failure.
+            let _ = connection.await;
+        });
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .expect("create the test's schema");
+        client
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let pg_ctl = self.bin.join("pg_ctl");
+            let mut command = if self.as_postgres {
+                let mut command = Command::new("runuser");
+                command.args(["-u", "postgres", "--"]).arg(pg_ctl);
+                command
+            } else {
+                Command::new(pg_ctl)
+            };
+            let _ = command
+                .args(["stop", "-m", "immediate", "-D"])
+                .arg(&data)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The directory holding `initdb` and `pg_ctl`: from `PATH`, else the
+/// newest `/usr/lib/postgresql/<version>/bin` (Debian keeps them there).
+fn find_bin() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>());
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .max()
+        .map(|(_, bin)| bin);
+    on_path
+        .chain(debian)
+        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+        .map(|dir| resolve(&dir))
+}
+
+/// The real directory of the binaries: `initdb` on `PATH` may be a link
+/// into the version's directory, where `postgres` itself lives.
+fn resolve(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir.join("initdb"))
+        .ok()
+        .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A port no one listens on now. The server listens on a unix socket only,
+/// in our own directory, so the port just names the socket file; a free one
+/// keeps its messages unambiguous.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or(54329)
+}

@@ -1,0 +1,737 @@
+//! The participant barrier on SQLite: the shared property suite, races on a
+//! real database file, busy retries, cleanup, and one test per anchor bug
+//! of DTM and Seata showing ours does not have it.
+
+mod barrier;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use barrier::{Backend, BoxFuture, TestError};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use tcc::barrier::{self as tb, BarrierErrorKind, Branch, Entry, Outcome, sqlite};
+use tcc::{Orchestrator, Permanent, Phase, Service, TransactionId};
+
+/// A database file in the temporary directory, removed on drop.
+struct Db {
+    path: PathBuf,
+}
+
+impl Db {
+    fn new() -> Db {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tcc-barrier-{}-{}.db",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let db = Db { path };
+        let conn = db.open();
+        sqlite::migrate(&conn).unwrap();
+        sqlite::migrate(&conn).expect("migrate is idempotent");
+        conn.execute_batch(
+            "CREATE TABLE effects (transaction_id TEXT, service TEXT, phase TEXT);
+             CREATE TABLE outside (n INTEGER); INSERT INTO outside VALUES (0);",
+        )
+        .unwrap();
+        db
+    }
+
+    fn open(&self) -> Connection {
+        let conn = Connection::open(&self.path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+        }
+    }
+}
+
+/// The business write of a test phase: one `effects` row.
+fn effect(tx: &Transaction<'_>, branch: &Branch) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO effects VALUES (?1, ?2, ?3)",
+        params![
+            branch.transaction_id().to_string(),
+            branch.service_name(),
+            branch.phase().as_str()
+        ],
+    )
+}
+
+fn effects(conn: &Connection, transaction: TransactionId) -> Vec<(String, String)> {
+    let mut statement = conn
+        .prepare("SELECT service, phase FROM effects WHERE transaction_id = ?1")
+        .unwrap();
+    statement
+        .query_map([transaction.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn state(conn: &Connection, branch: &Branch) -> Option<String> {
+    conn.query_row(
+        "SELECT state FROM tcc_barrier WHERE transaction_id = ?1 AND service = ?2",
+        params![branch.transaction_id().to_string(), branch.service_name()],
+        |row| row.get(0),
+    )
+    .ok()
+}
+
+/// A delivery through `run_branch`: the effect, then a failure if `fail`.
+fn deliver(conn: &mut Connection, branch: &Branch, fail: bool) -> Result<Outcome<()>, TestError> {
+    sqlite::run_branch(conn, branch, |tx| {
+        effect(tx, branch)?;
+        if fail {
+            Err(TestError::Injected)
+        } else {
+            Ok(())
+        }
+    })
+}
+
+struct Sqlite {
+    _db: Db,
+    lanes: Vec<Arc<Mutex<Connection>>>,
+}
+
+impl Sqlite {
+    fn new(lanes: usize) -> Sqlite {
+        let db = Db::new();
+        let lanes = (0..lanes)
+            .map(|_| Arc::new(Mutex::new(db.open())))
+            .collect();
+        Sqlite { _db: db, lanes }
+    }
+}
+
+impl Backend for Sqlite {
+    fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    fn deliver(
+        &self,
+        lane: usize,
+        branch: Branch,
+        fail: bool,
+    ) -> BoxFuture<'_, Result<Outcome<()>, TestError>> {
+        let conn = self.lanes[lane].clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || deliver(&mut conn.lock().unwrap(), &branch, fail))
+                .await
+                .unwrap()
+        })
+    }
+
+    fn effects(&self, transaction: TransactionId) -> BoxFuture<'_, Vec<(String, String)>> {
+        Box::pin(async move { effects(&self.lanes[0].lock().unwrap(), transaction) })
+    }
+}
+
+#[test]
+fn interleavings_of_deliveries_follow_the_rules() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    barrier::interleavings(&runtime, Arc::new(Sqlite::new(4)));
+}
+
+#[test]
+fn the_model_follows_the_rules() {
+    barrier::model_follows_the_rules();
+}
+
+fn branch(transaction: TransactionId, phase: Phase) -> Branch {
+    Branch::new(transaction, "wallet", phase)
+}
+
+/// A Try that holds its transaction open until told to finish, then
+/// commits or fails. Returns once the Try's row is written.
+fn slow_try(db: &Db, branch: Branch, commit: bool) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (finish, finish_rx) = mpsc::channel::<()>();
+    let mut conn = db.open();
+    let handle = thread::spawn(move || {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        assert_eq!(sqlite::enter(&tx, &branch).unwrap(), Entry::Run);
+        effect(&tx, &branch).unwrap();
+        entered_tx.send(()).unwrap();
+        finish_rx.recv().unwrap();
+        if commit {
+            tx.commit().unwrap();
+        }
+    });
+    entered.recv().unwrap();
+    (finish, handle)
+}
+
+#[test]
+fn a_cancel_racing_a_slow_try_runs_after_the_try_commits() {
+    let db = Db::new();
+    let id = TransactionId::generate();
+    let (finish, try_thread) = slow_try(&db, branch(id, Phase::Try), true);
+    let mut conn = db.open();
+    let cancel = thread::spawn(move || {
+        let outcome = deliver(&mut conn, &branch(id, Phase::Cancel), false);
+        (outcome.unwrap(), conn)
+    });
+    thread::sleep(Duration::from_millis(20));
+    assert!(
+        !cancel.is_finished(),
+        "the cancel waits for the try's transaction"
+    );
+    finish.send(()).unwrap();
+    try_thread.join().unwrap();
+    let (outcome, conn) = cancel.join().unwrap();
+    assert_eq!(outcome, Outcome::Ran(()));
+    let mut seen = effects(&conn, id);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("wallet".into(), "cancel".into()),
+            ("wallet".into(), "try".into())
+        ]
+    );
+}
+
+#[test]
+fn a_cancel_racing_a_slow_try_that_fails_is_an_empty_cancel() {
+    let db = Db::new();
+    let id = TransactionId::generate();
+    let (finish, try_thread) = slow_try(&db, branch(id, Phase::Try), false);
+    let mut conn = db.open();
+    let cancel = thread::spawn(move || {
+        let outcome = deliver(&mut conn, &branch(id, Phase::Cancel), false);
+        (outcome.unwrap(), conn)
+    });
+    finish.send(()).unwrap();
+    try_thread.join().unwrap();
+    let (outcome, mut conn) = cancel.join().unwrap();
+    assert_eq!(outcome, Outcome::EmptyCancel);
+    assert!(effects(&conn, id).is_empty());
+    // And the Try, delivered again, is refused.
+    let late = deliver(&mut conn, &branch(id, Phase::Try), false).unwrap_err();
+    assert!(matches!(late, TestError::Barrier(e) if e.kind() == BarrierErrorKind::TryAfterCancel));
+}
+
+/// Seata #6679: racing rollbacks of a branch with no fence row deadlocked
+/// on MySQL gap locks. Here: one empty cancel, the others duplicates.
+#[test]
+fn seata_6679_racing_cancels_of_a_branch_without_a_row_do_not_deadlock() {
+    let db = Db::new();
+    let id = TransactionId::generate();
+    let start = Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let mut conn = db.open();
+            let start = start.clone();
+            thread::spawn(move || {
+                start.wait();
+                deliver(&mut conn, &branch(id, Phase::Cancel), false).unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    outcomes.sort_by_key(|o| matches!(o, Outcome::Duplicate));
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::EmptyCancel,
+            Outcome::Duplicate,
+            Outcome::Duplicate,
+            Outcome::Duplicate
+        ]
+    );
+    assert_eq!(
+        state(&db.open(), &branch(id, Phase::Cancel)).as_deref(),
+        Some("cancelled_before_try")
+    );
+}
+
+/// Holds SQLite's write lock from another connection until told to stop.
+fn hold_write_lock(db: &Db) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (locked_tx, locked) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let mut conn = db.open();
+    let handle = thread::spawn(move || {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        tx.commit().unwrap();
+    });
+    locked.recv().unwrap();
+    (release, handle)
+}
+
+#[test]
+fn a_busy_database_is_tried_again() {
+    let db = Db::new();
+    let mut conn = db.open();
+    conn.busy_timeout(Duration::ZERO).unwrap();
+    let (release, holder) = hold_write_lock(&db);
+    // Without the retry, this is the error a phase would see.
+    let busy = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .unwrap_err();
+    assert!(sqlite::is_busy(&busy), "{busy}");
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(15));
+        release.send(()).unwrap();
+    });
+    let id = TransactionId::generate();
+    let calls = AtomicU32::new(0);
+    let outcome = sqlite::run_branch(&mut conn, &branch(id, Phase::Try), |tx| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        effect(tx, &branch(id, Phase::Try)).map_err(TestError::from)
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Ran(1));
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    releaser.join().unwrap();
+    holder.join().unwrap();
+}
+
+#[test]
+fn busy_retries_are_bounded() {
+    let db = Db::new();
+    let mut conn = db.open();
+    conn.busy_timeout(Duration::ZERO).unwrap();
+    let (release, holder) = hold_write_lock(&db);
+    let id = TransactionId::generate();
+    let error = deliver(&mut conn, &branch(id, Phase::Try), false).unwrap_err();
+    assert!(sqlite::is_busy(&error), "{error}");
+    assert!(
+        !Permanent::is_in(&error),
+        "busy is transient: the runtime may retry"
+    );
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(
+        deliver(&mut conn, &branch(id, Phase::Try), false).unwrap(),
+        Outcome::Ran(())
+    );
+}
+
+/// DTM #453: a Try blocked by the barrier was reported as success, so the
+/// coordinator went on as if it had reserved. Here the hanging Try of a
+/// transaction the runtime cancelled (its Try timed out) is refused with a
+/// permanent error and reserves nothing.
+#[tokio::test(start_paused = true)]
+async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
+    let db = Db::new();
+    let conn = Arc::new(Mutex::new(db.open()));
+    let cancel_conn = conn.clone();
+    let late = Service::new(
+        "wallet",
+        std::future::pending::<Result<(), TestError>>,
+        || async { Ok::<(), TestError>(()) },
+        move || {
+            let conn = cancel_conn.clone();
+            async move {
+                let outcome = sqlite::run(&mut conn.lock().unwrap(), |tx| {
+                    effect(tx, &Branch::current()?)?;
+                    Ok::<_, TestError>(())
+                })?;
+                assert_eq!(outcome, Outcome::EmptyCancel);
+                Ok::<(), TestError>(())
+            }
+        },
+    );
+    let error = Orchestrator::new([late])
+        .try_timeout(Duration::from_secs(1))
+        .orchestrate()
+        .await
+        .unwrap_err();
+    let id = error.report().expect("a report").transaction_id();
+    // The Try's request reaches the database now, after its Cancel.
+    let mut conn = conn.lock().unwrap();
+    let refused = deliver(&mut conn, &branch(id, Phase::Try), false).unwrap_err();
+    assert!(
+        matches!(&refused, TestError::Barrier(e) if e.kind() == BarrierErrorKind::TryAfterCancel)
+    );
+    assert!(Permanent::is_in(&refused));
+    assert!(
+        effects(&conn, id).is_empty(),
+        "the late try reserved nothing"
+    );
+}
+
+/// DTM #559: a barrier kept in another database than the business data is
+/// not atomic with it. Here the barrier runs in the phase's own transaction:
+/// a Confirm whose first attempt fails after its write leaves neither the
+/// write nor the barrier's row, so the retry runs it, once.
+#[tokio::test(start_paused = true)]
+async fn dtm_559_the_barrier_commits_and_rolls_back_with_the_business_change() {
+    let db = Db::new();
+    let conn = Arc::new(Mutex::new(db.open()));
+    let attempts = Arc::new(AtomicU32::new(0));
+    let (try_conn, confirm_conn, cancel_conn) = (conn.clone(), conn.clone(), conn.clone());
+    let confirm_attempts = attempts.clone();
+    let phase = move |conn: Arc<Mutex<Connection>>, fail_first: Option<Arc<AtomicU32>>| async move {
+        let mut conn = conn.lock().unwrap();
+        sqlite::run(&mut conn, |tx| {
+            effect(tx, &Branch::current()?)?;
+            match &fail_first {
+                Some(n) if n.fetch_add(1, Ordering::Relaxed) == 0 => Err(TestError::Injected),
+                _ => Ok(()),
+            }
+        })
+        .map(drop)
+    };
+    let wallet = Service::new(
+        "wallet",
+        move || phase(try_conn.clone(), None),
+        move || phase(confirm_conn.clone(), Some(confirm_attempts.clone())),
+        move || phase(cancel_conn.clone(), None),
+    );
+    let report = Orchestrator::new([wallet])
+        .max_retries(3)
+        .orchestrate()
+        .await
+        .unwrap();
+    let id = report.transaction_id();
+    assert_eq!(
+        report.service("wallet").unwrap().attempts(Phase::Confirm),
+        2
+    );
+    let conn = conn.lock().unwrap();
+    let mut seen = effects(&conn, id);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("wallet".into(), "confirm".into()),
+            ("wallet".into(), "try".into())
+        ]
+    );
+    assert_eq!(
+        state(&conn, &branch(id, Phase::Confirm)).as_deref(),
+        Some("confirmed")
+    );
+}
+
+/// seata-go #685: an empty rollback failed, so it was retried until the
+/// server gave up. Here a Cancel after a Try that failed before touching
+/// the database succeeds on its first attempt.
+#[tokio::test(start_paused = true)]
+async fn seata_go_685_an_empty_cancel_succeeds_at_once() {
+    let db = Db::new();
+    let conn = Arc::new(Mutex::new(db.open()));
+    let cancel_conn = conn.clone();
+    let wallet = Service::new(
+        "wallet",
+        || async { Err::<(), _>(TestError::Injected) },
+        || async { Ok::<(), TestError>(()) },
+        move || {
+            let conn = cancel_conn.clone();
+            async move {
+                sqlite::run(&mut conn.lock().unwrap(), |tx| {
+                    effect(tx, &Branch::current()?)?;
+                    Ok::<_, TestError>(())
+                })
+                .map(drop)
+            }
+        },
+    );
+    let error = Orchestrator::new([wallet])
+        .max_retries(5)
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(error.failures().len(), 1, "only the try failed: {error}");
+    let report = error.report().unwrap();
+    assert_eq!(report.service("wallet").unwrap().attempts(Phase::Cancel), 1);
+    let conn = conn.lock().unwrap();
+    assert_eq!(
+        state(&conn, &branch(report.transaction_id(), Phase::Cancel)).as_deref(),
+        Some("cancelled_before_try")
+    );
+    assert!(effects(&conn, report.transaction_id()).is_empty());
+}
+
+/// Seata #5256, #6374, #4180: a Try that failed rolled back its fence row,
+/// so its Cancel was taken for an empty one and never undid what the Try had
+/// done outside the database. Here a Try that announces itself first gets
+/// its Cancel run; one that does not is an empty cancel, as documented.
+#[test]
+fn seata_6374_a_failed_try_that_announced_its_outside_effects_is_cancelled() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let outside = |conn: &Connection| -> i64 {
+        conn.query_row("SELECT n FROM outside", [], |row| row.get(0))
+            .unwrap()
+    };
+    let id = TransactionId::generate();
+    let try_branch = branch(id, Phase::Try);
+    assert_eq!(
+        sqlite::announce(&mut conn, &try_branch).unwrap(),
+        Outcome::Ran(())
+    );
+    // The outside effect (another system, standing in as its own table).
+    conn.execute("UPDATE outside SET n = n + 1", []).unwrap();
+    // The Try's own transaction then fails.
+    assert!(matches!(
+        deliver(&mut conn, &try_branch, true),
+        Err(TestError::Injected)
+    ));
+    assert_eq!(state(&conn, &try_branch).as_deref(), Some("started"));
+
+    let tx = conn.transaction().unwrap();
+    assert_eq!(
+        sqlite::enter(&tx, &branch(id, Phase::Cancel)).unwrap(),
+        Entry::RunAfterUncommittedTry
+    );
+    drop(tx);
+    let outcome = sqlite::run_branch(&mut conn, &branch(id, Phase::Cancel), |tx| {
+        tx.execute("UPDATE outside SET n = n - 1", [])
+            .map_err(TestError::from)
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Ran(1));
+    assert_eq!(outside(&conn), 0, "the cancel undid the outside effect");
+    // A retried announce, or the Try itself, now comes after the Cancel.
+    let again = sqlite::announce(&mut conn, &try_branch).unwrap_err();
+    assert_eq!(again.kind(), BarrierErrorKind::TryAfterCancel);
+    // Announcing from another phase is a mistake, not a silent no-op.
+    let wrong = sqlite::announce(&mut conn, &branch(id, Phase::Cancel)).unwrap_err();
+    assert_eq!(wrong.kind(), BarrierErrorKind::AnnounceOutsideTry);
+
+    // Without the announce, what the database rolled back is all there is.
+    let id = TransactionId::generate();
+    assert!(matches!(
+        deliver(&mut conn, &branch(id, Phase::Try), true),
+        Err(TestError::Injected)
+    ));
+    assert_eq!(
+        deliver(&mut conn, &branch(id, Phase::Cancel), false).unwrap(),
+        Outcome::EmptyCancel
+    );
+}
+
+/// Seata deletes `suspended` rows (after it rejects a late Try, and by age),
+/// so a Try arriving later still passes. Here the row that blocks a late Try
+/// stays through refusals and through cleanup within the horizon.
+#[test]
+fn seata_suspended_rows_stay_after_a_refused_try_and_within_the_horizon() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let id = TransactionId::generate();
+    assert_eq!(
+        deliver(&mut conn, &branch(id, Phase::Cancel), false).unwrap(),
+        Outcome::EmptyCancel
+    );
+    for _ in 0..2 {
+        let late = deliver(&mut conn, &branch(id, Phase::Try), false).unwrap_err();
+        assert!(
+            matches!(late, TestError::Barrier(e) if e.kind() == BarrierErrorKind::TryAfterCancel)
+        );
+        assert_eq!(
+            state(&conn, &branch(id, Phase::Try)).as_deref(),
+            Some("cancelled_before_try")
+        );
+    }
+    assert_eq!(
+        sqlite::cleanup(&mut conn, Duration::from_secs(3600), 10).unwrap(),
+        0
+    );
+    assert!(deliver(&mut conn, &branch(id, Phase::Try), false).is_err());
+}
+
+/// Ages every row of the table by `age`.
+fn age_rows(conn: &Connection, age: Duration) {
+    conn.execute(
+        "UPDATE tcc_barrier SET updated_at = updated_at - ?1",
+        [age.as_millis() as i64],
+    )
+    .unwrap();
+}
+
+/// Seata #4489: deleting old fence rows in bulk blocked inserts. Here
+/// cleanup deletes in batches of its own (a writer waits one batch at most),
+/// only finished rows past the horizon, and phases keep going meanwhile.
+#[test]
+fn seata_4489_cleanup_deletes_finished_rows_past_the_horizon_in_batches() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let mut unfinished = Vec::new();
+    for i in 0..60 {
+        let id = TransactionId::generate();
+        deliver(&mut conn, &branch(id, Phase::Try), false).unwrap();
+        match i % 3 {
+            0 => drop(deliver(&mut conn, &branch(id, Phase::Confirm), false).unwrap()),
+            1 => drop(deliver(&mut conn, &branch(id, Phase::Cancel), false).unwrap()),
+            _ => unfinished.push(id),
+        }
+        let empty = TransactionId::generate();
+        deliver(&mut conn, &branch(empty, Phase::Cancel), false).unwrap();
+    }
+    let started = TransactionId::generate();
+    sqlite::announce(&mut conn, &branch(started, Phase::Try)).unwrap();
+    age_rows(&conn, Duration::from_secs(7200));
+    let recent = TransactionId::generate();
+    deliver(&mut conn, &branch(recent, Phase::Cancel), false).unwrap();
+
+    // Phases of new branches run while cleanup deletes, on another connection.
+    let mut writer = db.open();
+    let phases = thread::spawn(move || {
+        for _ in 0..20 {
+            let id = TransactionId::generate();
+            assert_eq!(
+                deliver(&mut writer, &branch(id, Phase::Try), false).unwrap(),
+                Outcome::Ran(())
+            );
+        }
+    });
+    let deleted = sqlite::cleanup(&mut conn, Duration::from_secs(3600), 7).unwrap();
+    phases.join().unwrap();
+    assert_eq!(
+        deleted,
+        40 + 60,
+        "confirmed, cancelled and empty-cancelled rows past the horizon"
+    );
+    for id in unfinished {
+        assert_eq!(
+            state(&conn, &branch(id, Phase::Try)).as_deref(),
+            Some("tried")
+        );
+        // A tried branch keeps its row: its Confirm or Cancel is still due.
+        assert_eq!(
+            deliver(&mut conn, &branch(id, Phase::Cancel), false).unwrap(),
+            Outcome::Ran(())
+        );
+    }
+    assert_eq!(
+        state(&conn, &branch(started, Phase::Try)).as_deref(),
+        Some("started")
+    );
+    assert_eq!(
+        state(&conn, &branch(recent, Phase::Try)).as_deref(),
+        Some("cancelled_before_try")
+    );
+    assert!(deliver(&mut conn, &branch(recent, Phase::Try), false).is_err());
+}
+
+/// A Confirm without a committed Try is a permanent error: the runtime does
+/// not retry it.
+#[tokio::test(start_paused = true)]
+async fn a_confirm_without_a_try_is_permanent_to_the_runtime() {
+    let db = Db::new();
+    let conn = Arc::new(Mutex::new(db.open()));
+    let confirm_conn = conn.clone();
+    // The Try "succeeds" without passing the barrier: a participant wired
+    // wrong, or whose Try row was lost.
+    let wallet = Service::new(
+        "wallet",
+        || async { Ok::<(), TestError>(()) },
+        move || {
+            let conn = confirm_conn.clone();
+            async move {
+                sqlite::run(&mut conn.lock().unwrap(), |tx| {
+                    effect(tx, &Branch::current()?)?;
+                    Ok::<_, TestError>(())
+                })
+                .map(drop)
+            }
+        },
+        || async { Ok::<(), TestError>(()) },
+    );
+    let error = Orchestrator::new([wallet])
+        .max_retries(5)
+        .orchestrate()
+        .await
+        .unwrap_err();
+    let failure = &error.failures()[0];
+    assert_eq!(failure.phase(), Phase::Confirm);
+    assert_eq!(failure.attempts(), 1);
+    assert!(failure.is_permanent());
+    assert!(
+        error.to_string().contains("no try of the branch committed"),
+        "{error}"
+    );
+    let id = error.report().unwrap().transaction_id();
+    assert!(effects(&conn.lock().unwrap(), id).is_empty());
+}
+
+/// `guard` inside the caller's own transaction: the caller commits, and the
+/// barrier's decision commits with it.
+#[test]
+fn guard_runs_inside_the_callers_transaction() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let id = TransactionId::generate();
+    let cancel = branch(id, Phase::Cancel);
+    {
+        let tx = conn.transaction().unwrap();
+        let outcome = sqlite::guard(&tx, &cancel, |tx| {
+            effect(tx, &cancel).map_err(TestError::from)
+        });
+        assert_eq!(outcome.unwrap(), Outcome::EmptyCancel);
+        // Dropped without commit: the empty cancel is not recorded.
+    }
+    assert_eq!(state(&conn, &cancel), None);
+    let tx = conn.transaction().unwrap();
+    sqlite::guard(&tx, &cancel, |tx| {
+        effect(tx, &cancel).map_err(TestError::from)
+    })
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        state(&conn, &cancel).as_deref(),
+        Some("cancelled_before_try")
+    );
+    assert_eq!(tb::TABLE, "tcc_barrier");
+}
+
+/// Outside a phase there is no branch to read: a clear error, no panic.
+#[test]
+fn run_outside_a_phase_is_an_error() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let error = sqlite::run(&mut conn, |_| Ok::<_, TestError>(())).unwrap_err();
+    assert!(matches!(error, TestError::Barrier(e) if e.kind() == BarrierErrorKind::NoContext));
+}
+
+/// A row this version cannot read is refused, not guessed at.
+#[test]
+fn an_unknown_state_is_an_error() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let id = TransactionId::generate();
+    deliver(&mut conn, &branch(id, Phase::Try), false).unwrap();
+    conn.execute_batch(
+        "PRAGMA ignore_check_constraints = ON; UPDATE tcc_barrier SET state = 'frozen';",
+    )
+    .unwrap();
+    let error = deliver(&mut conn, &branch(id, Phase::Confirm), false).unwrap_err();
+    assert!(matches!(error, TestError::Barrier(e) if e.kind() == BarrierErrorKind::UnknownState));
+}
+
+/// A busy error is found behind an `#[error(transparent)]` wrapper too,
+/// which shows only SQLite's own error in the source chain.
+#[test]
+fn busy_is_found_behind_a_transparent_wrapper() {
+    let busy =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+    assert!(sqlite::is_busy(&TestError::Sqlite(busy)));
+    let other =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+    assert!(!sqlite::is_busy(&TestError::Sqlite(other)));
+    assert!(!sqlite::is_busy(&TestError::Injected));
+}
