@@ -140,7 +140,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::context::{Context, TransactionId};
+use crate::{Context, TransactionId};
 use crate::error::{BoxError, Permanent};
 use crate::phase::Phase;
 
