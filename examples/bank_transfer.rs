@@ -1,122 +1,131 @@
-//! A bank transfer as a TCC transaction over a real SQLite database.
+//! A crash-safe bank: transfers between accounts in a real SQLite file, as
+//! durable TCC transactions that a `kill -9` at any instant cannot break.
 //!
-//! Accounts live in a SQLite file with a `balance` and a `frozen` amount
-//! (the part of the balance reserved by running transfers). A transfer runs
-//! two `#[tcc_service]` types, one per account:
+//! ```sh
+//! cargo run --release --example bank_transfer -- run --data DIR [--accounts N] [--workers W] [--transfers T] [--seed S]
+//! cargo run --release --example bank_transfer -- recover --data DIR
+//! cargo run --release --example bank_transfer -- audit --data DIR
+//! cargo run --example bank_transfer    # a demo: run, kill -9, recover, audit
+//! ```
 //!
-//! - [`Debit`], the payer: Try freezes the amount (and fails on
-//!   insufficient funds or a closed account), Confirm takes the frozen money
-//!   out of the balance, Cancel unfreezes it;
-//! - [`Credit`], the payee: Try checks that the account exists and is open,
-//!   Confirm adds the money, Cancel has nothing to give back.
+//! - `run` creates `DIR/bank.sqlite` (N accounts, default 20, of 1000 each)
+//!   and the transaction log `DIR/transactions.redb` if missing, finishes
+//!   what the log left unfinished, then runs random transfers of 1 to 200
+//!   with W at a time (default 16) until T are done (default: until killed).
+//!   For each transfer that succeeded it prints `confirmed <id>` on stdout
+//!   at once.
+//! - `recover` finishes every unfinished transaction.
+//! - `audit` prints one JSON line: `accounts`, `total`, `frozen`,
+//!   `unfinished` (transactions the log holds unfinished) and checks.
 //!
-//! Each phase is one SQL transaction that also writes a row of `tcc_log`,
-//! keyed by the transaction id, the service and the phase. That row makes
-//! the phases safe to repeat: a retried Confirm or Cancel whose first attempt
-//! committed finds its row and does nothing, a Cancel after a Try that
-//! reserved nothing releases nothing, and a Try that arrives after its Cancel
-//! (a Try so slow that its transaction gave up on it) reserves nothing.
+//! `bank.sqlite` is meant to be read by anyone with the `sqlite3` tool:
 //!
-//! Run it with `cargo run --example bank_transfer`; the integration test
-//! `tests/bank_transfer.rs` runs hundreds of concurrent transfers through it.
+//! ```sql
+//! accounts(name TEXT PRIMARY KEY, balance INTEGER NOT NULL, frozen INTEGER NOT NULL)
+//! journal(tx TEXT NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL, PRIMARY KEY (tx, account))
+//! tcc_barrier(...)  -- the participant barrier's rows, see tcc::barrier
+//! ```
+//!
+//! # How a transfer works
+//!
+//! A transfer is two `#[tcc_service]` types, one per account:
+//!
+//! - [`Debit`], the payer: Try freezes the amount (and fails if less than
+//!   that is available), Confirm takes it out of the balance and writes the
+//!   journal row `-amount`, Cancel unfreezes it;
+//! - [`Credit`], the payee: Try checks the account exists, Confirm adds the
+//!   amount and writes the journal row `+amount`, Cancel has nothing to undo.
+//!
+//! # What makes it crash-safe
+//!
+//! Two things, both from the library:
+//!
+//! - **The transaction log** ([`TransactionLog`]): before the first Try, the
+//!   transaction's intent (both services with their data: account and
+//!   amount) is on disk; before the first Confirm or Cancel, the decision.
+//!   After a crash, [`TransactionLog::recover`] finishes every transaction
+//!   the log holds: one with no decision is cancelled on both sides, one
+//!   with a decision has it carried out where it is not done yet. To do
+//!   that it rebuilds the services from their saved data
+//!   (`#[derive(Recoverable)]`) and the bank, a resource the program
+//!   provides at start.
+//! - **The participant barrier** ([`tcc::barrier`]): recovery calls Confirm
+//!   or Cancel again without knowing whether they ran before the crash, and
+//!   it cancels a side whose Try may never have run. Each phase therefore
+//!   runs in one SQL transaction with the barrier's row for its branch, in
+//!   the same file as the accounts: a phase that committed is skipped when
+//!   delivered again, a Cancel with no Try before it does nothing, and a
+//!   Confirm's journal row commits with its balance change or not at all.
+//!
+//! SQLite is synchronous and `tcc::Context` is per task, so the bank runs
+//! its connection on a thread of its own and each phase captures its
+//! [`Branch`] before sending its work there.
+//!
+//! `tests/bank_crash.rs` kills `run` and `recover` with SIGKILL, at random
+//! instants and at named points (`TCC_BANK_PAUSE_AT`, see [`pause_at`]),
+//! then checks every promise above with its own SQL.
 
+use std::hash::BuildHasher;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tcc::{Context, Phase, Report, RetryPolicy, tcc, tcc_service};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use tcc::barrier::{BarrierError, Branch, Outcome, sqlite as barrier};
+use tcc::durable::LogErrorKind;
+use tcc::{BoxError, ErrorKind, RetryPolicy, TransactionId, TransactionLog};
+use tcc::{tcc, tcc_service};
 use tokio::sync::oneshot;
+
+/// Every account's opening balance.
+const OPENING_BALANCE: i64 = 1000;
+/// The bank's database, in the data directory.
+const BANK_FILE: &str = "bank.sqlite";
+/// The transaction log, in the data directory.
+const LOG_FILE: &str = "transactions.redb";
+
+/// The business tables. The barrier's table is created next to them
+/// ([`barrier::migrate`]), in the same file: its rows commit with the
+/// balances they guard.
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS accounts (
+        name    TEXT PRIMARY KEY,
+        balance INTEGER NOT NULL,
+        frozen  INTEGER NOT NULL
+    );
+    -- One row per confirmed side of a transfer, written by its Confirm.
+    CREATE TABLE IF NOT EXISTS journal (
+        tx      TEXT NOT NULL,
+        account TEXT NOT NULL,
+        amount  INTEGER NOT NULL,
+        PRIMARY KEY (tx, account)
+    );
+";
 
 /// Why a phase failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BankError {
     #[error("account `{0}` does not exist")]
     NoSuchAccount(String),
-    #[error("account `{0}` is closed")]
-    AccountClosed(String),
     #[error("insufficient funds in `{account}`: {available} available, {needed} needed")]
     InsufficientFunds {
         account: String,
         available: i64,
         needed: i64,
     },
-    #[error("confirm of `{0}` found no reservation")]
-    NothingReserved(String),
-    #[error("transaction already cancelled: a late Try reserves nothing")]
-    AlreadyCancelled,
-    #[error("injected fault: {0}")]
-    Injected(&'static str),
     #[error("the database thread is gone")]
     DatabaseGone,
+    #[error(transparent)]
+    Barrier(#[from] BarrierError),
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
 }
 
-/// A fault injected into the first Confirm attempt of both sides of a
-/// transfer, to show that a retried Confirm is harmless.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// The first attempt fails before it reaches the database.
-    Unreachable,
-    /// The first attempt commits, but its reply is lost: the retry must not
-    /// move the money a second time.
-    ReplyLost,
-}
-
-/// One row of `accounts`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Account {
-    pub name: String,
-    pub balance: i64,
-    pub frozen: i64,
-    pub open: bool,
-}
-
-/// A request to move `amount` from one account to another.
-#[derive(Clone, Debug)]
-pub struct Transfer {
-    pub from: String,
-    pub to: String,
-    pub amount: i64,
-    pub fault: Option<Fault>,
-}
-
-impl Transfer {
-    pub fn new(from: &str, to: &str, amount: i64) -> Self {
-        Transfer {
-            from: from.to_owned(),
-            to: to.to_owned(),
-            amount,
-            fault: None,
-        }
-    }
-
-    pub fn with_fault(mut self, fault: Fault) -> Self {
-        self.fault = Some(fault);
-        self
-    }
-}
-
-const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS accounts (
-        name    TEXT PRIMARY KEY,
-        balance INTEGER NOT NULL CHECK (balance >= 0),
-        frozen  INTEGER NOT NULL DEFAULT 0 CHECK (frozen >= 0 AND frozen <= balance),
-        open    INTEGER NOT NULL DEFAULT 1
-    );
-    -- One row per phase that ran on one side of a transaction.
-    CREATE TABLE IF NOT EXISTS tcc_log (
-        tx_id   TEXT NOT NULL,
-        service TEXT NOT NULL,
-        phase   TEXT NOT NULL,
-        account TEXT NOT NULL,
-        amount  INTEGER NOT NULL,
-        PRIMARY KEY (tx_id, service, phase)
-    ) WITHOUT ROWID;
-";
+// ---------------------------------------------------------------------------
+// The bank: one SQLite connection on a thread of its own.
 
 /// Work for the database thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -129,20 +138,42 @@ pub struct Bank {
 }
 
 impl Bank {
-    /// Opens (or creates) the database at `path`.
-    pub fn open(path: &Path) -> Result<Arc<Bank>, BankError> {
-        let connection = Connection::open(path)?;
-        // WAL and a busy timeout let other connections (another process, the
-        // test's checks) read and write the file while the bank runs.
+    /// Opens the bank at `path`. With `create`, a missing file is created
+    /// with that many accounts; without, it must exist.
+    pub fn open(path: &Path, create: Option<usize>) -> Result<Arc<Bank>, BankError> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create.is_some() {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let mut connection = Connection::open_with_flags(path, flags)?;
+        // WAL lets the auditor's `sqlite3` read while the bank writes. FULL
+        // syncs every commit, as the log syncs its intents and decisions: a
+        // phase that committed survives a power cut too, not only a killed
+        // process, so recovery never finds a decision whose Tries were lost.
         connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(Duration::from_secs(5))?;
-        connection.execute_batch(SCHEMA)?;
+        // The tables and the accounts in one SQL transaction: a bank killed
+        // while it is created has all of them or nothing.
+        let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        barrier::migrate(&tx)?;
+        let existing: i64 = tx.query_row("SELECT count(*) FROM accounts", [], |row| row.get(0))?;
+        if existing == 0 {
+            let accounts = create.unwrap_or(0);
+            for name in account_names(accounts) {
+                tx.execute(
+                    "INSERT INTO accounts (name, balance, frozen) VALUES (?1, ?2, 0)",
+                    params![name, OPENING_BALANCE],
+                )?;
+            }
+        }
+        tx.commit()?;
+
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("bank-db".into())
             .spawn(move || {
-                let mut connection = connection;
                 // Ends when the last handle to the bank is dropped.
                 for job in queue {
                     job(&mut connection);
@@ -152,179 +183,81 @@ impl Bank {
         Ok(Arc::new(Bank { jobs }))
     }
 
-    /// Runs `work` in one SQL transaction on the database thread: committed
-    /// if it returns `Ok`, rolled back otherwise.
-    async fn run<T, F>(&self, work: F) -> Result<T, BankError>
+    /// Runs `work` on the database thread.
+    async fn call<T, F>(&self, work: F) -> Result<T, BankError>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, BankError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, BankError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |connection| {
-            let result = (|| {
-                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let value = work(&tx)?;
-                tx.commit()?;
-                Ok(value)
-            })();
-            // The phase may have been dropped (a Try past its timeout): the
-            // transaction is done all the same, and its log row says so.
-            let _ = reply.send(result);
+            // The phase may have been dropped meanwhile (a Try past its
+            // timeout): the work is done all the same, and its barrier row
+            // says so to the phases that come after.
+            let _ = reply.send(work(connection));
         });
         self.jobs.send(job).map_err(|_| BankError::DatabaseGone)?;
         answer.await.map_err(|_| BankError::DatabaseGone)?
     }
 
-    pub async fn open_account(&self, name: &str, balance: i64) -> Result<(), BankError> {
-        let name = name.to_owned();
-        self.run(move |tx| {
-            tx.execute(
-                "INSERT INTO accounts (name, balance) VALUES (?1, ?2)",
-                params![name, balance],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn close_account(&self, name: &str) -> Result<(), BankError> {
-        let name = name.to_owned();
-        self.run(move |tx| {
-            tx.execute("UPDATE accounts SET open = 0 WHERE name = ?1", [name])?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Every account, by name.
-    pub async fn accounts(&self) -> Result<Vec<Account>, BankError> {
-        self.run(|tx| read_accounts(tx)).await
-    }
-
-    /// Moves `transfer.amount` from `transfer.from` to `transfer.to`, or
-    /// nothing at all.
-    pub async fn transfer(self: &Arc<Self>, transfer: &Transfer) -> Result<Report, tcc::Error> {
-        // Fresh service values per transfer: a service value takes part in
-        // one running orchestration at a time.
-        let debit = Debit {
-            bank: self.clone(),
-            account: transfer.from.clone(),
-            amount: transfer.amount,
-            fault: transfer.fault,
-        };
-        let credit = Credit {
-            bank: self.clone(),
-            account: transfer.to.clone(),
-            amount: transfer.amount,
-            fault: transfer.fault,
-        };
-        tcc! {
-            retry = RetryPolicy::default()
-                .with_max_retries(3)
-                .with_initial_interval(Duration::from_millis(10));
-            debit,
-            credit,
-        }
-        .await
-    }
-
-    /// Runs one phase of one side of a transfer as one SQL transaction, with
-    /// its row in `tcc_log`. `work` gets whether this side's Try reserved
-    /// anything, and runs only the first time the phase reaches the database.
-    async fn phase<F>(&self, account: &str, amount: i64, work: F) -> Result<(), BankError>
+    /// Runs the phase running now through the barrier: one SQL transaction
+    /// with its branch's barrier row and whatever `body` does (given the
+    /// transaction id as the journal spells it), committed together.
+    /// `body` runs only the first time the phase reaches the database.
+    async fn phase<T, F>(&self, mut body: F) -> Result<Outcome<T>, BankError>
     where
-        F: FnOnce(&rusqlite::Transaction<'_>, bool) -> Result<(), BankError> + Send + 'static,
+        T: Send + 'static,
+        F: FnMut(&Transaction<'_>, &str) -> Result<T, BankError> + Send + 'static,
     {
-        // Read here: work sent to another thread does not inherit the context.
-        let context = Context::current().expect("runs inside a phase");
-        let tx_id = context.transaction_id().to_string();
-        let service = context.service_name().to_owned();
-        let phase = context.phase();
-        let account = account.to_owned();
-        self.run(move |tx| {
-            let recorded = tx.execute(
-                "INSERT OR IGNORE INTO tcc_log (tx_id, service, phase, account, amount)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![tx_id, service, phase_name(phase), account, amount],
-            )?;
-            if recorded == 0 {
-                return Ok(()); // done by an earlier attempt
-            }
-            let logged = |phase: Phase| -> rusqlite::Result<bool> {
-                tx.query_row(
-                    "SELECT 1 FROM tcc_log WHERE tx_id = ?1 AND service = ?2 AND phase = ?3",
-                    params![tx_id, service, phase_name(phase)],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map(|row| row.is_some())
-            };
-            match phase {
-                Phase::Try if logged(Phase::Cancel)? => Err(BankError::AlreadyCancelled),
-                Phase::Try => work(tx, true),
-                Phase::Confirm | Phase::Cancel => work(tx, logged(Phase::Try)?),
-            }
+        // Read here: the database thread runs no phase, so has no context.
+        let branch = Branch::current()?;
+        let id = branch.transaction_id().to_string();
+        self.call(move |connection| barrier::run_branch(connection, &branch, |tx| body(tx, &id)))
+            .await
+    }
+
+    /// The names of every account.
+    async fn account_names(&self) -> Result<Vec<String>, BankError> {
+        self.call(|connection| {
+            let mut statement = connection.prepare("SELECT name FROM accounts ORDER BY name")?;
+            let names = statement.query_map([], |row| row.get(0))?;
+            Ok(names.collect::<Result<_, _>>()?)
         })
         .await
     }
 }
 
-fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Try => "try",
-        Phase::Confirm => "confirm",
-        Phase::Cancel => "cancel",
-    }
+/// `acct-00`, `acct-01`, ...: as many digits as the largest needs, so the
+/// names sort in order.
+fn account_names(count: usize) -> impl Iterator<Item = String> {
+    let width = count.saturating_sub(1).to_string().len().max(2);
+    (0..count).map(move |i| format!("acct-{i:0width$}"))
 }
 
-fn read_accounts(connection: &Connection) -> Result<Vec<Account>, BankError> {
-    let mut statement =
-        connection.prepare("SELECT name, balance, frozen, open FROM accounts ORDER BY name")?;
-    let rows = statement.query_map([], |row| {
-        Ok(Account {
-            name: row.get(0)?,
-            balance: row.get(1)?,
-            frozen: row.get(2)?,
-            open: row.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+/// The balance and frozen amount of `account`.
+fn account_row(tx: &Transaction<'_>, account: &str) -> Result<(i64, i64), BankError> {
+    tx.query_row(
+        "SELECT balance, frozen FROM accounts WHERE name = ?1",
+        [account],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()?
+    .ok_or_else(|| BankError::NoSuchAccount(account.to_owned()))
 }
 
-/// The balance, frozen amount and open flag of `account`, which must exist.
-fn account_row(tx: &rusqlite::Transaction<'_>, account: &str) -> Result<(i64, i64), BankError> {
-    let row = tx
-        .query_row(
-            "SELECT balance, frozen, open FROM accounts WHERE name = ?1",
-            [account],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, bool>(2)?)),
-        )
-        .optional()?;
-    match row {
-        None => Err(BankError::NoSuchAccount(account.to_owned())),
-        Some((_, _, false)) => Err(BankError::AccountClosed(account.to_owned())),
-        Some((balance, frozen, true)) => Ok((balance, frozen)),
-    }
-}
+// ---------------------------------------------------------------------------
+// The two sides of a transfer.
 
-/// Fails if `fault` is `at` and this is the phase's first attempt.
-fn inject(fault: Option<Fault>, at: Fault) -> Result<(), BankError> {
-    let first = Context::current().is_some_and(|context| context.attempt() == 1);
-    if fault != Some(at) || !first {
-        return Ok(());
-    }
-    Err(BankError::Injected(match at {
-        Fault::Unreachable => "database unreachable",
-        Fault::ReplyLost => "reply lost after commit",
-    }))
-}
-
-/// The payer's side of a transfer.
+/// The payer's side of a transfer. `account` and `amount` are saved in the
+/// transaction log before its Try runs; `bank` is provided again by the
+/// process that recovers it.
+#[derive(tcc::Recoverable)]
+#[recoverable(kind = "debit")]
 pub struct Debit {
+    #[recoverable(resource)]
     bank: Arc<Bank>,
     account: String,
     amount: i64,
-    fault: Option<Fault>,
 }
 
 #[tcc_service(name = "debit")]
@@ -333,12 +266,13 @@ impl Debit {
     #[try_phase]
     async fn freeze(&self) -> Result<(), BankError> {
         let (account, amount) = (self.account.clone(), self.amount);
-        self.bank
-            .phase(&self.account, amount, move |tx, _| {
+        let outcome = self
+            .bank
+            .phase(move |tx, _| {
                 let (balance, frozen) = account_row(tx, &account)?;
                 if balance - frozen < amount {
                     return Err(BankError::InsufficientFunds {
-                        account,
+                        account: account.clone(),
                         available: balance - frozen,
                         needed: amount,
                     });
@@ -349,189 +283,504 @@ impl Debit {
                 )?;
                 Ok(())
             })
-            .await
+            .await?;
+        if let Outcome::Ran(()) = outcome {
+            pause_in_phase(AFTER_TRY).await;
+        }
+        Ok(())
     }
 
-    /// Takes the frozen money out of the balance.
+    /// Takes the frozen money out of the balance, and journals it.
     #[confirm]
-    async fn debit(&self) -> Result<(), BankError> {
-        inject(self.fault, Fault::Unreachable)?;
+    async fn take(&self) -> Result<(), BankError> {
         let (account, amount) = (self.account.clone(), self.amount);
         self.bank
-            .phase(&self.account, amount, move |tx, reserved| {
-                if !reserved {
-                    return Err(BankError::NothingReserved(account));
-                }
+            .phase(move |tx, id| {
                 tx.execute(
                     "UPDATE accounts SET balance = balance - ?2, frozen = frozen - ?2
                      WHERE name = ?1",
                     params![account, amount],
                 )?;
+                tx.execute(
+                    "INSERT INTO journal (tx, account, amount) VALUES (?1, ?2, ?3)",
+                    params![id, account, -amount],
+                )?;
                 Ok(())
             })
             .await?;
-        inject(self.fault, Fault::ReplyLost)
+        pause_in_phase(AFTER_FIRST_CONFIRM).await;
+        Ok(())
     }
 
-    /// Unfreezes the money, if the Try froze any.
+    /// Unfreezes the money. The barrier runs this only if the Try froze
+    /// some: a Cancel after a failed Try, or none, is an empty cancel.
     #[cancel]
     async fn unfreeze(&self) -> Result<(), BankError> {
         let (account, amount) = (self.account.clone(), self.amount);
         self.bank
-            .phase(&self.account, amount, move |tx, reserved| {
-                if reserved {
-                    tx.execute(
-                        "UPDATE accounts SET frozen = frozen - ?2 WHERE name = ?1",
-                        params![account, amount],
-                    )?;
-                }
-                Ok(())
-            })
-            .await
-    }
-}
-
-/// The payee's side of a transfer.
-pub struct Credit {
-    bank: Arc<Bank>,
-    account: String,
-    amount: i64,
-    fault: Option<Fault>,
-}
-
-#[tcc_service(name = "credit")]
-impl Credit {
-    /// Checks that the account exists and is open.
-    #[try_phase]
-    async fn check(&self) -> Result<(), BankError> {
-        let account = self.account.clone();
-        self.bank
-            .phase(&self.account, self.amount, move |tx, _| {
-                account_row(tx, &account).map(drop)
-            })
-            .await
-    }
-
-    /// Adds the money to the balance.
-    #[confirm]
-    async fn credit(&self) -> Result<(), BankError> {
-        inject(self.fault, Fault::Unreachable)?;
-        let (account, amount) = (self.account.clone(), self.amount);
-        self.bank
-            .phase(&self.account, amount, move |tx, reserved| {
-                if !reserved {
-                    return Err(BankError::NothingReserved(account));
-                }
+            .phase(move |tx, _| {
                 tx.execute(
-                    "UPDATE accounts SET balance = balance + ?2 WHERE name = ?1",
+                    "UPDATE accounts SET frozen = frozen - ?2 WHERE name = ?1",
                     params![account, amount],
                 )?;
                 Ok(())
             })
             .await?;
-        inject(self.fault, Fault::ReplyLost)
+        pause_in_phase(AFTER_FIRST_CANCEL).await;
+        Ok(())
+    }
+}
+
+/// The payee's side of a transfer.
+#[derive(tcc::Recoverable)]
+#[recoverable(kind = "credit")]
+pub struct Credit {
+    #[recoverable(resource)]
+    bank: Arc<Bank>,
+    account: String,
+    amount: i64,
+}
+
+#[tcc_service(name = "credit")]
+impl Credit {
+    /// Checks that the account exists. Its barrier row is what lets the
+    /// Confirm through later.
+    #[try_phase]
+    async fn check(&self) -> Result<(), BankError> {
+        let account = self.account.clone();
+        self.bank
+            .phase(move |tx, _| account_row(tx, &account).map(drop))
+            .await?;
+        Ok(())
     }
 
-    /// Nothing was reserved on the payee's side; the log row is all.
+    /// Adds the money to the balance, and journals it.
+    #[confirm]
+    async fn add(&self) -> Result<(), BankError> {
+        let (account, amount) = (self.account.clone(), self.amount);
+        self.bank
+            .phase(move |tx, id| {
+                tx.execute(
+                    "UPDATE accounts SET balance = balance + ?2 WHERE name = ?1",
+                    params![account, amount],
+                )?;
+                tx.execute(
+                    "INSERT INTO journal (tx, account, amount) VALUES (?1, ?2, ?3)",
+                    params![id, account, amount],
+                )?;
+                Ok(())
+            })
+            .await?;
+        pause_in_phase(AFTER_FIRST_CONFIRM).await;
+        Ok(())
+    }
+
+    /// Nothing was reserved on the payee's side: the barrier's row is all.
     #[cancel]
     async fn release(&self) -> Result<(), BankError> {
-        self.bank
-            .phase(&self.account, self.amount, |_, _| Ok(()))
-            .await
+        self.bank.phase(|_, _| Ok(())).await?;
+        pause_in_phase(AFTER_FIRST_CANCEL).await;
+        Ok(())
     }
 }
 
-/// A database file in the temporary directory, deleted (with its WAL files)
-/// on drop.
-pub struct ScratchFile(PathBuf);
+/// How Confirm and Cancel are retried, by transfers and by recovery.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(5)
+        .with_initial_interval(Duration::from_millis(10))
+}
 
-impl ScratchFile {
-    pub fn new(prefix: &str) -> Self {
-        static COUNT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{prefix}-{}-{}.sqlite",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        );
-        ScratchFile(std::env::temp_dir().join(name))
+/// One durable transfer: written to `log` before its first Try.
+async fn transfer(
+    log: &TransactionLog,
+    bank: &Arc<Bank>,
+    from: &str,
+    to: &str,
+    amount: i64,
+) -> Result<tcc::Report, tcc::Error> {
+    tcc! {
+        log = log;
+        retry = retry_policy();
+        Debit { bank: bank.clone(), account: from.to_owned(), amount },
+        Credit { bank: bank.clone(), account: to.to_owned(), amount },
     }
+    .await
+}
 
-    pub fn path(&self) -> &Path {
-        &self.0
+// ---------------------------------------------------------------------------
+// Named crash points, for tests/bank_crash.rs.
+
+/// In the payer's Try, just after it froze the money.
+const AFTER_TRY: &str = "after-try";
+/// In a Confirm, just after its commit (the other side may not be done).
+const AFTER_FIRST_CONFIRM: &str = "after-first-confirm";
+/// In a Cancel, just after its commit (the other side may not be done).
+const AFTER_FIRST_CANCEL: &str = "after-first-cancel";
+/// After a transfer succeeded, before `confirmed <id>` is printed.
+const BEFORE_ACK: &str = "before-ack";
+
+/// With `TCC_BANK_PAUSE_AT=<point>` in the environment, the first transfer
+/// to reach `point` prints `paused at <point> <id>` and stalls there for
+/// good, so that a test kills the process exactly there. Does nothing
+/// otherwise.
+async fn pause_at(point: &str, id: TransactionId) {
+    static PAUSE_AT: OnceLock<Option<String>> = OnceLock::new();
+    static PAUSED: AtomicBool = AtomicBool::new(false);
+    let wanted = PAUSE_AT.get_or_init(|| std::env::var("TCC_BANK_PAUSE_AT").ok());
+    if wanted.as_deref() != Some(point) || PAUSED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    say(&format!("paused at {point} {id}"));
+    std::future::pending::<()>().await;
+}
+
+/// [`pause_at`] inside a phase, for the transaction it runs in.
+async fn pause_in_phase(point: &str) {
+    if let Some(context) = tcc::Context::current() {
+        pause_at(point, context.transaction_id()).await;
     }
 }
 
-impl Drop for ScratchFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
+/// Prints `line` on stdout and flushes it at once: a reader that kills this
+/// process has every line printed before the kill.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+// ---------------------------------------------------------------------------
+// The commands.
+
+/// Opens the log and the bank of `data`, in that order: the log's file lock
+/// keeps a second process out before it touches the bank.
+fn open(data: &Path, create: Option<usize>) -> Result<(TransactionLog, Arc<Bank>), BoxError> {
+    let log_path = data.join(LOG_FILE);
+    let bank_path = data.join(BANK_FILE);
+    if create.is_none() && !bank_path.exists() {
+        return Err(format!(
+            "no bank in {}: `run --data {}` creates one",
+            data.display(),
+            data.display()
+        )
+        .into());
+    }
+    std::fs::create_dir_all(data)?;
+    let log = TransactionLog::open(&log_path).map_err(|error| match error.kind() {
+        LogErrorKind::AlreadyOpen => format!(
+            "{error}\n(is a `run` or `recover` of {} still running?)",
+            data.display()
+        ),
+        _ => format!(
+            "cannot open the transaction log {}: {error}",
+            log_path.display()
+        ),
+    })?;
+    let bank = Bank::open(&bank_path, create)
+        .map_err(|error| format!("cannot open the bank {}: {error}", bank_path.display()))?;
+    // What recovery rebuilds the two sides with: their kinds, and the bank.
+    log.provide(bank.clone())
+        .register::<Debit>()
+        .register::<Credit>()
+        .retry(retry_policy());
+    Ok((log, bank))
+}
+
+/// Finishes every transaction the log holds unfinished: those a crash left
+/// (cancelled if undecided, carried out if decided), and those whose phase
+/// 2 gave up after its retries ("needs repair"), driven again. In this bank
+/// a phase 2 only gives up for a passing cause (the database was busy for
+/// long); an application whose participants can fail for good would list
+/// those for an operator instead (`needs_repair`, `resolve`).
+async fn finish_unfinished(log: &TransactionLog) -> Result<(), BoxError> {
+    let summary = log.recover().await?;
+    let mut redriven = 0;
+    for record in log.needs_repair(usize::MAX).await? {
+        let id = record.intent.id;
+        match log.redrive(id).await {
+            Ok(_) => redriven += 1,
+            Err(error) => eprintln!("transaction {id} still needs repair: {error}"),
         }
     }
-}
-
-async fn print_accounts(bank: &Bank) -> Result<(), BankError> {
-    let accounts = bank.accounts().await?;
-    for a in &accounts {
-        let state = if a.open { "open" } else { "closed" };
-        println!(
-            "  {:<6} balance {:>4}  frozen {:>2}  {state}",
-            a.name, a.balance, a.frozen
+    if summary.finished + summary.needs_repair + redriven > 0 {
+        eprintln!(
+            "recovery: {} transactions finished, {redriven} re-driven",
+            summary.finished
         );
     }
-    let total: i64 = accounts.iter().map(|a| a.balance).sum();
-    println!("  total  {total:>12}");
-    Ok(())
+    for (id, why) in &summary.left {
+        eprintln!("transaction {id} left unfinished: {why}");
+    }
+    match log.unfinished_count().await? {
+        0 => Ok(()),
+        left => Err(format!("{left} transactions are still unfinished").into()),
+    }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BankError> {
-    let file = ScratchFile::new("tcc-bank-example");
-    let bank = Bank::open(file.path())?;
-    println!("database: {}", file.path().display());
-    bank.open_account("alice", 100).await?;
-    bank.open_account("bob", 50).await?;
-    bank.open_account("carol", 0).await?;
-    bank.open_account("dave", 20).await?;
-    bank.close_account("dave").await?;
-    print_accounts(&bank).await?;
+/// `run`: finishes what the log left, then transfers until `transfers` are
+/// done, or forever.
+async fn run(options: RunOptions) -> Result<(), BoxError> {
+    let (log, bank) = open(&options.data, Some(options.accounts))?;
+    finish_unfinished(&log).await?;
+    let names = Arc::new(bank.account_names().await?);
+    if names.len() < 2 {
+        return Err("a transfer needs two accounts: --accounts must be 2 or more".into());
+    }
+    eprintln!(
+        "{} accounts, {} workers, seed {}",
+        names.len(),
+        options.workers,
+        options.seed
+    );
 
-    let transfers = [
-        Transfer::new("alice", "bob", 30),
-        Transfer::new("bob", "carol", 500),
-        Transfer::new("alice", "dave", 10),
-        Transfer::new("alice", "erin", 5),
-        Transfer::new("bob", "carol", 20).with_fault(Fault::Unreachable),
-        Transfer::new("alice", "carol", 25).with_fault(Fault::ReplyLost),
-    ];
-    for transfer in &transfers {
-        let fault = transfer.fault.map(|f| format!(" ({f:?} on first confirm)"));
-        println!(
-            "\n{} -> {}: {}{}",
-            transfer.from,
-            transfer.to,
-            transfer.amount,
-            fault.unwrap_or_default()
-        );
-        match bank.transfer(transfer).await {
-            Ok(report) => {
-                let attempts = |service| report.service(service).unwrap().attempts(Phase::Confirm);
-                println!(
-                    "  confirmed in transaction {} (confirm attempts: debit {}, credit {})",
-                    report.transaction_id(),
-                    attempts("debit"),
-                    attempts("credit"),
-                );
+    let tickets = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..options.workers {
+        let (log, bank, names, tickets) =
+            (log.clone(), bank.clone(), names.clone(), tickets.clone());
+        let mut random = SplitMix(options.seed ^ (worker as u64).wrapping_mul(0x9e37_79b9));
+        let limit = options.transfers;
+        workers.spawn(async move {
+            let (mut confirmed, mut refused) = (0u64, 0u64);
+            while limit.is_none_or(|limit| tickets.fetch_add(1, Ordering::Relaxed) < limit) {
+                let (from, to, amount) = random.transfer(names.len());
+                match transfer(&log, &bank, &names[from], &names[to], amount).await {
+                    Ok(report) => {
+                        let id = report.transaction_id();
+                        pause_at(BEFORE_ACK, id).await;
+                        say(&format!("confirmed {id}"));
+                        confirmed += 1;
+                    }
+                    Err(error) if error.kind() == ErrorKind::TryFailed => refused += 1,
+                    // Left to recovery, which the next `run` or `recover` does.
+                    Err(error) => eprintln!("transfer not finished: {error}"),
+                }
             }
-            Err(error) => println!("  not done: {error}"),
+            (confirmed, refused)
+        });
+    }
+    let (mut confirmed, mut refused) = (0, 0);
+    while let Some(counts) = workers.join_next().await {
+        let (c, r) = counts?;
+        confirmed += c;
+        refused += r;
+    }
+    eprintln!("{confirmed} transfers confirmed, {refused} refused by their Try and cancelled");
+    Ok(())
+}
+
+/// `recover`: finishes every unfinished transaction.
+async fn recover(data: &Path) -> Result<(), BoxError> {
+    let (log, _bank) = open(data, None)?;
+    finish_unfinished(&log).await
+}
+
+/// `audit`: one JSON line saying what the bank and the log hold, with the
+/// checks an auditor would make.
+async fn audit(data: &Path) -> Result<(), BoxError> {
+    let bank_path = data.join(BANK_FILE);
+    let db = Connection::open_with_flags(&bank_path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|error| format!("cannot open the bank {}: {error}", bank_path.display()))?;
+    let number = |sql: &str| db.query_row(sql, [], |row| row.get::<_, i64>(0));
+    let accounts = number("SELECT count(*) FROM accounts")?;
+    let total = number("SELECT coalesce(sum(balance), 0) FROM accounts")?;
+    let frozen = number("SELECT coalesce(sum(frozen), 0) FROM accounts")?;
+    let journal_transactions = number("SELECT count(DISTINCT tx) FROM journal")?;
+    // Accounts whose balance is not 1000 plus their journal rows.
+    let balances_off = number(
+        "SELECT count(*) FROM accounts a
+         WHERE a.balance <> 1000 + (SELECT coalesce(sum(amount), 0) FROM journal j
+                                    WHERE j.account = a.name)",
+    )?;
+    // Transactions of the journal without exactly two rows summing to zero.
+    let journal_unbalanced = number(
+        "SELECT count(*) FROM (SELECT tx FROM journal GROUP BY tx
+                               HAVING count(*) <> 2 OR sum(amount) <> 0)",
+    )?;
+    let log_path = data.join(LOG_FILE);
+    let unfinished = if log_path.exists() {
+        let log = TransactionLog::open(&log_path)?;
+        log.unfinished_count().await?
+    } else {
+        0
+    };
+    let report = serde_json::json!({
+        "accounts": accounts,
+        "total": total,
+        "expected_total": accounts * OPENING_BALANCE,
+        "frozen": frozen,
+        "unfinished": unfinished,
+        "journal_transactions": journal_transactions,
+        "balances_off": balances_off,
+        "journal_unbalanced": journal_unbalanced,
+    });
+    say(&report.to_string());
+    Ok(())
+}
+
+/// With no arguments: the crash test in miniature. Runs `run` in a child
+/// process for a second, kills it with SIGKILL in the middle of its
+/// transfers, audits, recovers, audits again.
+fn demo() -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path();
+    let me = std::env::current_exe()?;
+    let command = |what: &str| {
+        let mut command = std::process::Command::new(&me);
+        command.arg(what).arg("--data").arg(data);
+        command
+    };
+    let audit = || -> Result<String, BoxError> {
+        let output = command("audit").output()?;
+        Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+    };
+
+    println!("A bank of 20 accounts of 1000 each, in {}", data.display());
+    let mut run = command("run").stdout(Stdio::piped()).spawn()?;
+    let stdout = BufReader::new(run.stdout.take().expect("piped"));
+    let counted = std::thread::spawn(move || {
+        let lines = stdout.lines().map_while(Result::ok);
+        lines.filter(|line| line.starts_with("confirmed ")).count()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    run.kill()?;
+    run.wait()?;
+    let confirmed = counted.join().expect("the reader thread does not panic");
+    println!("`run` printed `confirmed <id>` {confirmed} times, then got a SIGKILL mid-transfer.");
+    println!(
+        "\nAudit right after the kill (money frozen, transactions unfinished):\n  {}",
+        audit()?
+    );
+    let recovered = command("recover").status()?;
+    println!("\n`recover` exited with {recovered}.");
+    println!("\nAudit after recovery:\n  {}", audit()?);
+    println!(
+        "\nTry it yourself:\n  cargo run --release --example bank_transfer -- run --data DIR\n  \
+         (kill it any way you like)\n  cargo run --release --example bank_transfer -- recover --data DIR\n  \
+         sqlite3 DIR/bank.sqlite 'SELECT * FROM accounts'"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The command line.
+
+/// `run`'s options.
+struct RunOptions {
+    data: PathBuf,
+    accounts: usize,
+    workers: usize,
+    transfers: Option<u64>,
+    seed: u64,
+}
+
+enum Command {
+    Demo,
+    Run(RunOptions),
+    Recover(PathBuf),
+    Audit(PathBuf),
+}
+
+const USAGE: &str = "usage:
+  bank_transfer run --data DIR [--accounts N] [--workers W] [--transfers T] [--seed S]
+  bank_transfer recover --data DIR
+  bank_transfer audit --data DIR
+  bank_transfer            (a demo in a temporary directory)";
+
+fn parse(args: &[String]) -> Result<Command, String> {
+    let Some((command, flags)) = args.split_first() else {
+        return Ok(Command::Demo);
+    };
+    if !["run", "recover", "audit"].contains(&command.as_str()) {
+        return Err(format!("unknown command `{command}`"));
+    }
+    let mut data = None;
+    let mut run = RunOptions {
+        data: PathBuf::new(),
+        accounts: 20,
+        workers: 16,
+        transfers: None,
+        seed: std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+            % 1_000_000,
+    };
+    let mut flags = flags.iter();
+    while let Some(flag) = flags.next() {
+        let value = flags
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag} takes a number, not `{value}`"))
+        };
+        match (command.as_str(), flag.as_str()) {
+            (_, "--data") => data = Some(PathBuf::from(value)),
+            ("run", "--accounts") => run.accounts = number()? as usize,
+            ("run", "--workers") => run.workers = (number()? as usize).max(1),
+            ("run", "--transfers") => run.transfers = Some(number()?),
+            ("run", "--seed") => run.seed = number()?,
+            _ => return Err(format!("`{command}` takes no {flag}")),
         }
     }
+    let data = data.ok_or_else(|| format!("`{command}` needs --data DIR"))?;
+    match command.as_str() {
+        "run" => Ok(Command::Run(RunOptions { data, ..run })),
+        "recover" => Ok(Command::Recover(data)),
+        _ => Ok(Command::Audit(data)),
+    }
+}
 
-    println!("\nafter the transfers:");
-    print_accounts(&bank).await?;
-    let accounts = bank.accounts().await?;
-    assert_eq!(accounts.iter().map(|a| a.balance).sum::<i64>(), 170);
-    assert!(accounts.iter().all(|a| a.frozen == 0));
-    Ok(())
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse(&args) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("bank_transfer: {error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = || tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let outcome = match command {
+        Command::Demo => demo(),
+        Command::Run(options) => runtime().block_on(run(options)),
+        Command::Recover(data) => runtime().block_on(recover(&data)),
+        Command::Audit(data) => runtime().block_on(audit(&data)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bank_transfer: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64), so a run's transfers can be
+/// replayed with `--seed`.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+
+    /// The next transfer among `accounts`: (payer, payee, amount), amounts
+    /// from 1 to 200. A quarter of them are paid by the first account,
+    /// which is paid far less often, so it soon runs dry: from then on many
+    /// of its transfers find less than their amount, and their Try fails.
+    fn transfer(&mut self, accounts: usize) -> (usize, usize, i64) {
+        let from = if self.below(4) == 0 {
+            0
+        } else {
+            self.below(accounts)
+        };
+        let to = (from + 1 + self.below(accounts - 1)) % accounts;
+        let amount = 1 + self.below(200) as i64;
+        (from, to, amount)
+    }
 }
