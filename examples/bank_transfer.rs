@@ -284,9 +284,7 @@ impl Debit {
                 Ok(())
             })
             .await?;
-        if let Outcome::Ran(()) = outcome {
-            pause_in_phase(AFTER_TRY).await;
-        }
+        pause_after(AFTER_TRY, &outcome).await;
         Ok(())
     }
 
@@ -294,7 +292,8 @@ impl Debit {
     #[confirm]
     async fn take(&self) -> Result<(), BankError> {
         let (account, amount) = (self.account.clone(), self.amount);
-        self.bank
+        let outcome = self
+            .bank
             .phase(move |tx, id| {
                 tx.execute(
                     "UPDATE accounts SET balance = balance - ?2, frozen = frozen - ?2
@@ -308,7 +307,7 @@ impl Debit {
                 Ok(())
             })
             .await?;
-        pause_in_phase(AFTER_FIRST_CONFIRM).await;
+        pause_after(AFTER_FIRST_CONFIRM, &outcome).await;
         Ok(())
     }
 
@@ -317,7 +316,8 @@ impl Debit {
     #[cancel]
     async fn unfreeze(&self) -> Result<(), BankError> {
         let (account, amount) = (self.account.clone(), self.amount);
-        self.bank
+        let outcome = self
+            .bank
             .phase(move |tx, _| {
                 tx.execute(
                     "UPDATE accounts SET frozen = frozen - ?2 WHERE name = ?1",
@@ -326,7 +326,7 @@ impl Debit {
                 Ok(())
             })
             .await?;
-        pause_in_phase(AFTER_FIRST_CANCEL).await;
+        pause_after(AFTER_FIRST_CANCEL, &outcome).await;
         Ok(())
     }
 }
@@ -358,7 +358,8 @@ impl Credit {
     #[confirm]
     async fn add(&self) -> Result<(), BankError> {
         let (account, amount) = (self.account.clone(), self.amount);
-        self.bank
+        let outcome = self
+            .bank
             .phase(move |tx, id| {
                 tx.execute(
                     "UPDATE accounts SET balance = balance + ?2 WHERE name = ?1",
@@ -371,15 +372,15 @@ impl Credit {
                 Ok(())
             })
             .await?;
-        pause_in_phase(AFTER_FIRST_CONFIRM).await;
+        pause_after(AFTER_FIRST_CONFIRM, &outcome).await;
         Ok(())
     }
 
     /// Nothing was reserved on the payee's side: the barrier's row is all.
     #[cancel]
     async fn release(&self) -> Result<(), BankError> {
-        self.bank.phase(|_, _| Ok(())).await?;
-        pause_in_phase(AFTER_FIRST_CANCEL).await;
+        let outcome = self.bank.phase(|_, _| Ok(())).await?;
+        pause_after(AFTER_FIRST_CANCEL, &outcome).await;
         Ok(())
     }
 }
@@ -435,8 +436,12 @@ async fn pause_at(point: &str, id: TransactionId) {
     std::future::pending::<()>().await;
 }
 
-/// [`pause_at`] inside a phase, for the transaction it runs in.
-async fn pause_in_phase(point: &str) {
+/// [`pause_at`] inside a phase, for the transaction it runs in, unless the
+/// phase was a duplicate delivery that changed nothing.
+async fn pause_after<T>(point: &str, outcome: &Outcome<T>) {
+    if matches!(outcome, Outcome::Duplicate) {
+        return;
+    }
     if let Some(context) = tcc::Context::current() {
         pause_at(point, context.transaction_id()).await;
     }
