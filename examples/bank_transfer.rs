@@ -57,9 +57,10 @@
 //!   delivered again, a Cancel with no Try before it does nothing, and a
 //!   Confirm's journal row commits with its balance change or not at all.
 //!
-//! SQLite is synchronous and `tcc::Context` is per task, so the bank runs
-//! its connection on a thread of its own and each phase captures its
-//! [`Branch`] before sending its work there.
+//! SQLite calls block, so the bank runs its connection on a thread of its
+//! own. The barrier reads each phase's [`Branch`] from `tcc::Context`, which
+//! is only set while the phase is polled: each phase captures it before
+//! sending its work to that thread.
 //!
 //! `tests/bank_crash.rs` kills `run` and `recover` with SIGKILL, at random
 //! instants and at named points (`TCC_BANK_PAUSE_AT`, see [`pause_at`]),
@@ -265,6 +266,7 @@ impl Debit {
     /// Freezes the amount, if that much is available.
     #[try_phase]
     async fn freeze(&self) -> Result<(), BankError> {
+        pause_here(BEFORE_TRY).await;
         let (account, amount) = (self.account.clone(), self.amount);
         let outcome = self
             .bank
@@ -291,6 +293,7 @@ impl Debit {
     /// Takes the frozen money out of the balance, and journals it.
     #[confirm]
     async fn take(&self) -> Result<(), BankError> {
+        pause_here(BEFORE_FIRST_CONFIRM).await;
         let (account, amount) = (self.account.clone(), self.amount);
         let outcome = self
             .bank
@@ -357,6 +360,7 @@ impl Credit {
     /// Adds the money to the balance, and journals it.
     #[confirm]
     async fn add(&self) -> Result<(), BankError> {
+        pause_here(BEFORE_FIRST_CONFIRM).await;
         let (account, amount) = (self.account.clone(), self.amount);
         let outcome = self
             .bank
@@ -412,8 +416,14 @@ async fn transfer(
 // ---------------------------------------------------------------------------
 // Named crash points, for tests/bank_crash.rs.
 
+/// In the payer's Try, before it reaches the database: the intent is
+/// written, the payer's Try never runs.
+const BEFORE_TRY: &str = "before-try";
 /// In the payer's Try, just after it froze the money.
 const AFTER_TRY: &str = "after-try";
+/// In a Confirm, before it reaches the database: the decision is written,
+/// this side is not confirmed (the other side may be).
+const BEFORE_FIRST_CONFIRM: &str = "before-first-confirm";
 /// In a Confirm, just after its commit (the other side may not be done).
 const AFTER_FIRST_CONFIRM: &str = "after-first-confirm";
 /// In a Cancel, just after its commit (the other side may not be done).
@@ -436,14 +446,18 @@ async fn pause_at(point: &str, id: TransactionId) {
     std::future::pending::<()>().await;
 }
 
-/// [`pause_at`] inside a phase, for the transaction it runs in, unless the
-/// phase was a duplicate delivery that changed nothing.
-async fn pause_after<T>(point: &str, outcome: &Outcome<T>) {
-    if matches!(outcome, Outcome::Duplicate) {
-        return;
-    }
+/// [`pause_at`] inside a phase, for the transaction it runs in.
+async fn pause_here(point: &str) {
     if let Some(context) = tcc::Context::current() {
         pause_at(point, context.transaction_id()).await;
+    }
+}
+
+/// [`pause_here`], unless the phase was a duplicate delivery that changed
+/// nothing.
+async fn pause_after<T>(point: &str, outcome: &Outcome<T>) {
+    if !matches!(outcome, Outcome::Duplicate) {
+        pause_here(point).await;
     }
 }
 
@@ -592,11 +606,13 @@ async fn audit(data: &Path) -> Result<(), BoxError> {
     let total = number("SELECT coalesce(sum(balance), 0) FROM accounts")?;
     let frozen = number("SELECT coalesce(sum(frozen), 0) FROM accounts")?;
     let journal_transactions = number("SELECT count(DISTINCT tx) FROM journal")?;
-    // Accounts whose balance is not 1000 plus their journal rows.
-    let balances_off = number(
+    // Accounts whose balance is not the opening balance plus their journal.
+    let balances_off: i64 = db.query_row(
         "SELECT count(*) FROM accounts a
-         WHERE a.balance <> 1000 + (SELECT coalesce(sum(amount), 0) FROM journal j
-                                    WHERE j.account = a.name)",
+         WHERE a.balance <> ?1 + (SELECT coalesce(sum(amount), 0) FROM journal j
+                                  WHERE j.account = a.name)",
+        [OPENING_BALANCE],
+        |row| row.get(0),
     )?;
     // Transactions of the journal without exactly two rows summing to zero.
     let journal_unbalanced = number(

@@ -557,11 +557,29 @@ fn kill_at(point: &str, fate: Fate, before: impl Fn(&Snapshot, &str)) {
 }
 
 #[test]
+fn kill_before_try_cancels_the_transfer() {
+    // The intent is written, the payer's Try never ran: presumed abort, and
+    // the payer's Cancel finds nothing to undo.
+    kill_at("before-try", Fate::Cancelled, |snapshot, tx| {
+        assert_eq!(snapshot.branches(tx).get("debit"), None);
+    });
+}
+
+#[test]
 fn kill_after_try_cancels_the_transfer() {
     // The payer's money is frozen, no decision is written: presumed abort.
     kill_at("after-try", Fate::Cancelled, |snapshot, tx| {
         assert_eq!(snapshot.branches(tx).get("debit"), Some(&"tried"));
         assert!(snapshot.accounts.values().any(|&(_, frozen)| frozen > 0));
+    });
+}
+
+#[test]
+fn kill_before_the_first_confirm_confirms_both_sides() {
+    // The decision is written, this side's Confirm never ran.
+    kill_at("before-first-confirm", Fate::Confirmed, |snapshot, tx| {
+        let sides = snapshot.branches(tx);
+        assert!(sides.values().any(|s| *s == "tried"), "{sides:?}");
     });
 }
 
