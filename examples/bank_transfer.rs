@@ -652,9 +652,9 @@ fn demo() -> Result<(), BoxError> {
         command.arg(what).arg("--data").arg(data);
         command
     };
-    let audit = || -> Result<String, BoxError> {
+    let audit = || -> Result<serde_json::Value, BoxError> {
         let output = command("audit").output()?;
-        Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+        Ok(serde_json::from_slice(&output.stdout)?)
     };
 
     println!("A bank of 20 accounts of 1000 each, in {}", data.display());
@@ -675,7 +675,22 @@ fn demo() -> Result<(), BoxError> {
     );
     let recovered = command("recover").status()?;
     println!("\n`recover` exited with {recovered}.");
-    println!("\nAudit after recovery:\n  {}", audit()?);
+    let after = audit()?;
+    println!("\nAudit after recovery:\n  {after}");
+    let adds_up = after["frozen"] == 0
+        && after["unfinished"] == 0
+        && after["total"] == after["expected_total"]
+        && after["balances_off"] == 0
+        && after["journal_unbalanced"] == 0
+        && after["journal_transactions"].as_u64() >= Some(confirmed as u64);
+    if !recovered.success() || !adds_up {
+        return Err("the bank does not add up after recovery: that is a bug".into());
+    }
+    println!(
+        "\nEvery transfer caught by the kill was finished on both sides: confirmed if the log \
+         held its decision to confirm, cancelled otherwise. Nothing is frozen, the money adds up, \
+         and the journal holds the {confirmed} acknowledged transfers and those finished after."
+    );
     println!(
         "\nTry it yourself:\n  cargo run --release --example bank_transfer -- run --data DIR\n  \
          (kill it any way you like)\n  cargo run --release --example bank_transfer -- recover --data DIR\n  \

@@ -693,3 +693,19 @@ fn recover_and_audit_need_a_bank() {
         assert!(stderr.contains("bank"), "{what}: {stderr}");
     }
 }
+
+#[test]
+fn the_demo_without_arguments_kills_recovers_and_adds_up() {
+    let output = Command::new(example())
+        .stdin(Stdio::null())
+        .output()
+        .expect("the example runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the demo failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Audit after recovery"), "{stdout}");
+}
