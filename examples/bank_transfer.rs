@@ -542,6 +542,9 @@ async fn finish_unfinished(log: &TransactionLog) -> Result<(), BoxError> {
 async fn run(options: RunOptions) -> Result<(), BoxError> {
     let (log, bank) = open(&options.data, Some(options.accounts))?;
     finish_unfinished(&log).await?;
+    // From now on, a transfer this process could not finish (its log write
+    // failed) is finished by a recovery pass every few seconds.
+    let recovery = log.spawn_recovery(Duration::from_secs(5));
     let names = Arc::new(bank.account_names().await?);
     if names.len() < 2 {
         return Err("a transfer needs two accounts: --accounts must be 2 or more".into());
@@ -585,6 +588,7 @@ async fn run(options: RunOptions) -> Result<(), BoxError> {
         confirmed += c;
         refused += r;
     }
+    recovery.abort();
     eprintln!("{confirmed} transfers confirmed, {refused} refused by their Try and cancelled");
     Ok(())
 }
