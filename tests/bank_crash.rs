@@ -424,6 +424,14 @@ impl Snapshot {
         );
     }
 
+    /// How many branches wait for their Confirm or Cancel.
+    fn tried(&self) -> usize {
+        self.barrier
+            .values()
+            .filter(|state| *state == "tried")
+            .count()
+    }
+
     /// The barrier's state of each side of `tx`.
     fn branches(&self, tx: &str) -> BTreeMap<&str, &str> {
         self.barrier
@@ -463,6 +471,9 @@ fn random_kills_lose_nothing() {
     // Transactions the kills left unfinished, as `audit` counted them: the
     // kills must have landed mid-transfer for the test to mean anything.
     let mut interrupted = 0;
+    let mut recovers_killed = 0;
+    // Killed after finishing some branches and before the others.
+    let mut recovers_killed_midway = 0;
     for round in 0..rounds() {
         let seed = random.below(1_000_000).to_string();
         let args = ["--accounts", "6", "--seed", &seed];
@@ -486,19 +497,32 @@ fn random_kills_lose_nothing() {
         interrupted += bank.audit()["unfinished"].as_u64().unwrap();
 
         if round % 3 == 1 {
+            let tried = Snapshot::read(&bank).tried();
             let mut recover = bank.start("recover", &[], &[]);
-            thread::sleep(Duration::from_millis(random.below(100)));
-            if let Some(status) = recover.kill() {
-                assert!(
+            thread::sleep(Duration::from_millis(random.below(150)));
+            match recover.kill() {
+                None => {
+                    recovers_killed += 1;
+                    let left = Snapshot::read(&bank).tried();
+                    if left > 0 && left < tried {
+                        recovers_killed_midway += 1;
+                    }
+                }
+                Some(status) => assert!(
                     status.success(),
                     "recover failed: {}",
                     recover.stderr_text()
-                );
+                ),
             }
             Snapshot::read(&bank).check_any_instant(&acknowledged);
         }
     }
     recover_and_check(&mut bank, &acknowledged);
+    println!(
+        "{} confirmed, {interrupted} left unfinished by the kills, {recovers_killed} recovers \
+         killed, {recovers_killed_midway} of them midway",
+        acknowledged.len()
+    );
     assert!(!acknowledged.is_empty(), "some transfer was confirmed");
     assert!(interrupted > 0, "some kill left transfers unfinished");
 }
