@@ -756,6 +756,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
         };
         match (command.as_str(), flag.as_str()) {
             (_, "--data") => data = Some(PathBuf::from(value)),
+            ("run", "--accounts") if number()? < 2 => {
+                return Err("a transfer needs two accounts: --accounts must be 2 or more".into());
+            }
             ("run", "--accounts") => run.accounts = number()? as usize,
             ("run", "--workers") => run.workers = (number()? as usize).max(1),
             ("run", "--transfers") => run.transfers = Some(number()?),
