@@ -26,6 +26,12 @@
 //! tcc_barrier(...)  -- the participant barrier's rows, see tcc::barrier
 //! ```
 //!
+//! `journal` has one row per confirmed side of a transfer, written by that
+//! side's Confirm in the SQL transaction of its balance change; `tx` is the
+//! transaction id as it prints (`confirmed <id>`). So, once nothing is
+//! unfinished, every balance is 1000 plus its journal rows, nothing is
+//! frozen, and each transaction's two rows sum to zero.
+//!
 //! # How a transfer works
 //!
 //! A transfer is two `#[tcc_service]` types, one per account:
