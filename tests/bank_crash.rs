@@ -17,6 +17,10 @@
 //!    other, and no branch left tried and never finished;
 //! 6. the log holds nothing unfinished (`audit`'s `unfinished`).
 //!
+//! A Confirm that fails for longer than its retries leaves its transaction
+//! in "needs repair", durably: `recover` says so and fails, and drives it
+//! again once the cause is gone.
+//!
 //! And at any instant, before recovery too: 1 (each Confirm's journal row
 //! commits with its balance change), no account pays more than it has, and
 //! 4 (a transfer is acknowledged only once both sides are confirmed).
@@ -732,4 +736,40 @@ fn the_demo_without_arguments_kills_recovers_and_adds_up() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("Audit after recovery"), "{stdout}");
+}
+
+#[test]
+fn a_confirm_that_keeps_failing_needs_repair_until_recover_redrives_it() {
+    let mut bank = Bank::new();
+    let args = ["--accounts", "2", "--seed", "5"];
+    let point = [("TCC_BANK_PAUSE_AT", "before-first-confirm")];
+    let mut run = bank.start("run", &args, &point);
+    let marker = run.wait_for("paused at ");
+    let tx = marker.rsplit(' ').next().unwrap().to_owned();
+    assert!(run.kill().is_none(), "run ended by itself");
+    let acknowledged: BTreeSet<String> = confirmed(&run.collect()).collect();
+
+    // While the bank refuses every journal row, recovery cannot confirm:
+    // the transfer goes to "needs repair", and `recover` says so and fails.
+    let refuse = "CREATE TRIGGER refuse BEFORE INSERT ON journal
+                  BEGIN SELECT RAISE(ABORT, 'journal closed for the audit'); END";
+    bank.database().execute_batch(refuse).unwrap();
+    let (status, _, stderr) = bank.complete("recover");
+    assert!(
+        !status.success(),
+        "recover succeeded with its Confirm refused"
+    );
+    assert!(
+        stderr.contains(&tx) && stderr.contains("journal closed for the audit"),
+        "the message names the transaction and its failure: {stderr}"
+    );
+    assert!(bank.audit()["unfinished"].as_u64().unwrap() >= 1);
+    Snapshot::read(&bank).check_any_instant(&acknowledged);
+
+    // Once the cause is gone, `recover` drives it again, to its end.
+    bank.database()
+        .execute_batch("DROP TRIGGER refuse")
+        .unwrap();
+    let snapshot = recover_and_check(&mut bank, &acknowledged);
+    assert_eq!(snapshot.journal.get(&tx).map(BTreeMap::len), Some(2));
 }
