@@ -528,3 +528,32 @@ async fn phases_of_a_block_see_their_transaction_service_and_attempt() {
     );
     assert!(tcc::Context::current().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_attempt_timeout_setting_limits_each_confirm_attempt() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let seen = attempts.clone();
+    let start = tokio::time::Instant::now();
+    let report = tcc! {
+        attempt_timeout = Duration::from_secs(3);
+        retry = tcc::RetryPolicy::immediate(1);
+        "stuck-once" => clone(seen) {
+            try_phase: async { Ok::<(), String>(()) },
+            confirm: async {
+                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), String>(())
+            },
+            cancel: async { Ok::<(), String>(()) },
+        },
+    }
+    .await
+    .expect("the second attempt confirms");
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(
+        report.services().next().unwrap().attempts(Phase::Confirm),
+        2
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}

@@ -140,9 +140,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::{Context, TransactionId};
 use crate::error::{BoxError, Permanent};
 use crate::phase::Phase;
+use crate::{Context, TransactionId};
 
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
