@@ -628,3 +628,23 @@ async fn periodic_recovery_finishes_what_a_crash_left() {
     assert!(bank.of(id).iter().all(|(_, b)| b.confirmed && !b.held));
     task.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_recovered_transaction_refused_by_an_invalid_policy_is_given_back() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(4, Fault::Crash));
+    let log = coordinator(faulty, &bank);
+    let (id, _) = transfer(Front::Orchestrator, &log, &bank, false)
+        .await
+        .unwrap_err();
+    let id = id.unwrap();
+    let broken = coordinator(durable.clone(), &bank);
+    broken.retry(tcc::RetryPolicy::default().with_jitter(7.0));
+    let summary = broken.recover().await.unwrap();
+    assert_eq!(summary.finished, 0);
+    // Given back, not stuck: a pass with a valid policy finishes it.
+    let log = coordinator(durable.clone(), &bank);
+    assert_eq!(log.recover().await.unwrap().finished, 1);
+    assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
+}
