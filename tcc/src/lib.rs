@@ -99,6 +99,7 @@
 #![warn(missing_docs)]
 
 mod context;
+pub mod durable;
 mod error;
 mod orchestrator;
 mod phase;
