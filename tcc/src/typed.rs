@@ -354,12 +354,12 @@ where
         record: &mut impl FnMut(Outcome) -> bool,
     ) -> ControlFlow<(), bool> {
         let member = &mut self.0;
-        if member.active {
-            if let Poll::Ready(outcome) = member.run.poll_run(cx) {
-                member.active = false;
-                if record(outcome) {
-                    return ControlFlow::Break(());
-                }
+        if member.active
+            && let Poll::Ready(outcome) = member.run.poll_run(cx)
+        {
+            member.active = false;
+            if record(outcome) {
+                return ControlFlow::Break(());
             }
         }
         let pending = self.0.active;
