@@ -15,6 +15,16 @@
 //! 4. Recovery: claim and finish 100,000 unfinished transactions, in a log
 //!    opened afresh.
 //!
+//! And the engine over the same store, in the same run, for the targets of
+//! the durable-transactions issue:
+//!
+//! 5. 64 concurrent callers, each looping over durable `tcc!` transactions
+//!    of two no-op recoverable services: against (1).
+//! 6. One caller: median latency of one durable `tcc!` transaction: against
+//!    (2), two durable commits in a row.
+//! 7. `TransactionLog::recover` of 100,000 unfinished transactions (half
+//!    decided), each rebuilt and finished through the engine: against (4).
+//!
 //! `cargo test --benches` (CI) passes no `--bench`: a tiny run of each, in
 //! seconds, that only proves the bench works.
 
@@ -23,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tcc::durable::{Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, RedbLog};
-use tcc::{Phase, TransactionId};
+use tcc::{BoxError, Phase, Recoverable, TccService, TransactionId, TransactionLog, tcc};
 use tokio::task::JoinSet;
 
 /// Sizes of one run: the real one, or CI's proof that the bench works.
@@ -65,6 +75,98 @@ fn intent() -> Intent {
         id: TransactionId::generate(),
         participants: vec![participant("payer", "alice"), participant("payee", "bob")],
     }
+}
+
+/// A participant that does nothing, and can be rebuilt after a crash.
+#[derive(Recoverable)]
+#[recoverable(kind = "noop")]
+struct Noop {
+    name: String,
+}
+
+impl TccService for Noop {
+    fn service_name(&self) -> &str {
+        &self.name
+    }
+    async fn try_phase(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn confirm(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn cancel(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// (5, 6) one durable transaction of two no-op services.
+async fn durable_transaction(log: &TransactionLog) -> Duration {
+    let start = Instant::now();
+    tcc! {
+        log = log;
+        Noop { name: "payer".into() },
+        Noop { name: "payee".into() },
+    }
+    .await
+    .unwrap();
+    start.elapsed()
+}
+
+/// (5) durable transactions/s with `CALLERS` concurrent callers.
+async fn engine_concurrent(log: TransactionLog, run_for: Duration) -> f64 {
+    let start = Instant::now();
+    let mut callers = JoinSet::new();
+    for _ in 0..CALLERS {
+        let log = log.clone();
+        callers.spawn(async move {
+            let mut count = 0u64;
+            while start.elapsed() < run_for {
+                durable_transaction(&log).await;
+                count += 1;
+            }
+            count
+        });
+    }
+    let total: u64 = join(callers).await.into_iter().sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// (7) writes `count` unfinished transactions of two no-op services (half
+/// decided), reopens the file, and recovers them all through the engine.
+async fn engine_recovery(dir: &Path, count: usize) -> f64 {
+    let path = dir.join("engine-recovery.redb");
+    {
+        let log = Arc::new(RedbLog::open(&path).unwrap());
+        let mut writers = JoinSet::new();
+        for caller in 0..CALLERS {
+            let log = log.clone();
+            writers.spawn(async move {
+                for i in (caller..count).step_by(CALLERS) {
+                    let participant = |name: &str| ParticipantEntry {
+                        name: name.into(),
+                        kind: "noop".into(),
+                        data: format!(r#"{{"name":"{name}"}}"#).into_bytes(),
+                    };
+                    let intent = Intent {
+                        id: TransactionId::generate(),
+                        participants: vec![participant("payer"), participant("payee")],
+                    };
+                    let lease = log.begin(&intent).await.unwrap();
+                    if i % 2 == 0 {
+                        log.decide(&lease, Decision::Confirm).await.unwrap();
+                    }
+                }
+            });
+        }
+        join(writers).await;
+    }
+    let log = TransactionLog::open(&path).unwrap();
+    log.register::<Noop>();
+    let start = Instant::now();
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, count);
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    count as f64 / start.elapsed().as_secs_f64()
 }
 
 fn done() -> PhaseProgress {
@@ -272,8 +374,24 @@ fn main() {
         (decided, whole)
     });
 
+    let engine_throughput = runtime.block_on(async {
+        let log = TransactionLog::open(dir.path().join("engine-concurrent.redb")).unwrap();
+        engine_concurrent(log, sizes.concurrent_for).await
+    });
+
+    let engine_latency = runtime.block_on(async {
+        let log = TransactionLog::open(dir.path().join("engine-latency.redb")).unwrap();
+        durable_transaction(&log).await;
+        let mut samples = Vec::with_capacity(sizes.latency_runs);
+        for _ in 0..sizes.latency_runs {
+            samples.push(durable_transaction(&log).await);
+        }
+        median(samples)
+    });
+
     let fsync = fdatasync(dir.path(), sizes.fsyncs);
     let (opened, recovered) = runtime.block_on(recovery(dir.path(), sizes.recovery));
+    let engine_recovered = runtime.block_on(engine_recovery(dir.path(), sizes.recovery));
 
     println!();
     println!("| store floor (RedbLog, real fsync) | measured |");
@@ -298,6 +416,23 @@ fn main() {
         "| (4) recovery: claim + finish {} unfinished | {recovered:.0} transactions/s (open: {:.0} ms) |",
         sizes.recovery,
         opened.as_secs_f64() * 1000.0
+    );
+    println!();
+    println!("| the engine over the same store | measured | against its floor |");
+    println!("|---|---|---|");
+    println!(
+        "| (5) {CALLERS} callers: durable tcc! of 2 no-op services | {engine_throughput:.0} transactions/s | floor/engine {:.2} |",
+        throughput / engine_throughput
+    );
+    println!(
+        "| (6) one caller: one durable tcc! transaction, median | {:.0} µs | {:+.0} % over (2) begin + decide |",
+        micros(engine_latency),
+        (micros(engine_latency) / micros(decided) - 1.0) * 100.0
+    );
+    println!(
+        "| (7) TransactionLog::recover of {} unfinished | {engine_recovered:.0} transactions/s | floor/engine {:.2} |",
+        sizes.recovery,
+        recovered / engine_recovered
     );
 }
 
