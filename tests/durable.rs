@@ -220,6 +220,18 @@ async fn restart_and_check(
     acknowledged: bool,
     what: &str,
 ) {
+    check_participants(durable, bank, id, 2, acknowledged, what).await;
+}
+
+/// As [`restart_and_check`], for a transaction of `participants`.
+async fn check_participants(
+    durable: &Arc<MemoryLog>,
+    bank: &Arc<Bank>,
+    id: TransactionId,
+    participants: usize,
+    acknowledged: bool,
+    what: &str,
+) {
     let log = coordinator(durable.clone(), bank);
     let summary = log.recover().await.expect("the memory log does not fail");
     assert!(summary.left.is_empty(), "{what}: {summary:?}");
@@ -240,12 +252,12 @@ async fn restart_and_check(
     }
     let confirmed = branches.iter().filter(|(_, b)| b.confirmed).count();
     assert!(
-        confirmed == 0 || confirmed == 2,
+        confirmed == 0 || confirmed == participants,
         "{what}: inv 1, some confirmed and some not: {branches:?}"
     );
     if acknowledged {
         assert_eq!(
-            confirmed, 2,
+            confirmed, participants,
             "{what}: inv 2, an acknowledged commit: {branches:?}"
         );
     }
@@ -627,4 +639,150 @@ async fn periodic_recovery_finishes_what_a_crash_left() {
     assert_eq!(log.unfinished_count().await.unwrap(), 0);
     assert!(bank.of(id).iter().all(|(_, b)| b.confirmed && !b.held));
     task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovered_transaction_refused_by_an_invalid_policy_is_given_back() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(4, Fault::Crash));
+    let log = coordinator(faulty, &bank);
+    let (id, _) = transfer(Front::Orchestrator, &log, &bank, false)
+        .await
+        .unwrap_err();
+    let id = id.unwrap();
+    let broken = coordinator(durable.clone(), &bank);
+    broken.retry(tcc::RetryPolicy::default().with_jitter(7.0));
+    let summary = broken.recover().await.unwrap();
+    assert_eq!(summary.finished, 0);
+    // Given back, not stuck: a pass with a valid policy finishes it.
+    let log = coordinator(durable.clone(), &bank);
+    assert_eq!(log.recover().await.unwrap().finished, 1);
+    assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
+}
+
+/// One random case: `accounts` participants on `front` (the Orchestrator
+/// takes any number; `tcc!` lists two), whose Tries fail where `fails`
+/// says, whose Confirms fail a number of times first (beyond the retry
+/// limit of 2: "needs repair"), fail-fast or not, and a fault at write `k`.
+#[derive(Clone, Debug)]
+struct Case {
+    macro_path: bool,
+    fails: Vec<bool>,
+    confirm_failures: Vec<u32>,
+    fail_fast: bool,
+    k: u64,
+    fault: Fault,
+}
+
+fn case() -> impl proptest::strategy::Strategy<Value = Case> {
+    use proptest::prelude::*;
+    let fault = prop_oneof![
+        Just(Fault::Fail),
+        Just(Fault::FailAfterWrite),
+        Just(Fault::Crash),
+        Just(Fault::CrashAfterWrite),
+    ];
+    (any::<bool>(), 1..=4_usize)
+        .prop_flat_map(move |(macro_path, n)| {
+            let n = if macro_path { 2 } else { n };
+            (
+                Just(macro_path),
+                proptest::collection::vec(proptest::bool::weighted(0.2), n),
+                proptest::collection::vec(prop_oneof![4 => Just(0_u32), 1 => 1..=4_u32], n),
+                any::<bool>(),
+                1..=12_u64,
+                fault.clone(),
+            )
+        })
+        .prop_map(
+            |(macro_path, fails, confirm_failures, fail_fast, k, fault)| Case {
+                macro_path,
+                fails,
+                confirm_failures,
+                fail_fast,
+                k,
+                fault,
+            },
+        )
+}
+
+/// Runs one case to its end, restarts, recovers (re-driving what needs
+/// repair once its cause is gone) and checks the four invariants.
+async fn run_case(case: &Case) {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let names: Vec<String> = (0..case.fails.len()).map(|i| format!("p{i}")).collect();
+    for (name, failures) in names.iter().zip(&case.confirm_failures) {
+        bank.confirm_failures
+            .lock()
+            .unwrap()
+            .insert(name.clone(), *failures);
+    }
+    let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(case.k, case.fault));
+    let log = coordinator(faulty.clone(), &bank);
+    let account = |i: usize| Account {
+        bank: bank.clone(),
+        account: names[i].clone(),
+        fail_try: case.fails[i],
+    };
+    let id = TransactionId::generate();
+    let outcome = if case.macro_path {
+        tcc! {
+            log = &log;
+            id = id;
+            retry = tcc::RetryPolicy::immediate(2);
+            fail_fast = case.fail_fast;
+            account(0),
+            account(1),
+        }
+        .await
+    } else {
+        Orchestrator::new((0..names.len()).map(|i| Service::recoverable(account(i))))
+            .retry(tcc::RetryPolicy::immediate(2))
+            .fail_fast(case.fail_fast)
+            .log(&log)
+            .orchestrate_as(id)
+            .await
+    };
+    let acknowledged = outcome.is_ok();
+    if case.fails.iter().any(|&f| f) {
+        assert!(!acknowledged, "a failed Try was acknowledged");
+    }
+    drop(log);
+    // Restart over what was durable; what needs repair is re-driven once
+    // its cause is gone, as an operator would.
+    let restarted = coordinator(durable.clone(), &bank);
+    restarted.recover().await.unwrap();
+    bank.confirm_failures.lock().unwrap().clear();
+    for record in restarted.needs_repair(100).await.unwrap() {
+        restarted.redrive(record.intent.id).await.unwrap();
+    }
+    let what = format!("{case:?}");
+    check_participants(&durable, &bank, id, names.len(), acknowledged, &what).await;
+}
+
+#[test]
+fn random_transactions_with_a_fault_at_a_random_write_are_recovered() {
+    use proptest::test_runner::{Config, TestRunner};
+    let cases = std::env::var("TCC_DURABLE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&case(), |case| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(run_case(&case));
+            Ok(())
+        })
+        .unwrap();
 }

@@ -354,6 +354,9 @@ mod derive_support {
     )]
     pub trait SavedField {}
 
+    // Not recommended: rustc then names `SavedField` with its message once,
+    // rather than `Serialize` and `Deserialize` in two errors.
+    #[diagnostic::do_not_recommend]
     impl<T: Serialize + DeserializeOwned> SavedField for T {}
 
     /// Checks a data field's type: the bound carries the message.

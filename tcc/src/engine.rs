@@ -415,10 +415,11 @@ pub(crate) async fn resume<M: Members + ?Sized>(
         .iter()
         .map(|p| crate::name::name(&p.name))
         .collect();
-    validate(options, &names, members)?;
     let span = tracing::info_span!("tcc_recovery", id = %id);
-    let mut transaction = Transaction::new(id, options, names, members);
+    let mut transaction = Transaction::new(id, options, names.clone(), members);
+    // The ledger holds the lease first, so that a refusal gives it back.
     transaction.ledger.resume(log, lease, record);
+    validate(options, &names, transaction.members)?;
     async move {
         struct Tried;
         impl Visit for Tried {

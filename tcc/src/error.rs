@@ -173,6 +173,9 @@ pub enum ErrorKind {
     /// written), the transaction is left to recovery, which cancels it
     /// unless the decision reached the log: look it up by id.
     LogFailed,
+    /// `TransactionLog::redrive` was asked for a transaction that does not
+    /// need repair (finished, running, or unknown). Nothing ran.
+    NotInRepair,
 }
 
 impl ErrorKind {

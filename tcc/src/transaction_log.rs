@@ -323,7 +323,7 @@ impl TransactionLog {
         let Some((lease, mut record)) = self.inner.store.reopen(id).await.map_err(log_failed)?
         else {
             let detail = format!("transaction {id} does not need repair");
-            return Err(Error::refused(ErrorKind::NotRecoverable, None, detail));
+            return Err(Error::refused(ErrorKind::NotInRepair, None, detail));
         };
         let services = match self.rebuild_all(&record) {
             Ok(services) => services,

@@ -366,11 +366,11 @@ impl Writer {
                 Some(broken) => Some(broken.echo()),
                 None => self.apply(batch.drain(..), durable, &mut pending).err(),
             };
-            if let Some(error) = &failed {
-                if self.broken.is_none() {
-                    tracing::error!(path = %self.path.display(), %error, "the log stopped");
-                    self.broken = Some(error.echo());
-                }
+            if let Some(error) = &failed
+                && self.broken.is_none()
+            {
+                tracing::error!(path = %self.path.display(), %error, "the log stopped");
+                self.broken = Some(error.echo());
             }
             for reply in pending {
                 reply(failed.as_ref());
@@ -378,10 +378,11 @@ impl Writer {
             batch.clear();
         }
         // A clean shutdown: what was committed lazily reaches the disk now.
-        if self.broken.is_none() && self.lazy_commits > 0 {
-            if let Err(error) = self.commit_empty() {
-                tracing::error!(path = %self.path.display(), %error, "the log's last commit failed");
-            }
+        if self.broken.is_none()
+            && self.lazy_commits > 0
+            && let Err(error) = self.commit_empty()
+        {
+            tracing::error!(path = %self.path.display(), %error, "the log's last commit failed");
         }
     }
 
@@ -456,15 +457,12 @@ fn apply_one(
         reply: Reply<T>,
         result: Result<T, LogError>,
     ) -> Result<(), LogError> {
-        if let Err(error) = &result {
-            if is_store_failure(error) {
-                let echo = error.echo();
-                hold(pending, reply, result);
-                return Err(echo);
-            }
-        }
+        let failure = match &result {
+            Err(error) if is_store_failure(error) => Some(error.echo()),
+            _ => None,
+        };
         hold(pending, reply, result);
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
     match request {
         Request::Begin(intent, reply) => keep(pending, reply, rules.begin(tables, &intent)),
