@@ -670,14 +670,21 @@ fn demo() -> Result<(), BoxError> {
     println!("A bank of 20 accounts of 1000 each, in {}", data.display());
     let mut run = command("run").stdout(Stdio::piped()).spawn()?;
     let stdout = BufReader::new(run.stdout.take().expect("piped"));
-    let counted = std::thread::spawn(move || {
-        let lines = stdout.lines().map_while(Result::ok);
-        lines.filter(|line| line.starts_with("confirmed ")).count()
+    let (acknowledge, acknowledged) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.starts_with("confirmed ") {
+                let _ = acknowledge.send(());
+            }
+        }
     });
+    // A second after the first transfer is confirmed: in full swing.
+    acknowledged.recv_timeout(Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(1));
     run.kill()?;
     run.wait()?;
-    let confirmed = counted.join().expect("the reader thread does not panic");
+    // The reader ends with the child's stdout, and with it the channel.
+    let confirmed = 1 + acknowledged.iter().count();
     println!("`run` printed `confirmed <id>` {confirmed} times, then got a SIGKILL mid-transfer.");
     println!(
         "\nAudit right after the kill (money frozen, transactions unfinished):\n  {}",
