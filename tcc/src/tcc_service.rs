@@ -9,7 +9,7 @@ use crate::error::BoxError;
 /// [`#[tcc_service]`](crate::tcc_service) implements for an annotated impl block.
 ///
 /// Implement it by hand when a macro does not fit; any implementor converts
-/// into a [`Service`] with `Service::from(value)` (or from an `Arc` of it).
+/// into a [`Service`](crate::Service) with `Service::from(value)` (or from an `Arc` of it).
 ///
 /// The contract, as in every TCC system: `try_phase` reserves resources or
 /// checks preconditions and is never retried; once every Try succeeded,
