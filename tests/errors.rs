@@ -175,3 +175,22 @@ async fn errors_and_reports_are_send_sync_and_usable_with_question_mark() {
         std::mem::size_of::<usize>()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_confirm_failure_everywhere_says_every_reservation_is_held() {
+    let (ledger, _) = scripted("ledger", Step::Ok, Step::Fail, Step::Ok);
+    let error = Orchestrator::new([ledger])
+        .retry(RetryPolicy::immediate(0))
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "confirm failed in `ledger` after 1 attempt: transient failure; none of the 1 \
+             services confirmed: transaction {} still holds every reservation and needs manual \
+             repair",
+            error.report().unwrap().transaction_id()
+        )
+    );
+}

@@ -1896,6 +1896,9 @@ fn check_result(
                 .count();
             format!("{started} started")
         }
+        Phase::Confirm if count(Phase::Confirm) == names.len() => {
+            format!("none of the {} services confirmed", names.len())
+        }
         Phase::Confirm => format!(
             "{} of {} services not confirmed",
             count(Phase::Confirm),

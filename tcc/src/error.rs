@@ -350,6 +350,11 @@ impl fmt::Display for Inner {
                     plural_verb(started as u32, "service was", "services were")
                 )
             }
+            Phase::Confirm if count(Phase::Confirm) == services => write!(
+                f,
+                "; none of the {services} services confirmed: transaction {} still holds every reservation and needs manual repair",
+                self.transaction(),
+            ),
             Phase::Confirm => write!(
                 f,
                 "; {} of {services} services not confirmed: transaction {} is partly applied and needs manual repair",
