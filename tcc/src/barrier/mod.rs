@@ -20,7 +20,7 @@
 //!
 //! | the phase arrives | the branch's row says | the barrier | the phase's code |
 //! |---|---|---|---|
-//! | Try | nothing | records `tried` | runs |
+//! | Try | nothing, `started` | records `tried` | runs |
 //! | Try | `tried`, `confirmed` | [`Outcome::Duplicate`] | skipped |
 //! | Try | `cancelled`, `cancelled_before_try` | [`TryAfterCancel`](BarrierErrorKind::TryAfterCancel), a permanent error | skipped |
 //! | Confirm | `tried` | records `confirmed` | runs |
@@ -32,6 +32,9 @@
 //! | Cancel | nothing | records `cancelled_before_try`: [`Outcome::EmptyCancel`] | skipped |
 //! | Cancel | `cancelled`, `cancelled_before_try` | [`Outcome::Duplicate`] | skipped |
 //! | Cancel | `confirmed` | [`CancelAfterConfirm`](BarrierErrorKind::CancelAfterConfirm), a permanent error | skipped |
+//!
+//! (`started` is the row of a Try that announced effects outside the
+//! database: see [below](#a-try-that-fails-after-acting-outside-the-database-seata-6374).)
 //!
 //! So: the phase's code runs at most once per branch and phase; a Try never
 //! runs after its Cancel (and a refused Try is an error, never a success); a
@@ -104,7 +107,8 @@
 //!
 //! # Concurrency
 //!
-//! The barrier's row is the first thing a phase writes, so every phase of a
+//! The barrier's row is the first thing a phase writes (with `run`, or with
+//! `enter` and `guard` called first in the transaction), so every phase of a
 //! branch takes the row's lock before any business row: two deliveries of a
 //! branch wait for each other at the row and never deadlock on each other.
 //! PostgreSQL has no gap locks, and both backends key the row by its primary
@@ -140,9 +144,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::context::{Context, TransactionId};
 use crate::error::{BoxError, Permanent};
 use crate::phase::Phase;
+use crate::{Context, TransactionId};
 
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

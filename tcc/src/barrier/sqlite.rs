@@ -180,6 +180,8 @@ where
 /// again, up to [`ATTEMPTS`] times, after a short random pause that doubles
 /// at each attempt (blocking the thread, as rusqlite does); the
 /// connection's own busy timeout waits first.
+/// So `body` may be called more than once: keep its effects inside the
+/// transaction (see [`announce`] for those that cannot be).
 pub fn run_branch<T, E>(
     conn: &mut Connection,
     branch: &Branch,
