@@ -43,8 +43,12 @@ async fn a_failed_cancel_keeps_the_try_failure_that_caused_it() {
     );
     assert_eq!(
         error.to_string(),
-        "cancel failed in `flight` after 3 attempts: transient failure; 1 service could not be \
-         released and needs manual repair (cancelled because try failed in `hotel`: transient failure)"
+        format!(
+            "cancel failed in `flight` after 3 attempts: transient failure; 1 service of \
+             transaction {} could not be released and needs manual repair (cancelled because try \
+             failed in `hotel`: transient failure)",
+            error.report().unwrap().transaction_id()
+        )
     );
     assert!(error.needs_repair());
 }
@@ -104,8 +108,11 @@ async fn a_confirm_failure_message_says_repair_is_needed() {
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "confirm failed in `ledger` after 2 attempts: transient failure; 1 of 2 services not \
-         confirmed: the transaction is partly applied and needs manual repair"
+        format!(
+            "confirm failed in `ledger` after 2 attempts: transient failure; 1 of 2 services not \
+             confirmed: transaction {} is partly applied and needs manual repair",
+            error.report().unwrap().transaction_id()
+        )
     );
 }
 

@@ -347,6 +347,78 @@ async fn services_from_arcs_and_conversions_share_the_value() {
     assert_eq!(counts.get(), (2, 2, 0));
 }
 
+/// The `max_retries = 2` argument of `#[tcc_service]` holds when the
+/// service is shared through an `Arc`: listed in `tcc!`, and made into a
+/// `Service`. (The default would be 10 retries.)
+#[tokio::test(start_paused = true)]
+async fn the_max_retries_argument_holds_through_an_arc() {
+    let counts = Arc::new(Counts::default());
+    let flight = Arc::new(Flight::confirm_failing(&counts, u32::MAX));
+    let error = tcc! { flight.clone() }.await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConfirmFailed);
+    assert_eq!(error.failures()[0].attempts(), 3);
+    assert_eq!(counts.get(), (1, 3, 0));
+
+    let counts = Arc::new(Counts::default());
+    let flight = Arc::new(Flight::confirm_failing(&counts, u32::MAX));
+    let error = tcc::Orchestrator::new([tcc::Service::from(flight)])
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(error.failures()[0].attempts(), 3);
+    assert_eq!(counts.get(), (1, 3, 0));
+}
+
+/// The services of a block that fail together retry each on its own beat,
+/// and differently in each transaction: jitter is seeded by the service's
+/// name and the transaction id, as with an `Orchestrator`.
+#[tokio::test(start_paused = true)]
+async fn services_of_a_block_failing_together_retry_at_different_instants() {
+    type Instants = Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>;
+    let first_wait = |instants: &Instants| {
+        let instants = instants.lock().unwrap();
+        assert_eq!(instants.len(), 2, "one retry");
+        instants[1] - instants[0]
+    };
+    let mut waits = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let (east, west) = (Instants::default(), Instants::default());
+        tcc! {
+            retry = tcc::RetryPolicy::default()
+                .with_max_retries(1)
+                .with_initial_interval(Duration::from_secs(1))
+                .with_multiplier(1.0)
+                .with_jitter(0.5);
+            "east" => clone(east) {
+                try_phase: async { Ok::<(), String>(()) },
+                confirm: {
+                    east.lock().unwrap().push(tokio::time::Instant::now());
+                    async { Err::<(), _>("region down".to_owned()) }
+                },
+                cancel: async { Ok::<(), String>(()) },
+            },
+            "west" => clone(west) {
+                try_phase: async { Ok::<(), String>(()) },
+                confirm: {
+                    west.lock().unwrap().push(tokio::time::Instant::now());
+                    async { Err::<(), _>("region down".to_owned()) }
+                },
+                cancel: async { Ok::<(), String>(()) },
+            },
+        }
+        .await
+        .unwrap_err();
+        for wait in [first_wait(&east), first_wait(&west)] {
+            assert!(
+                (Duration::from_millis(500)..=Duration::from_millis(1500)).contains(&wait),
+                "{wait:?} is outside 1 s ± 50 %"
+            );
+            waits.insert(wait);
+        }
+    }
+    assert_eq!(waits.len(), 8, "retries in lockstep: {waits:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_tcc_future_is_send() {
     let counts = Arc::new(Counts::default());
@@ -441,7 +513,7 @@ async fn two_typed_services_with_one_name_are_refused_before_any_phase() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_service_handle_busy_in_another_orchestration_is_refused() {
+async fn a_service_handle_in_another_orchestration_runs_in_both() {
     let counts = Arc::new(Counts::default());
     let (c1, c2, c3) = (counts.clone(), counts.clone(), counts.clone());
     let slow = tcc::Service::new(
@@ -454,13 +526,10 @@ async fn a_service_handle_busy_in_another_orchestration_is_refused() {
     let running = tokio::spawn(async move { orchestrator.orchestrate().await });
     tokio::task::yield_now().await;
 
-    let error = tcc! { slow.clone() }.await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::ServiceBusy);
-    assert_eq!(error.service_name(), "slow");
+    let report = tcc! { slow.clone() }.await.unwrap();
+    assert!(report.service("slow").unwrap().succeeded(Phase::Confirm));
     running.await.unwrap().unwrap();
-    // Only the first orchestration ran it, and it is free again.
-    assert_eq!(counts.get(), (1, 1, 0));
-    tcc! { slow.clone() }.await.unwrap();
+    assert_eq!(counts.get(), (2, 2, 0));
     assert!(slow.try_succeeded() && slow.confirm_succeeded() && !slow.canceled());
 }
 
@@ -530,4 +599,33 @@ async fn phases_of_a_block_see_their_transaction_service_and_attempt() {
         ]
     );
     assert!(tcc::Context::current().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_attempt_timeout_setting_limits_each_confirm_attempt() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let seen = attempts.clone();
+    let start = tokio::time::Instant::now();
+    let report = tcc! {
+        attempt_timeout = Duration::from_secs(3);
+        retry = tcc::RetryPolicy::immediate(1);
+        "stuck-once" => clone(seen) {
+            try_phase: async { Ok::<(), String>(()) },
+            confirm: async {
+                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), String>(())
+            },
+            cancel: async { Ok::<(), String>(()) },
+        },
+    }
+    .await
+    .expect("the second attempt confirms");
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(
+        report.services().next().unwrap().attempts(Phase::Confirm),
+        2
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Script, Step, healthy, scripted};
-use tcc::{ErrorKind, Orchestrator, Panicked, Phase, TryTimedOut};
+use tcc::{ErrorKind, Orchestrator, Panicked, Phase, RetryPolicy, TimedOut};
 use tokio::time::Instant;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -161,9 +161,109 @@ async fn a_try_that_outlives_its_timeout_fails_and_is_cancelled() {
     assert_eq!(start.elapsed(), 2 * SECOND);
     assert_eq!(error.service_name(), "stuck");
     let cause = error.failures()[0].cause();
-    assert_eq!(cause.downcast_ref::<TryTimedOut>().unwrap().0, 2 * SECOND);
+    assert_eq!(cause.downcast_ref::<TimedOut>().unwrap().limit, 2 * SECOND);
     assert_eq!(stuck_probe.calls(Phase::Cancel), 1);
     assert!(stuck.canceled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirm_attempt_that_hangs_times_out_and_is_retried() {
+    let (flight, probe) = scripted("flight", Step::Ok, [Step::Hang, Step::Ok], Step::Ok);
+    let start = Instant::now();
+    let report = Orchestrator::new([flight])
+        .retry(RetryPolicy::immediate(3))
+        .attempt_timeout(5 * SECOND)
+        .orchestrate()
+        .await
+        .expect("the retry confirms");
+    assert_eq!(start.elapsed(), 5 * SECOND);
+    assert_eq!(
+        report.service("flight").unwrap().attempts(Phase::Confirm),
+        2
+    );
+    assert_eq!(probe.calls(Phase::Confirm), 2);
+    assert_eq!(
+        probe.finished(Phase::Confirm),
+        1,
+        "the hung attempt was dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_attempt_that_hangs_times_out_and_is_retried_to_its_limit() {
+    let (flight, probe) = scripted("flight", Step::Fail, Step::Ok, Step::Hang);
+    let start = Instant::now();
+    let error = Orchestrator::new([flight])
+        .retry(RetryPolicy::immediate(2))
+        .attempt_timeout(SECOND)
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), 3 * SECOND, "three attempts of one second");
+    assert_eq!(error.kind(), ErrorKind::CancelFailed);
+    let failure = &error.failures()[1];
+    assert_eq!((failure.phase(), failure.attempts()), (Phase::Cancel, 3));
+    let cause = failure.cause().downcast_ref::<TimedOut>().unwrap();
+    assert_eq!(
+        cause,
+        &TimedOut {
+            phase: Phase::Cancel,
+            limit: SECOND
+        }
+    );
+    assert_eq!(cause.to_string(), "cancel timed out after 1s");
+    assert_eq!(probe.calls(Phase::Cancel), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn confirm_and_cancel_attempts_time_out_after_30_seconds_by_default() {
+    assert_eq!(tcc::DEFAULT_ATTEMPT_TIMEOUT, 30 * SECOND);
+    let (flight, _) = scripted("flight", Step::Ok, [Step::Hang, Step::Ok], Step::Ok);
+    let start = Instant::now();
+    Orchestrator::new([flight])
+        .retry(RetryPolicy::immediate(1))
+        .orchestrate()
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), 30 * SECOND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_attempt_timeout_applies_unless_the_orchestrator_sets_one() {
+    let make = || scripted("flight", Step::Ok, [Step::Hang, Step::Ok], Step::Ok).0;
+    let start = Instant::now();
+    Orchestrator::new([make().attempt_timeout(2 * SECOND)])
+        .retry(RetryPolicy::immediate(1))
+        .orchestrate()
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), 2 * SECOND, "the service's own limit");
+    let start = Instant::now();
+    Orchestrator::new([make().attempt_timeout(2 * SECOND)])
+        .retry(RetryPolicy::immediate(1))
+        .attempt_timeout(7 * SECOND)
+        .orchestrate()
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), 7 * SECOND, "the orchestrator's wins");
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_timeout_does_not_limit_confirm_nor_attempt_timeout_try() {
+    let (flight, _) = scripted(
+        "flight",
+        Step::Sleep(4 * SECOND),
+        Step::Sleep(4 * SECOND),
+        Step::Ok,
+    );
+    let start = Instant::now();
+    Orchestrator::new([flight])
+        .try_timeout(5 * SECOND)
+        .attempt_timeout(5 * SECOND)
+        .orchestrate()
+        .await
+        .expect("each phase stays within its own limit");
+    assert_eq!(start.elapsed(), 8 * SECOND);
 }
 
 #[tokio::test(start_paused = true)]
@@ -287,31 +387,31 @@ async fn a_service_can_be_orchestrated_again_with_fresh_flags() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_service_inside_a_running_orchestration_is_refused() {
+async fn a_service_in_a_running_orchestration_joins_another_at_once() {
     let (shared, shared_probe) = scripted("shared", Step::Sleep(SECOND), Step::Ok, Step::Ok);
-    let (other, other_probe) = healthy("other");
+    let (other, other_probe) = scripted("other", Step::Fail, Step::Ok, Step::Ok);
     let orchestrator = Orchestrator::new([shared.clone()]);
     let first = tokio::spawn(async move { orchestrator.orchestrate().await });
     tokio::time::sleep(SECOND / 2).await;
+    let start = Instant::now();
     let error = Orchestrator::new([other, shared.clone()])
         .orchestrate()
         .await
         .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::ServiceBusy);
-    assert_eq!(error.service_name(), "shared");
-    assert!(
-        error
-            .to_string()
-            .contains("already part of a running orchestration")
-    );
-    assert_eq!(other_probe.calls(Phase::Try), 0, "nothing ran");
-    first
-        .await
-        .unwrap()
-        .expect("the first orchestration is undisturbed");
-    assert_eq!(shared_probe.calls(Phase::Try), 1);
-    // Once it ended, the service is free again.
-    Orchestrator::new([shared]).orchestrate().await.unwrap();
+    assert_eq!(start.elapsed(), SECOND, "it did not wait for the first");
+    assert_eq!(error.kind(), ErrorKind::TryFailed);
+    let report = error.report().unwrap();
+    assert!(report.service("shared").unwrap().succeeded(Phase::Cancel));
+    assert_eq!(other_probe.calls(Phase::Cancel), 1);
+    let first = first.await.unwrap().expect("the first is undisturbed");
+    let mine = first.service("shared").unwrap();
+    assert!(mine.succeeded(Phase::Confirm) && mine.attempts(Phase::Cancel) == 0);
+    assert_eq!(shared_probe.calls(Phase::Try), 2);
+    assert_eq!(shared_probe.calls(Phase::Confirm), 1);
+    assert_eq!(shared_probe.calls(Phase::Cancel), 1);
+    // The flags read the status of the transaction that ended last (the
+    // second, cancelled), never a mix of the two.
+    assert!(shared.canceled() && shared.cancel_succeeded() && !shared.confirmed());
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tcc::{ErrorKind, Orchestrator, Phase, Service, TryTimedOut};
+use tcc::{ErrorKind, Orchestrator, Phase, Service, TimedOut};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -72,7 +72,7 @@ async fn a_try_that_panics_when_its_timeout_drops_it_is_still_cancelled() {
     assert_eq!(error.kind(), ErrorKind::TryFailed);
     assert_eq!((error.phase(), error.service_name()), (Phase::Try, "stuck"));
     assert_eq!(error.failures().len(), 1);
-    assert!(error.failures()[0].cause().is::<TryTimedOut>());
+    assert!(error.failures()[0].cause().is::<TimedOut>());
     assert_eq!(cancels.load(Ordering::SeqCst), 2);
     assert!(stuck.cancel_succeeded() && other.cancel_succeeded());
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Script, Step, healthy, scripted};
@@ -279,4 +281,89 @@ async fn every_attempt_knows_its_number_and_transaction() {
             (Phase::Confirm, 3, id, ledger()),
         ]
     );
+}
+
+/// A service whose Confirm always fails, and the instant of each of its
+/// Confirm attempts.
+fn stamped(name: &str) -> (tcc::Service, Arc<Mutex<Vec<Instant>>>) {
+    let instants = Arc::new(Mutex::new(Vec::new()));
+    let seen = instants.clone();
+    let ok = || async { Ok::<(), String>(()) };
+    let service = tcc::Service::new(
+        name,
+        ok,
+        move || {
+            seen.lock().unwrap().push(Instant::now());
+            async { Err::<(), _>("ledger offline".to_owned()) }
+        },
+        ok,
+    );
+    (service, instants)
+}
+
+/// The waits between the attempts made at `instants`.
+fn gaps(instants: &Mutex<Vec<Instant>>) -> Vec<Duration> {
+    let instants = instants.lock().unwrap();
+    instants.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// One second ±50 % before every retry: each wait is in 0.5 s ..= 1.5 s.
+fn jittered(max_retries: u32) -> RetryPolicy {
+    every_second(max_retries).with_jitter(0.5)
+}
+
+fn assert_in_band(waits: &[Duration]) {
+    for wait in waits {
+        assert!(
+            (SECOND / 2..=SECOND * 3 / 2).contains(wait),
+            "{wait:?} is outside 1 s ± 50 %"
+        );
+    }
+}
+
+/// Services that fail together (a shared dependency down) must not retry
+/// together: jitter is seeded by the service's name, so each one waits its
+/// own time, and each of its retries a new one.
+#[tokio::test(start_paused = true)]
+async fn services_failing_together_retry_at_different_instants() {
+    let services: Vec<_> = (0..8).map(|i| stamped(&format!("shard-{i}"))).collect();
+    Orchestrator::new(services.iter().map(|(s, _)| s.clone()))
+        .retry(jittered(3))
+        .orchestrate()
+        .await
+        .unwrap_err();
+
+    let waits: Vec<Vec<Duration>> = services.iter().map(|(_, i)| gaps(i)).collect();
+    for own in &waits {
+        assert_eq!(own.len(), 3);
+        assert_in_band(own);
+        assert!(
+            own.windows(2).any(|w| w[0] != w[1]),
+            "one service's retries are evenly spaced: {own:?}"
+        );
+    }
+    let first: HashSet<Duration> = waits.iter().map(|own| own[0]).collect();
+    assert_eq!(first.len(), 8, "services retry in lockstep: {waits:?}");
+}
+
+/// The same service failing in transaction after transaction must not retry
+/// on the same beat each time: jitter is seeded by the transaction id too.
+#[tokio::test(start_paused = true)]
+async fn one_service_retries_at_different_instants_in_each_transaction() {
+    let (service, instants) = stamped("ledger");
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        instants.lock().unwrap().clear();
+        Orchestrator::new([service.clone()])
+            .retry(jittered(2))
+            .orchestrate()
+            .await
+            .unwrap_err();
+        let waits = gaps(&instants);
+        assert_eq!(waits.len(), 2);
+        assert_in_band(&waits);
+        seen.push(waits);
+    }
+    let first: HashSet<Duration> = seen.iter().map(|waits| waits[0]).collect();
+    assert_eq!(first.len(), 6, "transactions retry in lockstep: {seen:?}");
 }

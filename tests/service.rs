@@ -6,8 +6,23 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::{Step, scripted};
-use tcc::{BoxError, Context, Orchestrator, Panicked, Phase, Service, TccService};
+use common::{Script, Step, scripted};
+use tcc::{BoxError, Context, Orchestrator, Panicked, Phase, Service, TccService, tcc};
+
+/// The six flags, in getter order.
+fn flags(s: &Service) -> [bool; 6] {
+    [
+        s.tried(),
+        s.try_succeeded(),
+        s.confirmed(),
+        s.confirm_succeeded(),
+        s.canceled(),
+        s.cancel_succeeded(),
+    ]
+}
+
+const CONFIRMED: [bool; 6] = [true, true, true, true, false, false];
+const CANCELLED_AFTER_ITS_TRY_FAILED: [bool; 6] = [true, false, false, false, true, true];
 
 #[tokio::test(start_paused = true)]
 async fn each_getter_reports_its_own_flag() {
@@ -20,16 +35,6 @@ async fn each_getter_reports_its_own_flag() {
         .orchestrate()
         .await
         .unwrap_err();
-    let flags = |s: &Service| {
-        [
-            s.tried(),
-            s.try_succeeded(),
-            s.confirmed(),
-            s.confirm_succeeded(),
-            s.canceled(),
-            s.cancel_succeeded(),
-        ]
-    };
     assert_eq!(flags(&flight), [true, true, false, false, true, false]);
     assert_eq!(flags(&hotel), [true, false, false, false, true, true]);
 
@@ -38,7 +43,73 @@ async fn each_getter_reports_its_own_flag() {
         .orchestrate()
         .await
         .unwrap();
-    assert_eq!(flags(&shop), [true, true, true, true, false, false]);
+    assert_eq!(flags(&shop), CONFIRMED);
+}
+
+/// The flags tell the latest transaction's story, not a blend of every
+/// transaction the service took part in: a new transaction starts from none.
+#[tokio::test(start_paused = true)]
+async fn the_flags_tell_the_latest_transaction_only() {
+    let (service, _) = scripted(
+        "ledger",
+        Script::of(&[Step::Ok, Step::Fail, Step::Ok]),
+        Step::Ok,
+        Step::Ok,
+    );
+    let run = || async { Orchestrator::new([service.clone()]).orchestrate().await };
+
+    run().await.unwrap();
+    assert_eq!(flags(&service), CONFIRMED);
+    run().await.unwrap_err();
+    assert_eq!(flags(&service), CANCELLED_AFTER_ITS_TRY_FAILED);
+    run().await.unwrap();
+    assert_eq!(flags(&service), CONFIRMED);
+}
+
+/// As above, with the `Service` handle listed in `tcc!`.
+#[tokio::test(start_paused = true)]
+async fn the_flags_tell_the_latest_tcc_block_only() {
+    let (service, _) = scripted(
+        "ledger",
+        Script::of(&[Step::Ok, Step::Fail, Step::Ok]),
+        Step::Ok,
+        Step::Ok,
+    );
+
+    tcc! { service.clone() }.await.unwrap();
+    assert_eq!(flags(&service), CONFIRMED);
+    tcc! { service.clone() }.await.unwrap_err();
+    assert_eq!(flags(&service), CANCELLED_AFTER_ITS_TRY_FAILED);
+    tcc! { service.clone() }.await.unwrap();
+    assert_eq!(flags(&service), CONFIRMED);
+}
+
+/// A phase run directly after an orchestration sets its flags from its own
+/// outcome, not on top of the orchestration's.
+#[tokio::test(start_paused = true)]
+async fn a_direct_phase_call_replaces_the_flags_of_its_phase() {
+    let (service, _) = scripted(
+        "ledger",
+        Step::Ok,
+        Script::of(&[Step::Ok, Step::Fail]),
+        Script::of(&[Step::Ok, Step::Fail]),
+    );
+    let failing = scripted("hotel", Step::Fail, Step::Ok, Step::Ok).0;
+
+    Orchestrator::new([service.clone()])
+        .orchestrate()
+        .await
+        .unwrap();
+    service.confirm().await.unwrap_err();
+    assert!(service.confirmed() && !service.confirm_succeeded());
+
+    Orchestrator::new([service.clone(), failing])
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert!(service.cancel_succeeded());
+    service.cancel().await.unwrap_err();
+    assert!(service.canceled() && !service.cancel_succeeded());
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,3 +1,8 @@
+// An inline phase that borrows a local: the transaction may outlive the
+// function (it finishes on a task of its own if the caller goes away), so a
+// phase must own what it uses. rustc's borrow error is the only error; the
+// fix, `clone(wallet)` before the block, is `pass/borrowing-fixed.rs` and is
+// shown next to this message in the `tcc!` docs.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 

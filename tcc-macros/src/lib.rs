@@ -58,6 +58,7 @@
 
 mod context;
 mod orchestration;
+mod recoverable;
 mod service;
 mod suggest;
 
@@ -182,8 +183,10 @@ use proc_macro::TokenStream;
 ///
 /// # Compile-time checks
 ///
-/// Each is an error on the offending token; the impl block is still emitted
-/// (phase attributes stripped), so no other errors follow:
+/// Each mistake is one error, on the offending token. On an impl block with
+/// errors, the block is still emitted (phase attributes stripped) with a
+/// stand-in of the service trait, so no other errors follow, not even where
+/// the type is used as a service:
 ///
 /// - no `#[try_phase]`, `#[confirm]` or `#[cancel]` method, or one of them
 ///   twice; a misspelt one such as `#[confrim]` (the nearest is suggested);
@@ -192,6 +195,12 @@ use proc_macro::TokenStream;
 /// - a phase that is not an `async fn`, is `unsafe`, has type parameters,
 ///   takes `self`, `&mut self`, no receiver or more arguments, or does not
 ///   return `Result<(), E>`;
+/// - an `E` that is not an error type, on the `E`: "`u32` is not an error
+///   type, so a phase cannot fail with it";
+/// - a phase whose future is not `Send`, on the method's name: rustc's
+///   "future cannot be sent between threads safely", which shows the value
+///   held across an `.await`, with a note naming the phase
+///   (`confirm_future_must_be_send`);
 /// - the attribute on a trait impl or on anything but an impl block;
 /// - an argument other than `name` and `max_retries`.
 ///
@@ -223,10 +232,17 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Unlike an `Orchestrator`, which runs type-erased `tcc::Service` handles,
 /// the block knows its services' types: each phase's future runs in place,
 /// in a slot of the block's own future, and no handle is built. A run makes
-/// two allocations whatever the number of services (the transaction, boxed
-/// so that it can outlive the caller, and the report's records). A
-/// `tcc::Service` listed in the block keeps its own settings, its status
-/// flags and its claim, as in an `Orchestrator`.
+/// three allocations whatever the number of services (the transaction,
+/// boxed so that it can outlive the caller, its services' names and their
+/// records). A `tcc::Service` listed in the block keeps its own settings
+/// and status flags, as in an `Orchestrator`.
+///
+/// With `log = &log;` (a `tcc::TransactionLog`) the transaction is durable:
+/// every listed service must implement `tcc::Recoverable` (a compile error
+/// on the value otherwise; an inline service is refused outright), its
+/// data is saved before the first Try and the decision before the first
+/// Confirm or Cancel, so a crash at any instant is finished by recovery.
+/// `id = some_id;` runs it under an id the caller chose beforehand.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -307,7 +323,11 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// SETTING := max_retries             // u32: Orchestrator::max_retries
 ///          | retry                   // RetryPolicy: Orchestrator::retry
 ///          | try_timeout             // Duration: Orchestrator::try_timeout
+///          | attempt_timeout         // Duration: the time limit of each Confirm
+///                                    // and Cancel attempt (Orchestrator::attempt_timeout)
 ///          | fail_fast               // bool: Orchestrator::fail_fast
+///          | log                     // &TransactionLog: Orchestrator::log (durable)
+///          | id                      // TransactionId: Orchestrator::orchestrate_as
 ///
 /// SERVICE := EXPR                    // a value of a #[tcc_service] type, an Arc of
 ///                                    // one, any TccService, or a tcc::Service
@@ -346,17 +366,28 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// - a function returning a future that owns what it needs, such as
 ///   `fn freeze(wallet: &Arc<Wallet>) -> impl Future<..> + use<>`.
 ///
-/// A future that borrows from the block is refused, with "closure implements
-/// `Fn`, so references to captured variables can't escape the closure":
+/// A phase that borrows a local of the block is refused by rustc's borrow
+/// checker, whose message a macro cannot replace: it is the only error,
+///
+/// ```text
+/// error: lifetime may not live long enough
+///   |             try_phase: async { wallet.fetch_sub(10, Ordering::SeqCst); Ok::<(), String>(()) },
+///   |                        ^^^^^ argument requires that `'1` must outlive `'static`
+///   = note: closure implements `Fn`, so references to captured variables can't escape the closure
+/// ```
+///
+/// and it means: the phase must own what it uses. The fix is to list what it
+/// uses in `clone(..)`:
 ///
 /// ```compile_fail
+/// # use std::sync::Arc;
 /// # use std::sync::atomic::{AtomicU32, Ordering};
 /// # async fn handler() {
-/// let balance = AtomicU32::new(100);
+/// let wallet = Arc::new(AtomicU32::new(100));
 /// let _ = tcc::tcc! {
 ///     "payment" => {
-///         // borrows `balance`, but the transaction may outlive this function
-///         try_phase: async { balance.fetch_sub(30, Ordering::SeqCst); Ok::<(), String>(()) },
+///         // borrows `wallet`, but the transaction may outlive this function
+///         try_phase: async { wallet.fetch_sub(10, Ordering::SeqCst); Ok::<(), String>(()) },
 ///         confirm: async { Ok::<(), String>(()) },
 ///         cancel: async { Ok::<(), String>(()) },
 ///     },
@@ -364,11 +395,32 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// # }
 /// ```
 ///
+/// ```
+/// # use std::sync::Arc;
+/// # use std::sync::atomic::{AtomicU32, Ordering};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let wallet = Arc::new(AtomicU32::new(100));
+/// tcc::tcc! {
+///     // each attempt gets its own clone of `wallet`, which the phase borrows
+///     "payment" => clone(wallet) {
+///         try_phase: async { wallet.fetch_sub(10, Ordering::SeqCst); Ok::<(), String>(()) },
+///         confirm: async { Ok::<(), String>(()) },
+///         cancel: async { Ok::<(), String>(()) },
+///     },
+/// }
+/// .await
+/// .unwrap();
+/// assert_eq!(wallet.load(Ordering::SeqCst), 90);
+/// # }
+/// ```
+///
 /// # When things run
 ///
 /// The services are built where `tcc!` is evaluated; nothing runs until the
-/// future is first polled. From then on the transaction runs to its end on
-/// its own tokio task, whether or not the future is awaited further.
+/// future is first polled. The transaction then runs inside that future, as
+/// long as the caller polls it; if the caller drops it before the end, the
+/// transaction moves to a tokio task of its own and finishes there.
 ///
 /// # Compile-time checks
 ///
@@ -377,6 +429,13 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// - an inline service missing a phase, or given one twice; two inline
 ///   services with the same name (typed services' names are checked when
 ///   the transaction starts);
+/// - a phase that is not a future ("a phase must be a future of
+///   `Result<(), E>`, and `{closure}` is not a future", with rustc's "use
+///   parentheses to call this closure" where it applies), whose future does
+///   not resolve to `Result<(), E>`, or whose `E` is not an error type; a
+///   phase whose future is not `Send` (rustc's message, with the value held
+///   across an `.await` and a note naming the phase); each one error, on the
+///   phase's expression;
 /// - a value whose type is not a TCC service:
 ///
 /// ```compile_fail
@@ -416,4 +475,65 @@ pub fn confirm(_args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn cancel(_args: TokenStream, input: TokenStream) -> TokenStream {
     service::misplaced("cancel", input.into()).into()
+}
+
+/// Derives `tcc::Recoverable` for a service struct, so that it can join a
+/// durable transaction.
+///
+/// Every field is the service's per-transaction **data**, saved in the
+/// transaction log as a JSON object keyed by field name before the Try
+/// runs (its type must implement serde's `Serialize` and `Deserialize`),
+/// except the fields marked `#[recoverable(resource)]`: the application's
+/// own **resources** (a connection pool, a client), never saved, taken back
+/// from `tcc::TransactionLog::provide` when a crashed transaction is
+/// rebuilt (their type must be `Clone`).
+///
+/// - `#[recoverable(kind = "..")]` on the struct: the kind it is registered
+///   and saved under (the struct's name by default). Keep it stable.
+/// - `#[recoverable(default)]` on a field: data saved by an older version
+///   may lack it; it then takes `Default::default()` (an `Option` field is
+///   `None` without it).
+/// - `#[recoverable(rename = "..")]` on a field: the name it is saved
+///   under, to keep reading data saved before the field was renamed.
+///
+/// ```
+/// use tcc::{BoxError, Recoverable, Resources, tcc_service};
+///
+/// #[derive(Clone)]
+/// struct Pool;
+///
+/// #[derive(Recoverable)]
+/// #[recoverable(kind = "debit")]
+/// struct Debit {
+///     #[recoverable(resource)]
+///     pool: Pool,
+///     account: String,
+///     amount: i64,
+///     #[recoverable(default)]
+///     memo: String,
+/// }
+///
+/// #[tcc_service(name = "debit")]
+/// impl Debit {
+///     #[try_phase]
+///     async fn freeze(&self) -> Result<(), BoxError> { Ok(()) }
+///     #[confirm]
+///     async fn take(&self) -> Result<(), BoxError> { Ok(()) }
+///     #[cancel]
+///     async fn unfreeze(&self) -> Result<(), BoxError> { Ok(()) }
+/// }
+///
+/// let debit = Debit { pool: Pool, account: "alice".into(), amount: 30, memo: String::new() };
+/// let saved = debit.save().unwrap();
+/// assert_eq!(saved, br#"{"account":"alice","amount":30,"memo":""}"#);
+///
+/// let mut resources = Resources::new();
+/// resources.insert(Pool);
+/// // Data saved before `memo` existed still reads back.
+/// let old = Debit::rebuild(br#"{"account":"bob","amount":5}"#, &resources).unwrap();
+/// assert_eq!((old.account.as_str(), old.amount, old.memo.as_str()), ("bob", 5, ""));
+/// ```
+#[proc_macro_derive(Recoverable, attributes(recoverable))]
+pub fn derive_recoverable(input: TokenStream) -> TokenStream {
+    recoverable::derive(input.into()).into()
 }

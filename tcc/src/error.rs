@@ -1,10 +1,10 @@
 //! What went wrong: [`Error`] for a whole orchestration, [`Failure`] for one
 //! phase of one service, and the causes the runtime itself produces.
 
-use crate::service::Name;
 use std::fmt;
 use std::time::Duration;
 
+use crate::name::Name;
 use crate::phase::Phase;
 use crate::report::Report;
 
@@ -54,10 +54,17 @@ impl Permanent {
     }
 }
 
-/// The cause of a Try that outlived its timeout.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("try timed out after {0:?}")]
-pub struct TryTimedOut(pub Duration);
+/// The cause of an attempt that outlived its time limit: a Try past its
+/// `try_timeout`, a Confirm or Cancel attempt past its `attempt_timeout`.
+/// The attempt was dropped; a Confirm or Cancel is then retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{phase} timed out after {limit:?}")]
+pub struct TimedOut {
+    /// The phase of the attempt.
+    pub phase: Phase,
+    /// The limit it outlived.
+    pub limit: Duration,
+}
 
 /// The cause of a phase that panicked. The panic was caught: it never reaches
 /// the caller of `orchestrate`.
@@ -151,8 +158,6 @@ pub enum ErrorKind {
     NoServices,
     /// Two services share a name. Nothing ran.
     DuplicateService,
-    /// A service is already part of a running orchestration. Nothing ran.
-    ServiceBusy,
     /// A retry policy has an invalid value. Nothing ran.
     InvalidRetryPolicy,
     /// `orchestrate` was called outside a tokio runtime. Nothing ran.
@@ -160,6 +165,17 @@ pub enum ErrorKind {
     /// The runtime shut down before the transaction ended; its state is
     /// unknown.
     Interrupted,
+    /// A durable transaction was given a service that cannot be rebuilt
+    /// after a crash (or whose data could not be saved). Nothing ran.
+    NotRecoverable,
+    /// The transaction log failed. Before the first Try (the intent could
+    /// not be written), nothing ran; after it (the decision could not be
+    /// written), the transaction is left to recovery, which cancels it
+    /// unless the decision reached the log: look it up by id.
+    LogFailed,
+    /// `TransactionLog::redrive` was asked for a transaction that does not
+    /// need repair (finished, running, or unknown). Nothing ran.
+    NotInRepair,
 }
 
 impl ErrorKind {
@@ -275,6 +291,15 @@ impl Error {
     }
 }
 
+impl Inner {
+    /// The transaction's id, as a message shows it.
+    fn transaction(&self) -> String {
+        self.report
+            .as_ref()
+            .map_or_else(String::new, |r| r.transaction_id().to_string())
+    }
+}
+
 impl fmt::Display for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(detail) = &self.detail {
@@ -327,15 +352,17 @@ impl fmt::Display for Inner {
             }
             Phase::Confirm => write!(
                 f,
-                "; {} of {services} services not confirmed: the transaction is partly applied and needs manual repair",
-                count(Phase::Confirm)
+                "; {} of {services} services not confirmed: transaction {} is partly applied and needs manual repair",
+                count(Phase::Confirm),
+                self.transaction(),
             ),
             Phase::Cancel => {
                 write!(
                     f,
-                    "; {} {} could not be released and {} manual repair",
+                    "; {} {} of transaction {} could not be released and {} manual repair",
                     count(Phase::Cancel),
                     plural(count(Phase::Cancel) as u32, "service"),
+                    self.transaction(),
                     plural_verb(count(Phase::Cancel) as u32, "needs", "need"),
                 )?;
                 if let Some(cause) = first(Phase::Try) {

@@ -99,32 +99,52 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The modules, from the leaves up (each imports only modules before it):
+// id, name, phase; retry, report, error; context, tcc_service, recoverable;
+// attempt (one phase of one service), settings; durable (the log's stores);
+// engine (the one life of a transaction); service (the type-erased handle);
+// transaction_log (recovery and repair); orchestrator and typed, the two
+// front ends.
+mod attempt;
 mod context;
+pub mod durable;
+mod engine;
 mod error;
+mod id;
+mod name;
 mod orchestrator;
 mod phase;
+mod recoverable;
 mod report;
 mod retry;
-mod run;
 mod service;
-mod transaction;
+mod settings;
+mod tcc_service;
+mod transaction_log;
 mod typed;
 
-pub use context::{Context, ParseTransactionIdError, TransactionId};
-pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TryTimedOut};
+pub use context::Context;
+pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TimedOut};
+pub use id::{ParseTransactionIdError, TransactionId};
 pub use orchestrator::Orchestrator;
 pub use phase::Phase;
+pub use recoverable::{MissingResource, Recoverable, Resources};
 pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
-pub use service::{Service, TccService};
+pub use service::Service;
+pub use settings::DEFAULT_ATTEMPT_TIMEOUT;
+pub use tcc_service::TccService;
+pub use transaction_log::{RecoverySummary, TransactionLog};
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub mod barrier;
 
-/// The macros: `#[tcc_service]` (with its phase attributes `#[try_phase]`,
-/// `#[confirm]` and `#[cancel]`) and `tcc!`.
-pub use tcc_macros::{cancel, confirm, tcc, tcc_service, try_phase};
+// The macros, each documented on its own page: `#[tcc_service]`, its phase
+// attributes `#[try_phase]`, `#[confirm]` and `#[cancel]`, `tcc!` and
+// `#[derive(Recoverable)]`. (A doc comment here would be repeated on every
+// one of those pages.)
+pub use tcc_macros::{Recoverable, cancel, confirm, tcc, tcc_service, try_phase};
 
 /// What the macros expand to. Not public API: it may change in any release.
 #[doc(hidden)]

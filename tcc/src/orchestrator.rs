@@ -1,23 +1,16 @@
 //! Running a transaction: [`Orchestrator`].
 
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Poll, ready};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
-use tracing::Instrument;
-
-use crate::context::{Context, TransactionId};
-use crate::error::{Error, ErrorKind};
-use crate::phase::Phase;
-use crate::report::{Entries, Report};
+use crate::engine::{self, Member, Options};
+use crate::error::Error;
+use crate::id::TransactionId;
+use crate::name::Name;
+use crate::report::Report;
 use crate::retry::RetryPolicy;
-use crate::run::{Outcome, PhaseRun, ServiceAttempts};
-use crate::service::{Name, Service, Settings};
-use crate::transaction::{self, Claims, Ledger, first_duplicate, resolve};
+use crate::service::{Service, ServiceAttempts};
+use crate::transaction_log::TransactionLog;
 
 /// Runs a TCC transaction over a set of services.
 ///
@@ -28,6 +21,10 @@ use crate::transaction::{self, Claims, Ledger, first_duplicate, resolve};
 ///
 /// Settings given here win over the same setting given to a service; a
 /// service's own setting applies where the orchestrator sets none.
+///
+/// Build it once and share it (in application state, say): any number of
+/// transactions can run on one orchestrator and its services at once, each
+/// with its own [`Report`].
 ///
 /// ```
 /// use std::sync::Arc;
@@ -73,23 +70,25 @@ pub struct Orchestrator {
     /// Shared with each running transaction, so starting one copies nothing
     /// per service.
     services: Arc<[Service]>,
+    /// Their names, shared with each transaction's context and report.
+    names: Arc<[Name]>,
     /// The first name that an earlier service has too, found once in `new`.
     duplicate: Option<Name>,
-    settings: Settings,
-    fail_fast: bool,
+    options: Options,
 }
 
 impl Orchestrator {
     /// An orchestrator over `services`, with default settings.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
         let services: Arc<[Service]> = services.into_iter().collect();
+        let names: Arc<[Name]> = services.iter().map(|s| s.shared.name.clone()).collect();
         let duplicate =
-            first_duplicate(services.iter().map(Service::name)).map(crate::service::name);
+            engine::first_duplicate(names.iter().map(Name::as_str)).map(crate::name::name);
         Orchestrator {
             services,
+            names,
             duplicate,
-            settings: Settings::DEFAULT,
-            fail_fast: false,
+            options: Options::DEFAULT,
         }
     }
 
@@ -102,7 +101,7 @@ impl Orchestrator {
     /// `0` means a single attempt. Wins over every service's own limit.
     #[must_use]
     pub fn max_retries(mut self, n: u32) -> Self {
-        self.settings.max_retries = Some(n);
+        self.options.settings.max_retries = Some(n);
         self
     }
 
@@ -111,7 +110,7 @@ impl Orchestrator {
     /// [`max_retries`](Orchestrator::max_retries) changes the limit alone.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.settings.set_retry(policy);
+        self.options.settings.set_retry(policy);
         self
     }
 
@@ -119,7 +118,29 @@ impl Orchestrator {
     /// counts as failed. No limit by default.
     #[must_use]
     pub fn try_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.try_timeout = Some(timeout);
+        self.options.settings.try_timeout = Some(timeout);
+        self
+    }
+
+    /// How long each Confirm or Cancel attempt may run: one still running
+    /// then is dropped, counts as failed and is retried under the retry
+    /// policy. 30 seconds ([`DEFAULT_ATTEMPT_TIMEOUT`](crate::DEFAULT_ATTEMPT_TIMEOUT))
+    /// unless set here or on the service.
+    #[must_use]
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.options.settings.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Makes every transaction durable in `log`: its intent (each service
+    /// and its data) is synced before the first Try, its decision before
+    /// the first Confirm or Cancel, so that after a crash at any instant
+    /// [`TransactionLog::recover`] finishes it. Every service must be built
+    /// with [`Service::recoverable`]; a transaction with one that is not is
+    /// refused before any phase runs ([`ErrorKind::NotRecoverable`](crate::ErrorKind::NotRecoverable)).
+    #[must_use]
+    pub fn log(mut self, log: &TransactionLog) -> Self {
+        self.options.log = Some(log.store().clone());
         self
     }
 
@@ -129,11 +150,11 @@ impl Orchestrator {
     /// before the decision, so each reports how it ended.
     #[must_use]
     pub fn fail_fast(mut self, fail_fast: bool) -> Self {
-        self.fail_fast = fail_fast;
+        self.options.fail_fast = fail_fast;
         self
     }
 
-    /// Runs the transaction to its end and reports it.
+    /// Runs a new transaction over the services to its end and reports it.
     ///
     /// The transaction runs inside this future while it is polled, with no
     /// task of its own. If the future is dropped before the end (say, in a
@@ -144,181 +165,34 @@ impl Orchestrator {
     ///
     /// Refused before any phase runs, with an [`Error`] whose
     /// [`kind`](Error::kind) says why: no services, two services with the
-    /// same name, a service already in a running orchestration, an invalid
-    /// retry policy, or no tokio runtime.
+    /// same name, an invalid retry policy, or no tokio runtime.
     pub async fn orchestrate(&self) -> Result<Report, Error> {
-        let runtime = transaction::runtime()?;
-        let transaction = Transaction::prepare(self)?;
-        let id = transaction.ledger.id();
-        let span = tracing::debug_span!("tcc_transaction", id = %id);
-        transaction::drive(id, runtime, Box::pin(transaction.run().instrument(span))).await
+        self.orchestrate_as(TransactionId::generate()).await
     }
-}
 
-/// A transaction that holds its services (each claimed, so no other
-/// orchestration can run them meanwhile) and records in its [`Ledger`] what
-/// happens to them.
-struct Transaction {
-    services: Arc<[Service]>,
-    /// The services, claimed until the transaction ends or is dropped.
-    claims: Claims<Arc<[Service]>>,
-    settings: Settings,
-    fail_fast: bool,
-    ledger: Ledger,
-    /// Entered while the transaction is polled, so its phases can read it.
-    context: Option<Context>,
-}
-
-impl Transaction {
-    /// Checks the orchestrator's settings and claims its services.
-    fn prepare(orchestrator: &Orchestrator) -> Result<Self, Error> {
-        let services = &orchestrator.services;
-        if services.is_empty() {
-            let detail = "orchestration refused: it has no services";
-            return Err(Error::refused(
-                ErrorKind::NoServices,
-                None,
-                detail.to_owned(),
-            ));
+    /// Runs a transaction, as [`orchestrate`](Orchestrator::orchestrate)
+    /// does, under an id the caller chose, so that it knows the id before
+    /// the transaction ends (and, with a log, can look the transaction up
+    /// by it after a crash). With a log, an id already used is refused
+    /// ([`ErrorKind::LogFailed`](crate::ErrorKind::LogFailed)) before any
+    /// phase runs.
+    pub async fn orchestrate_as(&self, id: TransactionId) -> Result<Report, Error> {
+        let runtime = engine::runtime()?;
+        if let Some(twice) = &self.duplicate {
+            return Err(engine::duplicate(twice));
         }
-        if let Some(twice) = &orchestrator.duplicate {
-            return Err(transaction::duplicate(twice));
-        }
-        let policies = std::iter::once(&orchestrator.settings)
-            .chain(services.iter().map(Service::settings))
-            .filter_map(|settings| settings.retry.as_ref());
-        for policy in policies {
-            if let Err(invalid) = policy.validate() {
-                return Err(transaction::invalid_policy(invalid));
-            }
-        }
-        let claims = Claims::claim(services.clone())?;
-        let id = TransactionId::generate();
-        let ledger = Ledger::new(id, Entries::services(services.clone()));
-        Ok(Transaction {
-            context: Some(Context::new(id, ledger.entries().names())),
-            services: services.clone(),
-            claims,
-            settings: orchestrator.settings,
-            fail_fast: orchestrator.fail_fast,
-            ledger,
-        })
+        let (services, names, options) = (
+            self.services.clone(),
+            self.names.clone(),
+            self.options.clone(),
+        );
+        let transaction = async move {
+            let mut members: Vec<_> = services
+                .iter()
+                .map(|service| Member::new(ServiceAttempts::new(service)))
+                .collect();
+            engine::run(id, &options, names, &mut members[..]).await
+        };
+        engine::drive(id, runtime, Box::pin(transaction)).await
     }
-
-    /// Runs every Try at once; then, if all succeeded, every Confirm, and
-    /// otherwise every Cancel of a service whose Try started.
-    ///
-    /// Each run is polled as soon as it is created: one that completes at
-    /// once is recorded there and then, and only one still pending joins the
-    /// pending set. With fail-fast, the first failed Try ends the Try round:
-    /// runs still pending are dropped and runs not created never start. The
-    /// rounds run in one loop, so a round that ends at once goes straight on
-    /// to the next, in the same poll and the same context.
-    async fn run(mut self) -> Result<Report, Error> {
-        let Transaction {
-            services,
-            settings,
-            fail_fast,
-            ledger,
-            context,
-            ..
-        } = &mut self;
-        let id = ledger.id();
-        let mut phase = Phase::Try;
-        let mut starting = runs(services, settings, id, phase);
-        // Created on the first run that does not finish at once.
-        let mut pending: Option<FuturesUnordered<PhaseRun<ServiceAttempts<'_>>>> = None;
-        let mut all_succeeded = true;
-        poll_fn(|cx| {
-            Context::enter(context, || {
-                loop {
-                    let stop_on_failure = phase == Phase::Try && *fail_fast;
-                    let mut record = |outcome: Outcome| {
-                        all_succeeded &= outcome.result.is_ok();
-                        let stop = stop_on_failure && outcome.result.is_err();
-                        ledger.record(phase, outcome);
-                        stop
-                    };
-                    'round: {
-                        for mut run in starting.by_ref() {
-                            match Pin::new(&mut run).poll(cx) {
-                                Poll::Ready(outcome) => {
-                                    if record(outcome) {
-                                        break 'round;
-                                    }
-                                }
-                                Poll::Pending => {
-                                    pending.get_or_insert_with(FuturesUnordered::new).push(run)
-                                }
-                            }
-                        }
-                        if let Some(pending) = pending.as_mut() {
-                            while let Some(outcome) = ready!(pending.poll_next_unpin(cx)) {
-                                if record(outcome) {
-                                    break 'round;
-                                }
-                            }
-                        }
-                    }
-                    // Runs still pending (Tries that fail-fast gave up on)
-                    // are dropped.
-                    pending = None;
-                    if phase != Phase::Try {
-                        return Poll::Ready(());
-                    }
-                    if !all_succeeded {
-                        // Tries dropped by fail-fast started, so they will be
-                        // cancelled like the rest, and are reported as
-                        // started but not succeeded.
-                        for (index, service) in services.iter().enumerate() {
-                            if service.tried() {
-                                ledger.record_dropped_try(index);
-                            }
-                        }
-                    }
-                    phase = if all_succeeded {
-                        tracing::debug!("every try succeeded; confirming");
-                        Phase::Confirm
-                    } else {
-                        tracing::debug!("a try failed; cancelling every started service");
-                        Phase::Cancel
-                    };
-                    starting = runs(services, settings, id, phase);
-                }
-            })
-        })
-        .await;
-        drop((starting, pending));
-        self.finish()
-    }
-
-    fn finish(self) -> Result<Report, Error> {
-        drop(self.claims);
-        self.ledger.finish()
-    }
-}
-
-/// The runs of `phase`, in service order, for the services it applies to
-/// (Try and Confirm: all; Cancel: those whose Try started).
-fn runs<'a>(
-    services: &'a [Service],
-    settings: &'a Settings,
-    id: TransactionId,
-    phase: Phase,
-) -> impl Iterator<Item = PhaseRun<ServiceAttempts<'a>>> + 'a {
-    services
-        .iter()
-        .enumerate()
-        .filter(move |(_, service)| phase != Phase::Cancel || service.tried())
-        .map(move |(index, service)| {
-            let (retries, timeout) = resolve(settings, service.settings(), phase);
-            PhaseRun::new(
-                index,
-                ServiceAttempts::new(service),
-                id,
-                phase,
-                retries,
-                timeout,
-            )
-        })
 }

@@ -2,11 +2,10 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::context::TransactionId;
+use crate::id::TransactionId;
+use crate::name::Name;
 use crate::phase::Phase;
-use crate::service::{Name, Service};
 
 /// What one orchestration did: its id and, for each service in the order
 /// given, how each phase went.
@@ -33,16 +32,23 @@ use crate::service::{Name, Service};
 #[derive(Clone)]
 pub struct Report {
     transaction_id: TransactionId,
-    entries: Entries,
+    names: Arc<[Name]>,
+    /// Each service's records, indexed by [`Phase`].
+    records: Arc<[[PhaseRecord; 3]]>,
 }
 
 impl Report {
-    /// The report of a transaction whose records are `entries`; nothing
-    /// changes them any more.
-    pub(crate) fn new(transaction_id: TransactionId, entries: Entries) -> Self {
+    /// The report of a transaction over the services named `names`, whose
+    /// records are `records`.
+    pub(crate) fn new(
+        transaction_id: TransactionId,
+        names: Arc<[Name]>,
+        records: Arc<[[PhaseRecord; 3]]>,
+    ) -> Self {
         Report {
             transaction_id,
-            entries,
+            names,
+            records,
         }
     }
 
@@ -55,14 +61,21 @@ impl Report {
     /// Each service's record, in the order the services were given.
     pub fn services(&self) -> ServiceReports<'_> {
         ServiceReports {
-            entries: &self.entries,
-            range: 0..self.entries.len(),
+            report: self,
+            range: 0..self.records.len(),
         }
     }
 
     /// The record of the service named `name`.
     pub fn service(&self, name: &str) -> Option<ServiceReport<'_>> {
         self.services().find(|s| s.name() == name)
+    }
+
+    fn entry(&self, index: usize) -> ServiceReport<'_> {
+        ServiceReport {
+            name: self.names.get(index).map_or("", Name::as_str),
+            phases: self.records[index],
+        }
     }
 }
 
@@ -86,7 +99,7 @@ pub struct PhaseRecord {
 
 /// What happened to one service in one orchestration: a view into a
 /// [`Report`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ServiceReport<'a> {
     name: &'a str,
     phases: [PhaseRecord; 3],
@@ -114,11 +127,23 @@ impl<'a> ServiceReport<'a> {
     }
 }
 
+/// Names each phase: `ServiceReport { name: "hotel", try: .., confirm: .., cancel: .. }`.
+impl fmt::Debug for ServiceReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceReport")
+            .field("name", &self.name)
+            .field("try", &self.phase(Phase::Try))
+            .field("confirm", &self.phase(Phase::Confirm))
+            .field("cancel", &self.phase(Phase::Cancel))
+            .finish()
+    }
+}
+
 /// The records of a [`Report`], in service order: what
 /// [`Report::services`] returns.
 #[derive(Clone, Debug)]
 pub struct ServiceReports<'a> {
-    entries: &'a Entries,
+    report: &'a Report,
     range: std::ops::Range<usize>,
 }
 
@@ -126,7 +151,7 @@ impl<'a> Iterator for ServiceReports<'a> {
     type Item = ServiceReport<'a>;
 
     fn next(&mut self) -> Option<ServiceReport<'a>> {
-        self.range.next().map(|index| self.entries.report(index))
+        self.range.next().map(|index| self.report.entry(index))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -136,135 +161,8 @@ impl<'a> Iterator for ServiceReports<'a> {
 
 impl DoubleEndedIterator for ServiceReports<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        self.range
-            .next_back()
-            .map(|index| self.entries.report(index))
+        self.range.next_back().map(|index| self.report.entry(index))
     }
 }
 
 impl ExactSizeIterator for ServiceReports<'_> {}
-
-/// One service's phase records while its transaction runs: written only by
-/// the transaction, read by its report once it has ended.
-#[derive(Default)]
-pub(crate) struct Records([AtomicU32; 3]);
-
-impl Records {
-    /// The top bit of a phase's word: its last attempt succeeded. The other
-    /// 31 count attempts, saturating at 2^31 - 1, more than any real retry
-    /// loop reaches.
-    const SUCCEEDED: u32 = 1 << 31;
-
-    pub(crate) fn set(&self, phase: Phase, record: PhaseRecord) {
-        let attempts = record.attempts.min(!Self::SUCCEEDED);
-        let word = attempts | if record.succeeded { Self::SUCCEEDED } else { 0 };
-        self.0[phase as usize].store(word, Ordering::Relaxed);
-    }
-
-    pub(crate) fn get(&self, phase: Phase) -> PhaseRecord {
-        let word = self.0[phase as usize].load(Ordering::Relaxed);
-        PhaseRecord {
-            attempts: word & !Self::SUCCEEDED,
-            succeeded: word & Self::SUCCEEDED != 0,
-        }
-    }
-}
-
-/// The names and records of a transaction's services, shared by the
-/// transaction, its phases' [`Context`](crate::Context) and its report.
-#[derive(Clone)]
-pub(crate) enum Entries {
-    /// An `Orchestrator`'s: the names are its services' own, so a run
-    /// copies none.
-    Services {
-        services: Arc<[Service]>,
-        records: Arc<[Records]>,
-    },
-    /// A `tcc!` block's: each name beside its records, in one allocation.
-    Listed(Arc<[(Name, Records)]>),
-}
-
-impl Entries {
-    /// Fresh records for `services`.
-    pub(crate) fn services(services: Arc<[Service]>) -> Self {
-        let records = (0..services.len()).map(|_| Records::default()).collect();
-        Entries::Services { services, records }
-    }
-
-    /// Fresh records for the services named `names`.
-    pub(crate) fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Self {
-        let entries = names.map(|name| (crate::service::name(name), Records::default()));
-        Entries::Listed(entries.collect())
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Entries::Services { records, .. } => records.len(),
-            Entries::Listed(entries) => entries.len(),
-        }
-    }
-
-    /// The name of service `index`; `""` past the end.
-    pub(crate) fn name(&self, index: usize) -> &str {
-        match self {
-            Entries::Services { services, .. } => services.get(index).map_or("", Service::name),
-            Entries::Listed(entries) => entries.get(index).map_or("", |(name, _)| name.as_str()),
-        }
-    }
-
-    /// The names alone, for the transaction's context.
-    pub(crate) fn names(&self) -> Names {
-        match self {
-            Entries::Services { services, .. } => Names::Services(services.clone()),
-            Entries::Listed(entries) => Names::Listed(entries.clone()),
-        }
-    }
-
-    /// The shared name of service `index`, for a failure.
-    pub(crate) fn shared_name(&self, index: usize) -> Name {
-        match self {
-            Entries::Services { services, .. } => services[index].shared.name.clone(),
-            Entries::Listed(entries) => entries[index].0.clone(),
-        }
-    }
-
-    pub(crate) fn records(&self, index: usize) -> &Records {
-        match self {
-            Entries::Services { records, .. } => &records[index],
-            Entries::Listed(entries) => &entries[index].1,
-        }
-    }
-
-    fn report(&self, index: usize) -> ServiceReport<'_> {
-        let records = self.records(index);
-        ServiceReport {
-            name: self.name(index),
-            phases: [Phase::Try, Phase::Confirm, Phase::Cancel].map(|phase| records.get(phase)),
-        }
-    }
-}
-
-/// The names of a transaction's services, as its context shares them.
-#[derive(Clone)]
-pub(crate) enum Names {
-    Services(Arc<[Service]>),
-    Listed(Arc<[(Name, Records)]>),
-}
-
-impl Names {
-    /// The name of service `index`; `""` past the end.
-    pub(crate) fn name(&self, index: usize) -> &str {
-        match self {
-            Names::Services(services) => services.get(index).map_or("", Service::name),
-            Names::Listed(entries) => entries.get(index).map_or("", |(name, _)| name.as_str()),
-        }
-    }
-}
-
-impl fmt::Debug for Entries {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries((0..self.len()).map(|index| self.report(index)))
-            .finish()
-    }
-}

@@ -1,108 +1,38 @@
-//! Participants of a transaction: the [`TccService`] trait and the type-erased
-//! [`Service`] handle that an [`Orchestrator`](crate::Orchestrator) runs.
+//! The type-erased [`Service`] handle that an
+//! [`Orchestrator`](crate::Orchestrator) runs.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::TryFutureExt;
 use futures_util::future::BoxFuture;
 
-use crate::context::{Context, TransactionId};
+use crate::attempt::{Attempts, PhaseRun, Retries};
+use crate::context::Context;
 use crate::error::{BoxError, Failure};
+use crate::id::TransactionId;
+use crate::name::Name;
 use crate::phase::Phase;
-use crate::report::Names;
+use crate::recoverable::{Recoverable, Saved};
 use crate::retry::RetryPolicy;
-use crate::run::{PhaseRun, Retries, ServiceAttempts};
-
-/// A type whose three phases an orchestrator can run: the trait that
-/// [`#[tcc_service]`](crate::tcc_service) implements for an annotated impl block.
-///
-/// Implement it by hand when a macro does not fit; any implementor converts
-/// into a [`Service`] with `Service::from(value)` (or from an `Arc` of it).
-///
-/// The contract, as in every TCC system: `try_phase` reserves resources or
-/// checks preconditions and is never retried; once every Try succeeded,
-/// `confirm` must eventually succeed; `cancel` releases what `try_phase`
-/// reserved, and may run after a Try that failed, timed out or never finished,
-/// so it must tolerate finding nothing to release. Confirm and Cancel are
-/// retried, so they must be idempotent: [`Context::current`](crate::Context::current) gives the
-/// transaction id to key them by.
-///
-/// ```
-/// use tcc::{BoxError, Service, TccService};
-///
-/// struct Audit;
-///
-/// impl TccService for Audit {
-///     fn service_name(&self) -> &str {
-///         "audit"
-///     }
-///     async fn try_phase(&self) -> Result<(), BoxError> {
-///         Ok(())
-///     }
-///     async fn confirm(&self) -> Result<(), BoxError> {
-///         Ok(())
-///     }
-///     async fn cancel(&self) -> Result<(), BoxError> {
-///         Ok(())
-///     }
-/// }
-///
-/// let service = Service::from(Audit);
-/// assert_eq!(service.name(), "audit");
-/// ```
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a TCC service",
-    label = "not a TCC service",
-    note = "annotate its impl block with #[tcc_service] and mark one method each with #[try_phase], #[confirm] and #[cancel]"
-)]
-pub trait TccService: Send + Sync + 'static {
-    /// The name the service is known by in reports, errors and logs. It must
-    /// be unique within one orchestration.
-    fn service_name(&self) -> &str;
-
-    /// The Try phase: reserve resources or check preconditions. Never retried.
-    fn try_phase(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// The Confirm phase: make the reservation final. Retried with backoff.
-    fn confirm(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// The Cancel phase: release the reservation. Retried with backoff.
-    fn cancel(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// The service's own retry limit, used when the orchestrator sets none.
-    fn max_retries(&self) -> Option<u32> {
-        None
-    }
-}
-
-impl<T: TccService> TccService for Arc<T> {
-    fn service_name(&self) -> &str {
-        T::service_name(self)
-    }
-    fn try_phase(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
-        T::try_phase(self)
-    }
-    fn confirm(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
-        T::confirm(self)
-    }
-    fn cancel(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
-        T::cancel(self)
-    }
-    fn max_retries(&self) -> Option<u32> {
-        T::max_retries(self)
-    }
-}
+use crate::settings::Settings;
+use crate::tcc_service::TccService;
 
 /// The three phases behind one `dyn`: the only place a service's futures are
 /// boxed. The future may borrow the phases, which the running orchestration
 /// keeps alive through its clone of the [`Service`].
 pub(crate) trait Phases: Send + Sync + 'static {
     fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>>;
+
+    /// The kind and data of a [`Recoverable`] service, for the log; `None`
+    /// for a service that cannot be rebuilt after a crash.
+    fn save(&self) -> Option<Saved> {
+        None
+    }
 }
 
 struct FnPhases<T, C, X> {
@@ -144,6 +74,24 @@ impl<S: TccService> Phases for TypedPhases<S> {
     }
 }
 
+/// A [`Recoverable`] service's phases: those of [`TypedPhases`], and its
+/// data for the log.
+struct RecoverablePhases<S>(S);
+
+impl<S: Recoverable> Phases for RecoverablePhases<S> {
+    fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>> {
+        match phase {
+            Phase::Try => Box::pin(self.0.try_phase()),
+            Phase::Confirm => Box::pin(self.0.confirm()),
+            Phase::Cancel => Box::pin(self.0.cancel()),
+        }
+    }
+
+    fn save(&self) -> Option<Saved> {
+        Some((S::KIND, self.0.save()))
+    }
+}
+
 /// Converts a phase's own error type into [`BoxError`], only on failure: a
 /// plain combinator, lighter to build and poll than an `async` wrapper.
 pub(crate) fn erase<F, E>(future: F) -> impl Future<Output = Result<(), BoxError>>
@@ -154,57 +102,19 @@ where
     TryFutureExt::map_err(future, Into::into)
 }
 
-/// Settings a service may carry; the orchestrator's own settings win over them.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Settings {
-    pub(crate) max_retries: Option<u32>,
-    pub(crate) retry: Option<RetryPolicy>,
-    pub(crate) try_timeout: Option<Duration>,
-}
-
-impl Settings {
-    pub(crate) const DEFAULT: Settings = Settings {
-        max_retries: None,
-        retry: None,
-        try_timeout: None,
-    };
-
-    /// Sets the backoff policy and, with it, its retry limit: the one rule
-    /// behind every `retry` builder.
-    pub(crate) fn set_retry(&mut self, policy: RetryPolicy) {
-        self.max_retries = Some(policy.max_retries);
-        self.retry = Some(policy);
-    }
-}
-
-// Bits of `Shared::state`. Each getter reads its own bit.
+// Bits of `Shared::status`. Each getter reads its own bit.
 const TRIED: u8 = 1 << 0;
 const TRY_SUCCEEDED: u8 = 1 << 1;
 const CONFIRMED: u8 = 1 << 2;
 const CONFIRM_SUCCEEDED: u8 = 1 << 3;
 const CANCELED: u8 = 1 << 4;
 const CANCEL_SUCCEEDED: u8 = 1 << 5;
-const BUSY: u8 = 1 << 7;
-const FLAGS: u8 = !BUSY;
-
-/// A service's name: up to 23 bytes are stored inline, so naming a service
-/// costs no allocation of its own, and copies are cheap.
-pub(crate) type Name = smol_str::SmolStr;
-
-/// A [`Name`] holding `text`. Short names, the common case, take the direct
-/// inline path.
-pub(crate) fn name(text: &str) -> Name {
-    const INLINE: usize = 23;
-    if text.len() <= INLINE {
-        Name::new_inline(text)
-    } else {
-        Name::new(text)
-    }
-}
 
 pub(crate) struct Shared<P: ?Sized> {
     pub(crate) name: Name,
-    state: AtomicU8,
+    /// The status of the phases of the most recent transaction that ended
+    /// one of them: always one transaction's whole status, stored at once.
+    status: AtomicU8,
     pub(crate) phases: P,
 }
 
@@ -212,7 +122,18 @@ pub(crate) struct Shared<P: ?Sized> {
 /// the latest orchestration it took part in.
 ///
 /// `Service` is a cheap handle: clones share the phases and the status flags,
-/// so keep a clone to read the flags after an orchestration. Settings set with
+/// so keep a clone to read the flags after an orchestration. A service (and
+/// an [`Orchestrator`](crate::Orchestrator) holding it) can take part in any
+/// number of transactions at once.
+///
+/// The six status getters ([`tried`](Service::tried),
+/// [`confirm_succeeded`](Service::confirm_succeeded) ...) read the status of
+/// the most recent transaction that ended one of this service's phases,
+/// updated as each phase ends. Each update stores that transaction's whole
+/// status for this service at once, so the flags never mix two
+/// transactions. With concurrent transactions they are a convenience: the
+/// [`Report`](crate::Report) (or the [`Error`](crate::Error)'s report) of a
+/// transaction is the truth about it. Settings set with
 /// the builder methods ([`max_retries`](Service::max_retries),
 /// [`retry`](Service::retry), [`try_timeout`](Service::try_timeout)) belong
 /// to the handle they were set on.
@@ -276,14 +197,34 @@ impl Service {
             confirm_fn,
             cancel_fn,
         };
-        Self::from_phases(self::name(name.as_ref()), phases, Settings::DEFAULT)
+        Self::from_phases(crate::name::name(name.as_ref()), phases, Settings::DEFAULT)
+    }
+
+    /// A service that can join a durable transaction: its data is saved in
+    /// the transaction log before its Try runs, so that after a crash it is
+    /// rebuilt (from the kind registered with
+    /// [`TransactionLog::register`](crate::TransactionLog::register)) and
+    /// its transaction finished. `Service::from` makes a service that
+    /// cannot be rebuilt, and is refused by a durable transaction.
+    pub fn recoverable<S: Recoverable>(service: S) -> Self {
+        let name = crate::name::name(service.service_name());
+        let settings = Settings {
+            max_retries: service.max_retries(),
+            ..Settings::DEFAULT
+        };
+        Service::from_phases(name, RecoverablePhases(service), settings)
+    }
+
+    /// The kind and data of a recoverable service, for the log.
+    pub(crate) fn save(&self) -> Option<Saved> {
+        self.shared.phases.save()
     }
 
     pub(crate) fn from_phases(name: Name, phases: impl Phases, settings: Settings) -> Self {
         Service {
             shared: Arc::new(Shared {
                 name,
-                state: AtomicU8::new(0),
+                status: AtomicU8::new(0),
                 phases,
             }),
             settings: (settings != Settings::DEFAULT).then(|| Box::new(settings)),
@@ -329,6 +270,16 @@ impl Service {
         self
     }
 
+    /// Sets how long each of this service's Confirm and Cancel attempts may
+    /// run before it is dropped, counted as failed and retried; 30 seconds
+    /// ([`DEFAULT_ATTEMPT_TIMEOUT`](crate::DEFAULT_ATTEMPT_TIMEOUT)) unless
+    /// set. The orchestrator's own limit, when set, wins.
+    #[must_use]
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.settings_mut().attempt_timeout = Some(timeout);
+        self
+    }
+
     /// Whether Try was started in the latest orchestration.
     pub fn tried(&self) -> bool {
         self.flag(TRIED)
@@ -358,9 +309,9 @@ impl Service {
 
     /// Runs Try once, outside any orchestration, with a fresh transaction id
     /// in its [`Context`](crate::Context). A panic is caught and returned as
-    /// the failure's cause. Sets [`tried`](Service::tried) and
-    /// [`try_succeeded`](Service::try_succeeded); called while an
-    /// orchestration runs the service, it may leave the flags inexact.
+    /// the failure's cause. Like a transaction of its own, it sets the
+    /// status flags to its own: [`tried`](Service::tried) and
+    /// [`try_succeeded`](Service::try_succeeded).
     pub async fn try_phase(&self) -> Result<(), Failure> {
         self.run_directly(Phase::Try).await
     }
@@ -374,91 +325,91 @@ impl Service {
     }
 
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
-        self.clear(phase);
         let id = TransactionId::generate();
-        let mut context = Some(Context::new(id, Names::Services(Arc::from([self.clone()]))));
-        let attempts = ServiceAttempts::new(self);
-        let mut run = PhaseRun::new(0, attempts, id, phase, Retries::NONE, None);
-        let outcome =
-            poll_fn(|cx| Context::enter(&mut context, || Pin::new(&mut run).poll(cx))).await;
+        let mut context = Some(Context::new(id, Arc::from([self.shared.name.clone()])));
+        let mut run = PhaseRun::new(ServiceAttempts::new(self));
+        run.restart(0, id, phase, (Retries::NONE, None), 0);
+        let outcome = poll_fn(|cx| Context::enter(&mut context, || run.poll_run(cx))).await;
         outcome
             .result
             .map_err(|cause| Failure::new(self.shared.name.clone(), phase, 1, cause))
     }
 
     fn flag(&self, bit: u8) -> bool {
-        self.shared.state.load(Ordering::Acquire) & bit != 0
+        self.shared.status.load(Ordering::Acquire) & bit != 0
     }
 
-    /// Marks the start of `phase` (Try is "tried" once started).
-    pub(crate) fn mark_started(&self, phase: Phase) {
-        self.update(|state| state | started_bit(phase));
-    }
-
-    /// Records how the latest attempt of `phase` ended.
-    pub(crate) fn record(&self, phase: Phase, succeeded: bool) {
-        let bits = if succeeded {
-            started_bit(phase) | succeeded_bit(phase)
-        } else {
-            started_bit(phase)
+    /// Notes in `status`, one transaction's status for this service, how an
+    /// attempt at `phase` ended, and publishes it.
+    pub(crate) fn publish(&self, status: &mut u8, phase: Phase, succeeded: bool) {
+        let (started, success) = match phase {
+            Phase::Try => (TRIED, TRY_SUCCEEDED),
+            Phase::Confirm => (CONFIRMED, CONFIRM_SUCCEEDED),
+            Phase::Cancel => (CANCELED, CANCEL_SUCCEEDED),
         };
-        self.update(|state| state | bits);
-    }
-
-    fn clear(&self, phase: Phase) {
-        self.update(|state| state & !(started_bit(phase) | succeeded_bit(phase)));
-    }
-
-    /// Changes the flags with a plain load and store rather than a locked
-    /// read-modify-write, which cost two thirds of a phase's overhead: while
-    /// an orchestration holds the service, it is the only writer.
-    fn update(&self, change: impl FnOnce(u8) -> u8) {
-        let state = self.shared.state.load(Ordering::Relaxed);
-        let changed = change(state);
-        if changed != state {
-            self.shared.state.store(changed, Ordering::Release);
-        }
-    }
-
-    /// Claims the service for one orchestration and clears its flags. False
-    /// when another orchestration holds it.
-    pub(crate) fn acquire(&self) -> bool {
-        // One atomic bit-set: setting a bit that another orchestration set
-        // changes nothing, and tells that it holds the service.
-        if self.shared.state.fetch_or(BUSY, Ordering::Acquire) & BUSY != 0 {
-            return false;
-        }
-        // Ours now, so the previous orchestration's flags are cleared with
-        // a plain store.
-        self.shared.state.store(BUSY, Ordering::Release);
-        true
-    }
-
-    /// Gives the service back, keeping the flags of the orchestration.
-    pub(crate) fn release(&self) {
-        self.update(|state| state & FLAGS);
+        *status = (*status & !success) | started | if succeeded { success } else { 0 };
+        // One store of this transaction's whole status: whatever other
+        // transactions do meanwhile, the flags read one transaction's truth.
+        self.shared.status.store(*status, Ordering::Release);
     }
 }
 
-fn started_bit(phase: Phase) -> u8 {
-    match phase {
-        Phase::Try => TRIED,
-        Phase::Confirm => CONFIRMED,
-        Phase::Cancel => CANCELED,
+/// The attempts of a [`Service`] in one transaction: each one's future boxed
+/// by the service, and the service's status in this transaction, published
+/// whole as each phase ends.
+pub struct ServiceAttempts<'a> {
+    service: &'a Service,
+    future: Option<BoxFuture<'a, Result<(), BoxError>>>,
+    status: u8,
+}
+
+impl<'a> ServiceAttempts<'a> {
+    pub(crate) fn new(service: &'a Service) -> Self {
+        ServiceAttempts {
+            service,
+            future: None,
+            status: 0,
+        }
     }
 }
 
-fn succeeded_bit(phase: Phase) -> u8 {
-    match phase {
-        Phase::Try => TRY_SUCCEEDED,
-        Phase::Confirm => CONFIRM_SUCCEEDED,
-        Phase::Cancel => CANCEL_SUCCEEDED,
+impl Attempts for ServiceAttempts<'_> {
+    fn name(&self) -> &str {
+        self.service.name()
+    }
+
+    fn settings(&self) -> Settings {
+        *self.service.settings()
+    }
+
+    fn save(&self) -> Option<Saved> {
+        self.service.save()
+    }
+
+    fn poll_attempt(
+        &mut self,
+        phase: Phase,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        let service = self.service;
+        self.future
+            .get_or_insert_with(|| service.shared.phases.run(phase))
+            .as_mut()
+            .poll(cx)
+    }
+
+    fn end_attempt(&mut self) {
+        self.future = None;
+    }
+
+    fn ended(&mut self, phase: Phase, succeeded: bool) {
+        self.service.publish(&mut self.status, phase, succeeded);
     }
 }
 
 impl<S: TccService> From<S> for Service {
     fn from(service: S) -> Self {
-        let name = self::name(service.service_name());
+        let name = crate::name::name(service.service_name());
         let settings = Settings {
             max_retries: service.max_retries(),
             ..Settings::DEFAULT
@@ -479,6 +430,7 @@ impl fmt::Debug for Service {
             .field("cancel_succeeded", &self.cancel_succeeded())
             .field("max_retries", &self.settings().max_retries)
             .field("try_timeout", &self.settings().try_timeout)
+            .field("attempt_timeout", &self.settings().attempt_timeout)
             .finish()
     }
 }

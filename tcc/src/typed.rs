@@ -9,27 +9,30 @@
 //! [`Member`]s nested as `(first, (second, (..., ())))`, and [`Members`]
 //! walks it.
 //!
-//! Behaviour is the `Orchestrator`'s in every respect: concurrent Tries,
-//! retried Confirms and Cancels, fail-fast, timeouts, panics caught, the
-//! context, the report and the error. It shares its [`PhaseRun`] and
-//! [`Ledger`] with it.
+//! Behaviour is the `Orchestrator`'s in every respect: both run on the one
+//! engine ([`crate::engine`]); only where the attempts' futures live differs.
 
-use std::future::{Future, poll_fn};
-use std::ops::ControlFlow;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::Either;
 
-use crate::context::{Context, TransactionId};
+use crate::attempt::Attempts;
+use crate::engine::{self, Member, Members, Options};
 use crate::error::{BoxError, Error};
+use crate::id::TransactionId;
+use crate::name::Name;
 use crate::phase::Phase;
-use crate::report::{Entries, Report};
+use crate::recoverable::{Recoverable, Saved};
+use crate::report::Report;
 use crate::retry::RetryPolicy;
-use crate::run::{Attempts, Outcome, PhaseRun, Retries};
-use crate::service::{Service, Settings, TccService};
-use crate::transaction::{self, Claims, Ledger, first_duplicate, resolve};
+use crate::service::Service;
+use crate::settings::Settings;
+use crate::tcc_service::TccService;
+use crate::transaction_log::TransactionLog;
 
 /// What `tcc!` accepts as a listed service: a [`TccService`] (or an `Arc` of
 /// one), a [`Service`] built by hand, or an inline service.
@@ -48,9 +51,15 @@ pub trait Participant: Send + Sync + 'static {
     /// The future of one attempt at `phase`.
     fn phase(&self, phase: Phase) -> impl Future<Output = Result<(), BoxError>> + Send + '_;
 
-    /// The handle, when the participant is a [`Service`]: its settings, flags
-    /// and claim then apply as in an `Orchestrator`.
+    /// The handle, when the participant is a [`Service`]: its settings and
+    /// flags then apply as in an `Orchestrator`.
     fn as_service(&self) -> Option<&Service> {
+        None
+    }
+
+    /// The kind and data of a participant the log can rebuild; `None` for
+    /// one it cannot (a durable transaction refuses it).
+    fn save(&self) -> Option<Saved> {
         None
     }
 }
@@ -88,6 +97,65 @@ impl Participant for Service {
 
     fn as_service(&self) -> Option<&Service> {
         Some(self)
+    }
+
+    fn save(&self) -> Option<Saved> {
+        Service::save(self)
+    }
+}
+
+/// What a durable `tcc!` block accepts as a listed service: a
+/// [`Recoverable`] type (or an `Arc` of one), or a [`Service`] (checked when
+/// the transaction starts: one built with `Service::recoverable`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be rebuilt after a crash, so it cannot join a durable transaction",
+    label = "not recoverable",
+    note = "derive tcc::Recoverable for it (its per-transaction fields are saved in the log, its #[recoverable(resource)] fields come from the application at start), or leave out the block's `log` setting"
+)]
+pub trait Saveable {
+    /// Its kind and data, for the log.
+    fn save_for_log(&self) -> Option<Saved>;
+}
+
+impl<S: Recoverable> Saveable for S {
+    fn save_for_log(&self) -> Option<Saved> {
+        Some((S::KIND, self.save()))
+    }
+}
+
+impl Saveable for Service {
+    fn save_for_log(&self) -> Option<Saved> {
+        self.save()
+    }
+}
+
+/// Checks a listed service of a durable `tcc!` block: the bound carries the
+/// "cannot be rebuilt after a crash" message to the value.
+pub fn check_durable<P: Saveable>(_: &P) {}
+
+/// A listed service of a durable `tcc!` block: the value, with its data for
+/// the log.
+pub struct Durable<P>(pub P);
+
+impl<P: Participant + Saveable> Participant for Durable<P> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        self.0.max_retries()
+    }
+
+    fn phase(&self, phase: Phase) -> impl Future<Output = Result<(), BoxError>> + Send + '_ {
+        self.0.phase(phase)
+    }
+
+    fn as_service(&self) -> Option<&Service> {
+        self.0.as_service()
+    }
+
+    fn save(&self) -> Option<Saved> {
+        self.0.save_for_log()
     }
 }
 
@@ -180,60 +248,33 @@ impl Participant for NotAService {
     }
 }
 
-/// One service of a `tcc!` block: the service, the slot its phase futures
-/// run in, and its run of the current phase.
-pub struct Member<'a, P, F, M>
-where
-    P: Participant,
-    F: Future<Output = Result<(), BoxError>>,
-    M: Fn(Phase) -> F,
-{
-    participant: &'a P,
-    run: PhaseRun<Slot<'a, P, F, M>>,
-    /// Whether the current phase still runs for this service.
-    active: bool,
-    /// Whether its Try started: Cancel runs only then.
-    tried: bool,
-}
-
 /// A member of a `tcc!` block: `participant`, whose phase futures
 /// `make_phase` builds into `slot` (an empty slot pinned by the expansion).
 pub fn member<'a, P, F, M>(
     participant: &'a P,
     slot: Pin<&'a mut Option<F>>,
     make_phase: M,
-) -> Member<'a, P, F, M>
+) -> Member<Slot<'a, P, F, M>>
 where
     P: Participant,
     F: Future<Output = Result<(), BoxError>> + Send,
     M: Fn(Phase) -> F + Send,
 {
-    let attempts = Slot {
+    Member::new(Slot {
         participant,
         slot,
         make_phase,
-    };
-    Member {
-        participant,
-        // Set up for real by `Members::begin`, before each phase.
-        run: PhaseRun::new(
-            0,
-            attempts,
-            TransactionId::from_u128(0),
-            Phase::Try,
-            Retries::NONE,
-            None,
-        ),
-        active: false,
-        tried: false,
-    }
+        status: 0,
+    })
 }
 
 /// Where one member's attempts run: a pinned slot, refilled each attempt.
-struct Slot<'a, P, F, M> {
+pub struct Slot<'a, P, F, M> {
     participant: &'a P,
     slot: Pin<&'a mut Option<F>>,
     make_phase: M,
+    /// A `Service` handle's status in this transaction.
+    status: u8,
 }
 
 impl<P, F, M> Attempts for Slot<'_, P, F, M>
@@ -244,6 +285,20 @@ where
 {
     fn name(&self) -> &str {
         self.participant.name()
+    }
+
+    fn save(&self) -> Option<Saved> {
+        self.participant.save()
+    }
+
+    fn settings(&self) -> Settings {
+        match self.participant.as_service() {
+            Some(service) => *service.settings(),
+            None => Settings {
+                max_retries: self.participant.max_retries(),
+                ..Settings::DEFAULT
+            },
+        }
     }
 
     fn poll_attempt(
@@ -264,128 +319,19 @@ where
         self.slot.set(None);
     }
 
-    fn started(&self, phase: Phase) {
+    fn ended(&mut self, phase: Phase, succeeded: bool) {
         if let Some(service) = self.participant.as_service() {
-            service.mark_started(phase);
+            service.publish(&mut self.status, phase, succeeded);
         }
-    }
-
-    fn ended(&self, phase: Phase, succeeded: bool) {
-        if let Some(service) = self.participant.as_service() {
-            service.record(phase, succeeded);
-        }
-    }
-}
-
-/// The services of a `tcc!` block, nested as `(first, (second, (..., ())))`.
-pub trait Members: Send {
-    /// Calls `f` with each participant that is a [`Service`] handle.
-    #[doc(hidden)]
-    fn visit(&self, f: &mut impl FnMut(&Service));
-
-    /// Sets each service up to run `phase`, from `index` on.
-    #[doc(hidden)]
-    fn begin(&mut self, index: usize, id: TransactionId, phase: Phase, settings: &Settings);
-
-    /// Runs the phase at once on every member it applies to (Try and
-    /// Confirm: all; Cancel: those whose Try started). Polls every run still
-    /// active, starting those not yet started, in order, and hands each
-    /// outcome to `record`. Breaks as soon as `record` says to
-    /// stop; otherwise continues with whether a run is still pending.
-    #[doc(hidden)]
-    fn poll_runs(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        record: &mut impl FnMut(Outcome) -> bool,
-    ) -> ControlFlow<(), bool>;
-
-    /// After the Try phase: notes which services' Tries started, drops the
-    /// runs that fail-fast cut short and calls `dropped` with their indexes.
-    #[doc(hidden)]
-    fn settle_tries(&mut self, index: usize, dropped: &mut impl FnMut(usize));
-}
-
-impl Members for () {
-    fn visit(&self, _: &mut impl FnMut(&Service)) {}
-    fn begin(&mut self, _: usize, _: TransactionId, _: Phase, _: &Settings) {}
-    fn poll_runs(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-        _: &mut impl FnMut(Outcome) -> bool,
-    ) -> ControlFlow<(), bool> {
-        ControlFlow::Continue(false)
-    }
-    fn settle_tries(&mut self, _: usize, _: &mut impl FnMut(usize)) {}
-}
-
-impl<P, F, M, T> Members for (Member<'_, P, F, M>, T)
-where
-    P: Participant,
-    F: Future<Output = Result<(), BoxError>> + Send,
-    M: Fn(Phase) -> F + Send,
-    T: Members,
-{
-    fn visit(&self, f: &mut impl FnMut(&Service)) {
-        if let Some(service) = self.0.participant.as_service() {
-            f(service);
-        }
-        self.1.visit(f);
-    }
-
-    fn begin(&mut self, index: usize, id: TransactionId, phase: Phase, settings: &Settings) {
-        let member = &mut self.0;
-        member.active = phase != Phase::Cancel || member.tried;
-        let participant = member.participant;
-        let own = match participant.as_service() {
-            Some(service) => *service.settings(),
-            None => Settings {
-                max_retries: participant.max_retries(),
-                ..Settings::DEFAULT
-            },
-        };
-        let (retries, timeout) = resolve(settings, &own, phase);
-        member.run.restart(index, id, phase, retries, timeout);
-        self.1.begin(index + 1, id, phase, settings);
-    }
-
-    fn poll_runs(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        record: &mut impl FnMut(Outcome) -> bool,
-    ) -> ControlFlow<(), bool> {
-        let member = &mut self.0;
-        if member.active {
-            if let Poll::Ready(outcome) = member.run.poll_run(cx) {
-                member.active = false;
-                if record(outcome) {
-                    return ControlFlow::Break(());
-                }
-            }
-        }
-        let pending = self.0.active;
-        let rest_pending = self.1.poll_runs(cx, record)?;
-        ControlFlow::Continue(pending || rest_pending)
-    }
-
-    fn settle_tries(&mut self, index: usize, dropped: &mut impl FnMut(usize)) {
-        let member = &mut self.0;
-        member.tried = member.run.attempts() > 0;
-        if member.active && member.tried {
-            member.run.end_attempt();
-            dropped(index);
-        }
-        member.active = false;
-        self.1.settle_tries(index + 1, dropped);
     }
 }
 
 /// The settings of a `tcc!` block, with the `Orchestrator`'s builder
 /// methods, and the runner of its transaction.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Plan {
     id: TransactionId,
-    settings: Settings,
-    fail_fast: bool,
+    options: Options,
 }
 
 impl Plan {
@@ -394,36 +340,57 @@ impl Plan {
     pub fn new() -> Self {
         Plan {
             id: TransactionId::generate(),
-            settings: Settings::DEFAULT,
-            fail_fast: false,
+            options: Options::DEFAULT,
         }
     }
 
     /// As [`Orchestrator::max_retries`](crate::Orchestrator::max_retries).
     #[must_use]
     pub fn max_retries(mut self, n: u32) -> Self {
-        self.settings.max_retries = Some(n);
+        self.options.settings.max_retries = Some(n);
         self
     }
 
     /// As [`Orchestrator::retry`](crate::Orchestrator::retry).
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.settings.set_retry(policy);
+        self.options.settings.set_retry(policy);
         self
     }
 
     /// As [`Orchestrator::try_timeout`](crate::Orchestrator::try_timeout).
     #[must_use]
     pub fn try_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.try_timeout = Some(timeout);
+        self.options.settings.try_timeout = Some(timeout);
+        self
+    }
+
+    /// As [`Orchestrator::attempt_timeout`](crate::Orchestrator::attempt_timeout).
+    #[must_use]
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.options.settings.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// As [`Orchestrator::log`](crate::Orchestrator::log).
+    #[must_use]
+    pub fn log(mut self, log: &TransactionLog) -> Self {
+        self.options.log = Some(log.store().clone());
+        self
+    }
+
+    /// The transaction's id, chosen by the caller (so that it can look the
+    /// transaction up later), instead of a fresh one.
+    #[must_use]
+    pub fn id(mut self, id: TransactionId) -> Self {
+        self.id = id;
         self
     }
 
     /// As [`Orchestrator::fail_fast`](crate::Orchestrator::fail_fast).
     #[must_use]
     pub fn fail_fast(mut self, fail_fast: bool) -> Self {
-        self.fail_fast = fail_fast;
+        self.options.fail_fast = fail_fast;
         self
     }
 
@@ -438,82 +405,20 @@ impl Plan {
     where
         T: Future<Output = Result<Report, Error>> + Send + 'static,
     {
-        // Moved once, into its box: it is the size of every service's slot.
-        // Its span is entered by `run`, inside.
         let transaction = Box::pin(transaction);
         async move {
-            let runtime = transaction::runtime()?;
-            transaction::drive(self.id, runtime, transaction).await
+            let runtime = engine::runtime()?;
+            engine::drive(self.id, runtime, transaction).await
         }
     }
 
     /// Runs the transaction over `members`, whose names are `names`, to its
     /// end and reports it.
     pub async fn run<L: Members>(self, names: &[&str], members: &mut L) -> Result<Report, Error> {
-        let Plan { id, settings, .. } = self;
-        if let Some(twice) = first_duplicate(names.iter().copied()) {
-            return Err(transaction::duplicate(twice));
+        if let Some(twice) = engine::first_duplicate(names.iter().copied()) {
+            return Err(engine::duplicate(twice));
         }
-        let mut services = Vec::new();
-        let mut invalid = settings.retry.and_then(|policy| policy.validate().err());
-        members.visit(&mut |service| {
-            let own = service.settings().retry;
-            invalid = invalid
-                .take()
-                .or_else(|| own.and_then(|policy| policy.validate().err()));
-            services.push(service.clone());
-        });
-        if let Some(invalid) = invalid {
-            return Err(transaction::invalid_policy(invalid));
-        }
-        let claims = Claims::claim(services)?;
-        // From an iterator of known length: one allocation, which the
-        // context and the report share.
-        let mut ledger = Ledger::new(id, Entries::listed(names.iter().copied()));
-        let mut context = Some(Context::new(id, ledger.entries().names()));
-        let mut phase = Phase::Try;
-        members.begin(0, id, phase, &settings);
-        let mut all_succeeded = true;
-        // The rounds run in one loop, so that a round that ends at once goes
-        // straight on to the next, in the same poll and the same context.
-        let span = tracing::debug_span!("tcc_transaction", id = %id);
-        poll_fn(|cx| {
-            let _entered = span.enter();
-            Context::enter(&mut context, || {
-                loop {
-                    let stop_on_failure = phase == Phase::Try && self.fail_fast;
-                    let mut record = |outcome: Outcome| {
-                        all_succeeded &= outcome.result.is_ok();
-                        let stop = stop_on_failure && outcome.result.is_err();
-                        ledger.record(phase, outcome);
-                        stop
-                    };
-                    if let ControlFlow::Continue(true) = members.poll_runs(cx, &mut record) {
-                        return Poll::Pending;
-                    }
-                    if phase != Phase::Try {
-                        return Poll::Ready(());
-                    }
-                    // Tries that fail-fast cut short started, so they will be
-                    // cancelled like the rest; they are reported as started
-                    // but not succeeded.
-                    members.settle_tries(0, &mut |index| {
-                        all_succeeded = false;
-                        ledger.record_dropped_try(index);
-                    });
-                    phase = if all_succeeded {
-                        tracing::debug!("every try succeeded; confirming");
-                        Phase::Confirm
-                    } else {
-                        tracing::debug!("a try failed; cancelling every started service");
-                        Phase::Cancel
-                    };
-                    members.begin(0, id, phase, &settings);
-                }
-            })
-        })
-        .await;
-        drop(claims);
-        ledger.finish()
+        let names: Arc<[Name]> = names.iter().map(|name| crate::name::name(name)).collect();
+        engine::run(self.id, &self.options, names, members).await
     }
 }

@@ -31,6 +31,11 @@ impl Script {
     pub fn always(step: Step) -> Self {
         Script(vec![step])
     }
+    /// Takes `steps` in order, then repeats the last.
+    pub fn of(steps: &[Step]) -> Self {
+        assert!(!steps.is_empty(), "a script needs a step");
+        Script(steps.to_vec())
+    }
     /// Fails `n` times, then succeeds.
     pub fn fail_times(n: usize) -> Self {
         let mut steps = vec![Step::Fail; n];
@@ -46,6 +51,13 @@ impl Script {
 impl From<Step> for Script {
     fn from(step: Step) -> Self {
         Script::always(step)
+    }
+}
+
+/// Call `n` takes step `n`; the last one repeats.
+impl<const N: usize> From<[Step; N]> for Script {
+    fn from(steps: [Step; N]) -> Self {
+        Script(steps.to_vec())
     }
 }
 

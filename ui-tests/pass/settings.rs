@@ -10,6 +10,7 @@ async fn main() {
         retry = RetryPolicy::immediate(5);
         max_retries = 3;
         try_timeout = Duration::from_secs(2);
+        attempt_timeout = Duration::from_millis(500);
         fail_fast = true;
         "flight" => {
             try_phase: ok(),

@@ -4,7 +4,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::parse::{Inline, Orchestration, Service};
+use super::parse::{Inline, Orchestration, PHASES, Service};
 
 // Input:
 //     tcc! {
@@ -24,22 +24,19 @@ use super::parse::{Inline, Orchestration, Service};
 //         };
 //         let __tcc_service_1 = ::tcc::__private::Inline::new("payment", move |__tcc_phase| {
 //             match __tcc_phase {
-//                 Phase::Try => Either::Left(::tcc::__private::inline_phase(t)),
-//                 Phase::Confirm => Either::Right(Either::Left(::tcc::__private::inline_phase(c))),
-//                 Phase::Cancel => Either::Right(Either::Right(::tcc::__private::inline_phase(x))),
+//                 Phase::Try => Either::Left(/* t, checked: see `inline_phase` */),
+//                 Phase::Confirm => Either::Right(Either::Left(/* c, checked */)),
+//                 Phase::Cancel => Either::Right(Either::Right(/* x, checked */)),
 //             }
 //         });
 //         let __tcc_service_2 = {
 //             let log = Clone::clone(&log);
 //             ::tcc::__private::Inline::new("audit", move |__tcc_phase| match __tcc_phase {
-//                 Phase::Try => Either::Left({
-//                     let log = Clone::clone(&log);
-//                     ::tcc::__private::inline_phase(async move { (log.open()).await })
-//                 }),
+//                 Phase::Try => Either::Left(/* log.open(), checked, over a clone of `log` */),
 //                 ..
 //             })
 //         };
-//         __tcc_plan.start(async move {
+//         ::tcc::__private::Plan::start(__tcc_plan.clone(), async move {
 //             let __tcc_service_0 = &__tcc_service_0;
 //             let __tcc_slot_0 = ::tcc::__private::pin!(::tcc::__private::Option::None);
 //             ..
@@ -57,9 +54,22 @@ use super::parse::{Inline, Orchestration, Service};
 // Each service's phase futures run in a slot pinned inside the block's own
 // future, so a run allocates nothing per service.
 pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
+    let durable = orchestration.settings.iter().any(|s| s.key == "log");
     let values = orchestration.services.iter().map(|service| match service {
         // Spanned on the value, so "`X` is not a TCC service" points at it,
         // once: a value that is not a service becomes a stand-in that is.
+        // In a durable block, the value goes into the log too: one that
+        // cannot be rebuilt after a crash is "not recoverable", once.
+        Service::Typed(value) if durable => quote_spanned! {value.span()=>
+            {
+                let __tcc_value = #value;
+                ::tcc::__private::check(&__tcc_value);
+                ::tcc::__private::check_durable(&__tcc_value);
+                #[allow(unused_imports)]
+                use ::tcc::__private::{IsNotParticipant as _, IsParticipant as _};
+                ::tcc::__private::Listed(::tcc::__private::Durable(__tcc_value)).participant()
+            }
+        },
         Service::Typed(value) => quote_spanned! {value.span()=>
             {
                 let __tcc_value = #value;
@@ -101,7 +111,7 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
         {
             let __tcc_plan = ::tcc::__private::Plan::new() #(#settings)*;
             #(let #services = #values;)*
-            __tcc_plan.start(async move {
+            ::tcc::__private::Plan::start(::core::clone::Clone::clone(&__tcc_plan), async move {
                 #(let #services = &#services;)*
                 #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
                 let __tcc_names = [#(::tcc::__private::Participant::name(#services2)),*];
@@ -123,25 +133,8 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
 fn inline_service(inline: &Inline) -> TokenStream {
     let name = &inline.name;
     let clones = &inline.clones;
-    let [try_phase, confirm, cancel] = inline.phases.each_ref().map(|expr| {
-        if clones.is_empty() {
-            quote_spanned! {expr.span()=>
-                ::tcc::__private::inline_phase(#expr)
-            }
-        } else {
-            let future = quote_spanned!(expr.span()=> (#expr).await);
-            quote! {
-                {
-                    // A phase need not use every handle of the list.
-                    #(
-                        #[allow(unused_variables)]
-                        let #clones = ::core::clone::Clone::clone(&#clones);
-                    )*
-                    ::tcc::__private::inline_phase(async move { #future })
-                }
-            }
-        }
-    });
+    let [try_phase, confirm, cancel] =
+        [0, 1, 2].map(|i| inline_phase(&inline.phases[i], PHASES[i], clones));
     quote! {
         {
             #(let #clones = ::core::clone::Clone::clone(&#clones);)*
@@ -156,6 +149,70 @@ fn inline_service(inline: &Inline) -> TokenStream {
                     }
                 }
             })
+        }
+    }
+}
+
+// Input: `confirm: wallet.debit(amount)`, in a service with `clone(wallet)`
+// (without it, `__tcc_future` is the expression itself).
+//
+// Output, every token spanned on the expression:
+//     {
+//         let __tcc_future = {
+//             let wallet = Clone::clone(&wallet);
+//             async move {
+//                 let __tcc_inner = wallet.debit(amount);
+//                 ::tcc::__private::check_future(&__tcc_inner);
+//                 { use ..; ::tcc::__private::Phased(__tcc_inner).future() }.await
+//             }
+//         };
+//         ::tcc::__private::check_phase(&__tcc_future);
+//         ::tcc::__private::confirm_future_must_be_send(&__tcc_future);
+//         { use ..; ::tcc::__private::Phased(__tcc_future).inline_phase() }
+//     }
+//
+// A phase that fails a check (not a future, not of `Result<(), E>`, an `E`
+// that is not an error) becomes a stand-in future, so its one error, on the
+// expression, is the only one.
+fn inline_phase(expr: &syn::Expr, phase: &str, clones: &[syn::Ident]) -> TokenStream {
+    let span = expr.span();
+    let must_be_send = format_ident!("{}_future_must_be_send", phase, span = span);
+    let future = if clones.is_empty() {
+        quote_spanned!(span=> #expr)
+    } else {
+        let clones = clones.iter().map(|name| {
+            // A phase need not use every handle of the list.
+            quote! {
+                #[allow(unused_variables)]
+                let #name = ::core::clone::Clone::clone(&#name);
+            }
+        });
+        quote_spanned! {span=>
+            {
+                #(#clones)*
+                async move {
+                    let __tcc_inner = #expr;
+                    ::tcc::__private::check_future(&__tcc_inner);
+                    {
+                        #[allow(unused_imports)]
+                        use ::tcc::__private::{IsFuture as _, IsNotFuture as _};
+                        ::tcc::__private::Phased(__tcc_inner).future()
+                    }
+                    .await
+                }
+            }
+        }
+    };
+    quote_spanned! {span=>
+        {
+            let __tcc_future = #future;
+            ::tcc::__private::check_phase(&__tcc_future);
+            ::tcc::__private::#must_be_send(&__tcc_future);
+            {
+                #[allow(unused_imports)]
+                use ::tcc::__private::{IsInlinePhase as _, IsNotPhase as _};
+                ::tcc::__private::Phased(__tcc_future).inline_phase()
+            }
         }
     }
 }

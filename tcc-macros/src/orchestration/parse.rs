@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! tcc! {
-//!     (setting = expr;)*          settings: max_retries, retry, try_timeout, fail_fast
+//!     (setting = expr;)*          settings: max_retries, retry, try_timeout,
+//!                                 attempt_timeout, fail_fast, log, id
 //!     service, ...                a value of a #[tcc_service] type, or
 //!     "name" => clone(a, b)? {    an inline service: one expression a phase,
 //!                                 with handles cloned into each attempt
@@ -22,10 +23,18 @@ use crate::context::Errors;
 use crate::suggest::nearest;
 
 /// The settings `tcc!` accepts, each an orchestrator builder method.
-pub(crate) const SETTINGS: [&str; 4] = ["max_retries", "retry", "try_timeout", "fail_fast"];
+pub(crate) const SETTINGS: [&str; 7] = [
+    "max_retries",
+    "retry",
+    "try_timeout",
+    "attempt_timeout",
+    "fail_fast",
+    "log",
+    "id",
+];
 
-/// The keys of an inline service.
-const PHASES: [&str; 3] = ["try_phase", "confirm", "cancel"];
+/// The keys of an inline service, in the order of `Inline::phases`.
+pub(crate) const PHASES: [&str; 3] = ["try_phase", "confirm", "cancel"];
 
 pub(crate) struct Orchestration {
     pub(crate) settings: Vec<Setting>,
@@ -107,6 +116,16 @@ pub(crate) fn orchestration(input: ParseStream, errors: &mut Errors) -> syn::Res
             let _: Option<Token![,]> = input.parse()?;
         }
     }
+    if settings.iter().any(|s| s.key == "log") {
+        for service in &services {
+            if let Service::Inline(inline) = service {
+                errors.error_spanned_by(
+                    &inline.name,
+                    "an inline service cannot join a durable transaction (one with `log = ..`): it could not be rebuilt after a crash; list a value of a type that implements `tcc::Recoverable` instead",
+                );
+            }
+        }
+    }
     if services.is_empty() {
         errors.push(syn::Error::new(
             Span::call_site(),
@@ -138,7 +157,7 @@ fn setting(input: ParseStream, errors: &mut Errors) -> syn::Result<Setting> {
         let message = match nearest(&name, &SETTINGS, 3) {
             Some(near) => format!("unknown setting `{name}`; did you mean `{near}`?"),
             None => format!(
-                "unknown setting `{name}`; the settings are `max_retries`, `retry`, `try_timeout` and `fail_fast`"
+                "unknown setting `{name}`; the settings are `max_retries`, `retry`, `try_timeout`, `attempt_timeout`, `fail_fast`, `log` and `id`"
             ),
         };
         errors.error_spanned_by(&key, message);

@@ -1,11 +1,9 @@
-//! Running one phase of one service: [`PhaseRun`], a future that makes every
-//! attempt (panics caught, context set, Try timed out) and, for Confirm and
+//! Running one phase of one service: [`PhaseRun`], which makes every attempt
+//! (panics caught, context set, each attempt timed out) and, for Confirm and
 //! Cancel, waits and retries.
 //!
-//! It is written by hand rather than as an `async fn` so that it is `Unpin`:
-//! an orchestration polls it the moment it creates it, and only a run that is
-//! still pending then is moved into the set of pending runs. Where an
-//! attempt's future lives is up to its [`Attempts`]: a [`Service`]'s is
+//! A run is polled by the engine through [`PhaseRun::poll_run`]. Where an
+//! attempt's future lives is up to its [`Attempts`]: a `Service`'s is
 //! boxed (one allocation an attempt), a `tcc!` member's sits in a slot
 //! pinned inside the block's future (none).
 
@@ -16,14 +14,15 @@ use std::pin::Pin;
 use std::task::{Poll, ready};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use tokio::time::Sleep;
 
-use crate::context::{Context, TransactionId};
-use crate::error::{BoxError, Panicked, Permanent, TryTimedOut};
+use crate::context::Context;
+use crate::error::{BoxError, Panicked, Permanent, TimedOut};
+use crate::id::TransactionId;
 use crate::phase::Phase;
+use crate::recoverable::Saved;
 use crate::retry::{RetryPolicy, mix, name_hash};
-use crate::service::Service;
+use crate::settings::Settings;
 
 /// How one service's phase is retried in one orchestration; Try has a limit
 /// of 0.
@@ -42,17 +41,25 @@ impl Retries {
 
 /// How a phase of one service ended: its index in the orchestration, the
 /// attempts made, and the last attempt's result.
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub(crate) index: usize,
     pub(crate) attempts: u32,
     pub(crate) result: Result<(), BoxError>,
 }
 
 /// The attempts a [`PhaseRun`] makes: how one service builds, polls and
-/// drops the future of one attempt, and where its status flags live.
-pub(crate) trait Attempts {
+/// drops the future of one attempt. Not public API: `tcc!` expands to
+/// code that uses it.
+pub trait Attempts {
     /// The service's name, for logs and the jitter seed.
     fn name(&self) -> &str;
+
+    /// The service's own settings; the orchestration's win over them.
+    fn settings(&self) -> Settings;
+
+    /// The kind and data of a recoverable service, for the log; `None` for
+    /// one that cannot be rebuilt after a crash.
+    fn save(&self) -> Option<Saved>;
 
     /// Polls the current attempt at `phase`, building its future first when
     /// there is none. Called inside the context and the panic guard.
@@ -65,56 +72,8 @@ pub(crate) trait Attempts {
     /// Drops the current attempt's future, if there is one.
     fn end_attempt(&mut self);
 
-    /// An attempt at `phase` starts.
-    fn started(&self, phase: Phase);
-
-    /// An attempt at `phase` ended.
-    fn ended(&self, phase: Phase, succeeded: bool);
-}
-
-/// The attempts of a [`Service`]: each one's future boxed by the service.
-pub(crate) struct ServiceAttempts<'a> {
-    service: &'a Service,
-    future: Option<BoxFuture<'a, Result<(), BoxError>>>,
-}
-
-impl<'a> ServiceAttempts<'a> {
-    pub(crate) fn new(service: &'a Service) -> Self {
-        ServiceAttempts {
-            service,
-            future: None,
-        }
-    }
-}
-
-impl Attempts for ServiceAttempts<'_> {
-    fn name(&self) -> &str {
-        self.service.name()
-    }
-
-    fn poll_attempt(
-        &mut self,
-        phase: Phase,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Result<(), BoxError>> {
-        let service = self.service;
-        self.future
-            .get_or_insert_with(|| service.shared.phases.run(phase))
-            .as_mut()
-            .poll(cx)
-    }
-
-    fn end_attempt(&mut self) {
-        self.future = None;
-    }
-
-    fn started(&self, phase: Phase) {
-        self.service.mark_started(phase);
-    }
-
-    fn ended(&self, phase: Phase, succeeded: bool) {
-        self.service.record(phase, succeeded);
-    }
+    /// An attempt at `phase` ended (a `Service` publishes its status).
+    fn ended(&mut self, phase: Phase, succeeded: bool);
 }
 
 /// One phase of one service, from its first attempt to its last.
@@ -140,34 +99,39 @@ enum State {
 }
 
 impl<A: Attempts> PhaseRun<A> {
-    pub(crate) fn new(
-        index: usize,
-        attempt: A,
-        transaction_id: TransactionId,
-        phase: Phase,
-        retries: Retries,
-        timeout: Option<Duration>,
-    ) -> Self {
+    /// A run of `attempt`'s phases, set up for one by
+    /// [`restart`](PhaseRun::restart) before it is polled.
+    pub(crate) fn new(attempt: A) -> Self {
         PhaseRun {
-            index,
-            phase,
-            retries,
-            timeout,
+            index: 0,
+            phase: Phase::Try,
+            retries: Retries::NONE,
+            timeout: None,
             attempts: 0,
-            transaction_id,
+            transaction_id: TransactionId::from_u128(0),
             state: State::Start,
             attempt,
         }
     }
 
-    /// Makes the run start over at `phase`, as a new run would.
+    /// The attempts' owner.
+    pub(crate) fn attempt(&self) -> &A {
+        &self.attempt
+    }
+
+    pub(crate) fn attempt_mut(&mut self) -> &mut A {
+        &mut self.attempt
+    }
+
+    /// Makes the run start over at `phase`, as a new run would, counting
+    /// `attempts` already made (by a process that crashed since).
     pub(crate) fn restart(
         &mut self,
         index: usize,
         transaction_id: TransactionId,
         phase: Phase,
-        retries: Retries,
-        timeout: Option<Duration>,
+        (retries, timeout): (Retries, Option<Duration>),
+        attempts: u32,
     ) {
         self.end_attempt();
         self.index = index;
@@ -175,7 +139,7 @@ impl<A: Attempts> PhaseRun<A> {
         self.phase = phase;
         self.retries = retries;
         self.timeout = timeout;
-        self.attempts = 0;
+        self.attempts = attempts;
         self.state = State::Start;
     }
 
@@ -251,14 +215,6 @@ impl<E: fmt::Display + ?Sized> fmt::Display for Logged<'_, E> {
     }
 }
 
-impl<A: Attempts + Unpin> Future for PhaseRun<A> {
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
-        self.get_mut().poll_run(cx)
-    }
-}
-
 impl<A: Attempts> PhaseRun<A> {
     /// Drives the run: starts each attempt, waits out its backoff, retries.
     /// Nothing in a run is pinned (an attempt's future is boxed, or pinned
@@ -269,7 +225,6 @@ impl<A: Attempts> PhaseRun<A> {
             match &mut this.state {
                 State::Start => {
                     this.attempts = this.attempts.saturating_add(1);
-                    this.attempt.started(this.phase);
                     let deadline = this
                         .timeout
                         .map(|limit| Box::pin(tokio::time::sleep(limit)));
@@ -292,7 +247,8 @@ impl<A: Attempts> PhaseRun<A> {
                                 return Poll::Pending;
                             }
                             let limit = this.timeout.unwrap_or_default();
-                            Err(Box::new(TryTimedOut(limit)) as BoxError)
+                            let phase = this.phase;
+                            Err(Box::new(TimedOut { phase, limit }) as BoxError)
                         }
                     };
                     // The attempt is over (a timed-out one is cancelled by

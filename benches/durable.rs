@@ -1,0 +1,459 @@
+//! The durable log's floors, with real fsync, on the disk of the target
+//! directory: what the store alone costs, for the engine's durable figures to
+//! be compared with, in the same run.
+//!
+//! ```sh
+//! cargo bench --bench durable            # the four floors
+//! cargo bench --bench durable -- size    # the file's size over 1,000,000 transactions
+//! ```
+//!
+//! 1. 64 concurrent callers, each looping over one transaction's writes:
+//!    begin (2 participants, ~200 bytes), decide, 2 notes, finish(Done).
+//! 2. One caller: median latency of begin + decide (two durable commits in a
+//!    row), and of the whole sequence.
+//! 3. A bare `fdatasync` of a 200-byte append, median: the disk's own floor.
+//! 4. Recovery: claim and finish 100,000 unfinished transactions, in a log
+//!    opened afresh.
+//!
+//! And the engine over the same store, in the same run, for the targets of
+//! the durable-transactions issue:
+//!
+//! 5. 64 concurrent callers, each looping over durable `tcc!` transactions
+//!    of two no-op recoverable services: against (1).
+//! 6. One caller: median latency of one durable `tcc!` transaction: against
+//!    (2), two durable commits in a row.
+//! 7. `TransactionLog::recover` of 100,000 unfinished transactions (half
+//!    decided), each rebuilt and finished through the engine: against (4).
+//!
+//! `cargo test --benches` (CI) passes no `--bench`: a tiny run of each, in
+//! seconds, that only proves the bench works.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tcc::durable::{Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, RedbLog};
+use tcc::{BoxError, Phase, Recoverable, TccService, TransactionId, TransactionLog, tcc};
+use tokio::task::JoinSet;
+
+/// Sizes of one run: the real one, or CI's proof that the bench works.
+struct Sizes {
+    concurrent_for: Duration,
+    latency_runs: usize,
+    fsyncs: usize,
+    recovery: usize,
+    size_transactions: u64,
+}
+
+const FULL: Sizes = Sizes {
+    concurrent_for: Duration::from_secs(5),
+    latency_runs: 2_000,
+    fsyncs: 2_000,
+    recovery: 100_000,
+    size_transactions: 1_000_000,
+};
+
+const TINY: Sizes = Sizes {
+    concurrent_for: Duration::from_millis(200),
+    latency_runs: 20,
+    fsyncs: 20,
+    recovery: 256,
+    size_transactions: 640,
+};
+
+const CALLERS: usize = 64;
+
+/// Two participants with serde data, as a transfer has: ~200 bytes as
+/// the log writes it.
+fn intent() -> Intent {
+    let participant = |name: &str, account: &str| ParticipantEntry {
+        name: name.into(),
+        kind: "account".into(),
+        data: format!(r#"{{"account":"{account}","amount":125,"currency":"EUR"}}"#).into_bytes(),
+    };
+    Intent {
+        id: TransactionId::generate(),
+        participants: vec![participant("payer", "alice"), participant("payee", "bob")],
+    }
+}
+
+/// A participant that does nothing, and can be rebuilt after a crash.
+#[derive(Recoverable)]
+#[recoverable(kind = "noop")]
+struct Noop {
+    name: String,
+}
+
+impl TccService for Noop {
+    fn service_name(&self) -> &str {
+        &self.name
+    }
+    async fn try_phase(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn confirm(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn cancel(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// (5, 6) one durable transaction of two no-op services.
+async fn durable_transaction(log: &TransactionLog) -> Duration {
+    let start = Instant::now();
+    tcc! {
+        log = log;
+        Noop { name: "payer".into() },
+        Noop { name: "payee".into() },
+    }
+    .await
+    .unwrap();
+    start.elapsed()
+}
+
+/// (5) durable transactions/s with `CALLERS` concurrent callers.
+async fn engine_concurrent(log: TransactionLog, run_for: Duration) -> f64 {
+    let start = Instant::now();
+    let mut callers = JoinSet::new();
+    for _ in 0..CALLERS {
+        let log = log.clone();
+        callers.spawn(async move {
+            let mut count = 0u64;
+            while start.elapsed() < run_for {
+                durable_transaction(&log).await;
+                count += 1;
+            }
+            count
+        });
+    }
+    let total: u64 = join(callers).await.into_iter().sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// (7) writes `count` unfinished transactions of two no-op services (half
+/// decided), reopens the file, and recovers them all through the engine.
+async fn engine_recovery(dir: &Path, count: usize) -> f64 {
+    let path = dir.join("engine-recovery.redb");
+    {
+        let log = Arc::new(RedbLog::open(&path).unwrap());
+        let mut writers = JoinSet::new();
+        for caller in 0..CALLERS {
+            let log = log.clone();
+            writers.spawn(async move {
+                for i in (caller..count).step_by(CALLERS) {
+                    let participant = |name: &str| ParticipantEntry {
+                        name: name.into(),
+                        kind: "noop".into(),
+                        data: format!(r#"{{"name":"{name}"}}"#).into_bytes(),
+                    };
+                    let intent = Intent {
+                        id: TransactionId::generate(),
+                        participants: vec![participant("payer"), participant("payee")],
+                    };
+                    let lease = log.begin(&intent).await.unwrap();
+                    if i % 2 == 0 {
+                        log.decide(&lease, Decision::Confirm).await.unwrap();
+                    }
+                }
+            });
+        }
+        join(writers).await;
+    }
+    let log = TransactionLog::open(&path).unwrap();
+    log.register::<Noop>();
+    let start = Instant::now();
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, count);
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn done() -> PhaseProgress {
+    PhaseProgress {
+        attempts: 1,
+        succeeded: true,
+        last_error: None,
+    }
+}
+
+/// One transaction's writes, as the engine makes them; the time to the
+/// decision, and to the end.
+async fn transaction(log: &RedbLog) -> (Duration, Duration) {
+    let start = Instant::now();
+    let intent = intent();
+    let lease = log.begin(&intent).await.unwrap();
+    log.decide(&lease, Decision::Confirm).await.unwrap();
+    let decided = start.elapsed();
+    log.note(&lease, 0, Phase::Confirm, done());
+    log.note(&lease, 1, Phase::Confirm, done());
+    log.finish(&lease, End::Done).await.unwrap();
+    (decided, start.elapsed())
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// The filesystem type under `path`, from /proc/mounts (Linux).
+fn filesystem(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(point)
+                .then(|| (point.len(), kind.to_owned()))
+        })
+        .max()
+        .map_or_else(|| "unknown".into(), |(_, kind)| kind)
+}
+
+/// (1) transactions/s with `CALLERS` concurrent callers.
+async fn concurrent(log: Arc<RedbLog>, run_for: Duration) -> f64 {
+    let start = Instant::now();
+    let mut callers = JoinSet::new();
+    for _ in 0..CALLERS {
+        let log = log.clone();
+        callers.spawn(async move {
+            let mut count = 0u64;
+            while start.elapsed() < run_for {
+                transaction(&log).await;
+                count += 1;
+            }
+            count
+        });
+    }
+    let total: u64 = join(callers).await.into_iter().sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// (3) the median of `runs` appends of 200 bytes, each followed by
+/// fdatasync.
+fn fdatasync(dir: &Path, runs: usize) -> Duration {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("fsync.bin")).unwrap();
+    let record = [7u8; 200];
+    let samples = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            file.write_all(&record).unwrap();
+            file.sync_data().unwrap();
+            start.elapsed()
+        })
+        .collect();
+    median(samples)
+}
+
+/// (4) writes `count` unfinished transactions (half decided), reopens the
+/// file as a restarted process would, and claims and finishes them all, 1000
+/// claimed at a time, finished concurrently. Returns the time to open and
+/// transactions/s.
+async fn recovery(dir: &Path, count: usize) -> (Duration, f64) {
+    let path = dir.join("recovery.redb");
+    {
+        let log = Arc::new(RedbLog::open(&path).unwrap());
+        let mut writers = JoinSet::new();
+        for caller in 0..CALLERS {
+            let log = log.clone();
+            writers.spawn(async move {
+                for i in (caller..count).step_by(CALLERS) {
+                    let lease = log.begin(&intent()).await.unwrap();
+                    if i % 2 == 0 {
+                        log.decide(&lease, Decision::Confirm).await.unwrap();
+                    }
+                }
+            });
+        }
+        join(writers).await;
+    }
+    let start = Instant::now();
+    let log = Arc::new(RedbLog::open(&path).unwrap());
+    let opened = start.elapsed();
+    let start = Instant::now();
+    let mut finished = 0;
+    loop {
+        let claimed = log.claim_unfinished(1000).await.unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        finished += claimed.len();
+        let mut finishing = JoinSet::new();
+        for (lease, _) in claimed {
+            let log = log.clone();
+            finishing.spawn(async move { finish(&log, &lease).await });
+        }
+        join(finishing).await;
+    }
+    assert_eq!(finished, count);
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    (opened, count as f64 / start.elapsed().as_secs_f64())
+}
+
+/// What recovery writes for one transaction: the decision it lacked, if
+/// any, two notes, the end.
+async fn finish(log: &RedbLog, lease: &Lease) {
+    log.decide(lease, Decision::Cancel).await.unwrap();
+    log.note(lease, 0, Phase::Cancel, done());
+    log.note(lease, 1, Phase::Cancel, done());
+    log.finish(lease, End::Done).await.unwrap();
+}
+
+/// The file's size while `total` transactions run through it at steady
+/// load, printed every tenth.
+async fn size(dir: &Path, total: u64) {
+    let path = dir.join("size.redb");
+    let log = Arc::new(RedbLog::open(&path).unwrap());
+    let step = total / 10;
+    let start = Instant::now();
+    println!("| transactions | file size | elapsed |");
+    println!("|---|---|---|");
+    for tenth in 1..=10 {
+        let mut callers = JoinSet::new();
+        for caller in 0..CALLERS as u64 {
+            let log = log.clone();
+            callers.spawn(async move {
+                for _ in (caller..step).step_by(CALLERS) {
+                    transaction(&log).await;
+                }
+            });
+        }
+        join(callers).await;
+        // A durable write: everything before it is in the file.
+        let lease = log.begin(&intent()).await.unwrap();
+        log.finish(&lease, End::Done).await.unwrap();
+        let bytes = std::fs::metadata(&path).unwrap().len();
+        println!(
+            "| {} | {:.1} MiB | {:.0} s |",
+            tenth * step,
+            bytes as f64 / (1024.0 * 1024.0),
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|arg| arg == "--bench");
+    let sizes = if full { FULL } else { TINY };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The target directory is on a disk even where /tmp is a tmpfs, whose
+    // fsync would cost nothing.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    println!(
+        "log files in {} ({})",
+        dir.path().display(),
+        filesystem(dir.path())
+    );
+
+    if args.iter().any(|arg| arg == "size") || !full {
+        runtime.block_on(size(dir.path(), sizes.size_transactions));
+        if full {
+            return;
+        }
+    }
+
+    let throughput = runtime.block_on(async {
+        let log = Arc::new(RedbLog::open(dir.path().join("concurrent.redb")).unwrap());
+        concurrent(log, sizes.concurrent_for).await
+    });
+
+    let (decided, whole) = runtime.block_on(async {
+        let log = RedbLog::open(dir.path().join("latency.redb")).unwrap();
+        transaction(&log).await; // the first commit creates the file's pages
+        let samples: Vec<_> = one_caller(&log, sizes.latency_runs).await;
+        let decided = median(samples.iter().map(|s| s.0).collect());
+        let whole = median(samples.iter().map(|s| s.1).collect());
+        (decided, whole)
+    });
+
+    let engine_throughput = runtime.block_on(async {
+        let log = TransactionLog::open(dir.path().join("engine-concurrent.redb")).unwrap();
+        engine_concurrent(log, sizes.concurrent_for).await
+    });
+
+    let engine_latency = runtime.block_on(async {
+        let log = TransactionLog::open(dir.path().join("engine-latency.redb")).unwrap();
+        durable_transaction(&log).await;
+        let mut samples = Vec::with_capacity(sizes.latency_runs);
+        for _ in 0..sizes.latency_runs {
+            samples.push(durable_transaction(&log).await);
+        }
+        median(samples)
+    });
+
+    let fsync = fdatasync(dir.path(), sizes.fsyncs);
+    let (opened, recovered) = runtime.block_on(recovery(dir.path(), sizes.recovery));
+    let engine_recovered = runtime.block_on(engine_recovery(dir.path(), sizes.recovery));
+
+    println!();
+    println!("| store floor (RedbLog, real fsync) | measured |");
+    println!("|---|---|");
+    println!(
+        "| (1) {CALLERS} callers: begin + decide + 2 notes + finish(Done) | {throughput:.0} transactions/s |"
+    );
+    println!(
+        "| (2) one caller: begin + decide (two durable commits), median | {:.0} µs |",
+        micros(decided)
+    );
+    println!(
+        "| (2) one caller: the whole sequence, median | {:.0} µs |",
+        micros(whole)
+    );
+    println!(
+        "| (3) bare fdatasync of a 200-byte append, median | {:.0} µs ({:.1} per durable commit of (2)) |",
+        micros(fsync),
+        micros(decided) / 2.0 / micros(fsync)
+    );
+    println!(
+        "| (4) recovery: claim + finish {} unfinished | {recovered:.0} transactions/s (open: {:.0} ms) |",
+        sizes.recovery,
+        opened.as_secs_f64() * 1000.0
+    );
+    println!();
+    println!("| the engine over the same store | measured | against its floor |");
+    println!("|---|---|---|");
+    println!(
+        "| (5) {CALLERS} callers: durable tcc! of 2 no-op services | {engine_throughput:.0} transactions/s | floor/engine {:.2} |",
+        throughput / engine_throughput
+    );
+    println!(
+        "| (6) one caller: one durable tcc! transaction, median | {:.0} µs | {:+.0} % over (2) begin + decide |",
+        micros(engine_latency),
+        (micros(engine_latency) / micros(decided) - 1.0) * 100.0
+    );
+    println!(
+        "| (7) TransactionLog::recover of {} unfinished | {engine_recovered:.0} transactions/s | floor/engine {:.2} |",
+        sizes.recovery,
+        recovered / engine_recovered
+    );
+}
+
+/// Every task's result, once all have ended.
+async fn join<T: 'static>(mut set: JoinSet<T>) -> Vec<T> {
+    let mut results = Vec::with_capacity(set.len());
+    while let Some(result) = set.join_next().await {
+        results.push(result.unwrap());
+    }
+    results
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// (2) `runs` transactions, one after another.
+async fn one_caller(log: &RedbLog, runs: usize) -> Vec<(Duration, Duration)> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        samples.push(transaction(log).await);
+    }
+    samples
+}

@@ -1,0 +1,364 @@
+//! The transaction log: what a durable transaction writes, so that a crash at
+//! any instant loses nothing.
+//!
+//! A [`Log`] keeps one record per unfinished transaction. The engine writes it
+//! at fixed moments of a transaction's life; each write is either *durable*
+//! (on disk before the call resolves) or *lazy* (applied in order, on disk with
+//! the next durable write, lost in a crash before that).
+//!
+//! | moment | call | durable? | a crash just before leaves | a crash just after leaves |
+//! |---|---|---|---|---|
+//! | before the first Try | [`Log::begin`] | yes | nothing: no Try ran | an undecided intent: recovery cancels every participant (presumed abort) |
+//! | before the first Confirm or Cancel | [`Log::decide`] | yes | an undecided intent: cancelled | a decision: recovery drives phase 2 to its end |
+//! | after each phase call | [`Log::note`] | lazy | the decision: recovery repeats calls that may have run (phases are idempotent) | same, with fewer repeats |
+//! | all participants done | [`Log::finish`]`(`[`End::Done`]`)` | lazy | the decision: phase 2 runs again, harmlessly | the compact outcome (or, if lost, the decision again) |
+//! | retries exhausted | [`Log::finish`]`(`[`End::NeedsRepair`]`)` | yes | the decision: recovery retries | a transaction listed by [`Log::needs_repair`] |
+//! | an operator re-drives it | [`Log::reopen`] | yes | still needs repair | decided again, claimed by the caller |
+//! | an operator fixed it by hand | [`Log::resolve`] | yes | still needs repair | its outcome, for lookups |
+//!
+//! Lazy writes are safe to lose because every phase may be repeated: a lost
+//! [`note`](Log::note) only makes recovery call a participant again, and a lost
+//! `finish(Done)` only makes it run phase 2 again. What must never be lost is
+//! the intent (else a Try's reservation has no owner) and the decision (else
+//! one participant could be confirmed and another cancelled).
+//!
+//! # Stores
+//!
+//! - [`MemoryLog`]: the same rules, in memory, with no durability. For tests,
+//!   and for programs that want lookups by id without a file.
+//! - [`RedbLog`] (cargo feature `redb`, on by default): one file, crash-safe,
+//!   one writer thread that shares fsyncs between concurrent transactions
+//!   (group commit).
+//! - [`FaultyLog`]: wraps a log and fails, or "crashes", at the k-th write, for
+//!   tests of recovery.
+//!
+//! # Leases and epochs: one interface for one process or several
+//!
+//! Each write after [`begin`](Log::begin) names a [`Lease`]: the right to write
+//! that transaction's record. A lease is taken by [`begin`](Log::begin),
+//! [`claim_unfinished`](Log::claim_unfinished) or [`reopen`](Log::reopen), and
+//! ends with [`finish`](Log::finish) or [`release`](Log::release). Every claim
+//! bumps the record's *epoch*, and every write is conditional on the epoch of
+//! its lease being the record's: a write under a stale lease fails with
+//! [`LogErrorKind::Fenced`] and changes nothing.
+//!
+//! The embedded store is the single-owner case: one process holds the file
+//! (locked against any other), and the leases it holds are the transactions it
+//! began or claimed and has not finished or released. A store shared by
+//! several coordinator processes (PostgreSQL, later) maps the same calls onto
+//! rows: `begin` inserts the row with an owner, an epoch and an expiry;
+//! `claim_unfinished` takes rows whose lease expired, judged on the database's
+//! clock (`now()`), never the coordinators' (`UPDATE ... SET epoch = epoch + 1,
+//! owner = $me, expires = now() + $ttl WHERE expires < now() ... FOR UPDATE
+//! SKIP LOCKED RETURNING *`); every later write carries `WHERE id = $1 AND
+//! epoch = $2`, and zero rows updated is [`Fenced`](LogErrorKind::Fenced);
+//! [`renew`](Log::renew) pushes the expiry forward. A coordinator that paused
+//! past its lease is then fenced out by the one that claimed the transaction,
+//! so two processes never drive one transaction at once, and the decision, a
+//! compare-and-set on the row, is never made twice.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use crate::{Phase, TransactionId};
+
+#[cfg(feature = "redb")]
+mod codec;
+mod faulty;
+mod memory;
+#[cfg(feature = "redb")]
+mod redb;
+mod state;
+
+pub use faulty::{Fault, FaultyLog};
+pub use memory::MemoryLog;
+#[cfg(feature = "redb")]
+pub use redb::{RedbLog, RedbOptions};
+
+/// What a [`Log`] call returns: a boxed future, so that [`Log`] is object
+/// safe (`Arc<dyn Log>`).
+pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send + 'a>>;
+
+/// One participant as the log keeps it: enough to rebuild it after a crash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantEntry {
+    /// The participant's name in the transaction (its service name).
+    pub name: String,
+    /// Which registered kind of service rebuilds it after a restart.
+    pub kind: String,
+    /// Its per-transaction data, serialized (serde_json); opaque to the log.
+    pub data: Vec<u8>,
+}
+
+/// What a transaction is about to do: written before its first Try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    /// The transaction's id, unique in the log.
+    pub id: TransactionId,
+    /// Every participant, in the order the engine indexes them.
+    pub participants: Vec<ParticipantEntry>,
+}
+
+/// The outcome decided for a transaction: every participant is confirmed, or
+/// every participant is cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Every Try succeeded: confirm everywhere.
+    Confirm,
+    /// Some Try failed, or none was decided before a crash: cancel everywhere.
+    Cancel,
+}
+
+/// Where a transaction stands in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The intent is written, no decision yet. Recovery cancels it (presumed
+    /// abort).
+    Undecided,
+    /// Decided; phase 2 runs, or will run again after a crash.
+    Decided(Decision),
+    /// Phase 2 gave up on some participant: waiting for an operator
+    /// ([`Log::reopen`] to drive it again, [`Log::resolve`] once fixed by hand).
+    NeedsRepair(Decision),
+    /// Finished. Only the decision is kept, for a bounded number of
+    /// transactions (see [`Log::get`]).
+    Done(Decision),
+}
+
+impl Status {
+    /// The decision, if one was made.
+    pub fn decision(self) -> Option<Decision> {
+        match self {
+            Status::Undecided => None,
+            Status::Decided(d) | Status::NeedsRepair(d) | Status::Done(d) => Some(d),
+        }
+    }
+}
+
+/// How far one participant got in one phase.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PhaseProgress {
+    /// Calls made so far (a resumed retry loop starts from here).
+    pub attempts: u32,
+    /// Whether the phase succeeded for this participant.
+    pub succeeded: bool,
+    /// The last failure, as text, for an operator.
+    pub last_error: Option<String>,
+}
+
+/// Everything the log knows about one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionRecord {
+    /// What was written before the first Try.
+    pub intent: Intent,
+    /// Where it stands.
+    pub status: Status,
+    /// One entry per participant, in intent order; indexed by Phase as usize
+    /// (Try=0, Confirm=1, Cancel=2).
+    pub progress: Vec<[PhaseProgress; 3]>,
+    /// When [`Log::begin`] wrote it.
+    pub started_at: SystemTime,
+}
+
+impl TransactionRecord {
+    /// The progress of participant `participant` in `phase`, if it exists.
+    pub fn phase_progress(&self, participant: usize, phase: Phase) -> Option<&PhaseProgress> {
+        self.progress.get(participant).map(|p| &p[phase as usize])
+    }
+}
+
+/// The right to write a transaction's record: taken by `begin`,
+/// `claim_unfinished` or `reopen`.
+///
+/// Every write after the claim is conditional on `epoch` (fencing): a write
+/// with a stale epoch fails with [`LogErrorKind::Fenced`]. The embedded store
+/// is the single-owner case (one process, file lock); a later PostgreSQL store
+/// shared by several coordinators will hold leases that expire (judged on the
+/// database's clock), renewed by [`Log::renew`], and bump `epoch` on every
+/// claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The transaction this lease writes.
+    pub id: TransactionId,
+    /// The record's epoch when the lease was taken.
+    pub epoch: u64,
+}
+
+/// How a transaction ends, for [`Log::finish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Every participant finished its phase 2.
+    Done,
+    /// Some participant's phase 2 gave up: keep the record for an operator.
+    NeedsRepair,
+}
+
+/// Where a durable transaction's state is kept. See the [module docs](self)
+/// for what is written when, and what a crash leaves.
+///
+/// Every write of one transaction is applied in the order it was called,
+/// including [`note`](Log::note)s, which are not awaited.
+pub trait Log: Send + Sync + 'static {
+    /// Writes the intent, durably (fsync'd) before it resolves. Fails with
+    /// `Duplicate` if the id exists.
+    fn begin(&self, intent: &Intent) -> LogFuture<'_, Lease>;
+
+    /// Compare-and-set of the decision, durable before it resolves: sets
+    /// `decision` if the transaction has none and returns it; if one is
+    /// already there, returns that one (never two decisions).
+    fn decide(&self, lease: &Lease, decision: Decision) -> LogFuture<'_, Decision>;
+
+    /// A participant's phase progress. Not synced on its own and not awaited:
+    /// enqueued, applied in order before any later write of the same
+    /// transaction, made durable by the next durable commit. A note under a
+    /// stale lease, or for a participant the intent does not have, is dropped
+    /// (the next awaited write under that lease is refused with the reason).
+    fn note(&self, lease: &Lease, participant: u32, phase: Phase, progress: PhaseProgress);
+
+    /// The end of a transaction. `Done`: its record is removed (a compact
+    /// outcome kept for lookups, pruned beyond a bounded retention), need not
+    /// be synced at once. `NeedsRepair`: kept, durable before resolving.
+    /// Ends the lease in this process. An undecided transaction ends as
+    /// cancelled (presumed abort).
+    fn finish(&self, lease: &Lease, end: End) -> LogFuture<'_, ()>;
+
+    /// Claims up to `limit` unfinished transactions (Undecided or Decided, not
+    /// NeedsRepair) that no live lease holds (embedded: none begun/claimed by
+    /// this process and not yet finished or released), each with a new lease
+    /// (epoch bumped).
+    fn claim_unfinished(&self, limit: usize) -> LogFuture<'_, Vec<(Lease, TransactionRecord)>>;
+
+    /// Gives a claim back unchanged (e.g. a participant kind is not
+    /// registered in this process).
+    fn release(&self, lease: &Lease);
+
+    /// Extends a lease; the embedded store has nothing to renew.
+    fn renew(&self, lease: &Lease) -> LogFuture<'_, ()> {
+        let _ = lease;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// One transaction's state: its record while unfinished or needing
+    /// repair; `Status::Done` for a finished one still within retention (then
+    /// `intent.participants` and `progress` are empty); None if unknown.
+    fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>>;
+
+    /// Transactions in `NeedsRepair`, oldest first, up to `limit`.
+    fn needs_repair(&self, limit: usize) -> LogFuture<'_, Vec<TransactionRecord>>;
+
+    /// Claims a NeedsRepair transaction to drive it again: status back to
+    /// Decided(its decision), durable, new lease. None if it is not in
+    /// NeedsRepair.
+    fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>>;
+
+    /// An operator resolved it by hand: NeedsRepair -> Done, durable. False if
+    /// it was not in NeedsRepair.
+    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool>;
+
+    /// How many transactions are unfinished (Undecided, Decided or
+    /// NeedsRepair): for audits and metrics.
+    fn unfinished_count(&self) -> LogFuture<'_, u64>;
+}
+
+/// What kind of thing went wrong in a [`Log`]; see [`LogError::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LogErrorKind {
+    /// The log file is already open, in another process or in this one.
+    AlreadyOpen,
+    /// Reading or writing the file failed.
+    Io,
+    /// The file holds something this version cannot read.
+    Corrupt,
+    /// [`Log::begin`] with an id the log already has.
+    Duplicate,
+    /// A write under a lease that is no longer the record's (another claim
+    /// took it, or it ended).
+    Fenced,
+    /// The transaction is not in the log.
+    NotFound,
+    /// The log is shut down, or stopped after an earlier failure.
+    Closed,
+    /// A failure injected by [`FaultyLog`].
+    Injected,
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in a log; [`kind`](LogError::kind) says what, `Display`
+/// says it for a person (with the path or the transaction id).
+pub struct LogError {
+    kind: LogErrorKind,
+    message: String,
+    source: Option<Source>,
+}
+
+impl LogError {
+    /// An error of `kind`, described by `message`.
+    pub fn new(kind: LogErrorKind, message: impl Into<String>) -> Self {
+        LogError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, caused by `source` (shown after the message, and
+    /// returned by `source()`).
+    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> LogErrorKind {
+        self.kind
+    }
+
+    pub(crate) fn fenced(lease: &Lease) -> Self {
+        LogError::new(
+            LogErrorKind::Fenced,
+            format!(
+                "transaction {} is no longer held by this lease (epoch {}): it was finished, released or claimed again",
+                lease.id, lease.epoch
+            ),
+        )
+    }
+
+    pub(crate) fn not_found(id: TransactionId) -> Self {
+        LogError::new(
+            LogErrorKind::NotFound,
+            format!("transaction {id} is not in the log"),
+        )
+    }
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl std::error::Error for LogError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}

@@ -1,0 +1,735 @@
+//! [`RedbLog`]: the embedded log, one redb file, with group commit.
+//!
+//! One writer thread owns the database. Every call is a request on a channel;
+//! the writer takes every request queued, applies them in order in one write
+//! transaction, commits it (durably if any request needs it), and only then
+//! replies to each. Concurrent transactions therefore share one fsync.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::codec;
+use super::state::{Outcome, Rules, Stored, Tables};
+use super::{
+    Decision, End, Intent, Lease, Log, LogError, LogErrorKind, LogFuture, PhaseProgress, Status,
+    TransactionRecord,
+};
+use crate::{Phase, TransactionId};
+
+/// Undecided and decided records, by transaction id.
+const UNFINISHED: TableDefinition<u128, &[u8]> = TableDefinition::new("unfinished");
+/// Records needing repair, by transaction id.
+const REPAIR: TableDefinition<u128, &[u8]> = TableDefinition::new("needs_repair");
+/// Outcomes of finished transactions, by transaction id.
+const OUTCOMES: TableDefinition<u128, &[u8]> = TableDefinition::new("outcomes");
+/// Finished transactions in the order they finished, to prune the oldest.
+const FINISHED_ORDER: TableDefinition<u64, u128> = TableDefinition::new("finished_order");
+/// `format`: the file's layout version; `next_finished`: the next key of
+/// `finished_order`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The file layout this version writes and reads.
+const FILE_FORMAT: u64 = 1;
+
+/// How many requests one write transaction takes at most, so that one commit
+/// never keeps its callers waiting on a huge batch.
+const MAX_BATCH: usize = 4096;
+
+/// How many lazy commits may follow one another before one is made durable
+/// anyway: redb cannot reuse the pages a lazy commit freed until a durable
+/// commit, so a long run of lazy ones (recovery finishing transactions,
+/// notes only) would grow the file.
+const MAX_LAZY_COMMITS: u32 = 1024;
+
+/// How many finished transactions a [`RedbLog`] keeps for lookups unless
+/// told otherwise.
+const DEFAULT_RETENTION: u64 = 100_000;
+
+/// How to open a [`RedbLog`]: `RedbLog::options().retention(1000).open(path)`.
+#[derive(Clone, Debug)]
+pub struct RedbOptions {
+    retention: u64,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            retention: DEFAULT_RETENTION,
+        }
+    }
+}
+
+impl RedbOptions {
+    /// How many finished transactions keep their outcome for
+    /// [`Log::get`] (default 100,000). Beyond it the oldest are removed, a few
+    /// at each later finish, so the file's size stays bounded under steady
+    /// load.
+    pub fn retention(mut self, finished: u64) -> Self {
+        self.retention = finished;
+        self
+    }
+
+    /// Opens the log at `path`, creating it if missing. See [`RedbLog::open`].
+    pub fn open(self, path: impl AsRef<Path>) -> Result<RedbLog, LogError> {
+        RedbLog::open_with(path.as_ref(), self)
+    }
+}
+
+/// The embedded [`Log`]: one [redb](https://docs.rs/redb) file, crash-safe,
+/// locked against a second opener, with group commit. Cargo feature `redb`
+/// (on by default).
+///
+/// What is durable when, and what a crash leaves, is in the
+/// [module docs](super). Durable calls ([`begin`](Log::begin),
+/// [`decide`](Log::decide), `finish(NeedsRepair)`, [`reopen`](Log::reopen),
+/// [`resolve`](Log::resolve)) resolve once their write transaction is
+/// committed and fsync'd; concurrent calls share that commit. The others are
+/// committed without fsync and reach the disk with the next durable commit, or
+/// when the log is dropped: dropping it is a clean shutdown that waits for the
+/// writer thread to finish what was sent.
+///
+/// ```
+/// use tcc::durable::{Decision, End, Intent, Log, RedbLog, Status};
+/// use tcc::TransactionId;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # let dir = std::env::temp_dir().join(format!("tcc-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("transactions.redb");
+/// let id = TransactionId::generate();
+/// {
+///     let log = RedbLog::open(&path).unwrap();
+///     let lease = log.begin(&Intent { id, participants: vec![] }).await.unwrap();
+///     log.decide(&lease, Decision::Confirm).await.unwrap();
+///     // The process stops here, the transaction unfinished...
+/// }
+/// // ... and the next one finds it decided, and finishes it.
+/// let log = RedbLog::open(&path).unwrap();
+/// let mut claimed = log.claim_unfinished(10).await.unwrap();
+/// let (lease, record) = claimed.pop().unwrap();
+/// assert_eq!(record.status, Status::Decided(Decision::Confirm));
+/// log.finish(&lease, End::Done).await.unwrap();
+/// # drop(log);
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # }
+/// ```
+pub struct RedbLog {
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl RedbLog {
+    /// Opens the log at `path`, creating the file if missing, keeping the
+    /// outcomes of the last 100,000 finished transactions (see
+    /// [`RedbLog::options`]).
+    ///
+    /// Fails with [`LogErrorKind::AlreadyOpen`] if another process, or
+    /// another `RedbLog` of this process, has the file open: one file has one
+    /// writer. With [`Corrupt`](LogErrorKind::Corrupt) if the file is not a
+    /// log this version can read, and [`Io`](LogErrorKind::Io) if it cannot be
+    /// read or created.
+    pub fn open(path: impl AsRef<Path>) -> Result<RedbLog, LogError> {
+        RedbLog::open_with(path.as_ref(), RedbOptions::default())
+    }
+
+    /// Options for [`RedbOptions::open`].
+    pub fn options() -> RedbOptions {
+        RedbOptions::default()
+    }
+
+    /// The file this log writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_with(path: &Path, options: RedbOptions) -> Result<RedbLog, LogError> {
+        let db = Database::builder()
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => LogError::new(
+                    LogErrorKind::AlreadyOpen,
+                    format!(
+                        "the log {} is already open, by another process or elsewhere in this one; one log file has one writer",
+                        path.display()
+                    ),
+                ),
+                other => from_redb(path, "cannot open the log", other),
+            })?;
+        prepare(&db, path)?;
+        let (requests, inbox) = mpsc::channel();
+        let writer = Writer {
+            db,
+            path: path.to_owned(),
+            rules: Rules::new(options.retention),
+            lazy_commits: 0,
+            broken: None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("tcc-log-writer".into())
+            .spawn(move || writer.run(&inbox))
+            .map_err(|e| {
+                LogError::new(LogErrorKind::Io, "cannot start the log's writer thread")
+                    .with_source(e)
+            })?;
+        Ok(RedbLog {
+            requests: Some(requests),
+            writer: Some(writer),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Sends a request and awaits its reply.
+    fn call<T: Send + 'static>(
+        &self,
+        request: impl FnOnce(Reply<T>) -> Request,
+    ) -> LogFuture<'_, T> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.send(request(reply));
+        Box::pin(async move {
+            sent?;
+            answer.await.map_err(|_| self.closed())?
+        })
+    }
+
+    fn send(&self, request: Request) -> Result<(), LogError> {
+        let requests = self.requests.as_ref().expect("set until drop");
+        requests.send(request).map_err(|_| self.closed())
+    }
+
+    fn closed(&self) -> LogError {
+        LogError::new(
+            LogErrorKind::Closed,
+            format!("the writer of the log {} has stopped", self.path.display()),
+        )
+    }
+}
+
+impl Drop for RedbLog {
+    fn drop(&mut self) {
+        // Closing the channel stops the writer once it has applied every
+        // request sent; waiting for it releases the file for the next opener.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for RedbLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLog").field("path", &self.path).finish()
+    }
+}
+
+impl Log for RedbLog {
+    fn begin(&self, intent: &Intent) -> LogFuture<'_, Lease> {
+        let intent = intent.clone();
+        self.call(|reply| Request::Begin(intent, reply))
+    }
+
+    fn decide(&self, lease: &Lease, decision: Decision) -> LogFuture<'_, Decision> {
+        let lease = lease.clone();
+        self.call(|reply| Request::Decide(lease, decision, reply))
+    }
+
+    fn note(&self, lease: &Lease, participant: u32, phase: Phase, progress: PhaseProgress) {
+        // A stopped writer fails every later awaited call, which says so.
+        let _ = self.send(Request::Note(lease.clone(), participant, phase, progress));
+    }
+
+    fn finish(&self, lease: &Lease, end: End) -> LogFuture<'_, ()> {
+        let lease = lease.clone();
+        self.call(|reply| Request::Finish(lease, end, reply))
+    }
+
+    fn claim_unfinished(&self, limit: usize) -> LogFuture<'_, Vec<(Lease, TransactionRecord)>> {
+        self.call(|reply| Request::Claim(limit, reply))
+    }
+
+    fn release(&self, lease: &Lease) {
+        let _ = self.send(Request::Release(lease.clone()));
+    }
+
+    fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>> {
+        self.call(|reply| Request::Get(id, reply))
+    }
+
+    fn needs_repair(&self, limit: usize) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.call(|reply| Request::NeedsRepair(limit, reply))
+    }
+
+    fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>> {
+        self.call(|reply| Request::Reopen(id, reply))
+    }
+
+    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.call(|reply| Request::Resolve(id, reply))
+    }
+
+    fn unfinished_count(&self) -> LogFuture<'_, u64> {
+        self.call(Request::Count)
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, LogError>>;
+
+/// One call of [`Log`], as the writer receives it.
+enum Request {
+    Begin(Intent, Reply<Lease>),
+    Decide(Lease, Decision, Reply<Decision>),
+    Note(Lease, u32, Phase, PhaseProgress),
+    Finish(Lease, End, Reply<()>),
+    Claim(usize, Reply<Vec<(Lease, TransactionRecord)>>),
+    Release(Lease),
+    Get(TransactionId, Reply<Option<TransactionRecord>>),
+    NeedsRepair(usize, Reply<Vec<TransactionRecord>>),
+    Reopen(TransactionId, Reply<Option<(Lease, TransactionRecord)>>),
+    Resolve(TransactionId, Reply<bool>),
+    Count(Reply<u64>),
+}
+
+impl Request {
+    /// Whether its caller may only hear back once the batch is on disk.
+    fn durable(&self) -> bool {
+        matches!(
+            self,
+            Request::Begin(..)
+                | Request::Decide(..)
+                | Request::Finish(_, End::NeedsRepair, _)
+                | Request::Reopen(..)
+                | Request::Resolve(..)
+        )
+    }
+}
+
+/// A reply held until its batch is committed: it then sends its result, or
+/// the commit's failure.
+type Pending = Box<dyn FnOnce(Option<&LogError>) + Send>;
+
+fn hold<T: Send + 'static>(
+    pending: &mut Vec<Pending>,
+    reply: Reply<T>,
+    result: Result<T, LogError>,
+) {
+    pending.push(Box::new(move |failed: Option<&LogError>| {
+        let _ = reply.send(match failed {
+            Some(error) => Err(error.echo()),
+            None => result,
+        });
+    }));
+}
+
+impl LogError {
+    /// The same kind and text, for each caller of a failed batch.
+    fn echo(&self) -> LogError {
+        LogError::new(self.kind(), self.to_string())
+    }
+}
+
+/// Whether an error means the write transaction can no longer be trusted
+/// (the store failed), rather than a refusal by the rules.
+fn is_store_failure(error: &LogError) -> bool {
+    matches!(error.kind(), LogErrorKind::Io | LogErrorKind::Corrupt)
+}
+
+struct Writer {
+    db: Database,
+    path: PathBuf,
+    rules: Rules,
+    lazy_commits: u32,
+    /// The failure that stopped the writer: after a failed commit, what this
+    /// process believes (its live leases) may no longer match the file, so
+    /// every later call gets this error until the log is opened again.
+    broken: Option<LogError>,
+}
+
+impl Writer {
+    fn run(mut self, inbox: &mpsc::Receiver<Request>) {
+        let mut batch = Vec::new();
+        while let Ok(first) = inbox.recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let durable = batch.iter().any(Request::durable);
+            let mut pending = Vec::with_capacity(batch.len());
+            let failed = match &self.broken {
+                Some(broken) => Some(broken.echo()),
+                None => self.apply(batch.drain(..), durable, &mut pending).err(),
+            };
+            if let Some(error) = &failed
+                && self.broken.is_none()
+            {
+                tracing::error!(path = %self.path.display(), %error, "the log stopped");
+                self.broken = Some(error.echo());
+            }
+            for reply in pending {
+                reply(failed.as_ref());
+            }
+            batch.clear();
+        }
+        // A clean shutdown: what was committed lazily reaches the disk now.
+        if self.broken.is_none()
+            && self.lazy_commits > 0
+            && let Err(error) = self.commit_empty()
+        {
+            tracing::error!(path = %self.path.display(), %error, "the log's last commit failed");
+        }
+    }
+
+    /// Applies a batch in one write transaction and commits it.
+    fn apply(
+        &mut self,
+        batch: impl Iterator<Item = Request>,
+        durable: bool,
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), LogError> {
+        let path = self.path.clone();
+        let redb_error = |what: &str, e: redb::Error| from_redb(&path, what, e);
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| redb_error("cannot write the log", e.into()))?;
+        let durable = durable || self.lazy_commits + 1 >= MAX_LAZY_COMMITS;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability)
+            .map_err(|e| redb_error("cannot write the log", e.into()))?;
+        let changed = {
+            let mut tables = RedbTables::open(&txn, &path)?;
+            let rules = &mut self.rules;
+            for request in batch {
+                apply_one(rules, &mut tables, request, pending)?;
+            }
+            tables.finish()?
+        };
+        if !changed {
+            // Nothing to commit: reads, releases and refused writes only.
+            txn.abort()
+                .map_err(|e| redb_error("cannot write the log", e.into()))?;
+            return Ok(());
+        }
+        // The durable commit: every intent, decision, repair state of the
+        // batch is on disk once it returns, and only then does any caller
+        // hear back. A crash before it leaves the file as after the previous
+        // commit: no caller was told of this batch, so none ran a Try or a
+        // phase 2 on it.
+        txn.commit()
+            .map_err(|e| redb_error("cannot commit to the log", e.into()))?;
+        self.lazy_commits = if durable { 0 } else { self.lazy_commits + 1 };
+        Ok(())
+    }
+
+    fn commit_empty(&mut self) -> Result<(), LogError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| from_redb(&self.path, "cannot write the log", e))?;
+        txn.commit()
+            .map_err(|e| from_redb(&self.path, "cannot commit to the log", e))?;
+        self.lazy_commits = 0;
+        Ok(())
+    }
+}
+
+/// Runs one request; its reply waits in `pending`. Errors only if the store
+/// failed, which fails the whole batch.
+fn apply_one(
+    rules: &mut Rules,
+    tables: &mut RedbTables<'_>,
+    request: Request,
+    pending: &mut Vec<Pending>,
+) -> Result<(), LogError> {
+    fn keep<T: Send + 'static>(
+        pending: &mut Vec<Pending>,
+        reply: Reply<T>,
+        result: Result<T, LogError>,
+    ) -> Result<(), LogError> {
+        let failure = match &result {
+            Err(error) if is_store_failure(error) => Some(error.echo()),
+            _ => None,
+        };
+        hold(pending, reply, result);
+        failure.map_or(Ok(()), Err)
+    }
+    match request {
+        Request::Begin(intent, reply) => keep(pending, reply, rules.begin(tables, &intent)),
+        Request::Decide(lease, decision, reply) => {
+            keep(pending, reply, rules.decide(tables, &lease, decision))
+        }
+        Request::Note(lease, participant, phase, progress) => {
+            match rules.note(tables, &lease, participant, phase, progress) {
+                Err(error) if is_store_failure(&error) => Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, "note dropped");
+                    Ok(())
+                }
+                Ok(()) => Ok(()),
+            }
+        }
+        Request::Finish(lease, end, reply) => {
+            keep(pending, reply, rules.finish(tables, &lease, end))
+        }
+        Request::Claim(limit, reply) => keep(pending, reply, rules.claim_unfinished(tables, limit)),
+        Request::Release(lease) => {
+            rules.release(&lease);
+            Ok(())
+        }
+        Request::Get(id, reply) => keep(pending, reply, rules.get(tables, id)),
+        Request::NeedsRepair(limit, reply) => {
+            keep(pending, reply, rules.needs_repair(tables, limit))
+        }
+        Request::Reopen(id, reply) => keep(pending, reply, rules.reopen(tables, id)),
+        Request::Resolve(id, reply) => keep(pending, reply, rules.resolve(tables, id)),
+        Request::Count(reply) => keep(pending, reply, rules.unfinished_count(tables)),
+    }
+}
+
+/// Creates the tables of a new file, or checks those of an existing one.
+fn prepare(db: &Database, path: &Path) -> Result<(), LogError> {
+    let txn = db
+        .begin_write()
+        .map_err(|e| from_redb(path, "cannot write the log", e))?;
+    {
+        let tables = RedbTables::open(&txn, path)?;
+        let mut meta = tables.meta;
+        let format = meta
+            .get("format")
+            .map_err(|e| from_redb(path, "cannot read the log", e))?
+            .map(|v| v.value());
+        match format {
+            None => {
+                meta.insert("format", FILE_FORMAT)
+                    .map_err(|e| from_redb(path, "cannot write the log", e))?;
+            }
+            Some(FILE_FORMAT) => {}
+            Some(other) => {
+                return Err(LogError::new(
+                    LogErrorKind::Corrupt,
+                    format!(
+                        "the log {} was written in file format {other}; this version of tcc reads format {FILE_FORMAT}",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    // Durable, so that the tables exist before any transaction is begun.
+    txn.commit()
+        .map_err(|e| from_redb(path, "cannot commit to the log", e))
+}
+
+fn read_error(path: &Path, e: impl Into<redb::Error>) -> LogError {
+    from_redb(path, "cannot read the log", e)
+}
+
+fn write_error(path: &Path, e: impl Into<redb::Error>) -> LogError {
+    from_redb(path, "cannot write the log", e)
+}
+
+fn from_redb(path: &Path, what: &str, error: impl Into<redb::Error>) -> LogError {
+    let error = error.into();
+    let kind = match &error {
+        redb::Error::DatabaseAlreadyOpen => LogErrorKind::AlreadyOpen,
+        redb::Error::Corrupted(_)
+        | redb::Error::UpgradeRequired(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TypeDefinitionChanged { .. } => LogErrorKind::Corrupt,
+        _ => LogErrorKind::Io,
+    };
+    LogError::new(kind, format!("{what} {}", path.display())).with_source(error)
+}
+
+/// The tables of one write transaction.
+struct RedbTables<'t> {
+    path: &'t Path,
+    unfinished: Table<'t, u128, &'static [u8]>,
+    repair: Table<'t, u128, &'static [u8]>,
+    outcomes: Table<'t, u128, &'static [u8]>,
+    order: Table<'t, u64, u128>,
+    meta: Table<'t, &'static str, u64>,
+    next_finished: Option<u64>,
+    changed: bool,
+}
+
+impl<'t> RedbTables<'t> {
+    fn open(txn: &'t redb::WriteTransaction, path: &'t Path) -> Result<Self, LogError> {
+        let open = |e: redb::TableError| from_redb(path, "cannot open the tables of the log", e);
+        Ok(RedbTables {
+            path,
+            unfinished: txn.open_table(UNFINISHED).map_err(open)?,
+            repair: txn.open_table(REPAIR).map_err(open)?,
+            outcomes: txn.open_table(OUTCOMES).map_err(open)?,
+            order: txn.open_table(FINISHED_ORDER).map_err(open)?,
+            meta: txn.open_table(META).map_err(open)?,
+            next_finished: None,
+            changed: false,
+        })
+    }
+
+    /// Writes what is kept in memory during the batch; whether anything
+    /// changed.
+    fn finish(mut self) -> Result<bool, LogError> {
+        if let Some(next) = self.next_finished {
+            self.meta
+                .insert("next_finished", next)
+                .map_err(|e| from_redb(self.path, "cannot write the log", e))?;
+        }
+        Ok(self.changed)
+    }
+
+    fn table(&mut self, needs_repair: bool) -> &mut Table<'t, u128, &'static [u8]> {
+        if needs_repair {
+            &mut self.repair
+        } else {
+            &mut self.unfinished
+        }
+    }
+}
+
+impl Tables for RedbTables<'_> {
+    fn record(&mut self, id: TransactionId) -> Result<Option<Stored>, LogError> {
+        let key = id.as_u128();
+        for table in [&self.unfinished, &self.repair] {
+            if let Some(bytes) = table.get(key).map_err(|e| read_error(self.path, e))? {
+                return codec::decode(id, bytes.value()).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn put_record(&mut self, stored: &Stored, moved: bool) -> Result<(), LogError> {
+        let needs_repair = matches!(stored.record.status, Status::NeedsRepair(_));
+        let key = stored.id().as_u128();
+        let bytes = codec::encode(stored);
+        self.changed = true;
+        if moved {
+            let result = self.table(!needs_repair).remove(key).map(drop);
+            result.map_err(|e| write_error(self.path, e))?;
+        }
+        let result = self
+            .table(needs_repair)
+            .insert(key, bytes.as_slice())
+            .map(drop);
+        result.map_err(|e| write_error(self.path, e))
+    }
+
+    fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError> {
+        self.changed = true;
+        let result = self.table(needs_repair).remove(id.as_u128()).map(drop);
+        result.map_err(|e| write_error(self.path, e))
+    }
+
+    fn outcome(&mut self, id: TransactionId) -> Result<Option<Outcome>, LogError> {
+        match self
+            .outcomes
+            .get(id.as_u128())
+            .map_err(|e| read_error(self.path, e))?
+        {
+            Some(bytes) => codec::decode_outcome(id, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn add_outcome(
+        &mut self,
+        id: TransactionId,
+        outcome: Outcome,
+        retention: u64,
+        max_pruned: usize,
+    ) -> Result<(), LogError> {
+        self.changed = true;
+        let next = match self.next_finished {
+            Some(next) => next,
+            None => self
+                .meta
+                .get("next_finished")
+                .map_err(|e| read_error(self.path, e))?
+                .map_or(0, |v| v.value()),
+        };
+        self.next_finished = Some(next + 1);
+        let bytes = codec::encode_outcome(&outcome);
+        let result = self
+            .outcomes
+            .insert(id.as_u128(), bytes.as_slice())
+            .map(drop);
+        result.map_err(|e| write_error(self.path, e))?;
+        let result = self.order.insert(next, id.as_u128()).map(drop);
+        result.map_err(|e| write_error(self.path, e))?;
+        // Prune the oldest, a few at a time. The order table's length is kept
+        // by redb in its header: reading it costs nothing.
+        for _ in 0..max_pruned {
+            let kept = self.order.len().map_err(|e| read_error(self.path, e))?;
+            if kept <= retention {
+                break;
+            }
+            let oldest = self
+                .order
+                .pop_first()
+                .map_err(|e| write_error(self.path, e))?;
+            if let Some((_, oldest)) = oldest {
+                let oldest = oldest.value();
+                let result = self.outcomes.remove(oldest).map(drop);
+                result.map_err(|e| write_error(self.path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn unfinished(
+        &mut self,
+        limit: usize,
+        skip: &dyn Fn(TransactionId) -> bool,
+    ) -> Result<Vec<Stored>, LogError> {
+        let mut found = Vec::new();
+        let iter = self
+            .unfinished
+            .iter()
+            .map_err(|e| read_error(self.path, e))?;
+        for entry in iter {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, bytes) = entry.map_err(|e| read_error(self.path, e))?;
+            let id = TransactionId::from_u128(key.value());
+            if !skip(id) {
+                found.push(codec::decode(id, bytes.value())?);
+            }
+        }
+        Ok(found)
+    }
+
+    fn repair_records(&mut self) -> Result<Vec<Stored>, LogError> {
+        let mut found = Vec::new();
+        for entry in self.repair.iter().map_err(|e| read_error(self.path, e))? {
+            let (key, bytes) = entry.map_err(|e| read_error(self.path, e))?;
+            found.push(codec::decode(
+                TransactionId::from_u128(key.value()),
+                bytes.value(),
+            )?);
+        }
+        Ok(found)
+    }
+
+    fn count(&mut self) -> Result<u64, LogError> {
+        let unfinished = self
+            .unfinished
+            .len()
+            .map_err(|e| read_error(self.path, e))?;
+        let repair = self.repair.len().map_err(|e| read_error(self.path, e))?;
+        Ok(unfinished + repair)
+    }
+}

@@ -1,0 +1,310 @@
+//! The rules every store applies, written once: [`Rules`] runs each call of
+//! [`Log`](super::Log) against a store's [`Tables`], and keeps the set of
+//! leases live in this process.
+//!
+//! A store only says how records are kept (in maps, in redb tables) and when
+//! they reach the disk; what a call may change, and what it answers, lives
+//! here, so [`MemoryLog`](super::MemoryLog) and the file stores cannot drift
+//! apart.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use super::{
+    Decision, End, Intent, Lease, LogError, LogErrorKind, PhaseProgress, Status, TransactionRecord,
+};
+use crate::{Phase, TransactionId};
+
+/// A record as a store keeps it: the record and the epoch of its lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) record: TransactionRecord,
+    pub(crate) epoch: u64,
+}
+
+impl Stored {
+    pub(crate) fn id(&self) -> TransactionId {
+        self.record.intent.id
+    }
+}
+
+/// The outcome kept for a finished transaction, for lookups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub(crate) decision: Decision,
+    pub(crate) started_at: SystemTime,
+    pub(crate) finished_at: SystemTime,
+}
+
+/// How a store keeps records. Unfinished records (Undecided, Decided) and
+/// records needing repair are kept apart, so that a claim never walks past
+/// the ones an operator must see to.
+pub(crate) trait Tables {
+    /// The record of `id`, unfinished or needing repair.
+    fn record(&mut self, id: TransactionId) -> Result<Option<Stored>, LogError>;
+    /// Writes `stored` where its status belongs; `moved`: its status moved
+    /// between unfinished and needing repair, so the other place has it.
+    fn put_record(&mut self, stored: &Stored, moved: bool) -> Result<(), LogError>;
+    /// Removes the record of `id` (`needs_repair`: from where it is).
+    fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError>;
+    fn outcome(&mut self, id: TransactionId) -> Result<Option<Outcome>, LogError>;
+    /// Adds an outcome as the newest, then removes the oldest ones, at most
+    /// `max_pruned` of them, while more than `retention` are kept.
+    fn add_outcome(
+        &mut self,
+        id: TransactionId,
+        outcome: Outcome,
+        retention: u64,
+        max_pruned: usize,
+    ) -> Result<(), LogError>;
+    /// Up to `limit` unfinished records, in id order, whose id `skip` refuses.
+    fn unfinished(
+        &mut self,
+        limit: usize,
+        skip: &dyn Fn(TransactionId) -> bool,
+    ) -> Result<Vec<Stored>, LogError>;
+    /// Every record needing repair.
+    fn repair_records(&mut self) -> Result<Vec<Stored>, LogError>;
+    /// Unfinished and needing repair, together.
+    fn count(&mut self) -> Result<u64, LogError>;
+}
+
+/// How many old outcomes one `Done` may prune: more than one, so that a
+/// lowered retention is caught up with, few enough to keep each write
+/// transaction small.
+const PRUNE_BATCH: usize = 8;
+
+/// The rules, and the leases live in this process.
+pub(crate) struct Rules {
+    /// Transaction -> epoch of the lease this process holds on it.
+    live: HashMap<TransactionId, u64>,
+    retention: u64,
+}
+
+impl Rules {
+    pub(crate) fn new(retention: u64) -> Self {
+        Rules {
+            live: HashMap::new(),
+            retention,
+        }
+    }
+
+    /// The record a write under `lease` may change, or why it may not.
+    fn held(&self, tables: &mut impl Tables, lease: &Lease) -> Result<Stored, LogError> {
+        if self.live.get(&lease.id) != Some(&lease.epoch) {
+            return Err(LogError::fenced(lease));
+        }
+        let stored = tables
+            .record(lease.id)?
+            .ok_or_else(|| LogError::not_found(lease.id))?;
+        if stored.epoch != lease.epoch {
+            return Err(LogError::fenced(lease));
+        }
+        Ok(stored)
+    }
+
+    pub(crate) fn begin(
+        &mut self,
+        tables: &mut impl Tables,
+        intent: &Intent,
+    ) -> Result<Lease, LogError> {
+        let id = intent.id;
+        if tables.record(id)?.is_some() || tables.outcome(id)?.is_some() {
+            return Err(LogError::new(
+                LogErrorKind::Duplicate,
+                format!("transaction {id} is already in the log"),
+            ));
+        }
+        let stored = Stored {
+            record: TransactionRecord {
+                intent: intent.clone(),
+                status: Status::Undecided,
+                progress: vec![Default::default(); intent.participants.len()],
+                started_at: SystemTime::now(),
+            },
+            epoch: 1,
+        };
+        tables.put_record(&stored, false)?;
+        self.live.insert(id, stored.epoch);
+        Ok(Lease {
+            id,
+            epoch: stored.epoch,
+        })
+    }
+
+    pub(crate) fn decide(
+        &mut self,
+        tables: &mut impl Tables,
+        lease: &Lease,
+        decision: Decision,
+    ) -> Result<Decision, LogError> {
+        let mut stored = self.held(tables, lease)?;
+        match stored.record.status.decision() {
+            Some(existing) => Ok(existing),
+            None => {
+                stored.record.status = Status::Decided(decision);
+                tables.put_record(&stored, false)?;
+                Ok(decision)
+            }
+        }
+    }
+
+    pub(crate) fn note(
+        &mut self,
+        tables: &mut impl Tables,
+        lease: &Lease,
+        participant: u32,
+        phase: Phase,
+        progress: PhaseProgress,
+    ) -> Result<(), LogError> {
+        let mut stored = self.held(tables, lease)?;
+        let Some(entry) = stored.record.progress.get_mut(participant as usize) else {
+            return Err(LogError::new(
+                LogErrorKind::NotFound,
+                format!("transaction {} has no participant {participant}", lease.id),
+            ));
+        };
+        entry[phase as usize] = progress;
+        tables.put_record(&stored, false)
+    }
+
+    pub(crate) fn finish(
+        &mut self,
+        tables: &mut impl Tables,
+        lease: &Lease,
+        end: End,
+    ) -> Result<(), LogError> {
+        let mut stored = self.held(tables, lease)?;
+        // Presumed abort: a transaction that never decided was cancelled.
+        let decision = stored.record.status.decision().unwrap_or(Decision::Cancel);
+        match end {
+            End::Done => {
+                tables.remove_record(lease.id, false)?;
+                self.add_outcome(tables, &stored.record, decision)?;
+            }
+            End::NeedsRepair => {
+                stored.record.status = Status::NeedsRepair(decision);
+                tables.put_record(&stored, true)?;
+            }
+        }
+        self.live.remove(&lease.id);
+        Ok(())
+    }
+
+    fn add_outcome(
+        &self,
+        tables: &mut impl Tables,
+        record: &TransactionRecord,
+        decision: Decision,
+    ) -> Result<(), LogError> {
+        let outcome = Outcome {
+            decision,
+            started_at: record.started_at,
+            finished_at: SystemTime::now(),
+        };
+        tables.add_outcome(record.intent.id, outcome, self.retention, PRUNE_BATCH)
+    }
+
+    pub(crate) fn claim_unfinished(
+        &mut self,
+        tables: &mut impl Tables,
+        limit: usize,
+    ) -> Result<Vec<(Lease, TransactionRecord)>, LogError> {
+        let live = &self.live;
+        let found = tables.unfinished(limit, &|id| live.contains_key(&id))?;
+        let mut claimed = Vec::with_capacity(found.len());
+        for mut stored in found {
+            stored.epoch += 1;
+            tables.put_record(&stored, false)?;
+            let lease = Lease {
+                id: stored.id(),
+                epoch: stored.epoch,
+            };
+            self.live.insert(lease.id, lease.epoch);
+            claimed.push((lease, stored.record));
+        }
+        Ok(claimed)
+    }
+
+    pub(crate) fn release(&mut self, lease: &Lease) {
+        if self.live.get(&lease.id) == Some(&lease.epoch) {
+            self.live.remove(&lease.id);
+        }
+    }
+
+    pub(crate) fn get(
+        &self,
+        tables: &mut impl Tables,
+        id: TransactionId,
+    ) -> Result<Option<TransactionRecord>, LogError> {
+        if let Some(stored) = tables.record(id)? {
+            return Ok(Some(stored.record));
+        }
+        Ok(tables.outcome(id)?.map(|outcome| TransactionRecord {
+            intent: Intent {
+                id,
+                participants: Vec::new(),
+            },
+            status: Status::Done(outcome.decision),
+            progress: Vec::new(),
+            started_at: outcome.started_at,
+        }))
+    }
+
+    pub(crate) fn needs_repair(
+        &self,
+        tables: &mut impl Tables,
+        limit: usize,
+    ) -> Result<Vec<TransactionRecord>, LogError> {
+        let mut records: Vec<_> = tables
+            .repair_records()?
+            .into_iter()
+            .map(|s| s.record)
+            .collect();
+        records.sort_by_key(|r| (r.started_at, r.intent.id));
+        records.truncate(limit);
+        Ok(records)
+    }
+
+    pub(crate) fn reopen(
+        &mut self,
+        tables: &mut impl Tables,
+        id: TransactionId,
+    ) -> Result<Option<(Lease, TransactionRecord)>, LogError> {
+        let Some(mut stored) = tables.record(id)? else {
+            return Ok(None);
+        };
+        let Status::NeedsRepair(decision) = stored.record.status else {
+            return Ok(None);
+        };
+        stored.record.status = Status::Decided(decision);
+        stored.epoch += 1;
+        tables.put_record(&stored, true)?;
+        let lease = Lease {
+            id,
+            epoch: stored.epoch,
+        };
+        self.live.insert(id, lease.epoch);
+        Ok(Some((lease, stored.record)))
+    }
+
+    pub(crate) fn resolve(
+        &mut self,
+        tables: &mut impl Tables,
+        id: TransactionId,
+    ) -> Result<bool, LogError> {
+        let Some(stored) = tables.record(id)? else {
+            return Ok(false);
+        };
+        let Status::NeedsRepair(decision) = stored.record.status else {
+            return Ok(false);
+        };
+        tables.remove_record(id, true)?;
+        self.add_outcome(tables, &stored.record, decision)?;
+        Ok(true)
+    }
+
+    pub(crate) fn unfinished_count(&self, tables: &mut impl Tables) -> Result<u64, LogError> {
+        tables.count()
+    }
+}

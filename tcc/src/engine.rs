@@ -1,0 +1,743 @@
+//! The one engine: the life of a transaction, whatever its front end.
+//!
+//! Both front ends, [`Orchestrator`](crate::Orchestrator) (type-erased
+//! `Service` handles) and `tcc!` (typed services in slots pinned inside the
+//! block's future), hand their services to [`run`] as [`Members`]: a list of
+//! [`Member`]s that the engine walks with a [`Visit`]. A member owns one
+//! service's [`PhaseRun`]; where its attempts' futures live is up to its
+//! [`Attempts`]. Everything else, the rounds, fail-fast, the decision,
+//! validation, logging and the [`Ledger`], is written once, here.
+//!
+//! Every state change of a transaction goes through its [`Ledger`], which
+//! writes the transaction log when there is one: the intent before the
+//! first Try ([`Ledger::begin`]), the decision before the first Confirm or
+//! Cancel ([`Ledger::decide`]), each phase's outcome ([`Ledger::record`])
+//! and the end ([`Ledger::finish`]).
+
+use std::future::poll_fn;
+use std::ops::ControlFlow;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures_util::future::BoxFuture;
+use tracing::Instrument;
+
+use crate::attempt::{Attempts, Logged, Outcome, PhaseRun};
+use crate::context::Context;
+use crate::durable::{
+    Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
+};
+use crate::error::{Error, ErrorKind, Failure, Panicked};
+use crate::id::TransactionId;
+use crate::name::Name;
+use crate::phase::Phase;
+use crate::report::{PhaseRecord, Report};
+use crate::settings::Settings;
+
+/// What a transaction has done so far: each service's record, and every
+/// failure; with a log, the lease it writes its record under.
+///
+/// Every state change of a transaction goes through the ledger: the one
+/// place that writes the transaction log.
+pub(crate) struct Ledger {
+    id: TransactionId,
+    names: Arc<[Name]>,
+    /// Each service's records, indexed by phase. Only the ledger holds it
+    /// until the report takes it, so it is changed in place.
+    records: Arc<[[PhaseRecord; 3]]>,
+    failures: Vec<(usize, Failure)>,
+    durable: Option<Durable>,
+}
+
+/// A transaction's log and its lease on its record.
+struct Durable {
+    log: Arc<dyn Log>,
+    lease: Lease,
+    /// Whether the record was finished; a ledger dropped before (a runtime
+    /// shutting down) gives its lease back, so recovery takes it over.
+    finished: bool,
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.log.release(&self.lease);
+        }
+    }
+}
+
+impl Ledger {
+    fn new(id: TransactionId, names: Arc<[Name]>) -> Self {
+        let records = names.iter().map(|_| [PhaseRecord::default(); 3]).collect();
+        Ledger {
+            id,
+            names,
+            records,
+            failures: Vec::new(),
+            durable: None,
+        }
+    }
+
+    /// Writes the transaction's intent, every participant with its data,
+    /// before any Try runs. Refused, with nothing run, when a participant
+    /// cannot be rebuilt after a crash or the log fails.
+    ///
+    /// Crash just before: nothing ran, nothing is written. Just after: an
+    /// undecided intent, which recovery cancels everywhere (presumed abort),
+    /// Tries that never ran included.
+    async fn begin<M: Members + ?Sized>(
+        &mut self,
+        log: &Arc<dyn Log>,
+        members: &mut M,
+    ) -> Result<(), Error> {
+        struct Save<'a> {
+            names: &'a [Name],
+            participants: Vec<ParticipantEntry>,
+            refusal: Option<Error>,
+        }
+        impl Visit for Save<'_> {
+            fn visit<A: Attempts>(
+                &mut self,
+                index: usize,
+                member: &mut Member<A>,
+            ) -> ControlFlow<()> {
+                let name = &self.names[index];
+                let refusal = match member.run.attempt().save() {
+                    Some((kind, Ok(data))) => {
+                        self.participants.push(ParticipantEntry {
+                            name: name.to_string(),
+                            kind: kind.to_owned(),
+                            data,
+                        });
+                        return ControlFlow::Continue(());
+                    }
+                    Some((kind, Err(cause))) => format!(
+                        "orchestration refused: the data of service `{name}` (kind `{kind}`) could not be saved: {}",
+                        Logged(&*cause)
+                    ),
+                    None => format!(
+                        "orchestration refused: service `{name}` cannot be rebuilt after a crash, so it cannot join a durable transaction; build it with `Service::recoverable` from a type that implements `tcc::Recoverable`"
+                    ),
+                };
+                let kind = ErrorKind::NotRecoverable;
+                self.refusal = Some(Error::refused(kind, Some(name.clone()), refusal));
+                ControlFlow::Break(())
+            }
+        }
+        let mut save = Save {
+            names: &self.names,
+            participants: Vec::with_capacity(self.names.len()),
+            refusal: None,
+        };
+        let _ = members.each(0, &mut save);
+        if let Some(refusal) = save.refusal {
+            return Err(refusal);
+        }
+        let intent = Intent {
+            id: self.id,
+            participants: save.participants,
+        };
+        let lease = log.begin(&intent).await.map_err(|error| {
+            let detail = format!(
+                "orchestration refused: the transaction log could not write the intent of transaction {}: {error}",
+                self.id
+            );
+            Error::refused(ErrorKind::LogFailed, None, detail)
+        })?;
+        self.durable = Some(Durable {
+            log: log.clone(),
+            lease,
+            finished: false,
+        });
+        Ok(())
+    }
+
+    /// Takes over a transaction the log holds unfinished: its lease, and
+    /// the records of what was done before.
+    fn resume(&mut self, log: &Arc<dyn Log>, lease: Lease, record: &TransactionRecord) {
+        let records = Arc::make_mut(&mut self.records);
+        for (mine, logged) in records.iter_mut().zip(&record.progress) {
+            for (phase, progress) in mine.iter_mut().zip(logged) {
+                *phase = PhaseRecord {
+                    attempts: progress.attempts,
+                    succeeded: progress.succeeded,
+                };
+            }
+        }
+        self.durable = Some(Durable {
+            log: log.clone(),
+            lease,
+            finished: false,
+        });
+    }
+
+    /// Makes the decision durable before any Confirm or Cancel runs, and
+    /// returns the decision in force: the log's compare-and-set keeps the
+    /// first decision ever written, so one transaction never gets two.
+    ///
+    /// Crash just before: an undecided intent, cancelled by recovery. Just
+    /// after: the decision, which recovery carries out on every participant
+    /// not yet done.
+    async fn decide(&mut self, decision: Decision) -> Result<Decision, Error> {
+        let Some(durable) = &mut self.durable else {
+            return Ok(decision);
+        };
+        match durable.log.decide(&durable.lease, decision).await {
+            Ok(in_force) => Ok(in_force),
+            Err(error) => {
+                // Left to recovery: the lease goes back (on drop).
+                let detail = format!(
+                    "transaction {} was interrupted: its decision ({decision:?}) could not be written to the transaction log ({error}); recovery finishes it, cancelling it unless the decision reached the log",
+                    self.id
+                );
+                Err(Error::refused(ErrorKind::LogFailed, None, detail))
+            }
+        }
+    }
+
+    /// Records how `phase` of one service ended.
+    fn record(&mut self, phase: Phase, outcome: Outcome) {
+        let Outcome {
+            index,
+            attempts,
+            result,
+        } = outcome;
+        self.set(index, phase, attempts, result.is_ok());
+        if let Some(durable) = &self.durable {
+            // Not synced on its own: a lost note only makes recovery call a
+            // participant again, and phases are idempotent.
+            let progress = PhaseProgress {
+                attempts,
+                succeeded: result.is_ok(),
+                last_error: result.as_ref().err().map(|e| Logged(&**e).to_string()),
+            };
+            durable
+                .log
+                .note(&durable.lease, index as u32, phase, progress);
+        }
+        if let Err(cause) = result {
+            let name = self.names[index].clone();
+            tracing::warn!(service = %name, %phase, attempts, error = %Logged(&*cause), "phase failed");
+            self.failures
+                .push((index, Failure::new(name, phase, attempts, cause)));
+        }
+    }
+
+    /// Records a Try that fail-fast dropped while it ran: it started, so it
+    /// will be cancelled, and it did not succeed. No failure of its own.
+    fn record_dropped_try(&mut self, index: usize) {
+        self.set(index, Phase::Try, 1, false);
+    }
+
+    fn set(&mut self, index: usize, phase: Phase, attempts: u32, succeeded: bool) {
+        Arc::make_mut(&mut self.records)[index][phase as usize] = PhaseRecord {
+            attempts,
+            succeeded,
+        };
+    }
+
+    /// Ends the transaction in the log, and returns its report, or its
+    /// error when a phase failed.
+    ///
+    /// Crash just before: the decision, carried out again by recovery
+    /// (harmless: phases are idempotent). Just after: done, or a durable
+    /// "needs repair" an operator lists and re-drives.
+    async fn finish(mut self) -> Result<Report, Error> {
+        if let Some(durable) = &mut self.durable {
+            let repair = self
+                .failures
+                .iter()
+                .any(|(_, failure)| failure.phase() != Phase::Try);
+            let end = if repair { End::NeedsRepair } else { End::Done };
+            match durable.log.finish(&durable.lease, end).await {
+                Ok(()) => durable.finished = true,
+                // The lease goes back (on drop), so recovery ends it.
+                Err(error) => tracing::warn!(
+                    %error,
+                    "the end of the transaction could not be written to the log; recovery will end it"
+                ),
+            }
+        }
+        let durable = self.durable.take();
+        drop(durable);
+        let report = Report::new(self.id, self.names, self.records);
+        let mut failures = self.failures;
+        if failures.is_empty() {
+            return Ok(report);
+        }
+        failures.sort_by_key(|(index, failure)| (failure.phase().severity(), *index));
+        let error = Error::failed(failures.into_iter().map(|(_, f)| f).collect(), report);
+        if error.needs_repair() {
+            tracing::error!(error = %Logged(&error), "transaction needs manual repair");
+        }
+        Err(error)
+    }
+}
+
+/// One service of a running transaction: its run of the current phase, and
+/// what the engine knows of it.
+pub struct Member<A: Attempts> {
+    run: PhaseRun<A>,
+    /// Whether the current phase still runs for this service.
+    active: bool,
+    /// Whether its Try started: Cancel runs only then.
+    tried: bool,
+}
+
+impl<A: Attempts> Member<A> {
+    /// A member whose attempts are `attempts`.
+    pub(crate) fn new(attempts: A) -> Self {
+        Member {
+            run: PhaseRun::new(attempts),
+            active: false,
+            tried: false,
+        }
+    }
+}
+
+/// What the engine does to each member in turn: see [`Members::each`].
+pub trait Visit {
+    /// Visits the member at `index`; a break stops the walk.
+    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()>;
+}
+
+/// The services of one transaction, as the engine walks them: a slice of
+/// members of one type (an `Orchestrator`'s), or a list nested as
+/// `(first, (second, (..., ())))` of members of different types (`tcc!`'s).
+pub trait Members: Send {
+    /// Visits every member in order, the first being number `index`, until
+    /// `visit` breaks.
+    fn each<V: Visit>(&mut self, index: usize, visit: &mut V) -> ControlFlow<()>;
+}
+
+impl<A: Attempts + Send> Members for [Member<A>] {
+    fn each<V: Visit>(&mut self, index: usize, visit: &mut V) -> ControlFlow<()> {
+        for (offset, member) in self.iter_mut().enumerate() {
+            visit.visit(index + offset, member)?;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl Members for () {
+    fn each<V: Visit>(&mut self, _: usize, _: &mut V) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+impl<A: Attempts + Send, T: Members> Members for (Member<A>, T) {
+    fn each<V: Visit>(&mut self, index: usize, visit: &mut V) -> ControlFlow<()> {
+        visit.visit(index, &mut self.0)?;
+        self.1.each(index + 1, visit)
+    }
+}
+
+/// How a transaction runs, beyond its services' own settings.
+#[derive(Clone)]
+pub(crate) struct Options {
+    pub(crate) settings: Settings,
+    pub(crate) fail_fast: bool,
+    /// Where the transaction is written, when it is durable.
+    pub(crate) log: Option<Arc<dyn Log>>,
+}
+
+impl Options {
+    pub(crate) const DEFAULT: Options = Options {
+        settings: Settings::DEFAULT,
+        fail_fast: false,
+        log: None,
+    };
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("settings", &self.settings)
+            .field("fail_fast", &self.fail_fast)
+            .field("durable", &self.log.is_some())
+            .finish()
+    }
+}
+
+/// Runs transaction `id` over `members`, named `names` (already checked for
+/// duplicates), to its end.
+///
+/// Every Try runs at once; then, if all succeeded, every Confirm, and
+/// otherwise every Cancel of a service whose Try started. Each run is polled
+/// as soon as its round begins, so a round that ends at once goes straight
+/// on to the next, in the same poll. With fail-fast, the first failed Try
+/// ends the Try round: runs still pending are dropped and runs not yet
+/// polled never start. With a log, the intent is durable before the first
+/// Try and the decision before the first Confirm or Cancel.
+pub(crate) async fn run<M: Members + ?Sized>(
+    id: TransactionId,
+    options: &Options,
+    names: Arc<[Name]>,
+    members: &mut M,
+) -> Result<Report, Error> {
+    validate(options, &names, members)?;
+    let span = tracing::debug_span!("tcc_transaction", id = %id);
+    let mut transaction = Transaction::new(id, options, names, members);
+    async move {
+        if let Some(log) = &options.log {
+            transaction.ledger.begin(log, transaction.members).await?;
+        }
+        let decision = if transaction.round(Phase::Try, None).await {
+            tracing::debug!("every try succeeded; confirming");
+            Decision::Confirm
+        } else {
+            tracing::debug!("a try failed; cancelling every started service");
+            Decision::Cancel
+        };
+        transaction.carry_out(decision, None).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Finishes a transaction the log holds unfinished, under `lease`: its
+/// decision, or Cancel when it has none (presumed abort: every participant
+/// is cancelled, those whose Try may never have run included), carried out
+/// on every participant not yet done, each retry loop resumed from the
+/// attempts the log counted.
+pub(crate) async fn resume<M: Members + ?Sized>(
+    options: &Options,
+    log: &Arc<dyn Log>,
+    lease: Lease,
+    record: &TransactionRecord,
+    members: &mut M,
+) -> Result<Report, Error> {
+    let id = record.intent.id;
+    let names: Arc<[Name]> = record
+        .intent
+        .participants
+        .iter()
+        .map(|p| crate::name::name(&p.name))
+        .collect();
+    let span = tracing::info_span!("tcc_recovery", id = %id);
+    let mut transaction = Transaction::new(id, options, names.clone(), members);
+    // The ledger holds the lease first, so that a refusal gives it back.
+    transaction.ledger.resume(log, lease, record);
+    validate(options, &names, transaction.members)?;
+    async move {
+        struct Tried;
+        impl Visit for Tried {
+            fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
+                member.tried = true;
+                ControlFlow::Continue(())
+            }
+        }
+        let _ = transaction.members.each(0, &mut Tried);
+        let decision = record.status.decision().unwrap_or(Decision::Cancel);
+        tracing::info!(?decision, "recovering the transaction");
+        transaction.carry_out(decision, Some(record)).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// The refusals a transaction can meet before any phase runs: no services,
+/// or a retry policy out of range.
+fn validate<M: Members + ?Sized>(
+    options: &Options,
+    names: &[Name],
+    members: &mut M,
+) -> Result<(), Error> {
+    if names.is_empty() {
+        let detail = "orchestration refused: it has no services";
+        return Err(Error::refused(
+            ErrorKind::NoServices,
+            None,
+            detail.to_owned(),
+        ));
+    }
+    struct Policies(Option<crate::retry::InvalidRetryPolicy>);
+    impl Visit for Policies {
+        fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
+            let own = member.run.attempt().settings();
+            self.0 = own.retry.and_then(|policy| policy.validate().err());
+            if self.0.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    let mut invalid = Policies(options.settings.retry.and_then(|p| p.validate().err()));
+    if invalid.0.is_none() {
+        let _ = members.each(0, &mut invalid);
+    }
+    match invalid.0 {
+        Some(invalid) => Err(Error::refused(
+            ErrorKind::InvalidRetryPolicy,
+            None,
+            format!("orchestration refused: {invalid}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A transaction while it runs.
+struct Transaction<'a, M: ?Sized> {
+    id: TransactionId,
+    options: &'a Options,
+    /// Entered while the transaction is polled, so its phases can read it.
+    context: Option<Context>,
+    ledger: Ledger,
+    members: &'a mut M,
+}
+
+impl<'a, M: Members + ?Sized> Transaction<'a, M> {
+    fn new(
+        id: TransactionId,
+        options: &'a Options,
+        names: Arc<[Name]>,
+        members: &'a mut M,
+    ) -> Self {
+        Transaction {
+            id,
+            options,
+            context: Some(Context::new(id, names.clone())),
+            ledger: Ledger::new(id, names),
+            members,
+        }
+    }
+
+    /// Makes `decision` durable (the log's, if it already holds one), runs
+    /// its phase on every participant and ends the transaction.
+    async fn carry_out(
+        mut self,
+        decision: Decision,
+        resumed: Option<&TransactionRecord>,
+    ) -> Result<Report, Error> {
+        let decision = match resumed.and_then(|record| record.status.decision()) {
+            // Already durable: nothing to write.
+            Some(logged) => logged,
+            None => self.ledger.decide(decision).await?,
+        };
+        let phase = match decision {
+            Decision::Confirm => Phase::Confirm,
+            Decision::Cancel => Phase::Cancel,
+        };
+        self.round(phase, resumed).await;
+        self.ledger.finish().await
+    }
+
+    /// Runs `phase` on every member it applies to (Try and Confirm: all;
+    /// Cancel: those whose Try started; after a crash, those not yet done),
+    /// at once. Returns whether every run succeeded.
+    async fn round(&mut self, phase: Phase, resumed: Option<&TransactionRecord>) -> bool {
+        let mut begin = Begin {
+            id: self.id,
+            phase,
+            settings: &self.options.settings,
+            resumed,
+        };
+        let _ = self.members.each(0, &mut begin);
+        let stop_on_failure = phase == Phase::Try && self.options.fail_fast;
+        let mut all_succeeded = true;
+        poll_fn(|cx| {
+            Context::enter(&mut self.context, || {
+                let mut poll = PollRuns {
+                    cx,
+                    ledger: &mut self.ledger,
+                    phase,
+                    stop_on_failure,
+                    all_succeeded: &mut all_succeeded,
+                    pending: false,
+                };
+                match self.members.each(0, &mut poll) {
+                    ControlFlow::Continue(()) if poll.pending => Poll::Pending,
+                    _ => Poll::Ready(()),
+                }
+            })
+        })
+        .await;
+        if phase == Phase::Try {
+            // Tries that fail-fast cut short started, so they will be
+            // cancelled like the rest; they are reported as started but not
+            // succeeded.
+            let mut settle = SettleTries {
+                ledger: &mut self.ledger,
+                all_succeeded: &mut all_succeeded,
+            };
+            let _ = self.members.each(0, &mut settle);
+        }
+        all_succeeded
+    }
+}
+
+/// Sets each member up to run `phase`; after a crash, from where the log
+/// says it got to.
+struct Begin<'a> {
+    id: TransactionId,
+    phase: Phase,
+    settings: &'a Settings,
+    resumed: Option<&'a TransactionRecord>,
+}
+
+impl Visit for Begin<'_> {
+    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()> {
+        let logged = self
+            .resumed
+            .and_then(|record| record.phase_progress(index, self.phase));
+        let done = logged.is_some_and(|progress| progress.succeeded);
+        member.active = (self.phase != Phase::Cancel || member.tried) && !done;
+        let own = member.run.attempt().settings();
+        let limits = self.settings.resolve(&own, self.phase);
+        let attempts = logged.map_or(0, |progress| progress.attempts);
+        member
+            .run
+            .restart(index, self.id, self.phase, limits, attempts);
+        ControlFlow::Continue(())
+    }
+}
+
+/// Polls every run still active, starting those not yet started, and
+/// records each that ends; breaks when fail-fast stops the round.
+struct PollRuns<'a, 'b> {
+    cx: &'a mut std::task::Context<'b>,
+    ledger: &'a mut Ledger,
+    phase: Phase,
+    stop_on_failure: bool,
+    all_succeeded: &'a mut bool,
+    /// Whether a run is still pending.
+    pending: bool,
+}
+
+impl Visit for PollRuns<'_, '_> {
+    fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
+        if !member.active {
+            return ControlFlow::Continue(());
+        }
+        let Poll::Ready(outcome) = member.run.poll_run(self.cx) else {
+            self.pending = true;
+            return ControlFlow::Continue(());
+        };
+        member.active = false;
+        let failed = outcome.result.is_err();
+        *self.all_succeeded &= !failed;
+        self.ledger.record(self.phase, outcome);
+        if failed && self.stop_on_failure {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+/// After the Try round: notes which services' Tries started, and ends the
+/// runs that fail-fast cut short.
+struct SettleTries<'a> {
+    ledger: &'a mut Ledger,
+    all_succeeded: &'a mut bool,
+}
+
+impl Visit for SettleTries<'_> {
+    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()> {
+        member.tried = member.run.attempts() > 0;
+        if member.active && member.tried {
+            member.run.end_attempt();
+            member.run.attempt_mut().ended(Phase::Try, false);
+            self.ledger.record_dropped_try(index);
+            *self.all_succeeded = false;
+        }
+        member.active = false;
+        ControlFlow::Continue(())
+    }
+}
+
+/// The runtime an orchestration runs on, or the error that says there is none.
+pub(crate) fn runtime() -> Result<tokio::runtime::Handle, Error> {
+    tokio::runtime::Handle::try_current().map_err(|_| {
+        let detail = "orchestration refused: `orchestrate` must run inside a tokio runtime";
+        Error::refused(ErrorKind::NoRuntime, None, detail.to_owned())
+    })
+}
+
+/// Runs a transaction inside the caller's future, with no task of its own;
+/// if the caller drops it before its end, the transaction moves to a new
+/// task on `runtime` and still runs to its end.
+pub(crate) async fn drive(
+    id: TransactionId,
+    runtime: tokio::runtime::Handle,
+    future: BoxFuture<'static, Result<Report, Error>>,
+) -> Result<Report, Error> {
+    let mut running = Detached {
+        future: Some(future),
+        runtime,
+    };
+    poll_fn(|cx| {
+        let Some(future) = running.future.as_mut() else {
+            return Poll::Ready(Err(interrupted(id, "polled after its end")));
+        };
+        // Phases' panics are caught where they run; this guards against
+        // the runtime's own (a timer used on a runtime without one).
+        let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(payload) => Err(interrupted(id, Panicked::from_payload(&*payload).message())),
+        };
+        running.future = None;
+        Poll::Ready(result)
+    })
+    .await
+}
+
+fn interrupted(id: TransactionId, why: &str) -> Error {
+    Error::refused(
+        ErrorKind::Interrupted,
+        None,
+        format!("transaction {id} was interrupted before it ended: {why}"),
+    )
+}
+
+/// A running transaction that moves to a task of its own when the future
+/// polling it is dropped before its end.
+struct Detached {
+    future: Option<BoxFuture<'static, Result<Report, Error>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            tracing::debug!("caller went away; the transaction goes on in its own task");
+            drop(self.runtime.spawn(future));
+        }
+    }
+}
+
+/// The refusal of an orchestration in which two services are named `twice`.
+pub(crate) fn duplicate(twice: &str) -> Error {
+    Error::refused(
+        ErrorKind::DuplicateService,
+        Some(crate::name::name(twice)),
+        format!("orchestration refused: two services are named `{twice}`"),
+    )
+}
+
+/// The first name that an earlier one equals: compared pairwise for a few
+/// names (no allocation), through a hash set for more.
+pub(crate) fn first_duplicate<'a>(
+    mut names: impl ExactSizeIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    const FEW: usize = 16;
+    if names.len() <= FEW {
+        let mut seen = [""; FEW];
+        for (i, text) in names.enumerate() {
+            if seen[..i].contains(&text) {
+                return Some(text);
+            }
+            seen[i] = text;
+        }
+        return None;
+    }
+    // FxHash: names are short and not chosen by an attacker, so a fast
+    // hash beats the default SipHash here.
+    let mut seen =
+        rustc_hash::FxHashSet::with_capacity_and_hasher(names.len(), rustc_hash::FxBuildHasher);
+    names.find(|name| !seen.insert(*name))
+}

@@ -1,0 +1,901 @@
+//! The log's stores against one suite: every case in `cases` runs for
+//! [`MemoryLog`] and for [`RedbLog`]; the cases after it are the file's own
+//! (reopening, a second opener, a killed writer), then [`FaultyLog`].
+//!
+//! A case takes `open(retention)`, which gives a fresh, empty log.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tcc::durable::{
+    Decision, End, Fault, FaultyLog, Intent, Lease, Log, LogErrorKind, MemoryLog, ParticipantEntry,
+    PhaseProgress, RedbLog, Status, TransactionRecord,
+};
+use tcc::{Phase, TransactionId};
+
+/// A log, and the directory of its file if it has one (removed after the log
+/// is dropped: fields drop in order).
+pub struct Store<L> {
+    log: L,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl<L> Deref for Store<L> {
+    type Target = L;
+    fn deref(&self) -> &L {
+        &self.log
+    }
+}
+
+fn memory(retention: u64) -> Store<MemoryLog> {
+    Store {
+        log: MemoryLog::with_retention(retention),
+        _dir: None,
+    }
+}
+
+fn redb(retention: u64) -> Store<RedbLog> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RedbLog::options()
+        .retention(retention)
+        .open(dir.path().join("log.redb"))
+        .unwrap();
+    Store {
+        log,
+        _dir: Some(dir),
+    }
+}
+
+/// An intent with `n` participants, each with some serde data.
+fn intent(n: usize) -> Intent {
+    Intent {
+        id: TransactionId::generate(),
+        participants: (0..n)
+            .map(|i| ParticipantEntry {
+                name: format!("account-{i}"),
+                kind: "bank".into(),
+                data: format!(r#"{{"account":"a{i}","amount":{}}}"#, 10 * i).into_bytes(),
+            })
+            .collect(),
+    }
+}
+
+fn progress(attempts: u32, succeeded: bool, error: Option<&str>) -> PhaseProgress {
+    PhaseProgress {
+        attempts,
+        succeeded,
+        last_error: error.map(str::to_owned),
+    }
+}
+
+async fn record(log: &impl Log, id: TransactionId) -> TransactionRecord {
+    log.get(id).await.unwrap().expect("the log has it")
+}
+
+async fn status(log: &impl Log, id: TransactionId) -> Option<Status> {
+    log.get(id).await.unwrap().map(|r| r.status)
+}
+
+/// A transaction taken to NeedsRepair with `decision`; its lease has ended.
+async fn in_repair(log: &impl Log, decision: Decision) -> (Intent, Lease) {
+    let intent = intent(2);
+    let lease = log.begin(&intent).await.unwrap();
+    log.decide(&lease, decision).await.unwrap();
+    log.finish(&lease, End::NeedsRepair).await.unwrap();
+    (intent, lease)
+}
+
+mod cases {
+    use super::*;
+
+    type Open<L> = fn(u64) -> Store<L>;
+
+    pub async fn begin_writes_an_undecided_intent<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let before = SystemTime::now();
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        assert_eq!(lease.id, intent.id);
+        let record = record(&*log, intent.id).await;
+        assert_eq!(record.intent, intent);
+        assert_eq!(record.status, Status::Undecided);
+        assert_eq!(record.progress, vec![<[PhaseProgress; 3]>::default(); 2]);
+        assert!(record.started_at >= before - Duration::from_secs(1));
+        assert_eq!(log.unfinished_count().await.unwrap(), 1);
+        assert_eq!(log.get(TransactionId::generate()).await.unwrap(), None);
+    }
+
+    pub async fn begin_refuses_an_id_it_has<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(1);
+        let lease = log.begin(&intent).await.unwrap();
+        let error = log.begin(&intent).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Duplicate);
+        assert!(
+            error.to_string().contains(&intent.id.to_string()),
+            "{error}"
+        );
+        // Still refused once finished, while its outcome is kept.
+        log.finish(&lease, End::Done).await.unwrap();
+        let error = log.begin(&intent).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Duplicate);
+    }
+
+    pub async fn decide_is_a_compare_and_set<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        assert_eq!(
+            log.decide(&lease, Decision::Cancel).await.unwrap(),
+            Decision::Cancel
+        );
+        assert_eq!(
+            log.decide(&lease, Decision::Confirm).await.unwrap(),
+            Decision::Cancel
+        );
+        assert_eq!(
+            status(&*log, intent.id).await,
+            Some(Status::Decided(Decision::Cancel))
+        );
+
+        // Racing decisions, sent before any is awaited (one batch for the
+        // file store): all agree with the first.
+        let intent = self::intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        let racing: Vec<_> = (0..16)
+            .map(|i| {
+                let decision = if i % 2 == 0 {
+                    Decision::Confirm
+                } else {
+                    Decision::Cancel
+                };
+                log.decide(&lease, decision)
+            })
+            .collect();
+        for decided in racing {
+            assert_eq!(decided.await.unwrap(), Decision::Confirm);
+        }
+    }
+
+    pub async fn notes_apply_in_order<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        log.note(&lease, 0, Phase::Try, progress(1, true, None));
+        log.note(&lease, 1, Phase::Try, progress(1, true, None));
+        log.decide(&lease, Decision::Confirm).await.unwrap();
+        log.note(
+            &lease,
+            1,
+            Phase::Confirm,
+            progress(1, false, Some("timeout")),
+        );
+        log.note(
+            &lease,
+            1,
+            Phase::Confirm,
+            progress(2, false, Some("refused")),
+        );
+        log.note(
+            &lease,
+            1,
+            Phase::Confirm,
+            progress(3, true, Some("refused")),
+        );
+        // Out of range: dropped, nothing else changes.
+        log.note(&lease, 2, Phase::Confirm, progress(9, true, None));
+        // A read after notes that were not awaited sees them all.
+        let record = record(&*log, intent.id).await;
+        assert_eq!(record.progress.len(), 2);
+        assert_eq!(
+            record.progress[0][Phase::Try as usize],
+            progress(1, true, None)
+        );
+        assert_eq!(
+            record.progress[0][Phase::Confirm as usize],
+            progress(0, false, None)
+        );
+        assert_eq!(
+            record.phase_progress(1, Phase::Confirm),
+            Some(&progress(3, true, Some("refused")))
+        );
+        assert_eq!(
+            record.progress[1][Phase::Cancel as usize],
+            PhaseProgress::default()
+        );
+        assert_eq!(record.status, Status::Decided(Decision::Confirm));
+    }
+
+    pub async fn finish_done_keeps_only_the_outcome<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        let started_at = record(&*log, intent.id).await.started_at;
+        log.decide(&lease, Decision::Confirm).await.unwrap();
+        log.finish(&lease, End::Done).await.unwrap();
+        let record = record(&*log, intent.id).await;
+        assert_eq!(record.status, Status::Done(Decision::Confirm));
+        assert!(record.intent.participants.is_empty());
+        assert!(record.progress.is_empty());
+        assert_eq!(record.intent.id, intent.id);
+        assert_eq!(record.started_at, started_at);
+        assert_eq!(log.unfinished_count().await.unwrap(), 0);
+        assert!(log.claim_unfinished(10).await.unwrap().is_empty());
+        // The lease ended with it.
+        let error = log.decide(&lease, Decision::Cancel).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Fenced);
+        let error = log.finish(&lease, End::Done).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Fenced);
+    }
+
+    pub async fn an_undecided_transaction_finishes_cancelled<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let done = intent(1);
+        let lease = log.begin(&done).await.unwrap();
+        log.finish(&lease, End::Done).await.unwrap();
+        assert_eq!(
+            status(&*log, done.id).await,
+            Some(Status::Done(Decision::Cancel))
+        );
+        let repair = intent(1);
+        let lease = log.begin(&repair).await.unwrap();
+        log.finish(&lease, End::NeedsRepair).await.unwrap();
+        assert_eq!(
+            status(&*log, repair.id).await,
+            Some(Status::NeedsRepair(Decision::Cancel))
+        );
+    }
+
+    pub async fn finish_needs_repair_keeps_the_record<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        log.decide(&lease, Decision::Confirm).await.unwrap();
+        log.note(&lease, 0, Phase::Confirm, progress(5, false, Some("down")));
+        log.finish(&lease, End::NeedsRepair).await.unwrap();
+        let record = record(&*log, intent.id).await;
+        assert_eq!(record.status, Status::NeedsRepair(Decision::Confirm));
+        assert_eq!(record.intent, intent);
+        assert_eq!(
+            record.phase_progress(0, Phase::Confirm),
+            Some(&progress(5, false, Some("down")))
+        );
+        assert_eq!(log.unfinished_count().await.unwrap(), 1);
+        assert_eq!(log.needs_repair(10).await.unwrap(), vec![record]);
+        // Not claimed: an operator's, not recovery's.
+        assert!(log.claim_unfinished(10).await.unwrap().is_empty());
+        // The lease ended.
+        let error = log.finish(&lease, End::Done).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Fenced);
+    }
+
+    pub async fn claim_skips_live_leases_and_repairs<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let running = intent(1);
+        let _running = log.begin(&running).await.unwrap();
+        let (_repair, _) = in_repair(&*log, Decision::Cancel).await;
+        let orphan = intent(2);
+        let first = log.begin(&orphan).await.unwrap();
+        log.decide(&first, Decision::Confirm).await.unwrap();
+        log.note(&first, 1, Phase::Confirm, progress(2, true, None));
+        log.release(&first);
+
+        let claimed = log.claim_unfinished(10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "only the released one: {claimed:?}");
+        let (lease, record) = &claimed[0];
+        assert_eq!(lease.id, orphan.id);
+        assert!(lease.epoch > first.epoch);
+        assert_eq!(record.status, Status::Decided(Decision::Confirm));
+        assert_eq!(record.intent, orphan);
+        assert_eq!(
+            record.phase_progress(1, Phase::Confirm),
+            Some(&progress(2, true, None))
+        );
+        // Claimed: live now, so not claimed twice.
+        assert!(log.claim_unfinished(10).await.unwrap().is_empty());
+        // The first lease is fenced: nothing it writes lands.
+        log.note(&first, 0, Phase::Confirm, progress(7, true, None));
+        let error = log.finish(&first, End::Done).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Fenced);
+        assert!(
+            error.to_string().contains(&orphan.id.to_string()),
+            "{error}"
+        );
+        let now = super::record(&*log, orphan.id).await;
+        assert_eq!(now.status, Status::Decided(Decision::Confirm));
+        assert_eq!(now.progress, record.progress);
+        // The claim's lease writes.
+        log.finish(lease, End::Done).await.unwrap();
+        assert_eq!(
+            status(&*log, orphan.id).await,
+            Some(Status::Done(Decision::Confirm))
+        );
+    }
+
+    pub async fn claim_takes_at_most_its_limit<L: Log>(open: Open<L>) {
+        let log = open(100);
+        for _ in 0..5 {
+            let lease = log.begin(&intent(1)).await.unwrap();
+            log.release(&lease);
+        }
+        assert_eq!(log.claim_unfinished(2).await.unwrap().len(), 2);
+        assert_eq!(log.claim_unfinished(10).await.unwrap().len(), 3);
+        assert_eq!(log.claim_unfinished(10).await.unwrap().len(), 0);
+        assert_eq!(log.unfinished_count().await.unwrap(), 5);
+    }
+
+    pub async fn release_gives_a_claim_back_unchanged<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        log.note(&lease, 0, Phase::Try, progress(1, true, None));
+        log.release(&lease);
+        let before = record(&*log, intent.id).await;
+        let (claimed, _) = log.claim_unfinished(10).await.unwrap().pop().unwrap();
+        log.release(&claimed);
+        assert_eq!(record(&*log, intent.id).await, before);
+        // Released twice is still released once: it is claimable again.
+        log.release(&claimed);
+        let (again, record) = log.claim_unfinished(10).await.unwrap().pop().unwrap();
+        assert_eq!(record, before);
+        assert!(again.epoch > claimed.epoch);
+        // A release under a stale lease does not free the live claim.
+        log.release(&claimed);
+        assert!(log.claim_unfinished(10).await.unwrap().is_empty());
+    }
+
+    pub async fn reopen_claims_a_repair_again<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let (intent, old) = in_repair(&*log, Decision::Confirm).await;
+        let (lease, record) = log.reopen(intent.id).await.unwrap().unwrap();
+        assert_eq!(lease.id, intent.id);
+        assert!(lease.epoch > old.epoch);
+        assert_eq!(record.status, Status::Decided(Decision::Confirm));
+        assert_eq!(record.intent, intent);
+        assert_eq!(
+            status(&*log, intent.id).await,
+            Some(Status::Decided(Decision::Confirm))
+        );
+        assert!(log.needs_repair(10).await.unwrap().is_empty());
+        // Not in repair any more: a second reopen finds nothing.
+        assert!(log.reopen(intent.id).await.unwrap().is_none());
+        // Live: not claimed by recovery meanwhile.
+        assert!(log.claim_unfinished(10).await.unwrap().is_empty());
+        let error = log.decide(&old, Decision::Cancel).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Fenced);
+        log.finish(&lease, End::Done).await.unwrap();
+        assert_eq!(
+            status(&*log, intent.id).await,
+            Some(Status::Done(Decision::Confirm))
+        );
+        assert!(log.reopen(intent.id).await.unwrap().is_none());
+        assert!(
+            log.reopen(TransactionId::generate())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let running = self::intent(1);
+        log.begin(&running).await.unwrap();
+        assert!(log.reopen(running.id).await.unwrap().is_none());
+    }
+
+    pub async fn resolve_ends_a_repair<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let (intent, _) = in_repair(&*log, Decision::Cancel).await;
+        let running = self::intent(1);
+        log.begin(&running).await.unwrap();
+        assert_eq!(log.unfinished_count().await.unwrap(), 2);
+        assert!(!log.resolve(running.id).await.unwrap());
+        assert!(!log.resolve(TransactionId::generate()).await.unwrap());
+        assert!(log.resolve(intent.id).await.unwrap());
+        assert_eq!(
+            status(&*log, intent.id).await,
+            Some(Status::Done(Decision::Cancel))
+        );
+        assert!(!log.resolve(intent.id).await.unwrap());
+        assert_eq!(log.unfinished_count().await.unwrap(), 1);
+        assert!(log.needs_repair(10).await.unwrap().is_empty());
+    }
+
+    pub async fn needs_repair_lists_the_oldest_first<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(in_repair(&*log, Decision::Confirm).await.0.id);
+            // Distinct start times, whatever the clock's resolution.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let listed: Vec<_> = log
+            .needs_repair(3)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.intent.id)
+            .collect();
+        assert_eq!(listed, ids[..3]);
+    }
+
+    pub async fn outcomes_beyond_the_retention_are_pruned<L: Log>(open: Open<L>) {
+        let log = open(3);
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let intent = intent(1);
+            let lease = log.begin(&intent).await.unwrap();
+            if i % 3 == 0 {
+                log.decide(&lease, Decision::Confirm).await.unwrap();
+            }
+            log.finish(&lease, End::Done).await.unwrap();
+            ids.push(intent.id);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let decision = if i % 3 == 0 {
+                Decision::Confirm
+            } else {
+                Decision::Cancel
+            };
+            let expected = (i >= 7).then_some(Status::Done(decision));
+            assert_eq!(status(&*log, *id).await, expected, "transaction {i}");
+        }
+        // A pruned id is unknown again.
+        log.begin(&Intent {
+            id: ids[0],
+            participants: vec![],
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// One test per case and store.
+macro_rules! suite {
+    ($store:ident: $($case:ident),* $(,)?) => {
+        mod $store {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::cases::$case(super::$store).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! every_store {
+    ($($case:ident),* $(,)?) => {
+        suite!(memory: $($case),*);
+        suite!(redb: $($case),*);
+    };
+}
+
+every_store!(
+    begin_writes_an_undecided_intent,
+    begin_refuses_an_id_it_has,
+    decide_is_a_compare_and_set,
+    notes_apply_in_order,
+    finish_done_keeps_only_the_outcome,
+    an_undecided_transaction_finishes_cancelled,
+    finish_needs_repair_keeps_the_record,
+    claim_skips_live_leases_and_repairs,
+    claim_takes_at_most_its_limit,
+    release_gives_a_claim_back_unchanged,
+    reopen_claims_a_repair_again,
+    resolve_ends_a_repair,
+    needs_repair_lists_the_oldest_first,
+    outcomes_beyond_the_retention_are_pruned,
+);
+
+/// The file's own cases: what survives closing it, and who may open it.
+mod file {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    /// Set in a child process of this test binary: what it must do, and the
+    /// log file it must do it on.
+    const CHILD: &str = "TCC_DURABLE_STORE_CHILD";
+    const CHILD_PATH: &str = "TCC_DURABLE_STORE_PATH";
+
+    #[tokio::test]
+    async fn what_was_written_is_there_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let (undecided, decided, repair, done) = (intent(1), intent(2), intent(2), intent(1));
+        {
+            let log = RedbLog::options().retention(3).open(&path).unwrap();
+            log.begin(&undecided).await.unwrap();
+            let lease = log.begin(&decided).await.unwrap();
+            log.decide(&lease, Decision::Confirm).await.unwrap();
+            log.note(&lease, 1, Phase::Confirm, progress(2, true, None));
+            let lease = log.begin(&repair).await.unwrap();
+            log.decide(&lease, Decision::Cancel).await.unwrap();
+            log.finish(&lease, End::NeedsRepair).await.unwrap();
+            let lease = log.begin(&done).await.unwrap();
+            log.finish(&lease, End::Done).await.unwrap();
+            // Dropped with two transactions unfinished, as a stopped process
+            // leaves them.
+        }
+        let log = RedbLog::options().retention(3).open(&path).unwrap();
+        assert_eq!(log.unfinished_count().await.unwrap(), 3);
+        let mut claimed = log.claim_unfinished(10).await.unwrap();
+        claimed.sort_by_key(|(_, r)| r.intent.participants.len());
+        let statuses: Vec<_> = claimed
+            .iter()
+            .map(|(_, r)| (r.intent.id, r.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                (undecided.id, Status::Undecided),
+                (decided.id, Status::Decided(Decision::Confirm))
+            ]
+        );
+        assert_eq!(
+            claimed[1].1.phase_progress(1, Phase::Confirm),
+            Some(&progress(2, true, None))
+        );
+        assert_eq!(claimed[1].1.intent, decided);
+        assert_eq!(
+            status(&log, repair.id).await,
+            Some(Status::NeedsRepair(Decision::Cancel))
+        );
+        assert_eq!(
+            status(&log, done.id).await,
+            Some(Status::Done(Decision::Cancel))
+        );
+        // The pruning order goes on where it stopped: three more finished,
+        // the first one is pruned.
+        for (lease, _) in claimed {
+            log.finish(&lease, End::Done).await.unwrap();
+        }
+        assert!(log.resolve(repair.id).await.unwrap());
+        assert_eq!(status(&log, done.id).await, None);
+        assert_eq!(
+            status(&log, undecided.id).await,
+            Some(Status::Done(Decision::Cancel))
+        );
+        assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    }
+
+    #[test]
+    fn a_second_open_in_this_process_is_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let log = RedbLog::open(&path).unwrap();
+        let error = RedbLog::open(&path).unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::AlreadyOpen);
+        assert!(
+            error.to_string().contains(&path.display().to_string()),
+            "{error}"
+        );
+        drop(log);
+        // Dropping the first releases the file.
+        RedbLog::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_io_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("log.redb");
+        let error = RedbLog::open(&path).unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Io);
+        assert!(error.to_string().contains("missing"), "{error}");
+    }
+
+    /// Runs this test binary again, as a child doing `role` on `path`.
+    fn child(test: &str, role: &str, path: &Path) -> Command {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, role)
+            .env(CHILD_PATH, path)
+            .stdout(Stdio::piped());
+        command
+    }
+
+    fn role() -> Option<(String, std::path::PathBuf)> {
+        Some((
+            std::env::var(CHILD).ok()?,
+            std::env::var_os(CHILD_PATH)?.into(),
+        ))
+    }
+
+    #[test]
+    fn a_second_process_is_refused() {
+        const TEST: &str = "file::a_second_process_is_refused";
+        if let Some((role, path)) = role() {
+            assert_eq!(role, "open");
+            match RedbLog::open(&path) {
+                Err(error) if error.kind() == LogErrorKind::AlreadyOpen => {
+                    println!("refused: {error}");
+                }
+                other => panic!("expected AlreadyOpen, got {other:?}"),
+            }
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let log = RedbLog::open(&path).unwrap();
+        let output = child(TEST, "open", &path).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "child failed: {stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "refused: the log {} is already open",
+                path.display()
+            )),
+            "{stdout}"
+        );
+        drop(log);
+    }
+
+    /// A child begins and decides transactions, printing each id once its
+    /// decision resolved, and is killed with SIGKILL; every id printed must
+    /// be in the file, decided, when it is opened again. Round 0: the child
+    /// decides one transaction and then waits, writing nothing more, so that
+    /// no later commit can make up for a decision that was not durable on its
+    /// own; later rounds: 8 workers, killed while running.
+    #[test]
+    fn what_a_killed_process_was_told_is_durable() {
+        const TEST: &str = "file::what_a_killed_process_was_told_is_durable";
+        if let Some((role, path)) = role() {
+            let workers = match role.as_str() {
+                "decide-once" => 1,
+                "decide" => 8,
+                other => panic!("unknown role {other}"),
+            };
+            let once = workers == 1;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let log = Arc::new(RedbLog::open(&path).unwrap());
+                for _ in 0..workers {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let intent = intent(2);
+                            let lease = log.begin(&intent).await.unwrap();
+                            log.note(&lease, 0, Phase::Try, progress(1, true, None));
+                            let decision = log.decide(&lease, Decision::Confirm).await.unwrap();
+                            assert_eq!(decision, Decision::Confirm);
+                            {
+                                use std::io::Write;
+                                let mut out = std::io::stdout().lock();
+                                writeln!(out, "decided {}", intent.id).unwrap();
+                                out.flush().unwrap();
+                            }
+                            if once {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    });
+                }
+                // Until killed.
+                std::future::pending::<()>().await;
+            });
+            return;
+        }
+        let rounds: usize = std::env::var("TCC_CRASH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let mut told = Vec::new();
+        for round in 0..rounds.max(1) {
+            let role = if round == 0 { "decide-once" } else { "decide" };
+            let mut process = child(TEST, role, &path).spawn().unwrap();
+            let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+            // Kill it at a different point in each round.
+            let wanted = if round == 0 { 1 } else { round * 37 };
+            let mut seen = 0;
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                // The test harness prints the test's name before the first
+                // line, on the same line.
+                if let Some((_, id)) = line.split_once("decided ") {
+                    told.push(id.parse::<TransactionId>().unwrap());
+                    seen += 1;
+                    if seen == wanted {
+                        break;
+                    }
+                }
+            }
+            process.kill().unwrap(); // SIGKILL
+            // Lines already written before the kill were told too.
+            for line in lines {
+                let Ok(line) = line else { break };
+                if let Some((_, id)) = line.split_once("decided ") {
+                    told.push(id.parse().unwrap());
+                }
+            }
+            process.wait().unwrap();
+            assert_eq!(seen, wanted, "the child stopped early");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let log = RedbLog::open(&path).unwrap();
+            for id in &told {
+                let record = log.get(*id).await.unwrap();
+                let record = record.unwrap_or_else(|| panic!("{id} was told decided, and is lost"));
+                assert_eq!(record.status, Status::Decided(Decision::Confirm), "{id}");
+                assert_eq!(record.intent.participants.len(), 2);
+            }
+            // Everything else is an intent, decided or not: recovery's.
+            let unfinished = log.unfinished_count().await.unwrap();
+            assert!(unfinished >= told.len() as u64);
+            let claimed = log.claim_unfinished(usize::MAX).await.unwrap();
+            assert_eq!(claimed.len() as u64, unfinished);
+        });
+    }
+}
+
+/// The fault-injecting wrapper: what reaches the inner log, for every k.
+mod faulty {
+    use super::*;
+
+    /// The writes of one whole transaction: begin, decide, two notes,
+    /// finish: five writes. Stops at the first failure; returns the lease.
+    async fn scenario(log: &impl Log, intent: &Intent) -> Result<(), LogErrorKind> {
+        let lease = log.begin(intent).await.map_err(|e| e.kind())?;
+        log.decide(&lease, Decision::Confirm)
+            .await
+            .map_err(|e| e.kind())?;
+        log.note(&lease, 0, Phase::Confirm, progress(1, true, None));
+        log.note(&lease, 1, Phase::Confirm, progress(1, true, None));
+        log.finish(&lease, End::Done).await.map_err(|e| e.kind())?;
+        Ok(())
+    }
+
+    /// What a clean log holds after exactly the first `n` writes of the
+    /// scenario.
+    async fn after_writes(intent: &Intent, n: u64) -> Option<TransactionRecord> {
+        let log = MemoryLog::new();
+        let mut made = 0;
+        let mut lease = None;
+        if made < n {
+            lease = Some(log.begin(intent).await.unwrap());
+            made += 1;
+        }
+        let lease = lease?;
+        if made < n {
+            log.decide(&lease, Decision::Confirm).await.unwrap();
+            made += 1;
+        }
+        for participant in 0..2 {
+            if made < n {
+                log.note(&lease, participant, Phase::Confirm, progress(1, true, None));
+                made += 1;
+            }
+        }
+        if made < n {
+            log.finish(&lease, End::Done).await.unwrap();
+        }
+        log.get(intent.id).await.unwrap()
+    }
+
+    fn same(a: Option<TransactionRecord>, b: Option<TransactionRecord>) -> bool {
+        // Start times differ between two logs; everything else must not.
+        let strip = |r: Option<TransactionRecord>| {
+            r.map(|mut r| {
+                r.started_at = SystemTime::UNIX_EPOCH;
+                r
+            })
+        };
+        strip(a) == strip(b)
+    }
+
+    #[tokio::test]
+    async fn it_counts_every_write() {
+        let log = FaultyLog::new(Arc::new(MemoryLog::new()));
+        scenario(&log, &intent(2)).await.unwrap();
+        assert_eq!(log.writes(), 5);
+        assert!(!log.crashed());
+    }
+
+    #[tokio::test]
+    async fn a_crash_at_every_write_leaves_exactly_the_writes_before_it() {
+        let writes = 5;
+        for k in 1..=writes {
+            for (fault, kept) in [(Fault::Crash, k - 1), (Fault::CrashAfterWrite, k)] {
+                let inner = Arc::new(MemoryLog::new());
+                let log = FaultyLog::new(inner.clone()).with_fault(k, fault);
+                let intent = intent(2);
+                let result = scenario(&log, &intent).await;
+                // Notes are not awaited: a crash at one shows at the finish.
+                assert_eq!(result, Err(LogErrorKind::Injected), "k={k} {fault:?}");
+                assert!(log.crashed());
+                let left = inner.get(intent.id).await.unwrap();
+                assert!(
+                    same(left.clone(), after_writes(&intent, kept).await),
+                    "k={k} {fault:?}: {left:?}"
+                );
+                // The dead process holds nothing: recovery claims what is
+                // unfinished.
+                let unfinished = left.is_some_and(|r| !matches!(r.status, Status::Done(_)));
+                let claimed = inner.claim_unfinished(10).await.unwrap();
+                assert_eq!(claimed.len(), usize::from(unfinished), "k={k} {fault:?}");
+                // And the crashed log refuses everything, reads included.
+                let error = log.get(intent.id).await.unwrap_err();
+                assert_eq!(error.kind(), LogErrorKind::Injected);
+                assert_eq!(
+                    log.claim_unfinished(10).await.unwrap_err().kind(),
+                    LogErrorKind::Injected
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_at_a_write_skips_it_or_not_and_later_writes_go_through() {
+        // Fail at the decision: not written, the transaction stays undecided,
+        // and its finish (a later write) goes through.
+        let inner = Arc::new(MemoryLog::new());
+        let log = FaultyLog::new(inner.clone()).with_fault(2, Fault::Fail);
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        let error = log.decide(&lease, Decision::Confirm).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Injected);
+        assert_eq!(status(&*inner, intent.id).await, Some(Status::Undecided));
+        log.finish(&lease, End::Done).await.unwrap();
+        assert_eq!(
+            status(&*inner, intent.id).await,
+            Some(Status::Done(Decision::Cancel))
+        );
+        assert!(!log.crashed());
+
+        // Fail after the decision reached the log: the caller saw an error,
+        // yet the decision stands; a retry returns it.
+        let log = FaultyLog::new(inner.clone()).with_fault(2, Fault::FailAfterWrite);
+        let intent = self::intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        let error = log.decide(&lease, Decision::Confirm).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Injected);
+        assert_eq!(
+            log.decide(&lease, Decision::Cancel).await.unwrap(),
+            Decision::Confirm
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crash_releases_the_claims_of_the_dead_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(RedbLog::open(dir.path().join("log.redb")).unwrap());
+        let orphan = intent(1);
+        let lease = inner.begin(&orphan).await.unwrap();
+        inner.release(&lease);
+        // The wrapped process claims it, begins another, then crashes.
+        let log = FaultyLog::new(inner.clone()).with_fault(2, Fault::Crash);
+        let claimed = log.claim_unfinished(10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let running = intent(1);
+        log.begin(&running).await.unwrap();
+        let error = log
+            .decide(&claimed[0].0, Decision::Cancel)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Injected);
+        // A fresh engine on the inner log finds both.
+        let mut found: Vec<_> = inner
+            .claim_unfinished(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| (r.intent.id, r.status))
+            .collect();
+        found.sort_by_key(|(id, _)| *id);
+        let mut expected = vec![
+            (orphan.id, Status::Undecided),
+            (running.id, Status::Undecided),
+        ];
+        expected.sort_by_key(|(id, _)| *id);
+        assert_eq!(found, expected);
+    }
+}
