@@ -15,7 +15,7 @@ use std::time::Duration;
 use barrier::cluster::Cluster;
 use barrier::{Backend, BoxFuture, TestError};
 use tcc::barrier::{BarrierErrorKind, Branch, Entry, Outcome, postgres};
-use tcc::{Orchestrator, Permanent, Phase, Service, TransactionId};
+use tcc::{Orchestrator, Permanent, Phase, RetryPolicy, Service, TransactionId};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Transaction};
 
@@ -97,6 +97,15 @@ async fn deliver(
         })
     })
     .await
+}
+
+/// The runtime's retries, a millisecond apart. These tests run on tokio's
+/// real clock: with a paused clock, time would jump ahead whenever every
+/// task waits on the database, and fire the runtime's timeouts.
+fn fast_retries(n: u32) -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(n)
+        .with_initial_interval(Duration::from_millis(1))
 }
 
 fn branch(transaction: TransactionId, phase: Phase) -> Branch {
@@ -404,7 +413,7 @@ async fn a_deadlock_is_tried_again() {
 /// DTM #453: a Try blocked by the barrier was reported as success. Here the
 /// hanging Try of a transaction the runtime cancelled is refused with a
 /// permanent error and reserves nothing.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
     let Some(cluster) = Cluster::get() else {
         return;
@@ -434,7 +443,7 @@ async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
         },
     );
     let error = Orchestrator::new([late])
-        .try_timeout(Duration::from_secs(1))
+        .try_timeout(Duration::from_millis(50))
         .orchestrate()
         .await
         .unwrap_err();
@@ -451,7 +460,7 @@ async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
 /// DTM #559: a barrier in another database than the business data is not
 /// atomic with it. Here a Confirm whose first attempt fails after its write
 /// leaves neither the write nor the barrier's row; the retry runs it, once.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn dtm_559_the_barrier_commits_and_rolls_back_with_the_business_change() {
     let Some(cluster) = Cluster::get() else {
         return;
@@ -483,7 +492,7 @@ async fn dtm_559_the_barrier_commits_and_rolls_back_with_the_business_change() {
         move || phase(c.clone(), None),
     );
     let report = Orchestrator::new([wallet])
-        .max_retries(3)
+        .retry(fast_retries(3))
         .orchestrate()
         .await
         .unwrap();
@@ -508,7 +517,7 @@ async fn dtm_559_the_barrier_commits_and_rolls_back_with_the_business_change() {
 
 /// seata-go #685: an empty rollback failed and was retried until the server
 /// gave up. Here it succeeds on its first attempt.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn seata_go_685_an_empty_cancel_succeeds_at_once() {
     let Some(cluster) = Cluster::get() else {
         return;
@@ -537,7 +546,7 @@ async fn seata_go_685_an_empty_cancel_succeeds_at_once() {
         },
     );
     let error = Orchestrator::new([wallet])
-        .max_retries(5)
+        .retry(fast_retries(5))
         .orchestrate()
         .await
         .unwrap_err();
@@ -754,7 +763,7 @@ async fn seata_4489_cleanup_neither_blocks_nor_waits() {
 
 /// A Confirm without a committed Try is a permanent error: the runtime does
 /// not retry it.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_confirm_without_a_try_is_permanent_to_the_runtime() {
     let Some(cluster) = Cluster::get() else {
         return;
@@ -786,7 +795,7 @@ async fn a_confirm_without_a_try_is_permanent_to_the_runtime() {
         || async { Ok::<(), TestError>(()) },
     );
     let error = Orchestrator::new([wallet])
-        .max_retries(5)
+        .retry(fast_retries(5))
         .orchestrate()
         .await
         .unwrap_err();
