@@ -12,6 +12,14 @@
 //! [`sqlite`] (rusqlite, feature `sqlite`) and [`postgres`] (tokio-postgres,
 //! feature `postgres`; a connection from deadpool-postgres works too).
 //!
+//! ```toml
+//! [dependencies]
+//! tcc = { version = "0.1", features = ["postgres"] }  # or "sqlite"
+//! ```
+//!
+//! Each backend's page shows a `#[tcc_service]` whose phases wrap their SQL
+//! in one call.
+//!
 //! # The rules, as a phase sees them
 //!
 //! A branch is one service in one transaction: the row is keyed by
