@@ -134,6 +134,16 @@ impl Backend for Postgres {
         Box::pin(async move { deliver(&mut *self.lanes[lane].lock().await, &branch, fail).await })
     }
 
+    fn announce(
+        &self,
+        lane: usize,
+        branch: Branch,
+    ) -> BoxFuture<'_, Result<Outcome<()>, TestError>> {
+        Box::pin(async move {
+            Ok(postgres::announce(&mut *self.lanes[lane].lock().await, &branch).await?)
+        })
+    }
+
     fn effects(&self, transaction: TransactionId) -> BoxFuture<'_, Vec<(String, String)>> {
         Box::pin(async move { effects(&*self.lanes[0].lock().await, transaction).await })
     }

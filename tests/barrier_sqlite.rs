@@ -136,6 +136,21 @@ impl Backend for Sqlite {
         })
     }
 
+    fn announce(
+        &self,
+        lane: usize,
+        branch: Branch,
+    ) -> BoxFuture<'_, Result<Outcome<()>, TestError>> {
+        let conn = self.lanes[lane].clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                Ok(sqlite::announce(&mut conn.lock().unwrap(), &branch)?)
+            })
+            .await
+            .unwrap()
+        })
+    }
+
     fn effects(&self, transaction: TransactionId) -> BoxFuture<'_, Vec<(String, String)>> {
         Box::pin(async move { effects(&self.lanes[0].lock().unwrap(), transaction) })
     }

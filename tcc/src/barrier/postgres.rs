@@ -237,6 +237,20 @@ where
 pub async fn run_branch<'a, T, E, F>(
     client: &mut Client,
     branch: &Branch,
+    body: F,
+) -> Result<Outcome<T>, E>
+where
+    F: for<'t> FnMut(&'t Tx<'t, 'a>) -> BodyFuture<'t, Result<T, E>>,
+    E: From<BarrierError> + std::error::Error + 'static,
+{
+    run_step(client, branch, Step::Phase(branch.phase()), body).await
+}
+
+/// [`run_branch`] for any step: the transaction, its retries.
+async fn run_step<'a, T, E, F>(
+    client: &mut Client,
+    branch: &Branch,
+    step: Step,
     mut body: F,
 ) -> Result<Outcome<T>, E>
 where
@@ -250,7 +264,7 @@ where
                 tx: client.transaction().await.map_err(BarrierError::from)?,
                 captures: PhantomData,
             };
-            let outcome = match enter(&tx, branch).await? {
+            let outcome = match pass(&tx, branch, step).await? {
                 Entry::Run | Entry::RunAfterUncommittedTry => Outcome::Ran(body(&tx).await?),
                 Entry::Duplicate => Outcome::Duplicate,
                 Entry::EmptyCancel => Outcome::EmptyCancel,
@@ -269,7 +283,8 @@ where
     }
 }
 
-/// Records, in a transaction of its own, that the Try of `branch` is about
+/// Records, in a transaction of its own (tried again on 40001 and 40P01, as
+/// in [`run_branch`]), that the Try of `branch` is about
 /// to act outside the database, before it does: a Cancel that comes after
 /// then runs its code even if the Try's own transaction never commits. See
 /// [the module docs](super#a-try-that-fails-after-acting-outside-the-database-seata-6374).
@@ -284,13 +299,12 @@ pub async fn announce(client: &mut Client, branch: &Branch) -> Result<Outcome<()
             Some(branch),
         ));
     }
-    let tx = client.transaction().await?;
-    let outcome = match pass(&tx, branch, Step::Announce).await? {
-        Entry::Run => Outcome::Ran(()),
-        _ => Outcome::Duplicate,
-    };
-    tx.commit().await?;
-    Ok(outcome)
+    // Retried on 40001 and 40P01, like a phase: the rules let an announce
+    // only run (a new row) or be a duplicate.
+    run_step(client, branch, Step::Announce, |_| {
+        Box::pin(async { Ok::<_, BarrierError>(()) })
+    })
+    .await
 }
 
 /// Deletes the rows of finished branches (`confirmed`, `cancelled`,

@@ -150,7 +150,19 @@ pub fn guard<T, E>(
 where
     E: From<BarrierError>,
 {
-    Ok(match enter(tx, branch)? {
+    guard_step(tx, branch, Step::Phase(branch.phase()), body)
+}
+
+fn guard_step<T, E>(
+    tx: &Transaction<'_>,
+    branch: &Branch,
+    step: Step,
+    body: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<Outcome<T>, E>
+where
+    E: From<BarrierError>,
+{
+    Ok(match pass(tx, branch, step)? {
         Entry::Run | Entry::RunAfterUncommittedTry => Outcome::Ran(body(tx)?),
         Entry::Duplicate => Outcome::Duplicate,
         Entry::EmptyCancel => Outcome::EmptyCancel,
@@ -185,6 +197,19 @@ where
 pub fn run_branch<T, E>(
     conn: &mut Connection,
     branch: &Branch,
+    body: impl FnMut(&Transaction<'_>) -> Result<T, E>,
+) -> Result<Outcome<T>, E>
+where
+    E: From<BarrierError> + std::error::Error + 'static,
+{
+    run_step(conn, branch, Step::Phase(branch.phase()), body)
+}
+
+/// [`run_branch`] for any step: the transaction, its retries.
+fn run_step<T, E>(
+    conn: &mut Connection,
+    branch: &Branch,
+    step: Step,
     mut body: impl FnMut(&Transaction<'_>) -> Result<T, E>,
 ) -> Result<Outcome<T>, E>
 where
@@ -196,7 +221,7 @@ where
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(BarrierError::from)?;
-            let outcome = guard(&tx, branch, &mut body)?;
+            let outcome = guard_step(&tx, branch, step, &mut body)?;
             tx.commit().map_err(BarrierError::from)?;
             Ok(outcome)
         })();
@@ -210,7 +235,8 @@ where
     }
 }
 
-/// Records, in a transaction of its own, that the Try of `branch` is about
+/// Records, in a transaction of its own (tried again when busy, as in
+/// [`run_branch`]), that the Try of `branch` is about
 /// to act outside the database, before it does: a Cancel that comes after
 /// then runs its code even if the Try's own transaction never commits. See
 /// [the module docs](super#a-try-that-fails-after-acting-outside-the-database-seata-6374).
@@ -225,13 +251,9 @@ pub fn announce(conn: &mut Connection, branch: &Branch) -> Result<Outcome<()>, B
             Some(branch),
         ));
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let outcome = match pass(&tx, branch, Step::Announce)? {
-        Entry::Run => Outcome::Ran(()),
-        _ => Outcome::Duplicate,
-    };
-    tx.commit()?;
-    Ok(outcome)
+    // Retried when busy, like a phase: the rules let an announce only run
+    // (a new row) or be a duplicate.
+    run_step(conn, branch, Step::Announce, |_| Ok::<_, BarrierError>(()))
 }
 
 /// Deletes the rows of finished branches (`confirmed`, `cancelled`,
