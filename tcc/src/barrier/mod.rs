@@ -99,6 +99,12 @@
 //! in a transaction of its own *before* it acts outside, which commits a
 //! `started` row. From then on:
 //!
+//! | `announce` finds | the barrier | the Try |
+//! |---|---|---|
+//! | nothing | records `started`: [`Outcome::Ran`] | goes ahead |
+//! | `started`, `tried`, `confirmed` | [`Outcome::Duplicate`] | was delivered before: skip it |
+//! | `cancelled`, `cancelled_before_try` | [`TryAfterCancel`](BarrierErrorKind::TryAfterCancel), a permanent error | refused |
+//!
 //! - the Try's own transaction later turns `started` into `tried`, as usual;
 //! - if it never does (the Try failed, its process died), a Cancel finds
 //!   `started` and **runs** its code, with
