@@ -423,6 +423,9 @@ async fn a_deadlock_is_tried_again() {
 /// DTM #453: a Try blocked by the barrier was reported as success. Here the
 /// hanging Try of a transaction the runtime cancelled is refused with a
 /// permanent error and reserves nothing.
+// Real time: the phases wait on a real server, and under the paused clock
+// the runtime, idle while it answers, would jump to the next timer (a retry
+// delay, an attempt's time limit) and fire it at once.
 #[tokio::test]
 async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
     let Some(cluster) = Cluster::get() else {
@@ -470,6 +473,9 @@ async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
 /// DTM #559: a barrier in another database than the business data is not
 /// atomic with it. Here a Confirm whose first attempt fails after its write
 /// leaves neither the write nor the barrier's row; the retry runs it, once.
+// Real time: the phases wait on a real server, and under the paused clock
+// the runtime, idle while it answers, would jump to the next timer (a retry
+// delay, an attempt's time limit) and fire it at once.
 #[tokio::test]
 async fn dtm_559_the_barrier_commits_and_rolls_back_with_the_business_change() {
     let Some(cluster) = Cluster::get() else {
@@ -527,6 +533,9 @@ async fn dtm_559_the_barrier_commits_and_rolls_back_with_the_business_change() {
 
 /// seata-go #685: an empty rollback failed and was retried until the server
 /// gave up. Here it succeeds on its first attempt.
+// Real time: the phases wait on a real server, and under the paused clock
+// the runtime, idle while it answers, would jump to the next timer (a retry
+// delay, an attempt's time limit) and fire it at once.
 #[tokio::test]
 async fn seata_go_685_an_empty_cancel_succeeds_at_once() {
     let Some(cluster) = Cluster::get() else {
@@ -773,6 +782,9 @@ async fn seata_4489_cleanup_neither_blocks_nor_waits() {
 
 /// A Confirm without a committed Try is a permanent error: the runtime does
 /// not retry it.
+// Real time: the phases wait on a real server, and under the paused clock
+// the runtime, idle while it answers, would jump to the next timer (a retry
+// delay, an attempt's time limit) and fire it at once.
 #[tokio::test]
 async fn a_confirm_without_a_try_is_permanent_to_the_runtime() {
     let Some(cluster) = Cluster::get() else {
