@@ -194,6 +194,42 @@ where
 /// connection's own busy timeout waits first.
 /// So `body` may be called more than once: keep its effects inside the
 /// transaction (see [`announce`] for those that cannot be).
+///
+/// Use it where [`run`] cannot read the phase's context, as on a blocking
+/// thread:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tcc::barrier::{sqlite, BarrierError, Branch};
+///
+/// async fn freeze(db: Arc<Mutex<rusqlite::Connection>>) -> Result<(), BarrierError> {
+///     // In the phase's task: the branch, from its context.
+///     let branch = Branch::current()?;
+///     // On a blocking thread, which has no context: the branch, passed in.
+///     tokio::task::spawn_blocking(move || {
+///         sqlite::run_branch(&mut db.lock().unwrap(), &branch, |tx| {
+///             tx.execute("UPDATE wallet SET frozen = frozen + 10", [])?;
+///             Ok::<_, BarrierError>(())
+///         })
+///     })
+///     .await
+///     .expect("the blocking task ran")?;
+///     Ok(())
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # let db = rusqlite::Connection::open_in_memory().unwrap();
+/// # sqlite::migrate(&db).unwrap();
+/// # db.execute_batch("CREATE TABLE wallet (frozen INTEGER); INSERT INTO wallet VALUES (0);").unwrap();
+/// # let db = Arc::new(Mutex::new(db));
+/// # let phase_db = db.clone();
+/// # let ok = || async { Ok::<(), BarrierError>(()) };
+/// # let wallet = tcc::Service::new("wallet", move || freeze(phase_db.clone()), ok, ok);
+/// # tcc::Orchestrator::new([wallet]).orchestrate().await.unwrap();
+/// # let frozen: i64 = db.lock().unwrap().query_row("SELECT frozen FROM wallet", [], |r| r.get(0)).unwrap();
+/// # assert_eq!(frozen, 10);
+/// # }
+/// ```
 pub fn run_branch<T, E>(
     conn: &mut Connection,
     branch: &Branch,
