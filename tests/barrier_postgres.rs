@@ -851,3 +851,40 @@ async fn a_pooled_connection_works() {
     let late = deliver(&mut pooled, &branch(id, Phase::Try), false).await;
     assert!(refused(late, BarrierErrorKind::TryAfterCancel));
 }
+
+/// `guard` inside the caller's own transaction: the caller commits, and the
+/// barrier's decision commits with it.
+#[tokio::test]
+async fn guard_runs_inside_the_callers_transaction() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let mut client = setup(cluster, "guard", 1).await.pop().unwrap();
+    let id = TransactionId::generate();
+    let cancel = branch(id, Phase::Cancel);
+    {
+        let tx = client.transaction().await.unwrap();
+        let cancel = &cancel;
+        let outcome = postgres::guard(&tx, cancel, |tx| async move {
+            effect(tx, cancel).await.map_err(TestError::from)
+        })
+        .await;
+        assert_eq!(outcome.unwrap(), Outcome::EmptyCancel);
+        // Dropped without commit: the empty cancel is not recorded.
+    }
+    assert_eq!(state(&client, &cancel).await, None);
+    let tx = client.transaction().await.unwrap();
+    let outcome = postgres::guard(&tx, &branch(id, Phase::Try), |tx| async move {
+        effect(tx, &branch(id, Phase::Try))
+            .await
+            .map_err(TestError::from)
+    })
+    .await;
+    assert_eq!(outcome.unwrap(), Outcome::Ran(1));
+    tx.commit().await.unwrap();
+    assert_eq!(state(&client, &cancel).await.as_deref(), Some("tried"));
+    assert_eq!(
+        effects(&client, id).await,
+        [("wallet".into(), "try".into())]
+    );
+}

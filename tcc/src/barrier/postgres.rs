@@ -284,9 +284,9 @@ where
 }
 
 /// Records, in a transaction of its own (tried again on 40001 and 40P01, as
-/// in [`run_branch`]), that the Try of `branch` is about
-/// to act outside the database, before it does: a Cancel that comes after
-/// then runs its code even if the Try's own transaction never commits. See
+/// in [`run_branch`]), that the Try of `branch` is about to act outside the
+/// database, before it does: a Cancel that comes after then runs its code
+/// even if the Try's own transaction never commits. See
 /// [the module docs](super#a-try-that-fails-after-acting-outside-the-database-seata-6374).
 ///
 /// [`Outcome::Ran`] means go ahead; [`Outcome::Duplicate`] means this Try
