@@ -15,7 +15,7 @@ use std::time::Duration;
 use barrier::cluster::Cluster;
 use barrier::{Backend, BoxFuture, TestError};
 use tcc::barrier::{BarrierErrorKind, Branch, Entry, Outcome, postgres};
-use tcc::{Orchestrator, Permanent, Phase, Service, TransactionId};
+use tcc::{Orchestrator, Permanent, Phase, RetryPolicy, Service, TransactionId};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Transaction};
 
@@ -99,6 +99,15 @@ async fn deliver(
     .await
 }
 
+/// The runtime's retries, a millisecond apart. These tests run on tokio's
+/// real clock: with a paused clock, time would jump ahead whenever every
+/// task waits on the database, and fire the runtime's timeouts.
+fn fast_retries(n: u32) -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(n)
+        .with_initial_interval(Duration::from_millis(1))
+}
+
 fn branch(transaction: TransactionId, phase: Phase) -> Branch {
     Branch::new(transaction, "wallet", phase)
 }
@@ -123,6 +132,16 @@ impl Backend for Postgres {
         fail: bool,
     ) -> BoxFuture<'_, Result<Outcome<()>, TestError>> {
         Box::pin(async move { deliver(&mut *self.lanes[lane].lock().await, &branch, fail).await })
+    }
+
+    fn announce(
+        &self,
+        lane: usize,
+        branch: Branch,
+    ) -> BoxFuture<'_, Result<Outcome<()>, TestError>> {
+        Box::pin(async move {
+            Ok(postgres::announce(&mut *self.lanes[lane].lock().await, &branch).await?)
+        })
     }
 
     fn effects(&self, transaction: TransactionId) -> BoxFuture<'_, Vec<(String, String)>> {
@@ -437,7 +456,7 @@ async fn dtm_453_a_try_after_its_cancel_is_refused_not_reported_as_success() {
         },
     );
     let error = Orchestrator::new([late])
-        .try_timeout(Duration::from_secs(1))
+        .try_timeout(Duration::from_millis(50))
         .orchestrate()
         .await
         .unwrap_err();
@@ -489,7 +508,7 @@ async fn dtm_559_the_barrier_commits_and_rolls_back_with_the_business_change() {
         move || phase(c.clone(), None),
     );
     let report = Orchestrator::new([wallet])
-        .max_retries(3)
+        .retry(fast_retries(3))
         .orchestrate()
         .await
         .unwrap();
@@ -546,7 +565,7 @@ async fn seata_go_685_an_empty_cancel_succeeds_at_once() {
         },
     );
     let error = Orchestrator::new([wallet])
-        .max_retries(5)
+        .retry(fast_retries(5))
         .orchestrate()
         .await
         .unwrap_err();
@@ -798,7 +817,7 @@ async fn a_confirm_without_a_try_is_permanent_to_the_runtime() {
         || async { Ok::<(), TestError>(()) },
     );
     let error = Orchestrator::new([wallet])
-        .max_retries(5)
+        .retry(fast_retries(5))
         .orchestrate()
         .await
         .unwrap_err();
@@ -831,4 +850,41 @@ async fn a_pooled_connection_works() {
     );
     let late = deliver(&mut pooled, &branch(id, Phase::Try), false).await;
     assert!(refused(late, BarrierErrorKind::TryAfterCancel));
+}
+
+/// `guard` inside the caller's own transaction: the caller commits, and the
+/// barrier's decision commits with it.
+#[tokio::test]
+async fn guard_runs_inside_the_callers_transaction() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let mut client = setup(cluster, "guard", 1).await.pop().unwrap();
+    let id = TransactionId::generate();
+    let cancel = branch(id, Phase::Cancel);
+    {
+        let tx = client.transaction().await.unwrap();
+        let cancel = &cancel;
+        let outcome = postgres::guard(&tx, cancel, |tx| async move {
+            effect(tx, cancel).await.map_err(TestError::from)
+        })
+        .await;
+        assert_eq!(outcome.unwrap(), Outcome::EmptyCancel);
+        // Dropped without commit: the empty cancel is not recorded.
+    }
+    assert_eq!(state(&client, &cancel).await, None);
+    let tx = client.transaction().await.unwrap();
+    let outcome = postgres::guard(&tx, &branch(id, Phase::Try), |tx| async move {
+        effect(tx, &branch(id, Phase::Try))
+            .await
+            .map_err(TestError::from)
+    })
+    .await;
+    assert_eq!(outcome.unwrap(), Outcome::Ran(1));
+    tx.commit().await.unwrap();
+    assert_eq!(state(&client, &cancel).await.as_deref(), Some("tried"));
+    assert_eq!(
+        effects(&client, id).await,
+        [("wallet".into(), "try".into())]
+    );
 }

@@ -136,6 +136,21 @@ impl Backend for Sqlite {
         })
     }
 
+    fn announce(
+        &self,
+        lane: usize,
+        branch: Branch,
+    ) -> BoxFuture<'_, Result<Outcome<()>, TestError>> {
+        let conn = self.lanes[lane].clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                Ok(sqlite::announce(&mut conn.lock().unwrap(), &branch)?)
+            })
+            .await
+            .unwrap()
+        })
+    }
+
     fn effects(&self, transaction: TransactionId) -> BoxFuture<'_, Vec<(String, String)>> {
         Box::pin(async move { effects(&self.lanes[0].lock().unwrap(), transaction) })
     }
@@ -734,4 +749,35 @@ fn busy_is_found_behind_a_transparent_wrapper() {
         rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
     assert!(!sqlite::is_busy(&TestError::Sqlite(other)));
     assert!(!sqlite::is_busy(&TestError::Injected));
+}
+
+/// A Try that announced itself and is still acting outside the database
+/// when its Cancel comes: the Cancel runs (to undo the outside effects),
+/// and the Try's own transaction is then refused, so it reserves nothing.
+#[test]
+fn an_announced_try_overtaken_by_its_cancel_is_refused() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let id = TransactionId::generate();
+    let try_branch = branch(id, Phase::Try);
+    assert_eq!(
+        sqlite::announce(&mut conn, &try_branch).unwrap(),
+        Outcome::Ran(())
+    );
+    // A duplicate delivery of the same Try is told to skip.
+    assert_eq!(
+        sqlite::announce(&mut conn, &try_branch).unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(
+        deliver(&mut conn, &branch(id, Phase::Cancel), false).unwrap(),
+        Outcome::Ran(())
+    );
+    let late = deliver(&mut conn, &try_branch, false).unwrap_err();
+    assert!(matches!(late, TestError::Barrier(e) if e.kind() == BarrierErrorKind::TryAfterCancel));
+    assert_eq!(effects(&conn, id), [("wallet".into(), "cancel".into())]);
+    let confirm = deliver(&mut conn, &branch(id, Phase::Confirm), false).unwrap_err();
+    assert!(
+        matches!(confirm, TestError::Barrier(e) if e.kind() == BarrierErrorKind::ConfirmAfterCancel)
+    );
 }

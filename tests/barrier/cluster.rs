@@ -13,6 +13,7 @@
 //! `/usr/lib/postgresql/*/bin`) the PostgreSQL tests print one line and
 //! pass, unless `TCC_REQUIRE_POSTGRES=1`, which makes that a failure.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
@@ -46,7 +47,10 @@ impl Cluster {
                      (initdb on PATH or in /usr/lib/postgresql/*/bin)"
                 ),
                 None => {
-                    eprintln!(
+                    // Straight to stderr: the test harness captures
+                    // `eprintln!` of a passing test, and this line must show.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "PostgreSQL tests skipped: no initdb on PATH or in /usr/lib/postgresql/*/bin \
                          (install postgresql, or set TCC_REQUIRE_POSTGRES=1 to make this a failure)"
                     );

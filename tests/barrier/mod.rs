@@ -10,7 +10,9 @@
 //! 3. a Confirm never runs without a committed Try;
 //! 4. a Cancel with no committed Try before it runs no code (empty cancel);
 //! 5. what the caller is told (ran, duplicate, empty cancel, refused) is
-//!    what happened: an outcome `Ran` if and only if the effect committed.
+//!    what happened: an outcome `Ran` if and only if the effect committed;
+//! 6. a Try that announced itself (effects outside the database) gets its
+//!    Cancel's code run even if its own transaction never committed.
 //!
 //! Deliveries come in waves; the deliveries of a wave run at once, each on
 //! its own connection. A wave passes if its outcomes are those of *some*
@@ -65,6 +67,14 @@ pub trait Backend: Send + Sync + 'static {
         fail: bool,
     ) -> BoxFuture<'_, Result<Outcome<()>, TestError>>;
 
+    /// Announces `branch`'s Try on connection `lane` (the backend's
+    /// `announce`, in a transaction of its own).
+    fn announce(
+        &self,
+        lane: usize,
+        branch: Branch,
+    ) -> BoxFuture<'_, Result<Outcome<()>, TestError>>;
+
     /// The committed `effects` rows of a transaction: (service, phase).
     fn effects(&self, transaction: TransactionId) -> BoxFuture<'_, Vec<(String, String)>>;
 }
@@ -96,6 +106,8 @@ pub fn seen(result: Result<Outcome<()>, TestError>) -> Seen {
 /// One branch under the rules.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Model {
+    /// A Try announced itself.
+    started: bool,
     tried: bool,
     confirmed: bool,
     cancelled: bool,
@@ -130,24 +142,56 @@ impl Model {
             Phase::Confirm => run(self),
             Phase::Cancel if self.confirmed => Seen::Refused(K::CancelAfterConfirm),
             Phase::Cancel if self.cancelled => Seen::Duplicate,
-            Phase::Cancel if !self.tried => {
+            Phase::Cancel if !self.tried && !self.started => {
                 self.cancelled = true;
                 Seen::EmptyCancel
             }
             Phase::Cancel => run(self),
         }
     }
+
+    /// What announcing the Try does: it runs no business code.
+    pub fn announce(&mut self) -> Seen {
+        if self.cancelled {
+            Seen::Refused(BarrierErrorKind::TryAfterCancel)
+        } else if self.started || self.tried {
+            Seen::Duplicate
+        } else {
+            self.started = true;
+            Seen::Ran
+        }
+    }
+
+    fn apply(&mut self, op: Op, fail: bool) -> Seen {
+        match op {
+            Op::Phase(phase) => self.deliver(phase, fail),
+            Op::Announce => self.announce(),
+        }
+    }
 }
 
-/// One delivery: which branch (service), which phase, and whether the
-/// phase's code fails after its write.
-pub type Delivery = (usize, Phase, bool);
+/// What arrives at a branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Phase(Phase),
+    /// A Try announcing effects outside the database.
+    Announce,
+}
+
+/// One delivery: which branch (service), what, and whether the phase's
+/// code fails after its write.
+pub type Delivery = (usize, Op, bool);
 
 pub const SERVICES: [&str; 2] = ["flight", "hotel"];
 
 pub fn schedules(lanes: usize) -> impl Strategy<Value = Vec<Vec<Delivery>>> {
-    let phase = prop_oneof![Just(Phase::Try), Just(Phase::Confirm), Just(Phase::Cancel)];
-    let delivery = (0..SERVICES.len(), phase, proptest::bool::weighted(0.2));
+    let op = prop_oneof![
+        3 => Just(Op::Phase(Phase::Try)),
+        3 => Just(Op::Phase(Phase::Confirm)),
+        3 => Just(Op::Phase(Phase::Cancel)),
+        1 => Just(Op::Announce),
+    ];
+    let delivery = (0..SERVICES.len(), op, proptest::bool::weighted(0.2));
     prop::collection::vec(prop::collection::vec(delivery, 1..=lanes), 1..=6)
 }
 
@@ -159,10 +203,20 @@ pub async fn check<B: Backend>(backend: Arc<B>, waves: Vec<Vec<Delivery>>) {
         let handles: Vec<_> = wave
             .iter()
             .enumerate()
-            .map(|(lane, &(service, phase, fail))| {
+            .map(|(lane, &(service, op, fail))| {
                 let backend = backend.clone();
-                let branch = Branch::new(transaction, SERVICES[service], phase);
-                tokio::spawn(async move { seen(backend.deliver(lane, branch, fail).await) })
+                tokio::spawn(async move {
+                    seen(match op {
+                        Op::Phase(phase) => {
+                            let branch = Branch::new(transaction, SERVICES[service], phase);
+                            backend.deliver(lane, branch, fail).await
+                        }
+                        Op::Announce => {
+                            let branch = Branch::new(transaction, SERVICES[service], Phase::Try);
+                            backend.announce(lane, branch).await
+                        }
+                    })
+                })
             })
             .collect();
         let mut observed = Vec::with_capacity(handles.len());
@@ -214,9 +268,9 @@ fn linearize(models: &[Model; 2], wave: &[Delivery], observed: &[Seen]) -> Optio
             if done[i] {
                 continue;
             }
-            let (service, phase, fail) = wave[i];
+            let (service, op, fail) = wave[i];
             let mut next = models;
-            if next[service].deliver(phase, fail) != observed[i] {
+            if next[service].apply(op, fail) != observed[i] {
                 continue;
             }
             done[i] = true;
@@ -281,4 +335,16 @@ pub fn model_follows_the_rules() {
         Seen::Refused(K::CancelAfterConfirm)
     );
     assert_eq!(m.effects, [1, 1, 0]);
+    // An announced Try that failed still gets its Cancel's code run.
+    let mut m = Model::default();
+    assert_eq!(m.announce(), Seen::Ran);
+    assert_eq!(m.announce(), Seen::Duplicate);
+    assert_eq!(m.deliver(Phase::Try, true), Seen::Injected);
+    assert_eq!(
+        m.deliver(Phase::Confirm, false),
+        Seen::Refused(K::ConfirmWithoutTry)
+    );
+    assert_eq!(m.deliver(Phase::Cancel, false), Seen::Ran);
+    assert_eq!(m.announce(), Seen::Refused(K::TryAfterCancel));
+    assert_eq!(m.effects, [0, 0, 1]);
 }

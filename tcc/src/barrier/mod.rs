@@ -12,6 +12,14 @@
 //! [`sqlite`] (rusqlite, feature `sqlite`) and [`postgres`] (tokio-postgres,
 //! feature `postgres`; a connection from deadpool-postgres works too).
 //!
+//! ```toml
+//! [dependencies]
+//! tcc = { version = "0.1", features = ["postgres"] }  # or "sqlite"
+//! ```
+//!
+//! Each backend's page shows a `#[tcc_service]` whose phases wrap their SQL
+//! in one call.
+//!
 //! # The rules, as a phase sees them
 //!
 //! A branch is one service in one transaction: the row is keyed by
@@ -20,7 +28,7 @@
 //!
 //! | the phase arrives | the branch's row says | the barrier | the phase's code |
 //! |---|---|---|---|
-//! | Try | nothing | records `tried` | runs |
+//! | Try | nothing, `started` | records `tried` | runs |
 //! | Try | `tried`, `confirmed` | [`Outcome::Duplicate`] | skipped |
 //! | Try | `cancelled`, `cancelled_before_try` | [`TryAfterCancel`](BarrierErrorKind::TryAfterCancel), a permanent error | skipped |
 //! | Confirm | `tried` | records `confirmed` | runs |
@@ -32,6 +40,9 @@
 //! | Cancel | nothing | records `cancelled_before_try`: [`Outcome::EmptyCancel`] | skipped |
 //! | Cancel | `cancelled`, `cancelled_before_try` | [`Outcome::Duplicate`] | skipped |
 //! | Cancel | `confirmed` | [`CancelAfterConfirm`](BarrierErrorKind::CancelAfterConfirm), a permanent error | skipped |
+//!
+//! (`started` is the row of a Try that announced effects outside the
+//! database: see [below](#a-try-that-fails-after-acting-outside-the-database-seata-6374).)
 //!
 //! So: the phase's code runs at most once per branch and phase; a Try never
 //! runs after its Cancel (and a refused Try is an error, never a success); a
@@ -88,6 +99,12 @@
 //! in a transaction of its own *before* it acts outside, which commits a
 //! `started` row. From then on:
 //!
+//! | `announce` finds | the barrier | the Try |
+//! |---|---|---|
+//! | nothing | records `started`: [`Outcome::Ran`] | goes ahead |
+//! | `started`, `tried`, `confirmed` | [`Outcome::Duplicate`] | was delivered before: skip it |
+//! | `cancelled`, `cancelled_before_try` | [`TryAfterCancel`](BarrierErrorKind::TryAfterCancel), a permanent error | refused |
+//!
 //! - the Try's own transaction later turns `started` into `tried`, as usual;
 //! - if it never does (the Try failed, its process died), a Cancel finds
 //!   `started` and **runs** its code, with
@@ -104,7 +121,8 @@
 //!
 //! # Concurrency
 //!
-//! The barrier's row is the first thing a phase writes, so every phase of a
+//! The barrier's row is the first thing a phase writes (with `run`, or with
+//! `enter` and `guard` called first in the transaction), so every phase of a
 //! branch takes the row's lock before any business row: two deliveries of a
 //! branch wait for each other at the row and never deadlock on each other.
 //! PostgreSQL has no gap locks, and both backends key the row by its primary

@@ -97,7 +97,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio_postgres::error::{DbError, SqlState};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, Transaction};
 
 use super::{
     ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, State, Step,
@@ -230,10 +231,26 @@ where
 ///
 /// A serialization failure (40001) or a deadlock report (40P01) anywhere in
 /// the error's source chain, including `body`'s, runs the whole transaction
-/// again, up to [`ATTEMPTS`] times.
+/// again, up to [`ATTEMPTS`] times, after a short random pause. So `body`
+/// may be called more than once: keep its effects inside the transaction
+/// (see [`announce`] for those that cannot be).
 pub async fn run_branch<'a, T, E, F>(
     client: &mut Client,
     branch: &Branch,
+    body: F,
+) -> Result<Outcome<T>, E>
+where
+    F: for<'t> FnMut(&'t Tx<'t, 'a>) -> BodyFuture<'t, Result<T, E>>,
+    E: From<BarrierError> + std::error::Error + 'static,
+{
+    run_step(client, branch, Step::Phase(branch.phase()), body).await
+}
+
+/// [`run_branch`] for any step: the transaction, its retries.
+async fn run_step<'a, T, E, F>(
+    client: &mut Client,
+    branch: &Branch,
+    step: Step,
     mut body: F,
 ) -> Result<Outcome<T>, E>
 where
@@ -247,7 +264,7 @@ where
                 tx: client.transaction().await.map_err(BarrierError::from)?,
                 captures: PhantomData,
             };
-            let outcome = match enter(&tx, branch).await? {
+            let outcome = match pass(&tx, branch, step).await? {
                 Entry::Run | Entry::RunAfterUncommittedTry => Outcome::Ran(body(&tx).await?),
                 Entry::Duplicate => Outcome::Duplicate,
                 Entry::EmptyCancel => Outcome::EmptyCancel,
@@ -266,9 +283,10 @@ where
     }
 }
 
-/// Records, in a transaction of its own, that the Try of `branch` is about
-/// to act outside the database, before it does: a Cancel that comes after
-/// then runs its code even if the Try's own transaction never commits. See
+/// Records, in a transaction of its own (tried again on 40001 and 40P01, as
+/// in [`run_branch`]), that the Try of `branch` is about to act outside the
+/// database, before it does: a Cancel that comes after then runs its code
+/// even if the Try's own transaction never commits. See
 /// [the module docs](super#a-try-that-fails-after-acting-outside-the-database-seata-6374).
 ///
 /// [`Outcome::Ran`] means go ahead; [`Outcome::Duplicate`] means this Try
@@ -281,13 +299,12 @@ pub async fn announce(client: &mut Client, branch: &Branch) -> Result<Outcome<()
             Some(branch),
         ));
     }
-    let tx = client.transaction().await?;
-    let outcome = match pass(&tx, branch, Step::Announce).await? {
-        Entry::Run => Outcome::Ran(()),
-        _ => Outcome::Duplicate,
-    };
-    tx.commit().await?;
-    Ok(outcome)
+    // Retried on 40001 and 40P01, like a phase: the rules let an announce
+    // only run (a new row) or be a duplicate.
+    run_step(client, branch, Step::Announce, |_| {
+        Box::pin(async { Ok::<_, BarrierError>(()) })
+    })
+    .await
 }
 
 /// Deletes the rows of finished branches (`confirmed`, `cancelled`,
@@ -334,46 +351,51 @@ async fn pass(tx: &Transaction<'_>, branch: &Branch, step: Step) -> Result<Entry
     let write = first_write(step);
     let changed = match write {
         FirstWrite::Insert(state) => {
-            tx.execute(
+            text_query(
+                tx,
                 "INSERT INTO tcc_barrier (transaction_id, service, state)
-                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
                 &[&id, &service, &state.name()],
             )
             .await?
         }
         FirstWrite::Update { from, to } => {
-            tx.execute(
+            text_query(
+                tx,
                 "UPDATE tcc_barrier SET state = $3, updated_at = now()
-                 WHERE transaction_id = $1 AND service = $2 AND state = $4",
+                 WHERE transaction_id = $1 AND service = $2 AND state = $4 RETURNING 1",
                 &[&id, &service, &to.name(), &from.name()],
             )
             .await?
         }
     };
-    if changed == 1 {
+    if changed.len() == 1 {
         return Ok(first_write_entry(step, write));
     }
-    let prior = tx
-        .query_opt(
-            "SELECT state FROM tcc_barrier
-             WHERE transaction_id = $1 AND service = $2 FOR UPDATE",
-            &[&id, &service],
-        )
-        .await?
-        .map(|row| State::parse(row.get(0), branch))
-        .transpose()?;
+    let prior = text_query(
+        tx,
+        "SELECT state FROM tcc_barrier
+         WHERE transaction_id = $1 AND service = $2 FOR UPDATE",
+        &[&id, &service],
+    )
+    .await?
+    .first()
+    .map(|row| State::parse(row.get(0), branch))
+    .transpose()?;
     let decision = decide(step, prior).map_err(|kind| BarrierError::new(kind, Some(branch)))?;
     if let Some(next) = decision.next {
         match prior {
             None => {
-                tx.execute(
+                text_query(
+                    tx,
                     "INSERT INTO tcc_barrier (transaction_id, service, state) VALUES ($1, $2, $3)",
                     &[&id, &service, &next.name()],
                 )
                 .await?
             }
             Some(prior) => {
-                tx.execute(
+                text_query(
+                    tx,
                     "UPDATE tcc_barrier SET state = $3, updated_at = now()
                      WHERE transaction_id = $1 AND service = $2 AND state = $4",
                     &[&id, &service, &next.name(), &prior.name()],
@@ -383,6 +405,18 @@ async fn pass(tx: &Transaction<'_>, branch: &Branch, step: Step) -> Result<Entry
         };
     }
     Ok(decision.entry)
+}
+
+/// Runs a barrier statement, all of whose parameters are text, without
+/// preparing it first: one round trip to the server instead of two.
+async fn text_query(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+        params.iter().map(|&param| (param, Type::TEXT)).collect();
+    tx.query_typed(sql, &typed).await
 }
 
 /// Whether `error` is a serialization failure (40001) or a deadlock report

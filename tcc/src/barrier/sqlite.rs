@@ -150,7 +150,19 @@ pub fn guard<T, E>(
 where
     E: From<BarrierError>,
 {
-    Ok(match enter(tx, branch)? {
+    guard_step(tx, branch, Step::Phase(branch.phase()), body)
+}
+
+fn guard_step<T, E>(
+    tx: &Transaction<'_>,
+    branch: &Branch,
+    step: Step,
+    body: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<Outcome<T>, E>
+where
+    E: From<BarrierError>,
+{
+    Ok(match pass(tx, branch, step)? {
         Entry::Run | Entry::RunAfterUncommittedTry => Outcome::Ran(body(tx)?),
         Entry::Duplicate => Outcome::Duplicate,
         Entry::EmptyCancel => Outcome::EmptyCancel,
@@ -180,9 +192,60 @@ where
 /// again, up to [`ATTEMPTS`] times, after a short random pause that doubles
 /// at each attempt (blocking the thread, as rusqlite does); the
 /// connection's own busy timeout waits first.
+/// So `body` may be called more than once: keep its effects inside the
+/// transaction (see [`announce`] for those that cannot be).
+///
+/// Use it where [`run`] cannot read the phase's context, as on a blocking
+/// thread:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tcc::barrier::{sqlite, BarrierError, Branch};
+///
+/// async fn freeze(db: Arc<Mutex<rusqlite::Connection>>) -> Result<(), BarrierError> {
+///     // In the phase's task: the branch, from its context.
+///     let branch = Branch::current()?;
+///     // On a blocking thread, which has no context: the branch, passed in.
+///     tokio::task::spawn_blocking(move || {
+///         sqlite::run_branch(&mut db.lock().unwrap(), &branch, |tx| {
+///             tx.execute("UPDATE wallet SET frozen = frozen + 10", [])?;
+///             Ok::<_, BarrierError>(())
+///         })
+///     })
+///     .await
+///     .expect("the blocking task ran")?;
+///     Ok(())
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # let db = rusqlite::Connection::open_in_memory().unwrap();
+/// # sqlite::migrate(&db).unwrap();
+/// # db.execute_batch("CREATE TABLE wallet (frozen INTEGER); INSERT INTO wallet VALUES (0);").unwrap();
+/// # let db = Arc::new(Mutex::new(db));
+/// # let phase_db = db.clone();
+/// # let ok = || async { Ok::<(), BarrierError>(()) };
+/// # let wallet = tcc::Service::new("wallet", move || freeze(phase_db.clone()), ok, ok);
+/// # tcc::Orchestrator::new([wallet]).orchestrate().await.unwrap();
+/// # let frozen: i64 = db.lock().unwrap().query_row("SELECT frozen FROM wallet", [], |r| r.get(0)).unwrap();
+/// # assert_eq!(frozen, 10);
+/// # }
+/// ```
 pub fn run_branch<T, E>(
     conn: &mut Connection,
     branch: &Branch,
+    body: impl FnMut(&Transaction<'_>) -> Result<T, E>,
+) -> Result<Outcome<T>, E>
+where
+    E: From<BarrierError> + std::error::Error + 'static,
+{
+    run_step(conn, branch, Step::Phase(branch.phase()), body)
+}
+
+/// [`run_branch`] for any step: the transaction, its retries.
+fn run_step<T, E>(
+    conn: &mut Connection,
+    branch: &Branch,
+    step: Step,
     mut body: impl FnMut(&Transaction<'_>) -> Result<T, E>,
 ) -> Result<Outcome<T>, E>
 where
@@ -194,7 +257,7 @@ where
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(BarrierError::from)?;
-            let outcome = guard(&tx, branch, &mut body)?;
+            let outcome = guard_step(&tx, branch, step, &mut body)?;
             tx.commit().map_err(BarrierError::from)?;
             Ok(outcome)
         })();
@@ -208,9 +271,10 @@ where
     }
 }
 
-/// Records, in a transaction of its own, that the Try of `branch` is about
-/// to act outside the database, before it does: a Cancel that comes after
-/// then runs its code even if the Try's own transaction never commits. See
+/// Records, in a transaction of its own (tried again when busy, as in
+/// [`run_branch`]), that the Try of `branch` is about to act outside the
+/// database, before it does: a Cancel that comes after then runs its code
+/// even if the Try's own transaction never commits. See
 /// [the module docs](super#a-try-that-fails-after-acting-outside-the-database-seata-6374).
 ///
 /// [`Outcome::Ran`] means go ahead; [`Outcome::Duplicate`] means this Try
@@ -223,13 +287,9 @@ pub fn announce(conn: &mut Connection, branch: &Branch) -> Result<Outcome<()>, B
             Some(branch),
         ));
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let outcome = match pass(&tx, branch, Step::Announce)? {
-        Entry::Run => Outcome::Ran(()),
-        _ => Outcome::Duplicate,
-    };
-    tx.commit()?;
-    Ok(outcome)
+    // Retried when busy, like a phase: the rules let an announce only run
+    // (a new row) or be a duplicate.
+    run_step(conn, branch, Step::Announce, |_| Ok::<_, BarrierError>(()))
 }
 
 /// Deletes the rows of finished branches (`confirmed`, `cancelled`,
