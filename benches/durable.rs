@@ -112,25 +112,6 @@ async fn durable_transaction(log: &TransactionLog) -> Duration {
     start.elapsed()
 }
 
-/// (5) durable transactions/s with `CALLERS` concurrent callers.
-async fn engine_concurrent(log: TransactionLog, run_for: Duration) -> f64 {
-    let start = Instant::now();
-    let mut callers = JoinSet::new();
-    for _ in 0..CALLERS {
-        let log = log.clone();
-        callers.spawn(async move {
-            let mut count = 0u64;
-            while start.elapsed() < run_for {
-                durable_transaction(&log).await;
-                count += 1;
-            }
-            count
-        });
-    }
-    let total: u64 = join(callers).await.into_iter().sum();
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
 /// (7) writes `count` unfinished transactions of two no-op services (half
 /// decided), reopens the file, and recovers them all through the engine.
 async fn engine_recovery(dir: &Path, count: usize) -> f64 {
@@ -212,16 +193,22 @@ fn filesystem(path: &Path) -> String {
         .map_or_else(|| "unknown".into(), |(_, kind)| kind)
 }
 
-/// (1) transactions/s with `CALLERS` concurrent callers.
-async fn concurrent(log: Arc<RedbLog>, run_for: Duration) -> f64 {
+/// (1, 5) transactions/s of `CALLERS` concurrent callers, each looping over
+/// `transaction` on its own clone of `target`.
+async fn concurrent<T, F, Fut>(target: T, run_for: Duration, transaction: F) -> f64
+where
+    T: Clone + Send + 'static,
+    F: Fn(T) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future + Send,
+{
     let start = Instant::now();
     let mut callers = JoinSet::new();
     for _ in 0..CALLERS {
-        let log = log.clone();
+        let target = target.clone();
         callers.spawn(async move {
             let mut count = 0u64;
             while start.elapsed() < run_for {
-                transaction(&log).await;
+                transaction(target.clone()).await;
                 count += 1;
             }
             count
@@ -362,7 +349,10 @@ fn main() {
 
     let throughput = runtime.block_on(async {
         let log = Arc::new(RedbLog::open(dir.path().join("concurrent.redb")).unwrap());
-        concurrent(log, sizes.concurrent_for).await
+        concurrent(log, sizes.concurrent_for, |log| async move {
+            transaction(&log).await;
+        })
+        .await
     });
 
     let (decided, whole) = runtime.block_on(async {
@@ -376,7 +366,10 @@ fn main() {
 
     let engine_throughput = runtime.block_on(async {
         let log = TransactionLog::open(dir.path().join("engine-concurrent.redb")).unwrap();
-        engine_concurrent(log, sizes.concurrent_for).await
+        concurrent(log, sizes.concurrent_for, |log| async move {
+            durable_transaction(&log).await;
+        })
+        .await
     });
 
     let engine_latency = runtime.block_on(async {
