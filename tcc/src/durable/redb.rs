@@ -92,6 +92,12 @@ impl RedbOptions {
 /// when the log is dropped: dropping it is a clean shutdown that waits for the
 /// writer thread to finish what was sent.
 ///
+/// Reads ([`get`](Log::get), [`claim_unfinished`](Log::claim_unfinished) ...)
+/// go through the writer too, so that a read sees every write sent before it,
+/// including [`note`](Log::note)s that were not awaited; a read-only batch is
+/// not committed. [`needs_repair`](Log::needs_repair) reads every record
+/// needing repair to sort them: meant for the handful an operator sees to.
+///
 /// ```
 /// use tcc::durable::{Decision, End, Intent, Log, RedbLog, Status};
 /// use tcc::TransactionId;
@@ -308,6 +314,34 @@ impl Request {
     }
 }
 
+impl Request {
+    /// Holds the reply of a request the writer did not apply: it gets the
+    /// batch's failure.
+    fn abandon(self, pending: &mut Vec<Pending>) {
+        fn fail<T: Send + 'static>(pending: &mut Vec<Pending>, reply: Reply<T>) {
+            pending.push(Box::new(move |failed: Option<&LogError>| {
+                let error = failed.map_or_else(
+                    || LogError::new(LogErrorKind::Closed, "the log's writer gave up"),
+                    LogError::echo,
+                );
+                let _ = reply.send(Err(error));
+            }));
+        }
+        match self {
+            Request::Begin(_, reply) => fail(pending, reply),
+            Request::Decide(_, _, reply) => fail(pending, reply),
+            Request::Finish(_, _, reply) => fail(pending, reply),
+            Request::Claim(_, reply) => fail(pending, reply),
+            Request::Get(_, reply) => fail(pending, reply),
+            Request::NeedsRepair(_, reply) => fail(pending, reply),
+            Request::Reopen(_, reply) => fail(pending, reply),
+            Request::Resolve(_, reply) => fail(pending, reply),
+            Request::Count(reply) => fail(pending, reply),
+            Request::Note(..) | Request::Release(_) => {}
+        }
+    }
+}
+
 /// A reply held until its batch is committed: it then sends its result, or
 /// the commit's failure.
 type Pending = Box<dyn FnOnce(Option<&LogError>) + Send>;
@@ -363,7 +397,10 @@ impl Writer {
             let durable = batch.iter().any(Request::durable);
             let mut pending = Vec::with_capacity(batch.len());
             let failed = match &self.broken {
-                Some(broken) => Some(broken.echo()),
+                Some(broken) => {
+                    batch.drain(..).for_each(|r| r.abandon(&mut pending));
+                    Some(broken.echo())
+                }
                 None => self.apply(batch.drain(..), durable, &mut pending).err(),
             };
             if let Some(error) = &failed
@@ -389,7 +426,7 @@ impl Writer {
     /// Applies a batch in one write transaction and commits it.
     fn apply(
         &mut self,
-        batch: impl Iterator<Item = Request>,
+        mut batch: impl Iterator<Item = Request>,
         durable: bool,
         pending: &mut Vec<Pending>,
     ) -> Result<(), LogError> {
@@ -410,8 +447,11 @@ impl Writer {
         let changed = {
             let mut tables = RedbTables::open(&txn, &path)?;
             let rules = &mut self.rules;
-            for request in batch {
-                apply_one(rules, &mut tables, request, pending)?;
+            while let Some(request) = batch.next() {
+                if let Err(error) = apply_one(rules, &mut tables, request, pending) {
+                    batch.for_each(|r| r.abandon(pending));
+                    return Err(error);
+                }
             }
             tables.finish()?
         };
@@ -421,11 +461,13 @@ impl Writer {
                 .map_err(|e| redb_error("cannot write the log", e.into()))?;
             return Ok(());
         }
-        // The durable commit: every intent, decision, repair state of the
-        // batch is on disk once it returns, and only then does any caller
-        // hear back. A crash before it leaves the file as after the previous
-        // commit: no caller was told of this batch, so none ran a Try or a
-        // phase 2 on it.
+        // The commit, durable if any request of the batch needs it: every
+        // intent, decision and repair state of the batch is then on disk once
+        // it returns, and only then does any caller hear back. A crash before
+        // it leaves the file as the last durable commit left it: no caller
+        // was told of a durable write of this batch, so none ran a Try or a
+        // phase 2 because of it; the lazy writes lost are repeated by
+        // recovery (see the module docs).
         txn.commit()
             .map_err(|e| redb_error("cannot commit to the log", e.into()))?;
         self.lazy_commits = if durable { 0 } else { self.lazy_commits + 1 };
