@@ -793,6 +793,15 @@ mod faulty {
     }
 
     #[tokio::test]
+    async fn it_wraps_a_log_behind_dyn() {
+        let inner: Arc<dyn Log> = Arc::new(MemoryLog::new());
+        let log = FaultyLog::new(inner.clone()).with_fault(1, Fault::Fail);
+        let error = log.begin(&intent(1)).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Injected);
+        assert_eq!(inner.unfinished_count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
     async fn it_counts_every_write() {
         let log = FaultyLog::new(Arc::new(MemoryLog::new()));
         scenario(&log, &intent(2)).await.unwrap();

@@ -59,7 +59,7 @@ pub enum Fault {
 /// assert_eq!(claimed[0].1.status, Status::Undecided);
 /// # }
 /// ```
-pub struct FaultyLog<L: Log> {
+pub struct FaultyLog<L: Log + ?Sized> {
     inner: Arc<L>,
     fault: Option<(u64, Fault)>,
     writes: AtomicU64,
@@ -81,7 +81,7 @@ enum Verdict {
     },
 }
 
-impl<L: Log> FaultyLog<L> {
+impl<L: Log + ?Sized> FaultyLog<L> {
     /// A log that only counts the writes it passes to `inner`.
     pub fn new(inner: Arc<L>) -> Self {
         FaultyLog {
@@ -224,7 +224,7 @@ impl<L: Log> FaultyLog<L> {
     }
 }
 
-impl<L: Log> Log for FaultyLog<L> {
+impl<L: Log + ?Sized> Log for FaultyLog<L> {
     fn begin(&self, intent: &Intent) -> LogFuture<'_, Lease> {
         self.write(
             "begin",
@@ -315,7 +315,7 @@ impl<L: Log> Log for FaultyLog<L> {
     }
 }
 
-impl<L: Log> std::fmt::Debug for FaultyLog<L> {
+impl<L: Log + ?Sized> std::fmt::Debug for FaultyLog<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultyLog")
             .field("fault", &self.fault)
