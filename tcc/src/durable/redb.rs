@@ -92,6 +92,9 @@ impl RedbOptions {
 /// when the log is dropped: dropping it is a clean shutdown that waits for the
 /// writer thread to finish what was sent.
 ///
+/// `finish(Done)` resolves as soon as the writer applied it, before its batch
+/// is committed: a transaction's last write costs its caller no fsync.
+///
 /// Reads ([`get`](Log::get), [`claim_unfinished`](Log::claim_unfinished) ...)
 /// go through the writer too, so that a read sees every write sent before it,
 /// including [`note`](Log::note)s that were not awaited; a read-only batch is
@@ -520,6 +523,20 @@ fn apply_one(
                 }
                 Ok(()) => Ok(()),
             }
+        }
+        Request::Finish(lease, End::Done, reply) => {
+            let result = rules.finish(tables, &lease, End::Done);
+            if let Err(error) = &result
+                && is_store_failure(error)
+            {
+                return keep(pending, reply, result);
+            }
+            // Lazy, so its caller need not wait for the commit: it hears back
+            // as soon as the end is applied, before the batch's fsync. Had
+            // the commit failed, the end would be lost as in a crash, and
+            // recovery would finish the transaction again.
+            let _ = reply.send(result);
+            Ok(())
         }
         Request::Finish(lease, end, reply) => {
             keep(pending, reply, rules.finish(tables, &lease, end))
