@@ -584,6 +584,26 @@ mod file {
         assert!(error.to_string().contains("missing"), "{error}");
     }
 
+    #[test]
+    fn a_file_that_is_not_a_log_is_refused_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(
+            &path,
+            "not a log, just some text that is long enough ".repeat(100),
+        )
+        .unwrap();
+        let error = RedbLog::open(&path).unwrap_err();
+        assert!(error.kind() == LogErrorKind::Corrupt, "{error:?}");
+        assert!(error.to_string().contains("notes.txt"), "{error}");
+        // And it is left as it was.
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .starts_with("not a log")
+        );
+    }
+
     /// Runs this test binary again, as a child doing `role` on `path`.
     fn child(test: &str, role: &str, path: &Path) -> Command {
         let mut command = Command::new(std::env::current_exe().unwrap());
@@ -727,6 +747,13 @@ mod file {
                 let record = record.unwrap_or_else(|| panic!("{id} was told decided, and is lost"));
                 assert_eq!(record.status, Status::Decided(Decision::Confirm), "{id}");
                 assert_eq!(record.intent.participants.len(), 2);
+                // The note sent before the decision was carried by its
+                // durable commit.
+                assert_eq!(
+                    record.phase_progress(0, Phase::Try),
+                    Some(&progress(1, true, None)),
+                    "{id}"
+                );
             }
             // Everything else is an intent, decided or not: recovery's.
             let unfinished = log.unfinished_count().await.unwrap();

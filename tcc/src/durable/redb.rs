@@ -607,6 +607,10 @@ fn from_redb(path: &Path, what: &str, error: impl Into<redb::Error>) -> LogError
         | redb::Error::TableTypeMismatch { .. }
         | redb::Error::TableIsMultimap(_)
         | redb::Error::TypeDefinitionChanged { .. } => LogErrorKind::Corrupt,
+        // What redb says of a file that is not a redb database.
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            LogErrorKind::Corrupt
+        }
         _ => LogErrorKind::Io,
     };
     LogError::new(kind, format!("{what} {}", path.display())).with_source(error)
