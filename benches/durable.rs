@@ -258,9 +258,10 @@ fn main() {
         }
     }
 
-    let throughput = runtime.block_on(async {
+    let (throughput, stats) = runtime.block_on(async {
         let log = Arc::new(RedbLog::open(dir.path().join("concurrent.redb")).unwrap());
-        concurrent(log, sizes.concurrent_for).await
+        let throughput = concurrent(log.clone(), sizes.concurrent_for).await;
+        (throughput, log.stats())
     });
 
     let (decided, whole) = runtime.block_on(async {
@@ -280,6 +281,12 @@ fn main() {
     println!("|---|---|");
     println!(
         "| (1) {CALLERS} callers: begin + decide + 2 notes + finish(Done) | {throughput:.0} transactions/s |"
+    );
+    println!(
+        "| (1) its commits: durable / all, requests per commit | {} / {}, {:.1} |",
+        stats.durable_commits,
+        stats.commits,
+        stats.requests as f64 / stats.commits.max(1) as f64
     );
     println!(
         "| (2) one caller: begin + decide (two durable commits), median | {:.0} µs |",

@@ -559,6 +559,36 @@ mod file {
         assert_eq!(log.unfinished_count().await.unwrap(), 0);
     }
 
+    #[tokio::test]
+    async fn concurrent_durable_writes_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RedbLog::open(dir.path().join("log.redb")).unwrap();
+        let intents: Vec<_> = (0..32).map(|_| intent(2)).collect();
+        // Each call sends its request at once; none is awaited yet.
+        let begins: Vec<_> = intents.iter().map(|i| log.begin(i)).collect();
+        for begin in begins {
+            begin.await.unwrap();
+        }
+        let stats = log.stats();
+        assert_eq!(stats.requests, 32);
+        assert!(stats.durable_commits >= 1);
+        assert!(
+            stats.durable_commits < 32,
+            "no commit was shared: {stats:?}"
+        );
+        assert_eq!(stats.commits, stats.durable_commits);
+        // Reads commit nothing; a lazy write commits without fsync.
+        let lease = log.claim_unfinished(1).await.unwrap();
+        assert!(lease.is_empty(), "all 32 are live");
+        let lease = log.begin(&intent(1)).await.unwrap();
+        let before = log.stats();
+        log.note(&lease, 0, Phase::Try, progress(1, true, None));
+        log.get(lease.id).await.unwrap();
+        let after = log.stats();
+        assert_eq!(after.commits, before.commits + 1);
+        assert_eq!(after.durable_commits, before.durable_commits);
+    }
+
     #[test]
     fn a_second_open_in_this_process_is_refused_with_the_path() {
         let dir = tempfile::tempdir().unwrap();

@@ -86,7 +86,7 @@ mod state;
 pub use faulty::{Fault, FaultyLog};
 pub use memory::MemoryLog;
 #[cfg(feature = "redb")]
-pub use redb::{RedbLog, RedbOptions};
+pub use redb::{CommitStats, RedbLog, RedbOptions};
 
 /// What a [`Log`] call returns: a boxed future, so that [`Log`] is object
 /// safe (`Arc<dyn Log>`).

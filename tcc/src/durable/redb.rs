@@ -6,7 +6,8 @@
 //! replies to each. Concurrent transactions therefore share one fsync.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
@@ -129,6 +130,7 @@ impl RedbOptions {
 /// ```
 pub struct RedbLog {
     requests: Option<mpsc::Sender<Request>>,
+    counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
 }
@@ -157,6 +159,15 @@ impl RedbLog {
         &self.path
     }
 
+    /// What the writer did so far: how well concurrent calls share commits.
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            durable_commits: self.counters.durable_commits.load(Ordering::Relaxed),
+        }
+    }
+
     fn open_with(path: &Path, options: RedbOptions) -> Result<RedbLog, LogError> {
         let db = Database::builder()
             .create(path)
@@ -172,7 +183,9 @@ impl RedbLog {
             })?;
         prepare(&db, path)?;
         let (requests, inbox) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
         let writer = Writer {
+            counters: counters.clone(),
             db,
             path: path.to_owned(),
             rules: Rules::new(options.retention),
@@ -188,6 +201,7 @@ impl RedbLog {
             })?;
         Ok(RedbLog {
             requests: Some(requests),
+            counters,
             writer: Some(writer),
             path: path.to_owned(),
         })
@@ -375,7 +389,27 @@ fn is_store_failure(error: &LogError) -> bool {
     matches!(error.kind(), LogErrorKind::Io | LogErrorKind::Corrupt)
 }
 
+/// Counts of what the writer did, read by [`RedbLog::stats`].
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    commits: AtomicU64,
+    durable_commits: AtomicU64,
+}
+
+/// What a [`RedbLog`]'s writer did since the log was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Calls received, reads and notes included.
+    pub requests: u64,
+    /// Write transactions committed.
+    pub commits: u64,
+    /// Of which durable (fsync'd).
+    pub durable_commits: u64,
+}
+
 struct Writer {
+    counters: Arc<Counters>,
     db: Database,
     path: PathBuf,
     rules: Rules,
@@ -398,6 +432,9 @@ impl Writer {
                 }
             }
             let durable = batch.iter().any(Request::durable);
+            self.counters
+                .requests
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let mut pending = Vec::with_capacity(batch.len());
             let failed = match &self.broken {
                 Some(broken) => {
@@ -474,6 +511,12 @@ impl Writer {
         txn.commit()
             .map_err(|e| redb_error("cannot commit to the log", e.into()))?;
         self.lazy_commits = if durable { 0 } else { self.lazy_commits + 1 };
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        if durable {
+            self.counters
+                .durable_commits
+                .fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
