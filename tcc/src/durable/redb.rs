@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use tokio::sync::oneshot;
@@ -40,6 +41,12 @@ const FILE_FORMAT: u64 = 1;
 /// never keeps its callers waiting on a huge batch.
 const MAX_BATCH: usize = 4096;
 
+/// The longest a batch waits, by default, for the callers the previous
+/// commit answered (a quarter of that commit's time, at most this): far less
+/// than an fsync of a loaded disk, and paid only while answered callers are
+/// still coming back.
+const MAX_GATHER: Duration = Duration::from_millis(1);
+
 /// How many lazy commits may follow one another before one is made durable
 /// anyway: redb cannot reuse the pages a lazy commit freed until a durable
 /// commit, so a long run of lazy ones (recovery finishing transactions,
@@ -54,12 +61,14 @@ const DEFAULT_RETENTION: u64 = 100_000;
 #[derive(Clone, Debug)]
 pub struct RedbOptions {
     retention: u64,
+    max_gather: Duration,
 }
 
 impl Default for RedbOptions {
     fn default() -> Self {
         RedbOptions {
             retention: DEFAULT_RETENTION,
+            max_gather: MAX_GATHER,
         }
     }
 }
@@ -71,6 +80,16 @@ impl RedbOptions {
     /// load.
     pub fn retention(mut self, finished: u64) -> Self {
         self.retention = finished;
+        self
+    }
+
+    /// The longest a batch of requests waits for the callers that the
+    /// previous commit answered, so that concurrent transactions keep sharing
+    /// commits rather than alternate between two (default 1 ms; the wait is
+    /// also at most a quarter of the previous commit's time, and ends as soon
+    /// as they are back). Zero commits whatever is queued at once.
+    pub fn max_gather(mut self, wait: Duration) -> Self {
+        self.max_gather = wait;
         self
     }
 
@@ -190,6 +209,7 @@ impl RedbLog {
             path: path.to_owned(),
             rules: Rules::new(options.retention),
             lazy_commits: 0,
+            max_gather: options.max_gather,
             broken: None,
         };
         let writer = std::thread::Builder::new()
@@ -318,6 +338,15 @@ enum Request {
 }
 
 impl Request {
+    /// Whether its caller waits for the batch's commit (notes and releases
+    /// are not awaited; `finish(Done)` is answered before the commit).
+    fn awaits_commit(&self) -> bool {
+        !matches!(
+            self,
+            Request::Note(..) | Request::Release(_) | Request::Finish(_, End::Done, _)
+        )
+    }
+
     /// Whether its caller may only hear back once the batch is on disk.
     fn durable(&self) -> bool {
         matches!(
@@ -357,6 +386,29 @@ impl Request {
             Request::Note(..) | Request::Release(_) => {}
         }
     }
+}
+
+/// Takes every request already queued, up to [`MAX_BATCH`].
+fn take_queued(inbox: &mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+    while batch.len() < MAX_BATCH {
+        match inbox.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+}
+
+/// How many requests of `batch` have a caller waiting for its commit.
+fn awaited(batch: &[Request]) -> usize {
+    batch.iter().filter(|r| r.awaits_commit()).count()
+}
+
+/// How many requests of `batch` have a caller waiting for an answer.
+fn answering(batch: &[Request]) -> usize {
+    batch
+        .iter()
+        .filter(|r| !matches!(r, Request::Note(..) | Request::Release(_)))
+        .count()
 }
 
 /// A reply held until its batch is committed: it then sends its result, or
@@ -414,6 +466,7 @@ struct Writer {
     path: PathBuf,
     rules: Rules,
     lazy_commits: u32,
+    max_gather: Duration,
     /// The failure that stopped the writer: after a failed commit, what this
     /// process believes (its live leases) may no longer match the file, so
     /// every later call gets this error until the log is opened again.
@@ -423,10 +476,27 @@ struct Writer {
 impl Writer {
     fn run(mut self, inbox: &mpsc::Receiver<Request>) {
         let mut batch = Vec::new();
-        while let Ok(first) = inbox.recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match inbox.try_recv() {
+        // Group commit: after a commit, the callers it answered send their
+        // next request within microseconds, while the requests that came
+        // during the commit are already queued. Taking only the queued ones
+        // would split the callers into two cohorts that alternate, each
+        // commit carrying half of them; so the next batch waits, briefly,
+        // for the answered callers too. `expected`: how many awaited requests
+        // the next batch waits for; `gather`: for how long at most.
+        let mut expected = 0;
+        let mut gather = Duration::ZERO;
+        loop {
+            if batch.is_empty() {
+                match inbox.recv() {
+                    Ok(first) => batch.push(first),
+                    Err(_) => break,
+                }
+            }
+            take_queued(inbox, &mut batch);
+            let deadline = Instant::now() + gather;
+            while answering(&batch) < expected && batch.len() < MAX_BATCH {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match inbox.recv_timeout(left) {
                     Ok(request) => batch.push(request),
                     Err(_) => break,
                 }
@@ -435,7 +505,9 @@ impl Writer {
             self.counters
                 .requests
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let answered = awaited(&batch);
             let mut pending = Vec::with_capacity(batch.len());
+            let started = Instant::now();
             let failed = match &self.broken {
                 Some(broken) => {
                     batch.drain(..).for_each(|r| r.abandon(&mut pending));
@@ -443,16 +515,21 @@ impl Writer {
                 }
                 None => self.apply(batch.drain(..), durable, &mut pending).err(),
             };
+            gather = (started.elapsed() / 4).min(self.max_gather);
             if let Some(error) = &failed
                 && self.broken.is_none()
             {
                 tracing::error!(path = %self.path.display(), %error, "the log stopped");
                 self.broken = Some(error.echo());
             }
+            // What came during the commit, before anyone is answered.
+            take_queued(inbox, &mut batch);
+            // The callers answered early (`finish(Done)`) are not waited for:
+            // they may be back already, among the queued.
+            expected = (answering(&batch) + answered).min(MAX_BATCH);
             for reply in pending {
                 reply(failed.as_ref());
             }
-            batch.clear();
         }
         // A clean shutdown: what was committed lazily reaches the disk now.
         if self.broken.is_none()
