@@ -3,7 +3,8 @@
 //! One writer thread owns the database. Every call is a request on a channel;
 //! the writer takes every request queued, applies them in order in one write
 //! transaction, commits it (durably if any request needs it), and only then
-//! replies to each. Concurrent transactions therefore share one fsync.
+//! replies to each (but to a lazy `finish(Done)`, answered once applied).
+//! Concurrent transactions therefore share one fsync.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -494,10 +495,14 @@ impl Writer {
             }
             take_queued(inbox, &mut batch);
             let deadline = Instant::now() + gather;
-            while answering(&batch) < expected && batch.len() < MAX_BATCH {
+            let mut back = answering(&batch);
+            while back < expected && batch.len() < MAX_BATCH {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match inbox.recv_timeout(left) {
-                    Ok(request) => batch.push(request),
+                    Ok(request) => {
+                        back += answering(std::slice::from_ref(&request));
+                        batch.push(request);
+                    }
                     Err(_) => break,
                 }
             }
