@@ -866,22 +866,28 @@ mod faulty {
         assert!(!log.crashed());
     }
 
-    #[tokio::test]
-    async fn a_crash_at_every_write_leaves_exactly_the_writes_before_it() {
+    /// Crashes at every write `k`, with and without losing the lazy writes;
+    /// what the inner log keeps must be what a clean log holds after
+    /// `kept(k, fault, lose_lazy)` writes.
+    async fn crash_at_every_write(lose_lazy: bool, kept: impl Fn(u64, Fault) -> u64) {
         let writes = 5;
         for k in 1..=writes {
-            for (fault, kept) in [(Fault::Crash, k - 1), (Fault::CrashAfterWrite, k)] {
+            for fault in [Fault::Crash, Fault::CrashAfterWrite] {
                 let inner = Arc::new(MemoryLog::new());
-                let log = FaultyLog::new(inner.clone()).with_fault(k, fault);
+                let mut log = FaultyLog::new(inner.clone()).with_fault(k, fault);
+                if lose_lazy {
+                    log = log.lose_lazy_writes();
+                }
                 let intent = intent(2);
                 let result = scenario(&log, &intent).await;
                 // Notes are not awaited: a crash at one shows at the finish.
                 assert_eq!(result, Err(LogErrorKind::Injected), "k={k} {fault:?}");
                 assert!(log.crashed());
                 let left = inner.get(intent.id).await.unwrap();
+                let expected = after_writes(&intent, kept(k, fault)).await;
                 assert!(
-                    same(left.clone(), after_writes(&intent, kept).await),
-                    "k={k} {fault:?}: {left:?}"
+                    same(left.clone(), expected.clone()),
+                    "k={k} {fault:?}: {left:?}, expected {expected:?}"
                 );
                 // The dead process holds nothing: recovery claims what is
                 // unfinished.
@@ -897,6 +903,84 @@ mod faulty {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_crash_at_every_write_leaves_exactly_the_writes_before_it() {
+        crash_at_every_write(false, |k, fault| match fault {
+            Fault::CrashAfterWrite => k,
+            _ => k - 1,
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_crash_losing_lazy_writes_leaves_the_durable_ones_before_it() {
+        // Writes 1 and 2 (begin, decide) are durable; 3 to 5 (two notes and
+        // the end) are lazy, and no durable write follows them.
+        crash_at_every_write(true, |k, fault| match (k, fault) {
+            (1..=2, Fault::CrashAfterWrite) => k,
+            (1..=2, _) => k - 1,
+            _ => 2,
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn held_back_writes_reach_the_inner_log_with_its_next_call() {
+        let inner = Arc::new(MemoryLog::new());
+        let log = FaultyLog::new(inner.clone())
+            .lose_lazy_writes()
+            .with_fault(4, Fault::Crash);
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        log.note(&lease, 0, Phase::Try, progress(1, true, None));
+        // Held back: the inner log does not have it yet...
+        let record = super::record(&*inner, intent.id).await;
+        assert_eq!(
+            record.phase_progress(0, Phase::Try),
+            Some(&progress(0, false, None))
+        );
+        // ... and a read through the wrapper passes it on first.
+        let record = super::record(&log, intent.id).await;
+        assert_eq!(
+            record.phase_progress(0, Phase::Try),
+            Some(&progress(1, true, None))
+        );
+        // A finish held back resolves at once; the crash at the next write
+        // loses it, and the transaction is recovery's again.
+        log.finish(&lease, End::Done).await.unwrap();
+        let error = log.begin(&self::intent(1)).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Injected);
+        let claimed = inner.claim_unfinished(10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].1.intent.id, intent.id);
+        assert_eq!(
+            claimed[0].1.phase_progress(0, Phase::Try),
+            Some(&progress(1, true, None))
+        );
+    }
+
+    #[tokio::test]
+    async fn held_back_writes_are_passed_on_in_order() {
+        let inner = Arc::new(MemoryLog::new());
+        let log = FaultyLog::new(inner.clone()).lose_lazy_writes();
+        let first = intent(1);
+        let lease = log.begin(&first).await.unwrap();
+        log.note(&lease, 0, Phase::Try, progress(1, true, None));
+        log.finish(&lease, End::Done).await.unwrap();
+        let second = intent(1);
+        let released = log.begin(&second).await.unwrap();
+        log.release(&released);
+        // The next call passes the note, the finish and the release on, in
+        // that order.
+        assert_eq!(
+            status(&log, first.id).await,
+            Some(Status::Done(Decision::Cancel))
+        );
+        let claimed = log.claim_unfinished(10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].0.id, second.id);
     }
 
     #[tokio::test]
