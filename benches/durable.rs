@@ -11,7 +11,10 @@
 //!    begin (2 participants, ~200 bytes), decide, 2 notes, finish(Done).
 //! 2. One caller: median latency of begin + decide (two durable commits in a
 //!    row), and of the whole sequence.
+//!    2b. Bare redb: two durable commits of one insert each, median.
 //! 3. A bare `fdatasync` of a 200-byte append, median: the disk's own floor.
+//!    (2), (2b) and (3) run in alternating slices, as a shared disk's speed
+//!    drifts.
 //! 4. Recovery: claim and finish 100,000 unfinished transactions, in a log
 //!    opened afresh.
 //!
@@ -129,21 +132,46 @@ async fn concurrent(log: Arc<RedbLog>, run_for: Duration) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-/// (3) the median of `runs` appends of 200 bytes, each followed by
-/// fdatasync.
-fn fdatasync(dir: &Path, runs: usize) -> Duration {
+/// (3) `runs` appends of 200 bytes, each followed by fdatasync.
+fn fdatasyncs(dir: &Path, runs: usize) -> Vec<Duration> {
     use std::io::Write;
-    let mut file = std::fs::File::create(dir.join("fsync.bin")).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("fsync.bin"))
+        .unwrap();
     let record = [7u8; 200];
-    let samples = (0..runs)
+    (0..runs)
         .map(|_| {
             let start = Instant::now();
             file.write_all(&record).unwrap();
             file.sync_data().unwrap();
             start.elapsed()
         })
-        .collect();
-    median(samples)
+        .collect()
+}
+
+/// (2b) `runs` times, two durable redb commits in a row, each inserting
+/// one 200-byte value into one table: what any redb-based log pays at least
+/// for begin + decide.
+fn bare_redb(db: &redb::Database, runs: usize) -> Vec<Duration> {
+    const TABLE: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("bare");
+    let value = [7u8; 200];
+    (0..runs)
+        .map(|_| {
+            let key = TransactionId::generate().as_u128();
+            let start = Instant::now();
+            for _ in 0..2 {
+                let txn = db.begin_write().unwrap();
+                txn.open_table(TABLE)
+                    .unwrap()
+                    .insert(key, value.as_slice())
+                    .unwrap();
+                txn.commit().unwrap();
+            }
+            start.elapsed()
+        })
+        .collect()
 }
 
 /// (4) writes `count` unfinished transactions (half decided), reopens the
@@ -289,16 +317,22 @@ fn main() {
     let (throughput, stats) = best(true);
     let (ungathered, ungathered_stats) = best(false);
 
-    let (decided, whole) = runtime.block_on(async {
-        let log = RedbLog::open(dir.path().join("latency.redb")).unwrap();
-        transaction(&log).await; // the first commit creates the file's pages
-        let samples: Vec<_> = one_caller(&log, sizes.latency_runs).await;
-        let decided = median(samples.iter().map(|s| s.0).collect());
-        let whole = median(samples.iter().map(|s| s.1).collect());
-        (decided, whole)
-    });
-
-    let fsync = fdatasync(dir.path(), sizes.fsyncs);
+    // One caller, bare redb and bare fdatasync, in alternating slices: a
+    // shared disk's speed drifts from one second to the next.
+    let log = RedbLog::open(dir.path().join("latency.redb")).unwrap();
+    let bare = redb::Database::create(dir.path().join("bare.redb")).unwrap();
+    let (mut samples, mut bare_samples, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
+    runtime.block_on(transaction(&log)); // the first commit creates the file's pages
+    for _slice in 0..10 {
+        samples.extend(runtime.block_on(one_caller(&log, sizes.latency_runs / 10)));
+        bare_samples.extend(bare_redb(&bare, sizes.latency_runs / 10));
+        fsyncs.extend(fdatasyncs(dir.path(), sizes.fsyncs / 10));
+    }
+    drop(log);
+    let decided = median(samples.iter().map(|s| s.0).collect());
+    let whole = median(samples.iter().map(|s| s.1).collect());
+    let bare_two = median(bare_samples);
+    let fsync = median(fsyncs);
     let (opened, recovered) = runtime.block_on(recovery(dir.path(), sizes.recovery));
 
     println!();
@@ -328,9 +362,15 @@ fn main() {
         micros(whole)
     );
     println!(
-        "| (3) bare fdatasync of a 200-byte append, median | {:.0} µs ({:.1} per durable commit of (2)) |",
+        "| (2b) bare redb: two durable commits of one 200-byte insert, median | {:.0} µs (RedbLog's begin + decide: {:.2}×) |",
+        micros(bare_two),
+        micros(decided) / micros(bare_two)
+    );
+    println!(
+        "| (3) bare fdatasync of a 200-byte append, median | {:.0} µs (one durable commit: {:.1} of them in (2), {:.1} in (2b)) |",
         micros(fsync),
-        micros(decided) / 2.0 / micros(fsync)
+        micros(decided) / 2.0 / micros(fsync),
+        micros(bare_two) / 2.0 / micros(fsync)
     );
     println!(
         "| (4) recovery: claim + finish {} unfinished | {recovered:.0} transactions/s (open: {:.0} ms) |",
