@@ -113,8 +113,30 @@ fn filesystem(path: &Path) -> String {
         .map_or_else(|| "unknown".into(), |(_, kind)| kind)
 }
 
-/// (1) transactions/s with `CALLERS` concurrent callers.
-async fn concurrent(log: Arc<RedbLog>, run_for: Duration) -> f64 {
+/// CPU time this process used so far, user and system (Linux).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the
+    // name and state; in clock ticks, 100 a second on Linux.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// (1) transactions/s with `CALLERS` concurrent callers, and the CPU time
+/// the process spent per transaction.
+async fn concurrent(log: Arc<RedbLog>, run_for: Duration) -> (f64, Duration) {
+    let cpu = cpu_time();
     let start = Instant::now();
     let mut callers = JoinSet::new();
     for _ in 0..CALLERS {
@@ -129,7 +151,11 @@ async fn concurrent(log: Arc<RedbLog>, run_for: Duration) -> f64 {
         });
     }
     let total: u64 = join(callers).await.into_iter().sum();
-    total as f64 / start.elapsed().as_secs_f64()
+    let per_transaction = (cpu_time() - cpu) / total.max(1) as u32;
+    (
+        total as f64 / start.elapsed().as_secs_f64(),
+        per_transaction,
+    )
 }
 
 /// (3) `runs` appends of 200 bytes, each followed by fdatasync.
@@ -302,8 +328,8 @@ fn main() {
             }
             let path = dir.path().join(format!("concurrent-{round}.redb"));
             let log = Arc::new(options.open(path).unwrap());
-            let throughput = concurrent(log.clone(), sizes.concurrent_for / 2).await;
-            (throughput, log.stats())
+            let (throughput, cpu) = concurrent(log.clone(), sizes.concurrent_for / 2).await;
+            (throughput, log.stats(), cpu)
         });
         runs.push((gather.is_none(), result));
     }
@@ -314,8 +340,8 @@ fn main() {
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .unwrap()
     };
-    let (throughput, stats) = best(true);
-    let (ungathered, ungathered_stats) = best(false);
+    let (throughput, stats, cpu) = best(true);
+    let (ungathered, ungathered_stats, _) = best(false);
 
     // One caller, bare redb and bare fdatasync, in alternating slices: a
     // shared disk's speed drifts from one second to the next.
@@ -342,10 +368,11 @@ fn main() {
         "| (1) {CALLERS} callers: begin + decide + 2 notes + finish(Done), best of 2 runs | {throughput:.0} transactions/s |"
     );
     println!(
-        "| (1) its commits: durable / all, requests per commit | {} / {}, {:.1} |",
+        "| (1) its commits: durable / all, requests per commit; CPU per transaction (both cores, callers included) | {} / {}, {:.1}; {:.0} µs |",
         stats.durable_commits,
         stats.commits,
-        stats.requests as f64 / stats.commits.max(1) as f64
+        stats.requests as f64 / stats.commits.max(1) as f64,
+        micros(cpu)
     );
     println!(
         "| (1) the same, each batch taking only what is queued (max_gather 0) | {ungathered:.0} transactions/s; {} / {} commits, {:.1} requests each |",
