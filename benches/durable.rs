@@ -368,10 +368,11 @@ fn main() {
         "| (1) {CALLERS} callers: begin + decide + 2 notes + finish(Done), best of 2 runs | {throughput:.0} transactions/s |"
     );
     println!(
-        "| (1) its commits: durable / all, requests per commit; CPU per transaction (both cores, callers included) | {} / {}, {:.1}; {:.0} µs |",
+        "| (1) its commits: durable / all, requests per commit, mean commit; CPU per transaction (both cores, callers included) | {} / {}, {:.1}, {:.0} µs; {:.0} µs |",
         stats.durable_commits,
         stats.commits,
         stats.requests as f64 / stats.commits.max(1) as f64,
+        micros(stats.busy) / stats.commits.max(1) as f64,
         micros(cpu)
     );
     println!(

@@ -185,6 +185,7 @@ impl RedbLog {
             requests: self.counters.requests.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
             durable_commits: self.counters.durable_commits.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.counters.busy_nanos.load(Ordering::Relaxed)),
         }
     }
 
@@ -448,6 +449,7 @@ struct Counters {
     requests: AtomicU64,
     commits: AtomicU64,
     durable_commits: AtomicU64,
+    busy_nanos: AtomicU64,
 }
 
 /// What a [`RedbLog`]'s writer did since the log was opened.
@@ -459,6 +461,9 @@ pub struct CommitStats {
     pub commits: u64,
     /// Of which durable (fsync'd).
     pub durable_commits: u64,
+    /// Time the writer spent applying batches and committing them (not
+    /// waiting for requests): `busy / commits` is the mean commit's cost.
+    pub busy: Duration,
 }
 
 struct Writer {
@@ -520,7 +525,12 @@ impl Writer {
                 }
                 None => self.apply(batch.drain(..), durable, &mut pending).err(),
             };
-            gather = (started.elapsed() / 4).min(self.max_gather);
+            let spent = started.elapsed();
+            self.counters.busy_nanos.fetch_add(
+                u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            gather = (spent / 4).min(self.max_gather);
             if let Some(error) = &failed
                 && self.broken.is_none()
             {
