@@ -559,6 +559,36 @@ mod file {
         assert_eq!(log.unfinished_count().await.unwrap(), 0);
     }
 
+    #[tokio::test]
+    async fn concurrent_durable_writes_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RedbLog::open(dir.path().join("log.redb")).unwrap();
+        let intents: Vec<_> = (0..32).map(|_| intent(2)).collect();
+        // Each call sends its request at once; none is awaited yet.
+        let begins: Vec<_> = intents.iter().map(|i| log.begin(i)).collect();
+        for begin in begins {
+            begin.await.unwrap();
+        }
+        let stats = log.stats();
+        assert_eq!(stats.requests, 32);
+        assert!(stats.durable_commits >= 1);
+        assert!(
+            stats.durable_commits < 32,
+            "no commit was shared: {stats:?}"
+        );
+        assert_eq!(stats.commits, stats.durable_commits);
+        // Reads commit nothing; a lazy write commits without fsync.
+        let lease = log.claim_unfinished(1).await.unwrap();
+        assert!(lease.is_empty(), "all 32 are live");
+        let lease = log.begin(&intent(1)).await.unwrap();
+        let before = log.stats();
+        log.note(&lease, 0, Phase::Try, progress(1, true, None));
+        log.get(lease.id).await.unwrap();
+        let after = log.stats();
+        assert_eq!(after.commits, before.commits + 1);
+        assert_eq!(after.durable_commits, before.durable_commits);
+    }
+
     #[test]
     fn a_second_open_in_this_process_is_refused_with_the_path() {
         let dir = tempfile::tempdir().unwrap();
@@ -582,6 +612,26 @@ mod file {
         let error = RedbLog::open(&path).unwrap_err();
         assert_eq!(error.kind(), LogErrorKind::Io);
         assert!(error.to_string().contains("missing"), "{error}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_log_is_refused_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(
+            &path,
+            "not a log, just some text that is long enough ".repeat(100),
+        )
+        .unwrap();
+        let error = RedbLog::open(&path).unwrap_err();
+        assert!(error.kind() == LogErrorKind::Corrupt, "{error:?}");
+        assert!(error.to_string().contains("notes.txt"), "{error}");
+        // And it is left as it was.
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .starts_with("not a log")
+        );
     }
 
     /// Runs this test binary again, as a child doing `role` on `path`.
@@ -727,6 +777,13 @@ mod file {
                 let record = record.unwrap_or_else(|| panic!("{id} was told decided, and is lost"));
                 assert_eq!(record.status, Status::Decided(Decision::Confirm), "{id}");
                 assert_eq!(record.intent.participants.len(), 2);
+                // The note sent before the decision was carried by its
+                // durable commit.
+                assert_eq!(
+                    record.phase_progress(0, Phase::Try),
+                    Some(&progress(1, true, None)),
+                    "{id}"
+                );
             }
             // Everything else is an intent, decided or not: recovery's.
             let unfinished = log.unfinished_count().await.unwrap();
@@ -793,6 +850,15 @@ mod faulty {
     }
 
     #[tokio::test]
+    async fn it_wraps_a_log_behind_dyn() {
+        let inner: Arc<dyn Log> = Arc::new(MemoryLog::new());
+        let log = FaultyLog::new(inner.clone()).with_fault(1, Fault::Fail);
+        let error = log.begin(&intent(1)).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Injected);
+        assert_eq!(inner.unfinished_count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
     async fn it_counts_every_write() {
         let log = FaultyLog::new(Arc::new(MemoryLog::new()));
         scenario(&log, &intent(2)).await.unwrap();
@@ -800,22 +866,28 @@ mod faulty {
         assert!(!log.crashed());
     }
 
-    #[tokio::test]
-    async fn a_crash_at_every_write_leaves_exactly_the_writes_before_it() {
+    /// Crashes at every write `k`, with and without losing the lazy writes;
+    /// what the inner log keeps must be what a clean log holds after
+    /// `kept(k, fault, lose_lazy)` writes.
+    async fn crash_at_every_write(lose_lazy: bool, kept: impl Fn(u64, Fault) -> u64) {
         let writes = 5;
         for k in 1..=writes {
-            for (fault, kept) in [(Fault::Crash, k - 1), (Fault::CrashAfterWrite, k)] {
+            for fault in [Fault::Crash, Fault::CrashAfterWrite] {
                 let inner = Arc::new(MemoryLog::new());
-                let log = FaultyLog::new(inner.clone()).with_fault(k, fault);
+                let mut log = FaultyLog::new(inner.clone()).with_fault(k, fault);
+                if lose_lazy {
+                    log = log.lose_lazy_writes();
+                }
                 let intent = intent(2);
                 let result = scenario(&log, &intent).await;
                 // Notes are not awaited: a crash at one shows at the finish.
                 assert_eq!(result, Err(LogErrorKind::Injected), "k={k} {fault:?}");
                 assert!(log.crashed());
                 let left = inner.get(intent.id).await.unwrap();
+                let expected = after_writes(&intent, kept(k, fault)).await;
                 assert!(
-                    same(left.clone(), after_writes(&intent, kept).await),
-                    "k={k} {fault:?}: {left:?}"
+                    same(left.clone(), expected.clone()),
+                    "k={k} {fault:?}: {left:?}, expected {expected:?}"
                 );
                 // The dead process holds nothing: recovery claims what is
                 // unfinished.
@@ -831,6 +903,84 @@ mod faulty {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_crash_at_every_write_leaves_exactly_the_writes_before_it() {
+        crash_at_every_write(false, |k, fault| match fault {
+            Fault::CrashAfterWrite => k,
+            _ => k - 1,
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_crash_losing_lazy_writes_leaves_the_durable_ones_before_it() {
+        // Writes 1 and 2 (begin, decide) are durable; 3 to 5 (two notes and
+        // the end) are lazy, and no durable write follows them.
+        crash_at_every_write(true, |k, fault| match (k, fault) {
+            (1..=2, Fault::CrashAfterWrite) => k,
+            (1..=2, _) => k - 1,
+            _ => 2,
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn held_back_writes_reach_the_inner_log_with_its_next_call() {
+        let inner = Arc::new(MemoryLog::new());
+        let log = FaultyLog::new(inner.clone())
+            .lose_lazy_writes()
+            .with_fault(4, Fault::Crash);
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        log.note(&lease, 0, Phase::Try, progress(1, true, None));
+        // Held back: the inner log does not have it yet...
+        let record = super::record(&*inner, intent.id).await;
+        assert_eq!(
+            record.phase_progress(0, Phase::Try),
+            Some(&progress(0, false, None))
+        );
+        // ... and a read through the wrapper passes it on first.
+        let record = super::record(&log, intent.id).await;
+        assert_eq!(
+            record.phase_progress(0, Phase::Try),
+            Some(&progress(1, true, None))
+        );
+        // A finish held back resolves at once; the crash at the next write
+        // loses it, and the transaction is recovery's again.
+        log.finish(&lease, End::Done).await.unwrap();
+        let error = log.begin(&self::intent(1)).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Injected);
+        let claimed = inner.claim_unfinished(10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].1.intent.id, intent.id);
+        assert_eq!(
+            claimed[0].1.phase_progress(0, Phase::Try),
+            Some(&progress(1, true, None))
+        );
+    }
+
+    #[tokio::test]
+    async fn held_back_writes_are_passed_on_in_order() {
+        let inner = Arc::new(MemoryLog::new());
+        let log = FaultyLog::new(inner.clone()).lose_lazy_writes();
+        let first = intent(1);
+        let lease = log.begin(&first).await.unwrap();
+        log.note(&lease, 0, Phase::Try, progress(1, true, None));
+        log.finish(&lease, End::Done).await.unwrap();
+        let second = intent(1);
+        let released = log.begin(&second).await.unwrap();
+        log.release(&released);
+        // The next call passes the note, the finish and the release on, in
+        // that order.
+        assert_eq!(
+            status(&log, first.id).await,
+            Some(Status::Done(Decision::Cancel))
+        );
+        let claimed = log.claim_unfinished(10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].0.id, second.id);
     }
 
     #[tokio::test]

@@ -41,6 +41,14 @@ pub enum Fault {
 /// [`Fault`]; after a crash, build a fresh engine on [`inner`](FaultyLog::inner)
 /// and run recovery.
 ///
+/// By default the inner log keeps every write made before a crash. A real
+/// crash of a file store also loses the lazy writes ([`note`](Log::note),
+/// `finish(Done)`) that no durable commit carried yet;
+/// [`lose_lazy_writes`](FaultyLog::lose_lazy_writes) makes the crash do that
+/// too. The inner log is expected to take each call when it is made, not
+/// when its future is first polled (as [`MemoryLog`](super::MemoryLog) and
+/// `RedbLog` do), so that the order of calls is the order of writes.
+///
 /// ```
 /// use std::sync::Arc;
 /// use tcc::durable::{Decision, Fault, FaultyLog, Intent, Log, LogErrorKind, MemoryLog, Status};
@@ -59,13 +67,25 @@ pub enum Fault {
 /// assert_eq!(claimed[0].1.status, Status::Undecided);
 /// # }
 /// ```
-pub struct FaultyLog<L: Log> {
+pub struct FaultyLog<L: Log + ?Sized> {
     inner: Arc<L>,
     fault: Option<(u64, Fault)>,
     writes: AtomicU64,
     crashed: AtomicBool,
     /// Leases this log holds on the inner one, released at a crash.
     held: Mutex<HashMap<TransactionId, Lease>>,
+    lose_lazy: bool,
+    /// With `lose_lazy`: the lazy calls not passed on yet, in order. Passed
+    /// to the inner log before its next other call (which would carry them
+    /// in a durable commit, or let a read see them), dropped at a crash.
+    lazy: Mutex<Vec<Lazy>>,
+}
+
+/// A call held back by [`FaultyLog::lose_lazy_writes`].
+enum Lazy {
+    Note(Lease, u32, Phase, PhaseProgress),
+    Done(Lease),
+    Release(Lease),
 }
 
 /// What to do with one write.
@@ -81,7 +101,7 @@ enum Verdict {
     },
 }
 
-impl<L: Log> FaultyLog<L> {
+impl<L: Log + ?Sized> FaultyLog<L> {
     /// A log that only counts the writes it passes to `inner`.
     pub fn new(inner: Arc<L>) -> Self {
         FaultyLog {
@@ -90,7 +110,21 @@ impl<L: Log> FaultyLog<L> {
             writes: AtomicU64::new(0),
             crashed: AtomicBool::new(false),
             held: Mutex::new(HashMap::new()),
+            lose_lazy: false,
+            lazy: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Makes a crash lose the lazy writes ([`note`](Log::note),
+    /// `finish(Done)`, and [`release`](Log::release)s) made since the inner
+    /// log last received another call, as a crash of a file store loses those
+    /// no durable commit carried. They are held back until then, and a held
+    /// `finish(Done)` resolves at once, as `RedbLog`'s does before its commit.
+    /// With it, [`Fault::CrashAfterWrite`] at a lazy write loses that write
+    /// too.
+    pub fn lose_lazy_writes(mut self) -> Self {
+        self.lose_lazy = true;
+        self
     }
 
     /// Injects `fault` at write number `k`, counted from 1.
@@ -133,10 +167,38 @@ impl<L: Log> FaultyLog<L> {
 
     fn crash(&self) {
         self.crashed.store(true, Ordering::SeqCst);
+        self.lock_lazy().clear();
         let held: Vec<Lease> = self.lock_held().drain().map(|(_, lease)| lease).collect();
         for lease in held {
             self.inner.release(&lease);
         }
+    }
+
+    fn lock_lazy(&self) -> std::sync::MutexGuard<'_, Vec<Lazy>> {
+        self.lazy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Passes the held-back lazy calls to the inner log, in order; returns
+    /// the futures of the finishes, to be awaited before what follows.
+    fn pass_lazy(&self) -> Vec<LogFuture<'_, ()>> {
+        let lazy = std::mem::take(&mut *self.lock_lazy());
+        let mut finishes = Vec::new();
+        for call in lazy {
+            match call {
+                Lazy::Note(lease, participant, phase, progress) => {
+                    self.inner.note(&lease, participant, phase, progress);
+                }
+                Lazy::Done(lease) => {
+                    finishes.push(self.inner.finish(&lease, End::Done));
+                    self.drop_hold(&lease);
+                }
+                Lazy::Release(lease) => {
+                    self.inner.release(&lease);
+                    self.drop_hold(&lease);
+                }
+            }
+        }
+        finishes
     }
 
     fn lock_held(&self) -> std::sync::MutexGuard<'_, HashMap<TransactionId, Lease>> {
@@ -162,9 +224,14 @@ impl<L: Log> FaultyLog<L> {
         call: impl FnOnce() -> LogFuture<'a, T>,
         after: impl FnOnce(&Self, &T) + Send + 'a,
     ) -> LogFuture<'a, T> {
+        let mut passed = Vec::new();
         let (future, fail) = match self.verdict() {
-            Verdict::Write => (Some(call()), false),
+            Verdict::Write => {
+                passed = self.pass_lazy();
+                (Some(call()), false)
+            }
             Verdict::WriteThenFail { crash } => {
+                passed = self.pass_lazy();
                 let future = call();
                 if crash {
                     self.crash();
@@ -179,6 +246,7 @@ impl<L: Log> FaultyLog<L> {
             }
         };
         Box::pin(async move {
+            await_passed(passed).await;
             let result = match future {
                 Some(future) => future.await,
                 None => Err(self.injected(what)),
@@ -212,7 +280,41 @@ impl<L: Log> FaultyLog<L> {
             let error = self.injected("read");
             return Box::pin(async move { Err(error) });
         }
-        call()
+        let passed = self.pass_lazy();
+        let future = call();
+        Box::pin(async move {
+            await_passed(passed).await;
+            future.await
+        })
+    }
+
+    /// A lazy call under the verdict, held back or passed on at once.
+    fn lazy_call(&self, call: Lazy) -> Result<(), LogError> {
+        let (passes, fail, crash) = match self.verdict() {
+            Verdict::Write => (true, false, false),
+            Verdict::WriteThenFail { crash } => (true, true, crash),
+            Verdict::Refuse { crash } => (false, true, crash),
+        };
+        if passes {
+            if self.lose_lazy {
+                self.lock_lazy().push(call);
+            } else {
+                match call {
+                    Lazy::Note(lease, participant, phase, progress) => {
+                        self.inner.note(&lease, participant, phase, progress);
+                    }
+                    // Without lose_lazy, finish and release do not come here.
+                    Lazy::Done(_) | Lazy::Release(_) => unreachable!("held back only"),
+                }
+            }
+        }
+        if crash {
+            self.crash();
+        }
+        match fail {
+            true => Err(self.injected("write")),
+            false => Ok(()),
+        }
     }
 
     fn hold(&self, lease: &Lease) {
@@ -276,7 +378,7 @@ impl Held for Option<(Lease, TransactionRecord)> {
     }
 }
 
-impl<L: Log> Log for FaultyLog<L> {
+impl<L: Log + ?Sized> Log for FaultyLog<L> {
     fn begin(&self, intent: &Intent) -> LogFuture<'_, Lease> {
         self.write(
             "begin",
@@ -290,23 +392,15 @@ impl<L: Log> Log for FaultyLog<L> {
     }
 
     fn note(&self, lease: &Lease, participant: u32, phase: Phase, progress: PhaseProgress) {
-        match self.verdict() {
-            Verdict::Write => self.inner.note(lease, participant, phase, progress),
-            Verdict::WriteThenFail { crash } => {
-                self.inner.note(lease, participant, phase, progress);
-                if crash {
-                    self.crash();
-                }
-            }
-            Verdict::Refuse { crash } => {
-                if crash {
-                    self.crash();
-                }
-            }
-        }
+        // A note's failure has no caller to tell: it is dropped.
+        let _ = self.lazy_call(Lazy::Note(lease.clone(), participant, phase, progress));
     }
 
     fn finish(&self, lease: &Lease, end: End) -> LogFuture<'_, ()> {
+        if self.lose_lazy && end == End::Done {
+            let result = self.lazy_call(Lazy::Done(lease.clone()));
+            return Box::pin(std::future::ready(result));
+        }
         let held = lease.clone();
         self.write(
             "finish",
@@ -328,7 +422,14 @@ impl<L: Log> Log for FaultyLog<L> {
     }
 
     fn release(&self, lease: &Lease) {
-        if !self.crashed() {
+        if self.crashed() {
+            return;
+        }
+        if self.lose_lazy {
+            // After the lazy writes before it; the lease stays held, so a
+            // crash still releases it.
+            self.lock_lazy().push(Lazy::Release(lease.clone()));
+        } else {
             self.drop_hold(lease);
             self.inner.release(lease);
         }
@@ -367,12 +468,23 @@ impl<L: Log> Log for FaultyLog<L> {
     }
 }
 
-impl<L: Log> std::fmt::Debug for FaultyLog<L> {
+/// Awaits the finishes passed on late: their caller was answered already, so
+/// a refusal now is only logged.
+async fn await_passed(passed: Vec<LogFuture<'_, ()>>) {
+    for finish in passed {
+        if let Err(error) = finish.await {
+            tracing::debug!(%error, "a held-back finish was refused");
+        }
+    }
+}
+
+impl<L: Log + ?Sized> std::fmt::Debug for FaultyLog<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultyLog")
             .field("fault", &self.fault)
             .field("writes", &self.writes())
             .field("crashed", &self.crashed())
+            .field("lose_lazy", &self.lose_lazy)
             .finish()
     }
 }

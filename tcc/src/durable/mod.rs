@@ -22,13 +22,24 @@
 //! the intent (else a Try's reservation has no owner) and the decision (else
 //! one participant could be confirmed and another cancelled).
 //!
+//! So after a crash the log holds, for every transaction whose
+//! [`begin`](Log::begin) resolved: its intent; its decision if
+//! [`decide`](Log::decide) resolved (and possibly if it was only called); the
+//! notes and ends written up to the last durable commit.
+//! Recovery ([`claim_unfinished`](Log::claim_unfinished)) finds each
+//! unfinished one: undecided ones are cancelled everywhere, decided ones see
+//! their decision through, resuming each participant's retries from the
+//! attempts noted.
+//!
 //! # Stores
 //!
 //! - [`MemoryLog`]: the same rules, in memory, with no durability. For tests,
 //!   and for programs that want lookups by id without a file.
 //! - [`RedbLog`] (cargo feature `redb`, on by default): one file, crash-safe,
 //!   one writer thread that shares fsyncs between concurrent transactions
-//!   (group commit).
+//!   (group commit). Finished transactions leave only a compact outcome (id,
+//!   decision, start and end times), the oldest pruned beyond a retention
+//!   (100,000 by default), so the file stays bounded under steady load.
 //! - [`FaultyLog`]: wraps a log and fails, or "crashes", at the k-th write, for
 //!   tests of recovery.
 //!
@@ -75,7 +86,7 @@ mod state;
 pub use faulty::{Fault, FaultyLog};
 pub use memory::MemoryLog;
 #[cfg(feature = "redb")]
-pub use redb::{RedbLog, RedbOptions};
+pub use redb::{CommitStats, RedbLog, RedbOptions};
 
 /// What a [`Log`] call returns: a boxed future, so that [`Log`] is object
 /// safe (`Arc<dyn Log>`).
@@ -213,8 +224,9 @@ pub trait Log: Send + Sync + 'static {
     /// A participant's phase progress. Not synced on its own and not awaited:
     /// enqueued, applied in order before any later write of the same
     /// transaction, made durable by the next durable commit. A note under a
-    /// stale lease, or for a participant the intent does not have, is dropped
-    /// (the next awaited write under that lease is refused with the reason).
+    /// stale lease is dropped (the next awaited write under that lease is
+    /// refused with [`Fenced`](LogErrorKind::Fenced)); so is one for a
+    /// participant the intent does not have.
     fn note(&self, lease: &Lease, participant: u32, phase: Phase, progress: PhaseProgress);
 
     /// The end of a transaction. `Done`: its record is removed (a compact

@@ -3,11 +3,14 @@
 //! One writer thread owns the database. Every call is a request on a channel;
 //! the writer takes every request queued, applies them in order in one write
 //! transaction, commits it (durably if any request needs it), and only then
-//! replies to each. Concurrent transactions therefore share one fsync.
+//! replies to each (but to a lazy `finish(Done)`, answered once applied).
+//! Concurrent transactions therefore share one fsync.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use tokio::sync::oneshot;
@@ -39,6 +42,12 @@ const FILE_FORMAT: u64 = 1;
 /// never keeps its callers waiting on a huge batch.
 const MAX_BATCH: usize = 4096;
 
+/// The longest a batch waits, by default, for the callers the previous
+/// commit answered (a quarter of that commit's time, at most this): far less
+/// than an fsync of a loaded disk, and paid only while answered callers are
+/// still coming back.
+const MAX_GATHER: Duration = Duration::from_millis(1);
+
 /// How many lazy commits may follow one another before one is made durable
 /// anyway: redb cannot reuse the pages a lazy commit freed until a durable
 /// commit, so a long run of lazy ones (recovery finishing transactions,
@@ -53,12 +62,14 @@ const DEFAULT_RETENTION: u64 = 100_000;
 #[derive(Clone, Debug)]
 pub struct RedbOptions {
     retention: u64,
+    max_gather: Duration,
 }
 
 impl Default for RedbOptions {
     fn default() -> Self {
         RedbOptions {
             retention: DEFAULT_RETENTION,
+            max_gather: MAX_GATHER,
         }
     }
 }
@@ -70,6 +81,16 @@ impl RedbOptions {
     /// load.
     pub fn retention(mut self, finished: u64) -> Self {
         self.retention = finished;
+        self
+    }
+
+    /// The longest a batch of requests waits for the callers that the
+    /// previous commit answered, so that concurrent transactions keep sharing
+    /// commits rather than alternate between two (default 1 ms; the wait is
+    /// also at most a quarter of the previous commit's time, and ends as soon
+    /// as they are back). Zero commits whatever is queued at once.
+    pub fn max_gather(mut self, wait: Duration) -> Self {
+        self.max_gather = wait;
         self
     }
 
@@ -91,6 +112,15 @@ impl RedbOptions {
 /// committed without fsync and reach the disk with the next durable commit, or
 /// when the log is dropped: dropping it is a clean shutdown that waits for the
 /// writer thread to finish what was sent.
+///
+/// `finish(Done)` resolves as soon as the writer applied it, before its batch
+/// is committed: a transaction's last write costs its caller no fsync.
+///
+/// Reads ([`get`](Log::get), [`claim_unfinished`](Log::claim_unfinished) ...)
+/// go through the writer too, so that a read sees every write sent before it,
+/// including [`note`](Log::note)s that were not awaited; a read-only batch is
+/// not committed. [`needs_repair`](Log::needs_repair) reads every record
+/// needing repair to sort them: meant for the handful an operator sees to.
 ///
 /// ```
 /// use tcc::durable::{Decision, End, Intent, Log, RedbLog, Status};
@@ -120,6 +150,7 @@ impl RedbOptions {
 /// ```
 pub struct RedbLog {
     requests: Option<mpsc::Sender<Request>>,
+    counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
 }
@@ -148,6 +179,16 @@ impl RedbLog {
         &self.path
     }
 
+    /// What the writer did so far: how well concurrent calls share commits.
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            durable_commits: self.counters.durable_commits.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.counters.busy_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
     fn open_with(path: &Path, options: RedbOptions) -> Result<RedbLog, LogError> {
         let db = Database::builder()
             .create(path)
@@ -163,11 +204,14 @@ impl RedbLog {
             })?;
         prepare(&db, path)?;
         let (requests, inbox) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
         let writer = Writer {
+            counters: counters.clone(),
             db,
             path: path.to_owned(),
             rules: Rules::new(options.retention),
             lazy_commits: 0,
+            max_gather: options.max_gather,
             broken: None,
         };
         let writer = std::thread::Builder::new()
@@ -179,6 +223,7 @@ impl RedbLog {
             })?;
         Ok(RedbLog {
             requests: Some(requests),
+            counters,
             writer: Some(writer),
             path: path.to_owned(),
         })
@@ -295,6 +340,15 @@ enum Request {
 }
 
 impl Request {
+    /// Whether its caller waits for the batch's commit (notes and releases
+    /// are not awaited; `finish(Done)` is answered before the commit).
+    fn awaits_commit(&self) -> bool {
+        !matches!(
+            self,
+            Request::Note(..) | Request::Release(_) | Request::Finish(_, End::Done, _)
+        )
+    }
+
     /// Whether its caller may only hear back once the batch is on disk.
     fn durable(&self) -> bool {
         matches!(
@@ -306,6 +360,57 @@ impl Request {
                 | Request::Resolve(..)
         )
     }
+}
+
+impl Request {
+    /// Holds the reply of a request the writer did not apply: it gets the
+    /// batch's failure.
+    fn abandon(self, pending: &mut Vec<Pending>) {
+        fn fail<T: Send + 'static>(pending: &mut Vec<Pending>, reply: Reply<T>) {
+            pending.push(Box::new(move |failed: Option<&LogError>| {
+                let error = failed.map_or_else(
+                    || LogError::new(LogErrorKind::Closed, "the log's writer gave up"),
+                    LogError::echo,
+                );
+                let _ = reply.send(Err(error));
+            }));
+        }
+        match self {
+            Request::Begin(_, reply) => fail(pending, reply),
+            Request::Decide(_, _, reply) => fail(pending, reply),
+            Request::Finish(_, _, reply) => fail(pending, reply),
+            Request::Claim(_, reply) => fail(pending, reply),
+            Request::Get(_, reply) => fail(pending, reply),
+            Request::NeedsRepair(_, reply) => fail(pending, reply),
+            Request::Reopen(_, reply) => fail(pending, reply),
+            Request::Resolve(_, reply) => fail(pending, reply),
+            Request::Count(reply) => fail(pending, reply),
+            Request::Note(..) | Request::Release(_) => {}
+        }
+    }
+}
+
+/// Takes every request already queued, up to [`MAX_BATCH`].
+fn take_queued(inbox: &mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+    while batch.len() < MAX_BATCH {
+        match inbox.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+}
+
+/// How many requests of `batch` have a caller waiting for its commit.
+fn awaited(batch: &[Request]) -> usize {
+    batch.iter().filter(|r| r.awaits_commit()).count()
+}
+
+/// How many requests of `batch` have a caller waiting for an answer.
+fn answering(batch: &[Request]) -> usize {
+    batch
+        .iter()
+        .filter(|r| !matches!(r, Request::Note(..) | Request::Release(_)))
+        .count()
 }
 
 /// A reply held until its batch is committed: it then sends its result, or
@@ -338,11 +443,36 @@ fn is_store_failure(error: &LogError) -> bool {
     matches!(error.kind(), LogErrorKind::Io | LogErrorKind::Corrupt)
 }
 
+/// Counts of what the writer did, read by [`RedbLog::stats`].
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    commits: AtomicU64,
+    durable_commits: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+/// What a [`RedbLog`]'s writer did since the log was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Calls received, reads and notes included.
+    pub requests: u64,
+    /// Write transactions committed.
+    pub commits: u64,
+    /// Of which durable (fsync'd).
+    pub durable_commits: u64,
+    /// Time the writer spent applying batches and committing them (not
+    /// waiting for requests): `busy / commits` is the mean commit's cost.
+    pub busy: Duration,
+}
+
 struct Writer {
+    counters: Arc<Counters>,
     db: Database,
     path: PathBuf,
     rules: Rules,
     lazy_commits: u32,
+    max_gather: Duration,
     /// The failure that stopped the writer: after a failed commit, what this
     /// process believes (its live leases) may no longer match the file, so
     /// every later call gets this error until the log is opened again.
@@ -352,30 +482,69 @@ struct Writer {
 impl Writer {
     fn run(mut self, inbox: &mpsc::Receiver<Request>) {
         let mut batch = Vec::new();
-        while let Ok(first) = inbox.recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match inbox.try_recv() {
-                    Ok(request) => batch.push(request),
+        // Group commit: after a commit, the callers it answered send their
+        // next request within microseconds, while the requests that came
+        // during the commit are already queued. Taking only the queued ones
+        // would split the callers into two cohorts that alternate, each
+        // commit carrying half of them; so the next batch waits, briefly,
+        // for the answered callers too. `expected`: how many awaited requests
+        // the next batch waits for; `gather`: for how long at most.
+        let mut expected = 0;
+        let mut gather = Duration::ZERO;
+        loop {
+            if batch.is_empty() {
+                match inbox.recv() {
+                    Ok(first) => batch.push(first),
+                    Err(_) => break,
+                }
+            }
+            take_queued(inbox, &mut batch);
+            let deadline = Instant::now() + gather;
+            let mut back = answering(&batch);
+            while back < expected && batch.len() < MAX_BATCH {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match inbox.recv_timeout(left) {
+                    Ok(request) => {
+                        back += answering(std::slice::from_ref(&request));
+                        batch.push(request);
+                    }
                     Err(_) => break,
                 }
             }
             let durable = batch.iter().any(Request::durable);
+            self.counters
+                .requests
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let answered = awaited(&batch);
             let mut pending = Vec::with_capacity(batch.len());
+            let started = Instant::now();
             let failed = match &self.broken {
-                Some(broken) => Some(broken.echo()),
+                Some(broken) => {
+                    batch.drain(..).for_each(|r| r.abandon(&mut pending));
+                    Some(broken.echo())
+                }
                 None => self.apply(batch.drain(..), durable, &mut pending).err(),
             };
+            let spent = started.elapsed();
+            self.counters.busy_nanos.fetch_add(
+                u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            gather = (spent / 4).min(self.max_gather);
             if let Some(error) = &failed
                 && self.broken.is_none()
             {
                 tracing::error!(path = %self.path.display(), %error, "the log stopped");
                 self.broken = Some(error.echo());
             }
+            // What came during the commit, before anyone is answered.
+            take_queued(inbox, &mut batch);
+            // The callers answered early (`finish(Done)`) are not waited for:
+            // they may be back already, among the queued.
+            expected = (answering(&batch) + answered).min(MAX_BATCH);
             for reply in pending {
                 reply(failed.as_ref());
             }
-            batch.clear();
         }
         // A clean shutdown: what was committed lazily reaches the disk now.
         if self.broken.is_none()
@@ -389,7 +558,7 @@ impl Writer {
     /// Applies a batch in one write transaction and commits it.
     fn apply(
         &mut self,
-        batch: impl Iterator<Item = Request>,
+        mut batch: impl Iterator<Item = Request>,
         durable: bool,
         pending: &mut Vec<Pending>,
     ) -> Result<(), LogError> {
@@ -410,8 +579,11 @@ impl Writer {
         let changed = {
             let mut tables = RedbTables::open(&txn, &path)?;
             let rules = &mut self.rules;
-            for request in batch {
-                apply_one(rules, &mut tables, request, pending)?;
+            while let Some(request) = batch.next() {
+                if let Err(error) = apply_one(rules, &mut tables, request, pending) {
+                    batch.for_each(|r| r.abandon(pending));
+                    return Err(error);
+                }
             }
             tables.finish()?
         };
@@ -421,14 +593,22 @@ impl Writer {
                 .map_err(|e| redb_error("cannot write the log", e.into()))?;
             return Ok(());
         }
-        // The durable commit: every intent, decision, repair state of the
-        // batch is on disk once it returns, and only then does any caller
-        // hear back. A crash before it leaves the file as after the previous
-        // commit: no caller was told of this batch, so none ran a Try or a
-        // phase 2 on it.
+        // The commit, durable if any request of the batch needs it: every
+        // intent, decision and repair state of the batch is then on disk once
+        // it returns, and only then does any caller hear back. A crash before
+        // it leaves the file as the last durable commit left it: no caller
+        // was told of a durable write of this batch, so none ran a Try or a
+        // phase 2 because of it; the lazy writes lost are repeated by
+        // recovery (see the module docs).
         txn.commit()
             .map_err(|e| redb_error("cannot commit to the log", e.into()))?;
         self.lazy_commits = if durable { 0 } else { self.lazy_commits + 1 };
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        if durable {
+            self.counters
+                .durable_commits
+                .fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -478,6 +658,20 @@ fn apply_one(
                 }
                 Ok(()) => Ok(()),
             }
+        }
+        Request::Finish(lease, End::Done, reply) => {
+            let result = rules.finish(tables, &lease, End::Done);
+            if let Err(error) = &result
+                && is_store_failure(error)
+            {
+                return keep(pending, reply, result);
+            }
+            // Lazy, so its caller need not wait for the commit: it hears back
+            // as soon as the end is applied, before the batch's fsync. Had
+            // the commit failed, the end would be lost as in a crash, and
+            // recovery would finish the transaction again.
+            let _ = reply.send(result);
+            Ok(())
         }
         Request::Finish(lease, end, reply) => {
             keep(pending, reply, rules.finish(tables, &lease, end))
@@ -548,6 +742,10 @@ fn from_redb(path: &Path, what: &str, error: impl Into<redb::Error>) -> LogError
         | redb::Error::TableTypeMismatch { .. }
         | redb::Error::TableIsMultimap(_)
         | redb::Error::TypeDefinitionChanged { .. } => LogErrorKind::Corrupt,
+        // What redb says of a file that is not a redb database.
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            LogErrorKind::Corrupt
+        }
         _ => LogErrorKind::Io,
     };
     LogError::new(kind, format!("{what} {}", path.display())).with_source(error)

@@ -124,6 +124,9 @@ impl Rules {
             },
             epoch: 1,
         };
+        // The intent (durable). A crash before its commit: no Try ran, nothing
+        // to undo. After: an undecided record, which recovery
+        // (claim_unfinished) cancels everywhere, presumed abort.
         tables.put_record(&stored, false)?;
         self.live.insert(id, stored.epoch);
         Ok(Lease {
@@ -143,6 +146,10 @@ impl Rules {
             Some(existing) => Ok(existing),
             None => {
                 stored.record.status = Status::Decided(decision);
+                // The decision (durable). A crash before its commit: still
+                // undecided, so recovery cancels; no phase 2 ran, as the
+                // caller waits for this commit. After: recovery drives this
+                // decision to its end, never the other one.
                 tables.put_record(&stored, false)?;
                 Ok(decision)
             }
@@ -165,6 +172,9 @@ impl Rules {
             ));
         };
         entry[phase as usize] = progress;
+        // Lazy: lost in a crash before the next durable commit, and then
+        // recovery calls this participant's phase again (phases repeat
+        // safely) with a lower attempt count.
         tables.put_record(&stored, false)
     }
 
@@ -179,11 +189,16 @@ impl Rules {
         let decision = stored.record.status.decision().unwrap_or(Decision::Cancel);
         match end {
             End::Done => {
+                // Lazy: a crash before the next durable commit brings the
+                // decided record back, and recovery runs phase 2 again.
                 tables.remove_record(lease.id, false)?;
                 self.add_outcome(tables, &stored.record, decision)?;
             }
             End::NeedsRepair => {
                 stored.record.status = Status::NeedsRepair(decision);
+                // Durable. A crash before its commit: still decided, and
+                // recovery retries phase 2 (once more, then here again).
+                // After: listed by needs_repair for an operator.
                 tables.put_record(&stored, true)?;
             }
         }
@@ -215,6 +230,9 @@ impl Rules {
         let mut claimed = Vec::with_capacity(found.len());
         for mut stored in found {
             stored.epoch += 1;
+            // Lazy: a claim lost in a crash is lost with every write made
+            // under it (a durable commit of one of them would have carried
+            // the claim too), and the next process claims it again.
             tables.put_record(&stored, false)?;
             let lease = Lease {
                 id: stored.id(),
@@ -279,6 +297,9 @@ impl Rules {
         };
         stored.record.status = Status::Decided(decision);
         stored.epoch += 1;
+        // Durable. A crash before its commit: still needing repair, the
+        // operator reopens it again. After: decided, so recovery drives it
+        // if the operator's process dies.
         tables.put_record(&stored, true)?;
         let lease = Lease {
             id,
@@ -299,6 +320,8 @@ impl Rules {
         let Status::NeedsRepair(decision) = stored.record.status else {
             return Ok(false);
         };
+        // Durable. A crash before its commit: still needing repair. After:
+        // its outcome only.
         tables.remove_record(id, true)?;
         self.add_outcome(tables, &stored.record, decision)?;
         Ok(true)
