@@ -180,6 +180,17 @@ impl<L: Log + ?Sized> FaultyLog<L> {
 
     /// Passes the held-back lazy calls to the inner log, in order; returns
     /// the futures of the finishes, to be awaited before what follows.
+    /// Passes on the lazy writes held back by
+    /// [`lose_lazy_writes`](FaultyLog::lose_lazy_writes), unless the crash
+    /// came: what a process that lives on does with its next durable write,
+    /// or when it shuts down. Call it before "restarting" over the inner log.
+    pub async fn settle(&self) {
+        if self.crashed() {
+            return;
+        }
+        await_passed(self.pass_lazy()).await;
+    }
+
     fn pass_lazy(&self) -> Vec<LogFuture<'_, ()>> {
         let lazy = std::mem::take(&mut *self.lock_lazy());
         let mut finishes = Vec::new();
