@@ -374,6 +374,7 @@ async fn the_max_retries_argument_holds_through_an_arc() {
 /// name and the transaction id, as with an `Orchestrator`.
 #[tokio::test(start_paused = true)]
 async fn services_of_a_block_failing_together_retry_at_different_instants() {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
     type Instants = Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>;
     let first_wait = |instants: &Instants| {
         let instants = instants.lock().unwrap();
@@ -384,10 +385,13 @@ async fn services_of_a_block_failing_together_retry_at_different_instants() {
     for _ in 0..4 {
         let (east, west) = (Instants::default(), Instants::default());
         tcc! {
+            // Ten days ± 50 %: a band of 10^9 ms, the timer's unit, so that
+            // two waits coincide by chance about once in ten million runs.
             retry = tcc::RetryPolicy::default()
                 .with_max_retries(1)
-                .with_initial_interval(Duration::from_secs(1))
+                .with_initial_interval(10 * DAY)
                 .with_multiplier(1.0)
+                .with_max_interval(30 * DAY)
                 .with_jitter(0.5);
             "east" => clone(east) {
                 try_phase: async { Ok::<(), String>(()) },
@@ -410,8 +414,8 @@ async fn services_of_a_block_failing_together_retry_at_different_instants() {
         .unwrap_err();
         for wait in [first_wait(&east), first_wait(&west)] {
             assert!(
-                (Duration::from_millis(500)..=Duration::from_millis(1500)).contains(&wait),
-                "{wait:?} is outside 1 s ± 50 %"
+                (5 * DAY..=15 * DAY).contains(&wait),
+                "{wait:?} is outside 10 days ± 50 %"
             );
             waits.insert(wait);
         }

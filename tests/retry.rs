@@ -307,16 +307,27 @@ fn gaps(instants: &Mutex<Vec<Instant>>) -> Vec<Duration> {
     instants.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
-/// One second ±50 % before every retry: each wait is in 0.5 s ..= 1.5 s.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Ten days ±50 % before every retry: each wait is in 5 ..= 15 days. The
+/// timer counts in milliseconds, so waits that differ by less than one
+/// coincide: a band this wide (10^9 ms) makes a chance coincidence among a
+/// few waits about one in ten million, where one second (10^3 ms) would
+/// make it a few percent.
 fn jittered(max_retries: u32) -> RetryPolicy {
-    every_second(max_retries).with_jitter(0.5)
+    RetryPolicy::default()
+        .with_max_retries(max_retries)
+        .with_initial_interval(10 * DAY)
+        .with_multiplier(1.0)
+        .with_max_interval(30 * DAY)
+        .with_jitter(0.5)
 }
 
 fn assert_in_band(waits: &[Duration]) {
     for wait in waits {
         assert!(
-            (SECOND / 2..=SECOND * 3 / 2).contains(wait),
-            "{wait:?} is outside 1 s ± 50 %"
+            (5 * DAY..=15 * DAY).contains(wait),
+            "{wait:?} is outside 10 days ± 50 %"
         );
     }
 }
