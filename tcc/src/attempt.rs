@@ -92,7 +92,8 @@ enum State {
     /// The next poll starts the next attempt.
     Start,
     /// An attempt is running; its future is built on its first poll, inside
-    /// the context and the panic guard.
+    /// the context and the panic guard. Its deadline is set when that poll
+    /// leaves it pending.
     Running { deadline: Option<Pin<Box<Sleep>>> },
     /// Waiting before a retry.
     Backoff(Pin<Box<Sleep>>),
@@ -225,10 +226,7 @@ impl<A: Attempts> PhaseRun<A> {
             match &mut this.state {
                 State::Start => {
                     this.attempts = this.attempts.saturating_add(1);
-                    let deadline = this
-                        .timeout
-                        .map(|limit| Box::pin(tokio::time::sleep(limit)));
-                    this.state = State::Running { deadline };
+                    this.state = State::Running { deadline: None };
                 }
                 State::Backoff(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
@@ -239,6 +237,16 @@ impl<A: Attempts> PhaseRun<A> {
                     let result = match this.poll_attempt(cx) {
                         Poll::Ready(result) => result,
                         Poll::Pending => {
+                            // The time limit counts from the first poll that
+                            // leaves the attempt pending: most attempts end
+                            // on their first poll, and so never pay for a
+                            // timer (the first poll is synchronous, so the
+                            // limit starts at most one poll late).
+                            if deadline.is_none() {
+                                deadline = this
+                                    .timeout
+                                    .map(|limit| Box::pin(tokio::time::sleep(limit)));
+                            }
                             let timed_out = deadline
                                 .as_mut()
                                 .is_some_and(|d| d.as_mut().poll(cx).is_ready());
