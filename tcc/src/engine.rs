@@ -23,7 +23,7 @@ use std::task::Poll;
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
-use crate::attempt::{Attempts, Logged, Outcome, PhaseRun};
+use crate::attempt::{Attempts, Logged, Outcome, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
     Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
@@ -528,21 +528,21 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
     /// Cancel: those whose Try started; after a crash, those not yet done),
     /// at once. Returns whether every run succeeded.
     async fn round(&mut self, phase: Phase, resumed: Option<&TransactionRecord>) -> bool {
-        let mut begin = Begin {
-            id: self.id,
-            phase,
-            settings: &self.options.settings,
-            resumed,
-        };
+        let mut begin = Begin { phase, resumed };
         let _ = self.members.each(0, &mut begin);
         let stop_on_failure = phase == Phase::Try && self.options.fail_fast;
         let mut all_succeeded = true;
+        let round = Round {
+            transaction_id: self.id,
+            phase,
+            settings: Some(&self.options.settings),
+        };
         poll_fn(|cx| {
             Context::enter(&mut self.context, || {
                 let mut poll = PollRuns {
                     cx,
                     ledger: &mut self.ledger,
-                    phase,
+                    round: &round,
                     stop_on_failure,
                     all_succeeded: &mut all_succeeded,
                     pending: false,
@@ -571,9 +571,7 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
 /// Sets each member up to run `phase`; after a crash, from where the log
 /// says it got to.
 struct Begin<'a> {
-    id: TransactionId,
     phase: Phase,
-    settings: &'a Settings,
     resumed: Option<&'a TransactionRecord>,
 }
 
@@ -584,12 +582,9 @@ impl Visit for Begin<'_> {
             .and_then(|record| record.phase_progress(index, self.phase));
         let done = logged.is_some_and(|progress| progress.succeeded);
         member.active = (self.phase != Phase::Cancel || member.tried) && !done;
-        let own = member.run.attempt().settings();
-        let limits = self.settings.resolve(&own, self.phase);
-        let attempts = logged.map_or(0, |progress| progress.attempts);
         member
             .run
-            .restart(index, self.id, self.phase, limits, attempts);
+            .restart(logged.map_or(0, |progress| progress.attempts));
         ControlFlow::Continue(())
     }
 }
@@ -599,7 +594,7 @@ impl Visit for Begin<'_> {
 struct PollRuns<'a, 'b> {
     cx: &'a mut std::task::Context<'b>,
     ledger: &'a mut Ledger,
-    phase: Phase,
+    round: &'a Round<'a>,
     stop_on_failure: bool,
     all_succeeded: &'a mut bool,
     /// Whether a run is still pending.
@@ -607,18 +602,18 @@ struct PollRuns<'a, 'b> {
 }
 
 impl Visit for PollRuns<'_, '_> {
-    fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
+    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()> {
         if !member.active {
             return ControlFlow::Continue(());
         }
-        let Poll::Ready(outcome) = member.run.poll_run(self.cx) else {
+        let Poll::Ready(outcome) = member.run.poll_run(self.round, index, self.cx) else {
             self.pending = true;
             return ControlFlow::Continue(());
         };
         member.active = false;
         let failed = outcome.result.is_err();
         *self.all_succeeded &= !failed;
-        self.ledger.record(self.phase, outcome);
+        self.ledger.record(self.round.phase, outcome);
         if failed && self.stop_on_failure {
             ControlFlow::Break(())
         } else {
