@@ -139,7 +139,12 @@ impl<A: Attempts> PhaseRun<A> {
     /// Makes the run start over, as a new run would, counting `attempts`
     /// already made (by a process that crashed since).
     pub(crate) fn restart(&mut self, attempts: u32) {
-        self.end_attempt();
+        // Only a run cut short in an attempt (a Try that fail-fast gave up
+        // on) still holds one; every other run ended its last attempt, so
+        // it skips the panic guard.
+        if let State::Running { .. } = self.state {
+            self.end_attempt();
+        }
         self.attempts = attempts;
         self.state = State::Start;
     }
@@ -199,6 +204,9 @@ impl<A: Attempts> Drop for PhaseRun<A> {
     /// up on) drops the attempt's future here, where a panic in its
     /// destructor cannot take the whole transaction down with it.
     fn drop(&mut self) {
+        // Only a run cut short in an attempt (a Try that fail-fast gave up
+        // on) still holds one; every other run ended its last attempt, so
+        // it skips the panic guard.
         if let State::Running { .. } = self.state {
             self.end_attempt();
         }
