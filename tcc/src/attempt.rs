@@ -76,14 +76,32 @@ pub trait Attempts {
     fn ended(&mut self, phase: Phase, succeeded: bool);
 }
 
+/// What every run of one round shares, lent to each run's
+/// [`poll_run`](PhaseRun::poll_run) rather than copied into it, so that a
+/// run holds only its own state.
+pub(crate) struct Round<'a> {
+    pub(crate) transaction_id: TransactionId,
+    pub(crate) phase: Phase,
+    /// The orchestration's settings; `None` for a phase run directly,
+    /// outside any orchestration: one attempt, no time limit.
+    pub(crate) settings: Option<&'a Settings>,
+}
+
+impl Round<'_> {
+    /// The retries and the time limit of each attempt of a service whose
+    /// own settings are `own`. Resolved only when needed: when an attempt
+    /// is left pending, or fails.
+    fn limits(&self, own: &Settings) -> (Retries, Option<Duration>) {
+        match self.settings {
+            Some(settings) => settings.resolve(own, self.phase),
+            None => (Retries::NONE, None),
+        }
+    }
+}
+
 /// One phase of one service, from its first attempt to its last.
 pub(crate) struct PhaseRun<A: Attempts> {
-    index: usize,
-    phase: Phase,
-    retries: Retries,
-    timeout: Option<Duration>,
     attempts: u32,
-    transaction_id: TransactionId,
     state: State,
     attempt: A,
 }
@@ -92,23 +110,18 @@ enum State {
     /// The next poll starts the next attempt.
     Start,
     /// An attempt is running; its future is built on its first poll, inside
-    /// the context and the panic guard.
+    /// the context and the panic guard. Its deadline is set when that poll
+    /// leaves it pending.
     Running { deadline: Option<Pin<Box<Sleep>>> },
     /// Waiting before a retry.
     Backoff(Pin<Box<Sleep>>),
 }
 
 impl<A: Attempts> PhaseRun<A> {
-    /// A run of `attempt`'s phases, set up for one by
-    /// [`restart`](PhaseRun::restart) before it is polled.
+    /// A run of `attempt`'s phases, not started.
     pub(crate) fn new(attempt: A) -> Self {
         PhaseRun {
-            index: 0,
-            phase: Phase::Try,
-            retries: Retries::NONE,
-            timeout: None,
             attempts: 0,
-            transaction_id: TransactionId::from_u128(0),
             state: State::Start,
             attempt,
         }
@@ -123,22 +136,15 @@ impl<A: Attempts> PhaseRun<A> {
         &mut self.attempt
     }
 
-    /// Makes the run start over at `phase`, as a new run would, counting
-    /// `attempts` already made (by a process that crashed since).
-    pub(crate) fn restart(
-        &mut self,
-        index: usize,
-        transaction_id: TransactionId,
-        phase: Phase,
-        (retries, timeout): (Retries, Option<Duration>),
-        attempts: u32,
-    ) {
-        self.end_attempt();
-        self.index = index;
-        self.transaction_id = transaction_id;
-        self.phase = phase;
-        self.retries = retries;
-        self.timeout = timeout;
+    /// Makes the run start over, as a new run would, counting `attempts`
+    /// already made (by a process that crashed since).
+    pub(crate) fn restart(&mut self, attempts: u32) {
+        // Only a run cut short in an attempt (a Try that fail-fast gave up
+        // on) still holds one; every other run ended its last attempt, so
+        // it skips the panic guard.
+        if let State::Running { .. } = self.state {
+            self.end_attempt();
+        }
         self.attempts = attempts;
         self.state = State::Start;
     }
@@ -158,9 +164,14 @@ impl<A: Attempts> PhaseRun<A> {
 
     /// Polls the running attempt, with the context pointed at it and panics
     /// caught. Runs inside the transaction's [`Context::enter`].
-    fn poll_attempt(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
-        Context::focus(self.index, self.phase, self.attempts);
-        let (attempt, phase) = (&mut self.attempt, self.phase);
+    fn poll_attempt(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        Context::focus(index, phase, self.attempts);
+        let attempt = &mut self.attempt;
         match catch_unwind(AssertUnwindSafe(|| attempt.poll_attempt(phase, cx))) {
             Ok(poll) => poll,
             Err(payload) => Poll::Ready(Err(Box::new(Panicked::from_payload(&*payload)))),
@@ -168,15 +179,20 @@ impl<A: Attempts> PhaseRun<A> {
     }
 
     /// The jitter seed: the same for a given transaction and service.
-    fn seed(&self) -> u64 {
-        let id = self.transaction_id.as_u128();
+    fn seed(&self, transaction_id: TransactionId) -> u64 {
+        let id = transaction_id.as_u128();
         mix((id as u64) ^ ((id >> 64) as u64)) ^ name_hash(self.attempt.name())
     }
 
-    fn finish(&mut self, result: Result<(), BoxError>) -> Poll<Outcome> {
-        self.attempt.ended(self.phase, result.is_ok());
+    fn finish(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        result: Result<(), BoxError>,
+    ) -> Poll<Outcome> {
+        self.attempt.ended(phase, result.is_ok());
         Poll::Ready(Outcome {
-            index: self.index,
+            index,
             attempts: self.attempts,
             result,
         })
@@ -188,6 +204,9 @@ impl<A: Attempts> Drop for PhaseRun<A> {
     /// up on) drops the attempt's future here, where a panic in its
     /// destructor cannot take the whole transaction down with it.
     fn drop(&mut self) {
+        // Only a run cut short in an attempt (a Try that fail-fast gave up
+        // on) still holds one; every other run ended its last attempt, so
+        // it skips the panic guard.
         if let State::Running { .. } = self.state {
             self.end_attempt();
         }
@@ -219,16 +238,21 @@ impl<A: Attempts> PhaseRun<A> {
     /// Drives the run: starts each attempt, waits out its backoff, retries.
     /// Nothing in a run is pinned (an attempt's future is boxed, or pinned
     /// where its [`Attempts`] keep it), so it needs no `Pin` to be polled.
-    pub(crate) fn poll_run(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+    ///
+    /// The run is service number `index` of `round`.
+    pub(crate) fn poll_run(
+        &mut self,
+        round: &Round<'_>,
+        index: usize,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Outcome> {
         let this = self;
+        let phase = round.phase;
         loop {
             match &mut this.state {
                 State::Start => {
                     this.attempts = this.attempts.saturating_add(1);
-                    let deadline = this
-                        .timeout
-                        .map(|limit| Box::pin(tokio::time::sleep(limit)));
-                    this.state = State::Running { deadline };
+                    this.state = State::Running { deadline: None };
                 }
                 State::Backoff(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
@@ -236,9 +260,18 @@ impl<A: Attempts> PhaseRun<A> {
                 }
                 State::Running { deadline } => {
                     let mut deadline = deadline.take();
-                    let result = match this.poll_attempt(cx) {
+                    let result = match this.poll_attempt(index, phase, cx) {
                         Poll::Ready(result) => result,
                         Poll::Pending => {
+                            // The time limit counts from the first poll that
+                            // leaves the attempt pending: most attempts end
+                            // on their first poll, and so never pay for a
+                            // timer (the first poll is synchronous, so the
+                            // limit starts at most one poll late).
+                            if deadline.is_none() {
+                                let (_, timeout) = round.limits(&this.attempt.settings());
+                                deadline = timeout.map(|limit| Box::pin(tokio::time::sleep(limit)));
+                            }
                             let timed_out = deadline
                                 .as_mut()
                                 .is_some_and(|d| d.as_mut().poll(cx).is_ready());
@@ -246,8 +279,8 @@ impl<A: Attempts> PhaseRun<A> {
                                 this.state = State::Running { deadline };
                                 return Poll::Pending;
                             }
-                            let limit = this.timeout.unwrap_or_default();
-                            let phase = this.phase;
+                            let (_, limit) = round.limits(&this.attempt.settings());
+                            let limit = limit.unwrap_or_default();
                             Err(Box::new(TimedOut { phase, limit }) as BoxError)
                         }
                     };
@@ -256,17 +289,19 @@ impl<A: Attempts> PhaseRun<A> {
                     this.state = State::Start;
                     this.end_attempt();
                     let error = match result {
-                        Ok(()) => return this.finish(Ok(())),
+                        Ok(()) => return this.finish(index, phase, Ok(())),
                         Err(error) => error,
                     };
-                    if this.attempts > this.retries.limit || is_permanent(&*error) {
-                        return this.finish(Err(error));
+                    let (retries, _) = round.limits(&this.attempt.settings());
+                    if this.attempts > retries.limit || is_permanent(&*error) {
+                        return this.finish(index, phase, Err(error));
                     }
-                    this.attempt.ended(this.phase, false);
-                    let delay = this.retries.policy.delay(this.attempts, this.seed());
+                    this.attempt.ended(phase, false);
+                    let seed = this.seed(round.transaction_id);
+                    let delay = retries.policy.delay(this.attempts, seed);
                     tracing::warn!(
                         service = this.attempt.name(),
-                        phase = %this.phase,
+                        phase = %phase,
                         attempt = this.attempts,
                         error = %Logged(&*error),
                         retry_in = ?delay,

@@ -12,7 +12,9 @@
 //! writes the transaction log when there is one: the intent before the
 //! first Try ([`Ledger::begin`]), the decision before the first Confirm or
 //! Cancel ([`Ledger::decide`]), each phase's outcome ([`Ledger::record`])
-//! and the end ([`Ledger::finish`]).
+//! and the end ([`Ledger::finish`]). Without a log nothing is awaited
+//! between the rounds, so the Try round and the decision's round run in one
+//! poll loop.
 
 use std::future::poll_fn;
 use std::ops::ControlFlow;
@@ -23,7 +25,7 @@ use std::task::Poll;
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
-use crate::attempt::{Attempts, Logged, Outcome, PhaseRun};
+use crate::attempt::{Attempts, Logged, Outcome, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
     Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
@@ -231,19 +233,23 @@ impl Ledger {
     }
 
     fn set(&mut self, index: usize, phase: Phase, attempts: u32, succeeded: bool) {
-        Arc::make_mut(&mut self.records)[index][phase as usize] = PhaseRecord {
+        // Not `make_mut`: nothing to copy on write, and its check costs more
+        // than the write on a transaction whose phases end at once.
+        let records = Arc::get_mut(&mut self.records)
+            .expect("the ledger holds the records alone until it concludes");
+        records[index][phase as usize] = PhaseRecord {
             attempts,
             succeeded,
         };
     }
 
-    /// Ends the transaction in the log, and returns its report, or its
-    /// error when a phase failed.
+    /// Ends the transaction in the log, when it has one; then
+    /// [`conclude`](Ledger::conclude) reports it.
     ///
     /// Crash just before: the decision, carried out again by recovery
     /// (harmless: phases are idempotent). Just after: done, or a durable
     /// "needs repair" an operator lists and re-drives.
-    async fn finish(mut self) -> Result<Report, Error> {
+    async fn finish(&mut self) {
         if let Some(durable) = &mut self.durable {
             let repair = self
                 .failures
@@ -259,6 +265,10 @@ impl Ledger {
                 ),
             }
         }
+    }
+
+    /// The transaction's report, or its error when a phase failed.
+    fn conclude(mut self) -> Result<Report, Error> {
         let durable = self.durable.take();
         drop(durable);
         let report = Report::new(self.id, self.names, self.records);
@@ -378,22 +388,18 @@ pub(crate) async fn run<M: Members + ?Sized>(
 ) -> Result<Report, Error> {
     validate(options, &names, members)?;
     let span = tracing::debug_span!("tcc_transaction", id = %id);
-    let mut transaction = Transaction::new(id, options, names, members);
-    async move {
-        if let Some(log) = &options.log {
-            transaction.ledger.begin(log, transaction.members).await?;
-        }
-        let decision = if transaction.round(Phase::Try, None).await {
-            tracing::debug!("every try succeeded; confirming");
-            Decision::Confirm
-        } else {
-            tracing::debug!("a try failed; cancelling every started service");
-            Decision::Cancel
-        };
-        transaction.carry_out(decision, None).await
+    let mut transaction = Transaction::new(id, options, names, members, span);
+    if let Some(log) = &options.log {
+        // Boxed: the states of its awaits would make the future of every
+        // transaction, durable or not, larger (an Orchestrator's: 1104
+        // bytes instead of 400), and a durable one writes to its log anyway.
+        return Box::pin(transaction.run_durable(log)).await;
     }
-    .instrument(span)
-    .await
+    // Nothing to write between the rounds: the decision's round begins in
+    // the poll that ends the Try round.
+    transaction.begin_round(Phase::Try, None);
+    poll_fn(|cx| transaction.poll_rounds(cx, true)).await;
+    transaction.conclude()
 }
 
 /// Finishes a transaction the log holds unfinished, under `lease`: its
@@ -416,25 +422,23 @@ pub(crate) async fn resume<M: Members + ?Sized>(
         .map(|p| crate::name::name(&p.name))
         .collect();
     let span = tracing::info_span!("tcc_recovery", id = %id);
-    let mut transaction = Transaction::new(id, options, names.clone(), members);
+    let mut transaction = Transaction::new(id, options, names.clone(), members, span);
     // The ledger holds the lease first, so that a refusal gives it back.
     transaction.ledger.resume(log, lease, record);
     validate(options, &names, transaction.members)?;
-    async move {
-        struct Tried;
-        impl Visit for Tried {
-            fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
-                member.tried = true;
-                ControlFlow::Continue(())
-            }
+    struct Tried;
+    impl Visit for Tried {
+        fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
+            member.tried = true;
+            ControlFlow::Continue(())
         }
-        let _ = transaction.members.each(0, &mut Tried);
-        let decision = record.status.decision().unwrap_or(Decision::Cancel);
-        tracing::info!(?decision, "recovering the transaction");
-        transaction.carry_out(decision, Some(record)).await
     }
-    .instrument(span)
-    .await
+    let _ = transaction.members.each(0, &mut Tried);
+    let decision = record.status.decision().unwrap_or(Decision::Cancel);
+    transaction
+        .span
+        .in_scope(|| tracing::info!(?decision, "recovering the transaction"));
+    transaction.carry_out(decision, Some(record)).await
 }
 
 /// The refusals a transaction can meet before any phase runs: no services,
@@ -484,8 +488,16 @@ struct Transaction<'a, M: ?Sized> {
     options: &'a Options,
     /// Entered while the transaction is polled, so its phases can read it.
     context: Option<Context>,
+    /// Entered while the transaction is polled, for its logs.
+    span: tracing::Span,
     ledger: Ledger,
     members: &'a mut M,
+    /// The phase of the round running.
+    phase: Phase,
+    /// Whether every run of the round so far succeeded.
+    all_succeeded: bool,
+    /// The decision the Try round came to.
+    decision: Decision,
 }
 
 impl<'a, M: Members + ?Sized> Transaction<'a, M> {
@@ -494,86 +506,137 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
         options: &'a Options,
         names: Arc<[Name]>,
         members: &'a mut M,
+        span: tracing::Span,
     ) -> Self {
         Transaction {
             id,
             options,
             context: Some(Context::new(id, names.clone())),
+            span,
             ledger: Ledger::new(id, names),
             members,
+            phase: Phase::Try,
+            all_succeeded: true,
+            decision: Decision::Cancel,
         }
     }
 
+    /// Runs the transaction with its `log`: the intent written before the
+    /// Try round, then [`carry_out`](Transaction::carry_out).
+    async fn run_durable(mut self, log: &Arc<dyn Log>) -> Result<Report, Error> {
+        let span = self.span.clone();
+        self.ledger
+            .begin(log, self.members)
+            .instrument(span)
+            .await?;
+        self.begin_round(Phase::Try, None);
+        poll_fn(|cx| self.poll_rounds(cx, false)).await;
+        let decision = self.decision;
+        self.carry_out(decision, None).await
+    }
+
     /// Makes `decision` durable (the log's, if it already holds one), runs
-    /// its phase on every participant and ends the transaction.
+    /// its phase on every participant and ends the transaction: the steps
+    /// that await the log.
     async fn carry_out(
         mut self,
         decision: Decision,
         resumed: Option<&TransactionRecord>,
     ) -> Result<Report, Error> {
+        let span = self.span.clone();
         let decision = match resumed.and_then(|record| record.status.decision()) {
             // Already durable: nothing to write.
             Some(logged) => logged,
-            None => self.ledger.decide(decision).await?,
+            None => {
+                self.ledger
+                    .decide(decision)
+                    .instrument(span.clone())
+                    .await?
+            }
         };
-        let phase = match decision {
-            Decision::Confirm => Phase::Confirm,
-            Decision::Cancel => Phase::Cancel,
-        };
-        self.round(phase, resumed).await;
-        self.ledger.finish().await
+        self.begin_round(decision.phase(), resumed);
+        poll_fn(|cx| self.poll_rounds(cx, false)).await;
+        self.ledger.finish().instrument(span).await;
+        self.conclude()
     }
 
-    /// Runs `phase` on every member it applies to (Try and Confirm: all;
-    /// Cancel: those whose Try started; after a crash, those not yet done),
-    /// at once. Returns whether every run succeeded.
-    async fn round(&mut self, phase: Phase, resumed: Option<&TransactionRecord>) -> bool {
-        let mut begin = Begin {
-            id: self.id,
-            phase,
-            settings: &self.options.settings,
-            resumed,
-        };
-        let _ = self.members.each(0, &mut begin);
-        let stop_on_failure = phase == Phase::Try && self.options.fail_fast;
-        let mut all_succeeded = true;
-        poll_fn(|cx| {
-            Context::enter(&mut self.context, || {
+    /// The transaction's report, or its error.
+    fn conclude(self) -> Result<Report, Error> {
+        let _entered = self.span.enter();
+        self.ledger.conclude()
+    }
+
+    /// Sets up the round of `phase` on every member it applies to (Try and
+    /// Confirm: all; Cancel: those whose Try started; after a crash, those
+    /// not yet done).
+    fn begin_round(&mut self, phase: Phase, resumed: Option<&TransactionRecord>) {
+        let _ = self.members.each(0, &mut Begin { phase, resumed });
+        self.phase = phase;
+        self.all_succeeded = true;
+    }
+
+    /// Polls the round running, every run at once; when the Try round ends,
+    /// comes to the decision and, with `carry_on`, begins its round at
+    /// once. Ready when a round ends that it does not carry on from.
+    fn poll_rounds(&mut self, cx: &mut std::task::Context<'_>, carry_on: bool) -> Poll<()> {
+        let _entered = self.span.enter();
+        Context::enter(&mut self.context, || {
+            loop {
+                let round = Round {
+                    transaction_id: self.id,
+                    phase: self.phase,
+                    settings: Some(&self.options.settings),
+                };
                 let mut poll = PollRuns {
                     cx,
                     ledger: &mut self.ledger,
-                    phase,
-                    stop_on_failure,
-                    all_succeeded: &mut all_succeeded,
+                    round: &round,
+                    stop_on_failure: self.phase == Phase::Try && self.options.fail_fast,
+                    all_succeeded: &mut self.all_succeeded,
                     pending: false,
                 };
-                match self.members.each(0, &mut poll) {
-                    ControlFlow::Continue(()) if poll.pending => Poll::Pending,
-                    _ => Poll::Ready(()),
+                let walked = self.members.each(0, &mut poll);
+                if walked.is_continue() && poll.pending {
+                    return Poll::Pending;
                 }
-            })
+                if self.phase != Phase::Try {
+                    return Poll::Ready(());
+                }
+                // Tries that fail-fast cut short started, so they will be
+                // cancelled like the rest; they are reported as started but
+                // not succeeded.
+                let mut settle = SettleTries {
+                    ledger: &mut self.ledger,
+                    all_succeeded: &mut self.all_succeeded,
+                };
+                let _ = self.members.each(0, &mut settle);
+                self.decision = if self.all_succeeded {
+                    tracing::debug!("every try succeeded; confirming");
+                    Decision::Confirm
+                } else {
+                    tracing::debug!("a try failed; cancelling every started service");
+                    Decision::Cancel
+                };
+                if !carry_on {
+                    return Poll::Ready(());
+                }
+                // As `begin_round`, on the fields the context leaves free.
+                self.phase = self.decision.phase();
+                self.all_succeeded = true;
+                let begin = &mut Begin {
+                    phase: self.phase,
+                    resumed: None,
+                };
+                let _ = self.members.each(0, begin);
+            }
         })
-        .await;
-        if phase == Phase::Try {
-            // Tries that fail-fast cut short started, so they will be
-            // cancelled like the rest; they are reported as started but not
-            // succeeded.
-            let mut settle = SettleTries {
-                ledger: &mut self.ledger,
-                all_succeeded: &mut all_succeeded,
-            };
-            let _ = self.members.each(0, &mut settle);
-        }
-        all_succeeded
     }
 }
 
 /// Sets each member up to run `phase`; after a crash, from where the log
 /// says it got to.
 struct Begin<'a> {
-    id: TransactionId,
     phase: Phase,
-    settings: &'a Settings,
     resumed: Option<&'a TransactionRecord>,
 }
 
@@ -584,12 +647,9 @@ impl Visit for Begin<'_> {
             .and_then(|record| record.phase_progress(index, self.phase));
         let done = logged.is_some_and(|progress| progress.succeeded);
         member.active = (self.phase != Phase::Cancel || member.tried) && !done;
-        let own = member.run.attempt().settings();
-        let limits = self.settings.resolve(&own, self.phase);
-        let attempts = logged.map_or(0, |progress| progress.attempts);
         member
             .run
-            .restart(index, self.id, self.phase, limits, attempts);
+            .restart(logged.map_or(0, |progress| progress.attempts));
         ControlFlow::Continue(())
     }
 }
@@ -599,7 +659,7 @@ impl Visit for Begin<'_> {
 struct PollRuns<'a, 'b> {
     cx: &'a mut std::task::Context<'b>,
     ledger: &'a mut Ledger,
-    phase: Phase,
+    round: &'a Round<'a>,
     stop_on_failure: bool,
     all_succeeded: &'a mut bool,
     /// Whether a run is still pending.
@@ -607,18 +667,18 @@ struct PollRuns<'a, 'b> {
 }
 
 impl Visit for PollRuns<'_, '_> {
-    fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
+    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()> {
         if !member.active {
             return ControlFlow::Continue(());
         }
-        let Poll::Ready(outcome) = member.run.poll_run(self.cx) else {
+        let Poll::Ready(outcome) = member.run.poll_run(self.round, index, self.cx) else {
             self.pending = true;
             return ControlFlow::Continue(());
         };
         member.active = false;
         let failed = outcome.result.is_err();
         *self.all_succeeded &= !failed;
-        self.ledger.record(self.phase, outcome);
+        self.ledger.record(self.round.phase, outcome);
         if failed && self.stop_on_failure {
             ControlFlow::Break(())
         } else {

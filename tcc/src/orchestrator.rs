@@ -116,6 +116,9 @@ impl Orchestrator {
 
     /// How long each Try may run: one still running then is dropped and
     /// counts as failed. No limit by default.
+    ///
+    /// Time limits count from the end of an attempt's first poll, which
+    /// runs at once: an attempt that ends on that poll never sets a timer.
     #[must_use]
     pub fn try_timeout(mut self, timeout: Duration) -> Self {
         self.options.settings.try_timeout = Some(timeout);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::TryFutureExt;
 use futures_util::future::BoxFuture;
 
-use crate::attempt::{Attempts, PhaseRun, Retries};
+use crate::attempt::{Attempts, PhaseRun, Round};
 use crate::context::Context;
 use crate::error::{BoxError, Failure};
 use crate::id::TransactionId;
@@ -328,8 +328,13 @@ impl Service {
         let id = TransactionId::generate();
         let mut context = Some(Context::new(id, Arc::from([self.shared.name.clone()])));
         let mut run = PhaseRun::new(ServiceAttempts::new(self));
-        run.restart(0, id, phase, (Retries::NONE, None), 0);
-        let outcome = poll_fn(|cx| Context::enter(&mut context, || run.poll_run(cx))).await;
+        let round = Round {
+            transaction_id: id,
+            phase,
+            settings: None,
+        };
+        let outcome =
+            poll_fn(|cx| Context::enter(&mut context, || run.poll_run(&round, 0, cx))).await;
         outcome
             .result
             .map_err(|cause| Failure::new(self.shared.name.clone(), phase, 1, cause))

@@ -122,6 +122,16 @@ pub enum Decision {
     Cancel,
 }
 
+impl Decision {
+    /// The phase that carries the decision out.
+    pub(crate) fn phase(self) -> crate::Phase {
+        match self {
+            Decision::Confirm => crate::Phase::Confirm,
+            Decision::Cancel => crate::Phase::Cancel,
+        }
+    }
+}
+
 /// Where a transaction stands in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
