@@ -531,3 +531,16 @@ async fn names_of_one_length_that_end_alike_are_told_apart() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_of_none_sets_no_limit() {
+    let (flight, probe) = scripted("flight", Step::Ok, Step::Sleep(3600 * SECOND), Step::Ok);
+    let start = Instant::now();
+    Orchestrator::new([flight.attempt_timeout(5 * SECOND)])
+        .attempt_timeout(None)
+        .orchestrate()
+        .await
+        .expect("an hour-long confirm is waited for");
+    assert_eq!(start.elapsed(), 3600 * SECOND);
+    assert_eq!(probe.calls(Phase::Confirm), 1);
+}

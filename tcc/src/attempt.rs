@@ -21,23 +21,8 @@ use crate::error::{BoxError, Panicked, Permanent, TimedOut};
 use crate::id::TransactionId;
 use crate::phase::Phase;
 use crate::recoverable::Saved;
-use crate::retry::{RetryPolicy, mix, name_hash};
-use crate::settings::Settings;
-
-/// How one service's phase is retried in one orchestration; Try has a limit
-/// of 0.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Retries {
-    pub(crate) policy: RetryPolicy,
-    pub(crate) limit: u32,
-}
-
-impl Retries {
-    pub(crate) const NONE: Retries = Retries {
-        policy: RetryPolicy::immediate(0),
-        limit: 0,
-    };
-}
+use crate::retry::{mix, name_hash};
+use crate::settings::{Retries, Settings};
 
 /// How a phase of one service ended: its index in the orchestration, the
 /// attempts made, and the last attempt's result.

@@ -128,10 +128,15 @@ impl Orchestrator {
     /// How long each Confirm or Cancel attempt may run: one still running
     /// then is dropped, counts as failed and is retried under the retry
     /// policy. 30 seconds ([`DEFAULT_ATTEMPT_TIMEOUT`](crate::DEFAULT_ATTEMPT_TIMEOUT))
-    /// unless set here or on the service.
+    /// unless set here or on the service; `None` sets no limit.
+    ///
+    /// Under tokio's paused clock (`start_paused` tests), a runtime that has
+    /// nothing to do but wait on real I/O jumps to its next timer: a phase
+    /// waiting on a real database then times out at once. Such tests run on
+    /// the real clock, or set `attempt_timeout(None)`.
     #[must_use]
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.options.settings.attempt_timeout = Some(timeout);
+    pub fn attempt_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.options.settings.attempt_timeout = Some(timeout.into());
         self
     }
 

@@ -273,10 +273,11 @@ impl Service {
     /// Sets how long each of this service's Confirm and Cancel attempts may
     /// run before it is dropped, counted as failed and retried; 30 seconds
     /// ([`DEFAULT_ATTEMPT_TIMEOUT`](crate::DEFAULT_ATTEMPT_TIMEOUT)) unless
-    /// set. The orchestrator's own limit, when set, wins.
+    /// set; `None` sets no limit. The orchestrator's own limit, when set,
+    /// wins.
     #[must_use]
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.settings_mut().attempt_timeout = Some(timeout);
+    pub fn attempt_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.settings_mut().attempt_timeout = Some(timeout.into());
         self
     }
 

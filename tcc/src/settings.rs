@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::attempt::Retries;
 use crate::phase::Phase;
 use crate::retry::RetryPolicy;
 
@@ -11,6 +10,21 @@ use crate::retry::RetryPolicy;
 /// that hangs is then dropped, counted as failed and retried, so a hung
 /// participant cannot hold its transaction forever.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How one service's phase is retried in one orchestration; Try has a limit
+/// of 0.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retries {
+    pub(crate) policy: RetryPolicy,
+    pub(crate) limit: u32,
+}
+
+impl Retries {
+    pub(crate) const NONE: Retries = Retries {
+        policy: RetryPolicy::immediate(0),
+        limit: 0,
+    };
+}
 
 /// Settings of an orchestration, or of one service; the orchestration's own
 /// settings win over a service's. Not public API: reachable only through
@@ -20,7 +34,8 @@ pub struct Settings {
     pub(crate) max_retries: Option<u32>,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) try_timeout: Option<Duration>,
-    pub(crate) attempt_timeout: Option<Duration>,
+    /// Unset, or set: to a limit, or to none.
+    pub(crate) attempt_timeout: Option<Option<Duration>>,
 }
 
 impl Settings {
@@ -53,7 +68,7 @@ impl Settings {
         let timeout = self
             .attempt_timeout
             .or(own.attempt_timeout)
-            .unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
-        (Retries { policy, limit }, Some(timeout))
+            .unwrap_or(Some(DEFAULT_ATTEMPT_TIMEOUT));
+        (Retries { policy, limit }, timeout)
     }
 }

@@ -184,8 +184,8 @@ impl TransactionLog {
     }
 
     /// The time limit of each Confirm or Cancel attempt recovery runs.
-    pub fn attempt_timeout(&self, timeout: Duration) -> &Self {
-        self.options().settings.attempt_timeout = Some(timeout);
+    pub fn attempt_timeout(&self, timeout: impl Into<Option<Duration>>) -> &Self {
+        self.options().settings.attempt_timeout = Some(timeout.into());
         self
     }
 

@@ -367,8 +367,8 @@ impl Plan {
 
     /// As [`Orchestrator::attempt_timeout`](crate::Orchestrator::attempt_timeout).
     #[must_use]
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.options.settings.attempt_timeout = Some(timeout);
+    pub fn attempt_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.options.settings.attempt_timeout = Some(timeout.into());
         self
     }
 
