@@ -813,3 +813,73 @@ fn random_transactions_with_a_fault_at_a_random_write_are_recovered() {
         })
         .unwrap();
 }
+
+/// The first report: a caller timed out, the runtime shut down in
+/// the middle of a transaction, and a unit stayed held with no error and no
+/// log line. Durable, the transaction is found and finished by recovery.
+#[test]
+fn a_runtime_shut_down_mid_transaction_leaves_it_to_recovery() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let id = TransactionId::generate();
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let log = coordinator(durable.clone(), &bank);
+        let bank = bank.clone();
+        runtime.block_on(async move {
+            // The payer holds; the payee's Try never ends.
+            let orchestrator = Orchestrator::new([
+                Service::recoverable(Account {
+                    bank: bank.clone(),
+                    account: "payer".into(),
+                    fail_try: false,
+                }),
+                Service::recoverable(Hang {
+                    account: "payee".into(),
+                }),
+            ])
+            .log(&log);
+            let transfer = orchestrator.orchestrate_as(id);
+            // The caller gives up after a second; the transaction moves to
+            // a task of its own, which the runtime's shutdown then drops.
+            let _ = tokio::time::timeout(Duration::from_secs(1), transfer).await;
+        });
+        // `runtime` drops here, and the transaction's task with it.
+    }
+    assert!(bank.of(id).iter().all(|(_, b)| b.held), "the payer held");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let log = coordinator(durable.clone(), &bank);
+        log.register::<Hang>();
+        assert_eq!(log.recover().await.unwrap().finished, 1);
+        assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
+    });
+}
+
+/// A participant whose Try never ends, and whose Cancel does nothing.
+#[derive(Recoverable)]
+struct Hang {
+    account: String,
+}
+
+impl TccService for Hang {
+    fn service_name(&self) -> &str {
+        &self.account
+    }
+    async fn try_phase(&self) -> Result<(), BoxError> {
+        std::future::pending().await
+    }
+    async fn confirm(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn cancel(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
