@@ -153,25 +153,6 @@ async fn engine_recovery(dir: &Path, count: usize) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-/// (5) durable transactions/s with `CALLERS` concurrent callers.
-async fn engine_concurrent(log: TransactionLog, run_for: Duration) -> f64 {
-    let start = Instant::now();
-    let mut callers = JoinSet::new();
-    for _ in 0..CALLERS {
-        let log = log.clone();
-        callers.spawn(async move {
-            let mut count = 0u64;
-            while start.elapsed() < run_for {
-                durable_transaction(&log).await;
-                count += 1;
-            }
-            count
-        });
-    }
-    let total: u64 = join(callers).await.into_iter().sum();
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
 fn done() -> PhaseProgress {
     PhaseProgress {
         attempts: 1,
@@ -235,18 +216,24 @@ fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-/// (1) transactions/s with `CALLERS` concurrent callers, and the CPU time
-/// the process spent per transaction.
-async fn concurrent(log: Arc<RedbLog>, run_for: Duration) -> (f64, Duration) {
+/// (1, 5) transactions/s of `CALLERS` concurrent callers, each looping
+/// over `transaction` on its own clone of `target`, and the CPU time the
+/// process spent per transaction.
+async fn concurrent<T, F, Fut>(target: T, run_for: Duration, transaction: F) -> (f64, Duration)
+where
+    T: Clone + Send + 'static,
+    F: Fn(T) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future + Send,
+{
     let cpu = cpu_time();
     let start = Instant::now();
     let mut callers = JoinSet::new();
     for _ in 0..CALLERS {
-        let log = log.clone();
+        let target = target.clone();
         callers.spawn(async move {
             let mut count = 0u64;
             while start.elapsed() < run_for {
-                transaction(&log).await;
+                transaction(target.clone()).await;
                 count += 1;
             }
             count
@@ -431,7 +418,11 @@ fn main() {
             }
             let path = dir.path().join(format!("concurrent-{round}.redb"));
             let log = Arc::new(options.open(path).unwrap());
-            let (throughput, cpu) = concurrent(log.clone(), sizes.concurrent_for / 2).await;
+            let (throughput, cpu) =
+                concurrent(log.clone(), sizes.concurrent_for / 2, |log| async move {
+                    transaction(&log).await;
+                })
+                .await;
             (throughput, log.stats(), cpu)
         });
         runs.push((gather.is_none(), result));
@@ -441,7 +432,10 @@ fn main() {
             let engine = runtime.block_on(async {
                 let path = dir.path().join(format!("engine-concurrent-{round}.redb"));
                 let log = TransactionLog::open(path).unwrap();
-                engine_concurrent(log, sizes.concurrent_for / 2).await
+                let run = concurrent(log, sizes.concurrent_for / 2, |log| async move {
+                    durable_transaction(&log).await;
+                });
+                run.await.0
             });
             engine_runs.push(engine);
         }
