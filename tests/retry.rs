@@ -378,3 +378,26 @@ async fn one_service_retries_at_different_instants_in_each_transaction() {
     let first: HashSet<Duration> = seen.iter().map(|waits| waits[0]).collect();
     assert_eq!(first.len(), 6, "transactions retry in lockstep: {seen:?}");
 }
+
+/// Two coordinator processes number their transactions alike (the low 64
+/// bits count) and differ in the process's random prefix (the high 64): the
+/// same service in their first transactions must not retry in lockstep.
+#[tokio::test(start_paused = true)]
+async fn transactions_of_different_processes_retry_at_different_instants() {
+    let (service, instants) = stamped("ledger");
+    let mut seen = Vec::new();
+    for process in 1..=6_u128 {
+        instants.lock().unwrap().clear();
+        let id = tcc::TransactionId::from_u128(process << 64);
+        Orchestrator::new([service.clone()])
+            .retry(jittered(2))
+            .orchestrate_as(id)
+            .await
+            .unwrap_err();
+        let waits = gaps(&instants);
+        assert_in_band(&waits);
+        seen.push(waits[0]);
+    }
+    let first: HashSet<Duration> = seen.iter().copied().collect();
+    assert_eq!(first.len(), 6, "processes retry in lockstep: {seen:?}");
+}
