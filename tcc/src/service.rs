@@ -74,21 +74,17 @@ impl<S: TccService> Phases for TypedPhases<S> {
     }
 }
 
-/// A [`Recoverable`] service's phases: those of [`TypedPhases`], and its
+/// A [`Recoverable`] service's phases: its [`TypedPhases`], and its
 /// data for the log.
-struct RecoverablePhases<S>(S);
+struct RecoverablePhases<S>(TypedPhases<S>);
 
 impl<S: Recoverable> Phases for RecoverablePhases<S> {
     fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>> {
-        match phase {
-            Phase::Try => Box::pin(self.0.try_phase()),
-            Phase::Confirm => Box::pin(self.0.confirm()),
-            Phase::Cancel => Box::pin(self.0.cancel()),
-        }
+        self.0.run(phase)
     }
 
     fn save(&self) -> Option<Saved> {
-        Some((S::KIND, self.0.save()))
+        Some((S::KIND, self.0.0.save()))
     }
 }
 
@@ -212,7 +208,7 @@ impl Service {
             max_retries: service.max_retries(),
             ..Settings::DEFAULT
         };
-        Service::from_phases(name, RecoverablePhases(service), settings)
+        Service::from_phases(name, RecoverablePhases(TypedPhases(service)), settings)
     }
 
     /// The kind and data of a recoverable service, for the log.
