@@ -36,7 +36,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tcc::durable::{Decision, RedbLog, Status};
-use tcc::{BoxError, Orchestrator, Recoverable, Service, TccService, TransactionId, TransactionLog};
+use tcc::{
+    BoxError, Orchestrator, Recoverable, Service, TccService, TransactionId, TransactionLog,
+};
 
 /// Above any number of transactions a test makes: no outcome is pruned.
 const RETENTION: u64 = 10_000_000;

@@ -49,7 +49,9 @@ impl Disk {
                 panic!("{REQUIRE} is set, but no power cut can be simulated here: {why}")
             }
             Err(why) => {
-                eprintln!("power-cut test skipped: {why} (it needs root, a loop device, mkfs.ext4 and xfs_io)");
+                eprintln!(
+                    "power-cut test skipped: {why} (it needs root, a loop device, mkfs.ext4 and xfs_io)"
+                );
                 None
             }
         }
@@ -160,7 +162,10 @@ fn stopped(pid: u32) -> bool {
         };
         // "TID (comm) STATE ...": comm may hold spaces and parentheses.
         let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-        matches!(state.and_then(|s| s.chars().next()), Some('T' | 't' | 'X' | 'Z'))
+        matches!(
+            state.and_then(|s| s.chars().next()),
+            Some('T' | 't' | 'X' | 'Z')
+        )
     })
 }
 
