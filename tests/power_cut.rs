@@ -7,7 +7,9 @@
 //! (`b ID`) and its outcome after (`c ID` confirmed, `x ID` cancelled after
 //! a failed Try, `e ID KIND` any other error). After 2-5 s the power is cut
 //! under it, it is killed, and the disk mounted again; the next child
-//! recovers what the last one left, then loads the log again. After the last
+//! loads the log again, taking what the last one left in turn: recovered
+//! before the load, left alone (so unfinished records pile up under the new
+//! load), or recovered by `spawn_recovery` during it. After the last
 //! cut this test opens the log itself, recovers, and reads every id:
 //!
 //! 1. every `c ID` is `Done(Confirm)`, every `x ID` is `Done(Cancel)`:
@@ -22,7 +24,7 @@
 //! `TCC_REQUIRE_POWER_CUT` is set (`.ci/run` sets it).
 //!
 //! It is a plain `main` (`harness = false`): the same binary, given
-//! `child DIR`, is the child.
+//! `child DIR RECOVERY`, is the child.
 
 #[path = "common/power.rs"]
 mod power;
@@ -52,10 +54,10 @@ fn main() -> ExitCode {
         println!("power_cut: test");
         return ExitCode::SUCCESS;
     }
-    if let [command, dir] = &args[..]
+    if let [command, dir, recovery] = &args[..]
         && command == "child"
     {
-        child(Path::new(dir));
+        child(Path::new(dir), recovery);
         return ExitCode::SUCCESS;
     }
     // A name filter given to `cargo test` that is not this test's.
@@ -113,22 +115,31 @@ fn open_log(path: &Path) -> TransactionLog {
     log
 }
 
-/// The child: recovers what the last one left, then loads the log until it
-/// is killed.
-fn child(dir: &Path) {
+/// How a child takes what the last one left.
+const RECOVERY: [&str; 3] = ["before", "none", "during"];
+
+/// The child: takes what the last one left as `recovery` says (one of
+/// [`RECOVERY`]), and loads the log until it is killed.
+fn child(dir: &Path, recovery: &str) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
         let log = open_log(&dir.join("tcc.redb"));
-        let summary = log.recover().await.expect("recovery after a power cut");
-        assert!(summary.left.is_empty(), "left: {:?}", summary.left);
+        match recovery {
+            "before" => {
+                let summary = log.recover().await.expect("recovery after a power cut");
+                assert!(summary.left.is_empty(), "left: {:?}", summary.left);
+            }
+            "during" => drop(log.spawn_recovery(Duration::from_millis(500))),
+            _ => {}
+        }
         println!("ready");
-        let mut callers = Vec::new();
+        let mut callers = tokio::task::JoinSet::new();
         for caller in 0..CALLERS {
             let log = log.clone();
-            callers.push(tokio::spawn(async move {
+            callers.spawn(async move {
                 let seed = u64::from(std::process::id()) << 32 | u64::try_from(caller).unwrap();
                 let mut random = Random(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
                 loop {
@@ -149,10 +160,12 @@ fn child(dir: &Path) {
                         Err(e) => println!("e {id} {:?}", e.kind()),
                     }
                 }
-            }));
+            });
         }
-        for caller in callers {
-            caller.await.expect("a caller does not panic");
+        // The callers loop until the child is killed: one ends only by
+        // panicking, which ends the child with its message.
+        if let Some(Err(ended)) = callers.join_next().await {
+            std::panic::resume_unwind(ended.into_panic());
         }
     });
 }
@@ -178,6 +191,7 @@ fn acknowledged_outcomes_survive_power_cuts() {
         let mut child = Command::new(std::env::current_exe().expect("this binary"))
             .arg("child")
             .arg(disk.path())
+            .arg(RECOVERY[cut % RECOVERY.len()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
