@@ -12,6 +12,13 @@
 //! blames the program for the simulation's own race. Frozen, every
 //! fdatasync that returned did so before the cut began, and none is running
 //! during it.
+//!
+//! `tests/probes/fdatasync_race.py` shows the race with no database: a child
+//! writes numbered records with `pwrite` + `fdatasync` and prints each once
+//! the sync returned; the parent cuts, kills, remounts and reads them back.
+//! Measured 2026-12-07 (`python3 tests/probes/fdatasync_race.py nofreeze 40`,
+//! then `freeze 40`, as root): unfrozen, 2 acknowledged records lost in 80
+//! cuts, each the last one acknowledged before the cut; frozen, none in 40.
 
 #![allow(dead_code)]
 
