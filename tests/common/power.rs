@@ -18,7 +18,7 @@
 //! the sync returned; the parent cuts, kills, remounts and reads them back.
 //! Measured 2026-12-07 (`python3 tests/probes/fdatasync_race.py nofreeze 40`,
 //! then `freeze 40`, as root): unfrozen, 2 acknowledged records lost in 80
-//! cuts, each the last one acknowledged before the cut; frozen, none in 40.
+//! cuts; frozen, none in 40.
 
 #![allow(dead_code)]
 
