@@ -14,10 +14,14 @@
 //!    unfinished.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcc::durable::{Decision, Fault, FaultyLog, Log, MemoryLog, Status};
+use tcc::durable::{
+    Decision, End, Fault, FaultyLog, Intent, Lease, Log, LogFuture, MemoryLog, PhaseProgress,
+    Status, TransactionRecord,
+};
 use tcc::{
     BoxError, ErrorKind, Orchestrator, Phase, Recoverable, Resources, Service, TccService,
     TransactionId, TransactionLog, tcc,
@@ -881,5 +885,151 @@ impl TccService for Hang {
     }
     async fn cancel(&self) -> Result<(), BoxError> {
         Ok(())
+    }
+}
+
+/// A store whose claims can be made to wait, as a file store's wait for its
+/// writer: once `stall_after` claims were made, a claim never returns (and
+/// claims nothing).
+struct StalledClaims {
+    inner: Arc<MemoryLog>,
+    claims: AtomicU32,
+    stall_after: AtomicU32,
+}
+
+impl StalledClaims {
+    fn new(inner: Arc<MemoryLog>, stall_after: u32) -> Arc<Self> {
+        Arc::new(StalledClaims {
+            inner,
+            claims: AtomicU32::new(0),
+            stall_after: AtomicU32::new(stall_after),
+        })
+    }
+
+    /// Claims return again.
+    fn unstall(&self) {
+        self.stall_after.store(u32::MAX, Ordering::SeqCst);
+    }
+}
+
+impl Log for StalledClaims {
+    fn begin(&self, intent: &Intent) -> LogFuture<'_, Lease> {
+        self.inner.begin(intent)
+    }
+    fn decide(&self, lease: &Lease, decision: Decision) -> LogFuture<'_, Decision> {
+        self.inner.decide(lease, decision)
+    }
+    fn note(&self, lease: &Lease, participant: u32, phase: Phase, progress: PhaseProgress) {
+        self.inner.note(lease, participant, phase, progress)
+    }
+    fn finish(&self, lease: &Lease, end: End) -> LogFuture<'_, ()> {
+        self.inner.finish(lease, end)
+    }
+    fn claim_unfinished(&self, limit: usize) -> LogFuture<'_, Vec<(Lease, TransactionRecord)>> {
+        let made = self.claims.fetch_add(1, Ordering::SeqCst);
+        let stall = made >= self.stall_after.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if stall {
+                std::future::pending::<()>().await;
+            }
+            self.inner.claim_unfinished(limit).await
+        })
+    }
+    fn release(&self, lease: &Lease) {
+        self.inner.release(lease)
+    }
+    fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>> {
+        self.inner.get(id)
+    }
+    fn needs_repair(&self, limit: usize) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.inner.needs_repair(limit)
+    }
+    fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>> {
+        self.inner.reopen(id)
+    }
+    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.inner.resolve(id)
+    }
+    fn unfinished_count(&self) -> LogFuture<'_, u64> {
+        self.inner.unfinished_count()
+    }
+}
+
+/// Leaves `count` undecided transactions in `durable`, as crashes between
+/// the Tries and the decision do.
+async fn undecided(durable: &Arc<MemoryLog>, bank: &Arc<Bank>, count: usize) -> Vec<TransactionId> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(4, Fault::Crash));
+        let log = coordinator(faulty, bank);
+        let (id, _) = transfer(Front::Orchestrator, &log, bank, false)
+            .await
+            .unwrap_err();
+        ids.push(id.unwrap());
+    }
+    ids
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_recovery_pass_strands_its_claims() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let ids = undecided(&durable, &bank, 3).await;
+    // The first claim takes all three; the pass then waits on the next
+    // claim, and is dropped there, its three transactions not yet run.
+    let store = StalledClaims::new(durable.clone(), 1);
+    let log = coordinator(store.clone(), &bank);
+    let dropped = tokio::time::timeout(Duration::from_secs(1), log.recover()).await;
+    assert!(dropped.is_err(), "the pass waits on its second claim");
+    assert_eq!(store.claims.load(Ordering::SeqCst), 2);
+    // A later pass of the same process finishes them: the dropped pass
+    // gave its claims back.
+    store.unstall();
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, 3, "{summary:?}");
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    for id in ids {
+        assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn aborting_spawn_recovery_strands_its_claims() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let ids = undecided(&durable, &bank, 3).await;
+    let store = StalledClaims::new(durable.clone(), 1);
+    let log = coordinator(store.clone(), &bank);
+    let task = log.spawn_recovery(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.claims.load(Ordering::SeqCst), 2, "the pass waits");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    store.unstall();
+    assert_eq!(log.recover().await.unwrap().finished, 3);
+    for id in ids {
+        assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_recovery_pass_strands_the_transactions_it_parked() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let ids = undecided(&durable, &bank, 2).await;
+    // A process that cannot rebuild accounts yet parks them.
+    let store = StalledClaims::new(durable.clone(), 2);
+    let log = TransactionLog::from_store(store.clone());
+    log.retry(tcc::RetryPolicy::immediate(2));
+    assert_eq!(log.recover().await.unwrap().left.len(), 2);
+    // Once it can, a pass takes the parked ones up and is dropped before
+    // it runs them.
+    log.provide(bank.clone()).register::<Account>();
+    let dropped = tokio::time::timeout(Duration::from_secs(1), log.recover()).await;
+    assert!(dropped.is_err());
+    store.unstall();
+    assert_eq!(log.recover().await.unwrap().finished, 2);
+    for id in ids {
+        assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
     }
 }

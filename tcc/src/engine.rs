@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::attempt::{Attempts, Logged, Outcome, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
-    Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
+    Decision, End, Intent, LeaseGuard, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
 };
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
@@ -49,24 +49,10 @@ pub(crate) struct Ledger {
     /// until the report takes it, so it is changed in place.
     records: Arc<[[PhaseRecord; 3]]>,
     failures: Vec<(usize, Failure)>,
-    durable: Option<Durable>,
-}
-
-/// A transaction's log and its lease on its record.
-struct Durable {
-    log: Arc<dyn Log>,
-    lease: Lease,
-    /// Whether the record was finished; a ledger dropped before (a runtime
-    /// shutting down) gives its lease back, so recovery takes it over.
-    finished: bool,
-}
-
-impl Drop for Durable {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.log.release(&self.lease);
-        }
-    }
+    /// With a log, the lease on the transaction's record; a ledger dropped
+    /// before the record is finished (a runtime shutting down) gives it
+    /// back, so recovery takes the transaction over.
+    durable: Option<LeaseGuard>,
 }
 
 impl Ledger {
@@ -147,17 +133,13 @@ impl Ledger {
             );
             Error::refused(ErrorKind::LogFailed, None, detail)
         })?;
-        self.durable = Some(Durable {
-            log: log.clone(),
-            lease,
-            finished: false,
-        });
+        self.durable = Some(LeaseGuard::new(log.clone(), lease));
         Ok(())
     }
 
     /// Takes over a transaction the log holds unfinished: its lease, and
     /// the records of what was done before.
-    fn resume(&mut self, log: &Arc<dyn Log>, lease: Lease, record: &TransactionRecord) {
+    fn resume(&mut self, lease: LeaseGuard, record: &TransactionRecord) {
         let records = Arc::make_mut(&mut self.records);
         for (mine, logged) in records.iter_mut().zip(&record.progress) {
             for (phase, progress) in mine.iter_mut().zip(logged) {
@@ -167,11 +149,7 @@ impl Ledger {
                 };
             }
         }
-        self.durable = Some(Durable {
-            log: log.clone(),
-            lease,
-            finished: false,
-        });
+        self.durable = Some(lease);
     }
 
     /// Makes the decision durable before any Confirm or Cancel runs, and
@@ -185,7 +163,7 @@ impl Ledger {
         let Some(durable) = &mut self.durable else {
             return Ok(decision);
         };
-        match durable.log.decide(&durable.lease, decision).await {
+        match durable.log().decide(durable.lease(), decision).await {
             Ok(in_force) => Ok(in_force),
             Err(error) => {
                 // Left to recovery: the lease goes back (on drop).
@@ -215,8 +193,8 @@ impl Ledger {
                 last_error: result.as_ref().err().map(|e| Logged(&**e).to_string()),
             };
             durable
-                .log
-                .note(&durable.lease, index as u32, phase, progress);
+                .log()
+                .note(durable.lease(), index as u32, phase, progress);
         }
         if let Err(cause) = result {
             let name = self.names[index].clone();
@@ -256,8 +234,8 @@ impl Ledger {
                 .iter()
                 .any(|(_, failure)| failure.phase() != Phase::Try);
             let end = if repair { End::NeedsRepair } else { End::Done };
-            match durable.log.finish(&durable.lease, end).await {
-                Ok(()) => durable.finished = true,
+            match durable.log().finish(durable.lease(), end).await {
+                Ok(()) => durable.ended(),
                 // The lease goes back (on drop), so recovery ends it.
                 Err(error) => tracing::warn!(
                     %error,
@@ -409,8 +387,7 @@ pub(crate) async fn run<M: Members + ?Sized>(
 /// attempts the log counted.
 pub(crate) async fn resume<M: Members + ?Sized>(
     options: &Options,
-    log: &Arc<dyn Log>,
-    lease: Lease,
+    lease: LeaseGuard,
     record: &TransactionRecord,
     members: &mut M,
 ) -> Result<Report, Error> {
@@ -424,7 +401,7 @@ pub(crate) async fn resume<M: Members + ?Sized>(
     let span = tracing::info_span!("tcc_recovery", id = %id);
     let mut transaction = Transaction::new(id, options, names.clone(), members, span);
     // The ledger holds the lease first, so that a refusal gives it back.
-    transaction.ledger.resume(log, lease, record);
+    transaction.ledger.resume(lease, record);
     validate(options, &names, transaction.members)?;
     struct Tried;
     impl Visit for Tried {

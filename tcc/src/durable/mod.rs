@@ -71,6 +71,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::{Phase, TransactionId};
@@ -205,6 +206,59 @@ pub struct Lease {
     pub id: TransactionId,
     /// The record's epoch when the lease was taken.
     pub epoch: u64,
+}
+
+/// A lease this process holds, given back to its log ([`Log::release`]) when
+/// dropped before [`ended`](LeaseGuard::ended) is called: a transaction whose
+/// driver went away (a recovery pass dropped half-way, an aborted task, a
+/// runtime shutting down) is then claimed again by the next recovery pass
+/// of this process, rather than held by nobody until it restarts.
+pub(crate) struct LeaseGuard {
+    log: Arc<dyn Log>,
+    lease: Lease,
+    ended: bool,
+}
+
+impl LeaseGuard {
+    /// Holds `lease`, taken from `log`.
+    pub(crate) fn new(log: Arc<dyn Log>, lease: Lease) -> Self {
+        LeaseGuard {
+            log,
+            lease,
+            ended: false,
+        }
+    }
+
+    pub(crate) fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    pub(crate) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The log ended the lease ([`Log::finish`] succeeded): nothing to give
+    /// back.
+    pub(crate) fn ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.log.release(&self.lease);
+        }
+    }
+}
+
+impl fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseGuard")
+            .field("lease", &self.lease)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a transaction ends, for [`Log::finish`].
