@@ -561,7 +561,8 @@ async fn a_caller_learns_its_id_first_and_a_reused_id_is_refused() {
     .orchestrate_as(id)
     .await
     .unwrap_err();
-    assert_eq!(again.kind(), ErrorKind::LogFailed);
+    assert_eq!(again.kind(), ErrorKind::DuplicateId);
+    assert!(again.to_string().contains(&id.to_string()), "{again}");
     assert!(
         log.status(TransactionId::generate())
             .await
@@ -1032,4 +1033,45 @@ async fn dropping_a_recovery_pass_strands_the_transactions_it_parked() {
     for id in ids {
         assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_decision_write_loses_the_try_failures() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    // Write 4 is the decision (to cancel: the payee's Try fails).
+    let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(4, Fault::Fail));
+    let log = coordinator(faulty, &bank);
+    let id = TransactionId::generate();
+    let error = Orchestrator::new([
+        Service::recoverable(Account {
+            bank: bank.clone(),
+            account: "payer".into(),
+            fail_try: false,
+        }),
+        Service::recoverable(Account {
+            bank: bank.clone(),
+            account: "payee".into(),
+            fail_try: true,
+        }),
+    ])
+    .log(&log)
+    .orchestrate_as(id)
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::LogFailed);
+    let failures = error.failures();
+    assert_eq!(failures.len(), 1, "{error}");
+    assert_eq!(failures[0].service_name(), "payee");
+    assert_eq!(failures[0].phase(), Phase::Try);
+    assert_eq!(failures[0].cause().to_string(), "insufficient funds");
+    assert_eq!(error.service_name(), "payee");
+    let report = error.report().expect("the Try round ran");
+    assert_eq!(report.transaction_id(), id);
+    assert!(report.service("payer").unwrap().succeeded(Phase::Try));
+    assert!(!report.service("payee").unwrap().succeeded(Phase::Try));
+    let text = error.to_string();
+    assert!(text.contains("decision (Cancel)"), "{text}");
+    assert!(text.contains("insufficient funds"), "{text}");
+    assert!(!error.needs_repair());
 }

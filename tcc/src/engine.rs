@@ -28,7 +28,8 @@ use tracing::Instrument;
 use crate::attempt::{Attempts, Logged, Outcome, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
-    Decision, End, Intent, LeaseGuard, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
+    Decision, End, Intent, LeaseGuard, Log, LogErrorKind, ParticipantEntry, PhaseProgress,
+    TransactionRecord,
 };
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
@@ -127,6 +128,13 @@ impl Ledger {
             participants: save.participants,
         };
         let lease = log.begin(&intent).await.map_err(|error| {
+            if error.kind() == LogErrorKind::Duplicate {
+                let detail = format!(
+                    "orchestration refused: transaction id {} is already in the transaction log; every transaction needs an id of its own",
+                    self.id
+                );
+                return Error::refused(ErrorKind::DuplicateId, None, detail);
+            }
             let detail = format!(
                 "orchestration refused: the transaction log could not write the intent of transaction {}: {error}",
                 self.id
@@ -166,12 +174,20 @@ impl Ledger {
         match durable.log().decide(durable.lease(), decision).await {
             Ok(in_force) => Ok(in_force),
             Err(error) => {
-                // Left to recovery: the lease goes back (on drop).
+                // Left to recovery: the lease goes back (on drop). The Try
+                // round ran, so the error keeps its failures and report.
                 let detail = format!(
                     "transaction {} was interrupted: its decision ({decision:?}) could not be written to the transaction log ({error}); recovery finishes it, cancelling it unless the decision reached the log",
                     self.id
                 );
-                Err(Error::refused(ErrorKind::LogFailed, None, detail))
+                let report = Report::new(self.id, self.names.clone(), self.records.clone());
+                let failures = sorted(std::mem::take(&mut self.failures));
+                Err(Error::interrupted(
+                    ErrorKind::LogFailed,
+                    detail,
+                    failures,
+                    report,
+                ))
             }
         }
     }
@@ -250,17 +266,22 @@ impl Ledger {
         let durable = self.durable.take();
         drop(durable);
         let report = Report::new(self.id, self.names, self.records);
-        let mut failures = self.failures;
-        if failures.is_empty() {
+        if self.failures.is_empty() {
             return Ok(report);
         }
-        failures.sort_by_key(|(index, failure)| (failure.phase().severity(), *index));
-        let error = Error::failed(failures.into_iter().map(|(_, f)| f).collect(), report);
+        let error = Error::failed(sorted(self.failures), report);
         if error.needs_repair() {
             tracing::error!(error = %Logged(&error), "transaction needs manual repair");
         }
         Err(error)
     }
+}
+
+/// A ledger's failures in the order an [`Error`] keeps them: by phase, then
+/// in the order the services were given.
+fn sorted(mut failures: Vec<(usize, Failure)>) -> Vec<Failure> {
+    failures.sort_by_key(|(index, failure)| (failure.phase().severity(), *index));
+    failures.into_iter().map(|(_, f)| f).collect()
 }
 
 /// One service of a running transaction: its run of the current phase, and
