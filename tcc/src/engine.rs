@@ -28,8 +28,8 @@ use tracing::Instrument;
 use crate::attempt::{Attempts, Logged, Outcome, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
-    Decision, End, Intent, LeaseGuard, Log, LogErrorKind, ParticipantEntry, PhaseProgress,
-    TransactionRecord,
+    Decision, End, Intent, LeaseGuard, Log, LogErrorKind, MAX_INTENT_BYTES, ParticipantEntry,
+    PhaseProgress, TransactionRecord,
 };
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
@@ -121,6 +121,11 @@ impl Ledger {
         };
         let _ = members.each(0, &mut save);
         if let Some(refusal) = save.refusal {
+            return Err(refusal);
+        }
+        // Here, not in the store: a record the store cannot write would
+        // fail its writer, or the first write after a crash.
+        if let Some(refusal) = oversized(&save.participants, MAX_INTENT_BYTES) {
             return Err(refusal);
         }
         let intent = Intent {
@@ -275,6 +280,30 @@ impl Ledger {
         }
         Err(error)
     }
+}
+
+/// The refusal of an intent whose participants' names, kinds and data
+/// together reach `limit` bytes, naming the participant that took it there.
+fn oversized(participants: &[ParticipantEntry], limit: usize) -> Option<Error> {
+    let mut total = 0usize;
+    for participant in participants {
+        let size = participant.name.len() + participant.kind.len() + participant.data.len();
+        total = total.saturating_add(size);
+        if total >= limit {
+            let (name, kind) = (&participant.name, &participant.kind);
+            let detail = format!(
+                "orchestration refused: the saved data of service `{name}` (kind `{kind}`) is {} bytes, which takes the transaction's intent to {total} bytes; the transaction log holds less than {limit} bytes per transaction",
+                participant.data.len()
+            );
+            let name = crate::name::name(name);
+            return Some(Error::refused(
+                ErrorKind::NotRecoverable,
+                Some(name),
+                detail,
+            ));
+        }
+    }
+    None
 }
 
 /// A ledger's failures in the order an [`Error`] keeps them: by phase, then
@@ -798,4 +827,46 @@ pub(crate) fn first_duplicate<'a>(
     let mut seen =
         rustc_hash::FxHashSet::with_capacity_and_hasher(names.len(), rustc_hash::FxBuildHasher);
     names.find(|name| !seen.insert(*name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn participant(name: &str, data: usize) -> ParticipantEntry {
+        ParticipantEntry {
+            name: name.to_owned(),
+            kind: "kind".to_owned(),
+            data: vec![0; data],
+        }
+    }
+
+    /// The check at begin, against a small limit: the real one (2 GiB)
+    /// cannot be reached without allocating it.
+    #[test]
+    fn a_payload_the_log_cannot_hold_is_refused_at_begin() {
+        // Each participant counts its name and kind ("a"/"b" + "kind": 5).
+        let fits = [participant("a", 45), participant("b", 44)];
+        assert!(oversized(&fits, 100).is_none());
+        let one_byte_more = [participant("a", 45), participant("b", 45)];
+        let error = oversized(&one_byte_more, 100).expect("refused");
+        assert_eq!(error.kind(), ErrorKind::NotRecoverable);
+        assert_eq!(error.service_name(), "b");
+        let text = error.to_string();
+        assert!(
+            text.contains("service `b` (kind `kind`) is 45 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("intent to 100 bytes"), "{text}");
+        let alone = [participant("a", 1000), participant("b", 0)];
+        assert_eq!(oversized(&alone, 100).unwrap().service_name(), "a");
+    }
+
+    #[test]
+    fn the_intent_limit_keeps_records_within_what_the_file_store_writes() {
+        // Field lengths are written in 32 bits, and redb keeps no value
+        // above 3 GiB.
+        const { assert!(MAX_INTENT_BYTES < 3 << 30) };
+        assert!(u32::try_from(MAX_INTENT_BYTES).is_ok());
+    }
 }

@@ -166,7 +166,8 @@ pub enum ErrorKind {
     /// unknown.
     Interrupted,
     /// A durable transaction was given a service that cannot be rebuilt
-    /// after a crash (or whose data could not be saved). Nothing ran.
+    /// after a crash (or whose data could not be saved, or is more than the
+    /// log holds: 2 GiB per transaction). Nothing ran.
     NotRecoverable,
     /// The transaction log failed. Before the first Try (the intent could
     /// not be written), nothing ran; after it (the decision could not be

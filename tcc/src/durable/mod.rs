@@ -89,6 +89,13 @@ pub use memory::MemoryLog;
 #[cfg(feature = "redb")]
 pub use redb::{CommitStats, RedbLog, RedbOptions};
 
+/// The most a transaction's intent may hold, its participants' names,
+/// kinds and data together: 2 GiB. The file store writes each field's
+/// length in 32 bits and keeps no record above 3 GiB; the margin is for the
+/// record's own fields and the error texts its notes add. An orchestration
+/// over more is refused at its start, before anything is written or run.
+pub(crate) const MAX_INTENT_BYTES: usize = 2 << 30;
+
 /// What a [`Log`] call returns: a boxed future, so that [`Log`] is object
 /// safe (`Arc<dyn Log>`).
 pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send + 'a>>;
