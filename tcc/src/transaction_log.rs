@@ -349,12 +349,12 @@ impl TransactionLog {
     ///
     /// # Cancel safety
     ///
-    /// Once the log has taken the transaction back from "needs repair"
-    /// (durably: it is decided again), dropping the future gives it back
-    /// and drops its phases where they stood; the next
-    /// [`recover`](TransactionLog::recover) pass finishes it (or returns it
-    /// to "needs repair"). Dropped before that, nothing changed. Either way,
-    /// [`status`](TransactionLog::status) tells which.
+    /// Dropping the future gives the transaction back and drops its phases
+    /// where they stood. If the log had taken it back from "needs repair"
+    /// (durably: it is decided again), which it may have done even if it had
+    /// not answered yet, the next [`recover`](TransactionLog::recover) pass
+    /// finishes it (or returns it to "needs repair"); otherwise nothing
+    /// changed. [`status`](TransactionLog::status) tells which.
     pub async fn redrive(&self, id: TransactionId) -> Result<Report, Error> {
         let log_failed = |error: LogError| {
             let detail = format!("transaction {id} could not be re-driven: {error}");

@@ -268,6 +268,51 @@ impl fmt::Debug for LeaseGuard {
     }
 }
 
+/// The leases a [`Log`] call's answer carries. A store gives them back
+/// when the caller went away before reading the answer (its future
+/// dropped), since no one else could.
+pub(crate) trait Leases {
+    fn leases(&self) -> Vec<&Lease>;
+}
+
+/// Answers that carry no lease.
+macro_rules! no_leases {
+    ($($answer:ty),*) => {$(
+        impl Leases for $answer {
+            fn leases(&self) -> Vec<&Lease> {
+                Vec::new()
+            }
+        }
+    )*};
+}
+
+no_leases!(
+    (),
+    bool,
+    u64,
+    Decision,
+    Option<TransactionRecord>,
+    Vec<TransactionRecord>
+);
+
+impl Leases for Lease {
+    fn leases(&self) -> Vec<&Lease> {
+        vec![self]
+    }
+}
+
+impl Leases for Option<(Lease, TransactionRecord)> {
+    fn leases(&self) -> Vec<&Lease> {
+        self.iter().map(|(lease, _)| lease).collect()
+    }
+}
+
+impl Leases for Vec<(Lease, TransactionRecord)> {
+    fn leases(&self) -> Vec<&Lease> {
+        self.iter().map(|(lease, _)| lease).collect()
+    }
+}
+
 /// How a transaction ends, for [`Log::finish`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
@@ -282,6 +327,16 @@ pub enum End {
 ///
 /// Every write of one transaction is applied in the order it was called,
 /// including [`note`](Log::note)s, which are not awaited.
+///
+/// # Cancel safety
+///
+/// A call may be applied even if its future is dropped before it resolves
+/// (the stores here apply it when it is made). A call that takes a lease
+/// ([`begin`](Log::begin), [`claim_unfinished`](Log::claim_unfinished),
+/// [`reopen`](Log::reopen)) whose future is dropped unread gives that lease
+/// back, as [`release`](Log::release) would: otherwise no one in the process
+/// would hold it, and its recovery could not take the transaction. A store
+/// of your own must do the same.
 pub trait Log: Send + Sync + 'static {
     /// Writes the intent, durably (fsync'd) before it resolves. Fails with
     /// `Duplicate` if the id exists.
