@@ -305,8 +305,8 @@ impl TransactionLog {
     /// is logged and retried at the next tick.
     ///
     /// Aborting the task drops the pass running, if any, which gives back
-    /// the transactions it claimed (see `recover`'s
-    /// [cancel safety](TransactionLog::recover#cancel-safety)).
+    /// the transactions it claimed (see the cancel safety of
+    /// [`recover`](TransactionLog::recover)).
     pub fn spawn_recovery(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
         tokio::spawn(async move {
