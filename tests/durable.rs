@@ -1075,3 +1075,40 @@ async fn a_failed_decision_write_loses_the_try_failures() {
     assert!(text.contains("insufficient funds"), "{text}");
     assert!(!error.needs_repair());
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_redrive_strands_its_claim() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    bank.confirm_failures
+        .lock()
+        .unwrap()
+        .insert("payee".into(), 100);
+    let log = coordinator(durable.clone(), &bank);
+    let (id, _) = transfer(Front::Orchestrator, &log, &bank, false)
+        .await
+        .unwrap_err();
+    let id = id.unwrap();
+    assert_eq!(log.needs_repair(10).await.unwrap().len(), 1);
+    // Re-driven, the payee fails once more and waits a minute to retry:
+    // the caller gives up before.
+    bank.confirm_failures
+        .lock()
+        .unwrap()
+        .insert("payee".into(), 1);
+    let minute = Duration::from_secs(60);
+    log.retry(
+        tcc::RetryPolicy::immediate(2)
+            .with_initial_interval(minute)
+            .with_max_interval(minute),
+    );
+    let dropped = tokio::time::timeout(Duration::from_secs(1), log.redrive(id)).await;
+    assert!(dropped.is_err(), "the redrive waits to retry");
+    assert_eq!(
+        log.status(id).await.unwrap().unwrap().status,
+        Status::Decided(Decision::Confirm)
+    );
+    // Given back: recovery in the same process finishes it.
+    assert_eq!(log.recover().await.unwrap().finished, 1);
+    assert!(bank.of(id).iter().all(|(_, b)| b.confirmed && !b.held));
+}
