@@ -187,7 +187,7 @@ impl Ledger {
                 );
                 let report = Report::new(self.id, self.names.clone(), self.records.clone());
                 let failures = sorted(std::mem::take(&mut self.failures));
-                Err(Error::interrupted(
+                Err(Error::cut_short(
                     ErrorKind::LogFailed,
                     detail,
                     failures,

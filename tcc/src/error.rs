@@ -251,7 +251,7 @@ impl Error {
     /// A transaction cut short after its Try round (`kind` says why, in
     /// `detail`): it keeps the round's failures, ordered as in
     /// [`failed`](Error::failed), and its report.
-    pub(crate) fn interrupted(
+    pub(crate) fn cut_short(
         kind: ErrorKind,
         detail: String,
         failures: Vec<Failure>,
