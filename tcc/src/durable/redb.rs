@@ -700,7 +700,11 @@ fn apply_one(
         failure.map_or(Ok(()), Err)
     }
     match request {
-        Request::Begin(intent, reply) => keep(pending, reply, rules.begin(tables, &intent)),
+        Request::Begin(intent, reply) => {
+            let result = rules.begin(tables, &intent);
+            give_back_if_gone(rules, &reply, &result);
+            keep(pending, reply, result)
+        }
         Request::Decide(lease, decision, reply) => {
             keep(pending, reply, rules.decide(tables, &lease, decision))
         }
@@ -731,7 +735,11 @@ fn apply_one(
         Request::Finish(lease, end, reply) => {
             keep(pending, reply, rules.finish(tables, &lease, end))
         }
-        Request::Claim(limit, reply) => keep(pending, reply, rules.claim_unfinished(tables, limit)),
+        Request::Claim(limit, reply) => {
+            let result = rules.claim_unfinished(tables, limit);
+            give_back_if_gone(rules, &reply, &result);
+            keep(pending, reply, result)
+        }
         Request::Release(lease) => {
             rules.release(&lease);
             Ok(())
@@ -740,9 +748,26 @@ fn apply_one(
         Request::NeedsRepair(limit, reply) => {
             keep(pending, reply, rules.needs_repair(tables, limit))
         }
-        Request::Reopen(id, reply) => keep(pending, reply, rules.reopen(tables, id)),
+        Request::Reopen(id, reply) => {
+            let result = rules.reopen(tables, id);
+            give_back_if_gone(rules, &reply, &result);
+            keep(pending, reply, result)
+        }
         Request::Resolve(id, reply) => keep(pending, reply, rules.resolve(tables, id)),
         Request::Count(reply) => keep(pending, reply, rules.unfinished_count(tables)),
+    }
+}
+
+/// Gives back at once the leases of a call whose caller is gone already (its
+/// future dropped), so that a claim later in the same batch takes them; a
+/// caller gone during the commit gets its leases given back after it.
+fn give_back_if_gone<T: Leases>(rules: &mut Rules, reply: &Reply<T>, result: &Result<T, LogError>) {
+    if reply.is_closed()
+        && let Ok(answer) = result
+    {
+        for lease in answer.leases() {
+            rules.release(lease);
+        }
     }
 }
 
