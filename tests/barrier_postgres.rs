@@ -780,6 +780,47 @@ async fn seata_4489_cleanup_neither_blocks_nor_waits() {
     bulk_tx.rollback().await.unwrap();
 }
 
+/// A horizon of `Duration::MAX` keeps every row, as SQLite's does, rather
+/// than failing with "timestamp out of range".
+#[tokio::test]
+async fn cleanup_with_the_longest_horizon_fails_with_timestamp_out_of_range() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let mut client = setup(cluster, "cleanup_max_horizon", 1)
+        .await
+        .pop()
+        .unwrap();
+    let id = TransactionId::generate();
+    deliver(&mut client, &branch(id, Phase::Try), false)
+        .await
+        .unwrap();
+    deliver(&mut client, &branch(id, Phase::Confirm), false)
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE tcc_barrier SET updated_at = updated_at - interval '200 years'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for horizon in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        assert_eq!(
+            postgres::cleanup(&client, horizon, 10).await.unwrap(),
+            0,
+            "{horizon:?}"
+        );
+    }
+    assert_eq!(
+        state(&client, &branch(id, Phase::Confirm)).await.as_deref(),
+        Some("confirmed")
+    );
+    // The row was old enough for any shorter horizon.
+    let century = Duration::from_secs(100 * 365 * 86_400);
+    assert_eq!(postgres::cleanup(&client, century, 10).await.unwrap(), 1);
+}
+
 /// A Confirm without a committed Try is a permanent error: the runtime does
 /// not retry it.
 // Real time: the phases wait on a real server, and under the paused clock

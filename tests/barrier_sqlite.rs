@@ -781,3 +781,73 @@ fn an_announced_try_overtaken_by_its_cancel_is_refused() {
         matches!(confirm, TestError::Barrier(e) if e.kind() == BarrierErrorKind::ConfirmAfterCancel)
     );
 }
+
+/// Cleanup started its next batch as soon as it committed one, so a phase
+/// on another connection, whose busy handler sleeps between its tries,
+/// found the database locked again each time it woke, and waited for the
+/// whole cleanup. Here it waits about one batch.
+// Real time: SQLite's busy handler sleeps on the real clock.
+#[test]
+fn cleanup_makes_a_phase_on_another_connection_wait_for_the_whole_cleanup() {
+    const ROWS: i64 = 30_000;
+    const BATCH: usize = 1_000;
+    let db = Db::new();
+    let mut conn = db.open();
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO tcc_barrier (transaction_id, service, state, updated_at)
+         SELECT printf('%032x', i), 'wallet', 'confirmed', 0 FROM n",
+        [ROWS],
+    )
+    .unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let cleanup = thread::spawn(move || {
+        let begin = std::time::Instant::now();
+        started_tx.send(()).unwrap();
+        let deleted = sqlite::cleanup(&mut conn, Duration::from_secs(3600), BATCH).unwrap();
+        (deleted, begin.elapsed())
+    });
+    started.recv().unwrap();
+    let mut writer = db.open();
+    let mut waits = Vec::new();
+    while !cleanup.is_finished() {
+        let id = TransactionId::generate();
+        let begin = std::time::Instant::now();
+        assert_eq!(
+            deliver(&mut writer, &branch(id, Phase::Try), false).unwrap(),
+            Outcome::Ran(())
+        );
+        waits.push(begin.elapsed());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (deleted, total) = cleanup.join().unwrap();
+    assert_eq!(deleted, ROWS as u64);
+    // Cleanup takes 30 batches and as many pauses (about 0.3 + 0.3 s in a
+    // debug build), and phases ran all along, each waiting a batch or two
+    // at most (under 30 ms); before, the first one waited for all of it.
+    // The bound is loose, for a loaded machine.
+    let longest = waits.iter().max().copied().unwrap_or_default();
+    assert!(waits.len() >= 3, "phases ran during cleanup: {waits:?}");
+    assert!(
+        longest < total / 4,
+        "a phase waited {longest:?} of cleanup's {total:?}: {waits:?}"
+    );
+}
+
+/// As PostgreSQL's: a horizon of `Duration::MAX` keeps every row.
+#[test]
+fn cleanup_with_the_longest_horizon_keeps_every_row() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let id = TransactionId::generate();
+    deliver(&mut conn, &branch(id, Phase::Try), false).unwrap();
+    deliver(&mut conn, &branch(id, Phase::Confirm), false).unwrap();
+    age_rows(&conn, Duration::from_secs(200 * 365 * 86_400));
+    assert_eq!(sqlite::cleanup(&mut conn, Duration::MAX, 10).unwrap(), 0);
+    assert_eq!(
+        state(&conn, &branch(id, Phase::Confirm)).as_deref(),
+        Some("confirmed")
+    );
+    let century = Duration::from_secs(100 * 365 * 86_400);
+    assert_eq!(sqlite::cleanup(&mut conn, century, 10).unwrap(), 1);
+}

@@ -14,10 +14,14 @@
 //!    unfinished.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcc::durable::{Decision, Fault, FaultyLog, Log, MemoryLog, Status};
+use tcc::durable::{
+    Decision, End, Fault, FaultyLog, Intent, Lease, Log, LogFuture, MemoryLog, PhaseProgress,
+    Status, TransactionRecord,
+};
 use tcc::{
     BoxError, ErrorKind, Orchestrator, Phase, Recoverable, Resources, Service, TccService,
     TransactionId, TransactionLog, tcc,
@@ -557,7 +561,8 @@ async fn a_caller_learns_its_id_first_and_a_reused_id_is_refused() {
     .orchestrate_as(id)
     .await
     .unwrap_err();
-    assert_eq!(again.kind(), ErrorKind::LogFailed);
+    assert_eq!(again.kind(), ErrorKind::DuplicateId);
+    assert!(again.to_string().contains(&id.to_string()), "{again}");
     assert!(
         log.status(TransactionId::generate())
             .await
@@ -882,4 +887,228 @@ impl TccService for Hang {
     async fn cancel(&self) -> Result<(), BoxError> {
         Ok(())
     }
+}
+
+/// A store whose claims can be made to wait, as a file store's wait for its
+/// writer: once `stall_after` claims were made, a claim never returns (and
+/// claims nothing).
+struct StalledClaims {
+    inner: Arc<MemoryLog>,
+    claims: AtomicU32,
+    stall_after: AtomicU32,
+}
+
+impl StalledClaims {
+    fn new(inner: Arc<MemoryLog>, stall_after: u32) -> Arc<Self> {
+        Arc::new(StalledClaims {
+            inner,
+            claims: AtomicU32::new(0),
+            stall_after: AtomicU32::new(stall_after),
+        })
+    }
+
+    /// Claims return again.
+    fn unstall(&self) {
+        self.stall_after.store(u32::MAX, Ordering::SeqCst);
+    }
+}
+
+impl Log for StalledClaims {
+    fn begin(&self, intent: &Intent) -> LogFuture<'_, Lease> {
+        self.inner.begin(intent)
+    }
+    fn decide(&self, lease: &Lease, decision: Decision) -> LogFuture<'_, Decision> {
+        self.inner.decide(lease, decision)
+    }
+    fn note(&self, lease: &Lease, participant: u32, phase: Phase, progress: PhaseProgress) {
+        self.inner.note(lease, participant, phase, progress)
+    }
+    fn finish(&self, lease: &Lease, end: End) -> LogFuture<'_, ()> {
+        self.inner.finish(lease, end)
+    }
+    fn claim_unfinished(&self, limit: usize) -> LogFuture<'_, Vec<(Lease, TransactionRecord)>> {
+        let made = self.claims.fetch_add(1, Ordering::SeqCst);
+        let stall = made >= self.stall_after.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if stall {
+                std::future::pending::<()>().await;
+            }
+            self.inner.claim_unfinished(limit).await
+        })
+    }
+    fn release(&self, lease: &Lease) {
+        self.inner.release(lease)
+    }
+    fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>> {
+        self.inner.get(id)
+    }
+    fn needs_repair(&self, limit: usize) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.inner.needs_repair(limit)
+    }
+    fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>> {
+        self.inner.reopen(id)
+    }
+    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.inner.resolve(id)
+    }
+    fn unfinished_count(&self) -> LogFuture<'_, u64> {
+        self.inner.unfinished_count()
+    }
+}
+
+/// Leaves `count` undecided transactions in `durable`, as crashes between
+/// the Tries and the decision do.
+async fn undecided(durable: &Arc<MemoryLog>, bank: &Arc<Bank>, count: usize) -> Vec<TransactionId> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(4, Fault::Crash));
+        let log = coordinator(faulty, bank);
+        let (id, _) = transfer(Front::Orchestrator, &log, bank, false)
+            .await
+            .unwrap_err();
+        ids.push(id.unwrap());
+    }
+    ids
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_recovery_pass_strands_its_claims() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let ids = undecided(&durable, &bank, 3).await;
+    // The first claim takes all three; the pass then waits on the next
+    // claim, and is dropped there, its three transactions not yet run.
+    let store = StalledClaims::new(durable.clone(), 1);
+    let log = coordinator(store.clone(), &bank);
+    let dropped = tokio::time::timeout(Duration::from_secs(1), log.recover()).await;
+    assert!(dropped.is_err(), "the pass waits on its second claim");
+    assert_eq!(store.claims.load(Ordering::SeqCst), 2);
+    // A later pass of the same process finishes them: the dropped pass
+    // gave its claims back.
+    store.unstall();
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, 3, "{summary:?}");
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    for id in ids {
+        assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn aborting_spawn_recovery_strands_its_claims() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let ids = undecided(&durable, &bank, 3).await;
+    let store = StalledClaims::new(durable.clone(), 1);
+    let log = coordinator(store.clone(), &bank);
+    let task = log.spawn_recovery(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.claims.load(Ordering::SeqCst), 2, "the pass waits");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    store.unstall();
+    assert_eq!(log.recover().await.unwrap().finished, 3);
+    for id in ids {
+        assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_recovery_pass_strands_the_transactions_it_parked() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    let ids = undecided(&durable, &bank, 2).await;
+    // A process that cannot rebuild accounts yet parks them.
+    let store = StalledClaims::new(durable.clone(), 2);
+    let log = TransactionLog::from_store(store.clone());
+    log.retry(tcc::RetryPolicy::immediate(2));
+    assert_eq!(log.recover().await.unwrap().left.len(), 2);
+    // Once it can, a pass takes the parked ones up and is dropped before
+    // it runs them.
+    log.provide(bank.clone()).register::<Account>();
+    let dropped = tokio::time::timeout(Duration::from_secs(1), log.recover()).await;
+    assert!(dropped.is_err());
+    store.unstall();
+    assert_eq!(log.recover().await.unwrap().finished, 2);
+    for id in ids {
+        assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_decision_write_loses_the_try_failures() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    // Write 4 is the decision (to cancel: the payee's Try fails).
+    let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(4, Fault::Fail));
+    let log = coordinator(faulty, &bank);
+    let id = TransactionId::generate();
+    let error = Orchestrator::new([
+        Service::recoverable(Account {
+            bank: bank.clone(),
+            account: "payer".into(),
+            fail_try: false,
+        }),
+        Service::recoverable(Account {
+            bank: bank.clone(),
+            account: "payee".into(),
+            fail_try: true,
+        }),
+    ])
+    .log(&log)
+    .orchestrate_as(id)
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::LogFailed);
+    let failures = error.failures();
+    assert_eq!(failures.len(), 1, "{error}");
+    assert_eq!(failures[0].service_name(), "payee");
+    assert_eq!(failures[0].phase(), Phase::Try);
+    assert_eq!(failures[0].cause().to_string(), "insufficient funds");
+    assert_eq!(error.service_name(), "payee");
+    let report = error.report().expect("the Try round ran");
+    assert_eq!(report.transaction_id(), id);
+    assert!(report.service("payer").unwrap().succeeded(Phase::Try));
+    assert!(!report.service("payee").unwrap().succeeded(Phase::Try));
+    let text = error.to_string();
+    assert!(text.contains("decision (Cancel)"), "{text}");
+    assert!(text.contains("insufficient funds"), "{text}");
+    assert!(!error.needs_repair());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_redrive_strands_its_claim() {
+    let durable = Arc::new(MemoryLog::new());
+    let bank = Bank::new(durable.clone());
+    bank.confirm_failures
+        .lock()
+        .unwrap()
+        .insert("payee".into(), 100);
+    let log = coordinator(durable.clone(), &bank);
+    let (id, _) = transfer(Front::Orchestrator, &log, &bank, false)
+        .await
+        .unwrap_err();
+    let id = id.unwrap();
+    assert_eq!(log.needs_repair(10).await.unwrap().len(), 1);
+    // Re-driven, the payee fails once more and waits a minute to retry:
+    // the caller gives up before.
+    bank.confirm_failures
+        .lock()
+        .unwrap()
+        .insert("payee".into(), 1);
+    let minute = Duration::from_secs(60);
+    log.retry(
+        tcc::RetryPolicy::immediate(2)
+            .with_initial_interval(minute)
+            .with_max_interval(minute),
+    );
+    let dropped = tokio::time::timeout(Duration::from_secs(1), log.redrive(id)).await;
+    assert!(dropped.is_err(), "the redrive waits to retry");
+    assert_eq!(
+        log.status(id).await.unwrap().unwrap().status,
+        Status::Decided(Decision::Confirm)
+    );
+    // Given back: recovery in the same process finishes it.
+    assert_eq!(log.recover().await.unwrap().finished, 1);
+    assert!(bank.of(id).iter().all(|(_, b)| b.confirmed && !b.held));
 }

@@ -446,6 +446,42 @@ mod cases {
         .await
         .unwrap();
     }
+
+    /// Calls that take leases, their futures dropped before they are read
+    /// (a dropped recovery pass, an aborted task), at two moments: before
+    /// the store answered, and after. Either way the store gives the leases
+    /// back, and a claim of this process takes the transactions.
+    pub async fn a_log_call_dropped_unread_strands_its_leases<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let unanswered = intent(1);
+        drop(log.begin(&unanswered));
+        let answered = intent(1);
+        let begin = log.begin(&answered);
+        // Answered in order: once this read is, so is the begin before it.
+        assert!(log.get(answered.id).await.unwrap().is_some());
+        drop(begin);
+        let (repair, _) = in_repair(&*log, Decision::Cancel).await;
+        drop(log.reopen(repair.id));
+        let mut expected = vec![unanswered.id, answered.id, repair.id];
+        expected.sort();
+        let ids = |claimed: &[(Lease, TransactionRecord)]| {
+            let mut ids: Vec<_> = claimed.iter().map(|(lease, _)| lease.id).collect();
+            ids.sort();
+            ids
+        };
+        let claimed = log.claim_unfinished(10).await.unwrap();
+        assert_eq!(ids(&claimed), expected);
+        for (lease, _) in &claimed {
+            log.release(lease);
+        }
+        // A claim dropped unread, before and after its answer.
+        drop(log.claim_unfinished(10));
+        let claim = log.claim_unfinished(10);
+        assert!(log.get(repair.id).await.unwrap().is_some());
+        drop(claim);
+        let claimed = log.claim_unfinished(10).await.unwrap();
+        assert_eq!(ids(&claimed), expected);
+    }
 }
 
 /// One test per case and store.
@@ -484,6 +520,7 @@ every_store!(
     resolve_ends_a_repair,
     needs_repair_lists_the_oldest_first,
     outcomes_beyond_the_retention_are_pruned,
+    a_log_call_dropped_unread_strands_its_leases,
 );
 
 /// The file's own cases: what survives closing it, and who may open it.

@@ -28,7 +28,8 @@ use tracing::Instrument;
 use crate::attempt::{Attempts, Logged, Outcome, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
-    Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
+    Decision, End, Intent, LeaseGuard, Log, LogErrorKind, MAX_INTENT_BYTES, ParticipantEntry,
+    PhaseProgress, TransactionRecord,
 };
 use crate::error::{Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
@@ -49,24 +50,10 @@ pub(crate) struct Ledger {
     /// until the report takes it, so it is changed in place.
     records: Arc<[[PhaseRecord; 3]]>,
     failures: Vec<(usize, Failure)>,
-    durable: Option<Durable>,
-}
-
-/// A transaction's log and its lease on its record.
-struct Durable {
-    log: Arc<dyn Log>,
-    lease: Lease,
-    /// Whether the record was finished; a ledger dropped before (a runtime
-    /// shutting down) gives its lease back, so recovery takes it over.
-    finished: bool,
-}
-
-impl Drop for Durable {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.log.release(&self.lease);
-        }
-    }
+    /// With a log, the lease on the transaction's record; a ledger dropped
+    /// before the record is finished (a runtime shutting down) gives it
+    /// back, so recovery takes the transaction over.
+    durable: Option<LeaseGuard>,
 }
 
 impl Ledger {
@@ -136,28 +123,36 @@ impl Ledger {
         if let Some(refusal) = save.refusal {
             return Err(refusal);
         }
+        // Here, not in the store: a record the store cannot write would
+        // fail its writer, or the first write after a crash.
+        if let Some(refusal) = oversized(&save.participants, MAX_INTENT_BYTES) {
+            return Err(refusal);
+        }
         let intent = Intent {
             id: self.id,
             participants: save.participants,
         };
         let lease = log.begin(&intent).await.map_err(|error| {
+            if error.kind() == LogErrorKind::Duplicate {
+                let detail = format!(
+                    "orchestration refused: transaction id {} is already in the transaction log; every transaction needs an id of its own",
+                    self.id
+                );
+                return Error::refused(ErrorKind::DuplicateId, None, detail);
+            }
             let detail = format!(
                 "orchestration refused: the transaction log could not write the intent of transaction {}: {error}",
                 self.id
             );
             Error::refused(ErrorKind::LogFailed, None, detail)
         })?;
-        self.durable = Some(Durable {
-            log: log.clone(),
-            lease,
-            finished: false,
-        });
+        self.durable = Some(LeaseGuard::new(log.clone(), lease));
         Ok(())
     }
 
     /// Takes over a transaction the log holds unfinished: its lease, and
     /// the records of what was done before.
-    fn resume(&mut self, log: &Arc<dyn Log>, lease: Lease, record: &TransactionRecord) {
+    fn resume(&mut self, lease: LeaseGuard, record: &TransactionRecord) {
         let records = Arc::make_mut(&mut self.records);
         for (mine, logged) in records.iter_mut().zip(&record.progress) {
             for (phase, progress) in mine.iter_mut().zip(logged) {
@@ -167,11 +162,7 @@ impl Ledger {
                 };
             }
         }
-        self.durable = Some(Durable {
-            log: log.clone(),
-            lease,
-            finished: false,
-        });
+        self.durable = Some(lease);
     }
 
     /// Makes the decision durable before any Confirm or Cancel runs, and
@@ -185,15 +176,23 @@ impl Ledger {
         let Some(durable) = &mut self.durable else {
             return Ok(decision);
         };
-        match durable.log.decide(&durable.lease, decision).await {
+        match durable.log().decide(durable.lease(), decision).await {
             Ok(in_force) => Ok(in_force),
             Err(error) => {
-                // Left to recovery: the lease goes back (on drop).
+                // Left to recovery: the lease goes back (on drop). The Try
+                // round ran, so the error keeps its failures and report.
                 let detail = format!(
                     "transaction {} was interrupted: its decision ({decision:?}) could not be written to the transaction log ({error}); recovery finishes it, cancelling it unless the decision reached the log",
                     self.id
                 );
-                Err(Error::refused(ErrorKind::LogFailed, None, detail))
+                let report = Report::new(self.id, self.names.clone(), self.records.clone());
+                let failures = sorted(std::mem::take(&mut self.failures));
+                Err(Error::cut_short(
+                    ErrorKind::LogFailed,
+                    detail,
+                    failures,
+                    report,
+                ))
             }
         }
     }
@@ -215,8 +214,8 @@ impl Ledger {
                 last_error: result.as_ref().err().map(|e| Logged(&**e).to_string()),
             };
             durable
-                .log
-                .note(&durable.lease, index as u32, phase, progress);
+                .log()
+                .note(durable.lease(), index as u32, phase, progress);
         }
         if let Err(cause) = result {
             let name = self.names[index].clone();
@@ -256,8 +255,8 @@ impl Ledger {
                 .iter()
                 .any(|(_, failure)| failure.phase() != Phase::Try);
             let end = if repair { End::NeedsRepair } else { End::Done };
-            match durable.log.finish(&durable.lease, end).await {
-                Ok(()) => durable.finished = true,
+            match durable.log().finish(durable.lease(), end).await {
+                Ok(()) => durable.ended(),
                 // The lease goes back (on drop), so recovery ends it.
                 Err(error) => tracing::warn!(
                     %error,
@@ -272,17 +271,46 @@ impl Ledger {
         let durable = self.durable.take();
         drop(durable);
         let report = Report::new(self.id, self.names, self.records);
-        let mut failures = self.failures;
-        if failures.is_empty() {
+        if self.failures.is_empty() {
             return Ok(report);
         }
-        failures.sort_by_key(|(index, failure)| (failure.phase().severity(), *index));
-        let error = Error::failed(failures.into_iter().map(|(_, f)| f).collect(), report);
+        let error = Error::failed(sorted(self.failures), report);
         if error.needs_repair() {
             tracing::error!(error = %Logged(&error), "transaction needs manual repair");
         }
         Err(error)
     }
+}
+
+/// The refusal of an intent whose participants' names, kinds and data
+/// together reach `limit` bytes, naming the participant that took it there.
+fn oversized(participants: &[ParticipantEntry], limit: usize) -> Option<Error> {
+    let mut total = 0usize;
+    for participant in participants {
+        let size = participant.name.len() + participant.kind.len() + participant.data.len();
+        total = total.saturating_add(size);
+        if total >= limit {
+            let (name, kind) = (&participant.name, &participant.kind);
+            let detail = format!(
+                "orchestration refused: the saved data of service `{name}` (kind `{kind}`) is {} bytes, which takes the transaction's intent to {total} bytes; the transaction log holds less than {limit} bytes per transaction",
+                participant.data.len()
+            );
+            let name = crate::name::name(name);
+            return Some(Error::refused(
+                ErrorKind::NotRecoverable,
+                Some(name),
+                detail,
+            ));
+        }
+    }
+    None
+}
+
+/// A ledger's failures in the order an [`Error`] keeps them: by phase, then
+/// in the order the services were given.
+fn sorted(mut failures: Vec<(usize, Failure)>) -> Vec<Failure> {
+    failures.sort_by_key(|(index, failure)| (failure.phase().severity(), *index));
+    failures.into_iter().map(|(_, f)| f).collect()
 }
 
 /// One service of a running transaction: its run of the current phase, and
@@ -409,8 +437,7 @@ pub(crate) async fn run<M: Members + ?Sized>(
 /// attempts the log counted.
 pub(crate) async fn resume<M: Members + ?Sized>(
     options: &Options,
-    log: &Arc<dyn Log>,
-    lease: Lease,
+    lease: LeaseGuard,
     record: &TransactionRecord,
     members: &mut M,
 ) -> Result<Report, Error> {
@@ -424,7 +451,7 @@ pub(crate) async fn resume<M: Members + ?Sized>(
     let span = tracing::info_span!("tcc_recovery", id = %id);
     let mut transaction = Transaction::new(id, options, names.clone(), members, span);
     // The ledger holds the lease first, so that a refusal gives it back.
-    transaction.ledger.resume(log, lease, record);
+    transaction.ledger.resume(lease, record);
     validate(options, &names, transaction.members)?;
     struct Tried;
     impl Visit for Tried {
@@ -800,4 +827,46 @@ pub(crate) fn first_duplicate<'a>(
     let mut seen =
         rustc_hash::FxHashSet::with_capacity_and_hasher(names.len(), rustc_hash::FxBuildHasher);
     names.find(|name| !seen.insert(*name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn participant(name: &str, data: usize) -> ParticipantEntry {
+        ParticipantEntry {
+            name: name.to_owned(),
+            kind: "kind".to_owned(),
+            data: vec![0; data],
+        }
+    }
+
+    /// The check at begin, against a small limit: the real one (2 GiB)
+    /// cannot be reached without allocating it.
+    #[test]
+    fn a_payload_the_log_cannot_hold_is_refused_at_begin() {
+        // Each participant counts its name and kind ("a"/"b" + "kind": 5).
+        let fits = [participant("a", 45), participant("b", 44)];
+        assert!(oversized(&fits, 100).is_none());
+        let one_byte_more = [participant("a", 45), participant("b", 45)];
+        let error = oversized(&one_byte_more, 100).expect("refused");
+        assert_eq!(error.kind(), ErrorKind::NotRecoverable);
+        assert_eq!(error.service_name(), "b");
+        let text = error.to_string();
+        assert!(
+            text.contains("service `b` (kind `kind`) is 45 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("intent to 100 bytes"), "{text}");
+        let alone = [participant("a", 1000), participant("b", 0)];
+        assert_eq!(oversized(&alone, 100).unwrap().service_name(), "a");
+    }
+
+    #[test]
+    fn the_intent_limit_keeps_records_within_what_the_file_store_writes() {
+        // Field lengths are written in 32 bits, and redb keeps no value
+        // above 3 GiB.
+        const { assert!(MAX_INTENT_BYTES < 3 << 30) };
+        assert!(u32::try_from(MAX_INTENT_BYTES).is_ok());
+    }
 }

@@ -166,13 +166,19 @@ pub enum ErrorKind {
     /// unknown.
     Interrupted,
     /// A durable transaction was given a service that cannot be rebuilt
-    /// after a crash (or whose data could not be saved). Nothing ran.
+    /// after a crash (or whose data could not be saved, or is more than the
+    /// log holds: 2 GiB per transaction). Nothing ran.
     NotRecoverable,
     /// The transaction log failed. Before the first Try (the intent could
     /// not be written), nothing ran; after it (the decision could not be
     /// written), the transaction is left to recovery, which cancels it
-    /// unless the decision reached the log: look it up by id.
+    /// unless the decision reached the log: look it up by id. In that case
+    /// the error still has the Try round's [`failures`](Error::failures)
+    /// and [`report`](Error::report).
     LogFailed,
+    /// A durable transaction was given an id the transaction log already
+    /// holds (running, finished, or needing repair). Nothing ran.
+    DuplicateId,
     /// `TransactionLog::redrive` was asked for a transaction that does not
     /// need repair (finished, running, or unknown). Nothing ran.
     NotInRepair,
@@ -242,6 +248,28 @@ impl Error {
         }
     }
 
+    /// A transaction cut short after its Try round (`kind` says why, in
+    /// `detail`): it keeps the round's failures, ordered as in
+    /// [`failed`](Error::failed), and its report.
+    pub(crate) fn cut_short(
+        kind: ErrorKind,
+        detail: String,
+        failures: Vec<Failure>,
+        report: Report,
+    ) -> Self {
+        let service = failures.first().map(|f| f.service.clone());
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                phase: Phase::Try,
+                service,
+                failures,
+                report: Some(report),
+                detail: Some(detail),
+            }),
+        }
+    }
+
     /// An orchestration refused (or cut short) before any phase ran.
     pub(crate) fn refused(kind: ErrorKind, service: Option<Name>, detail: String) -> Self {
         Error {
@@ -302,9 +330,6 @@ impl Inner {
 
 impl fmt::Display for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(detail) = &self.detail {
-            return f.write_str(detail);
-        }
         let count = |phase: Phase| self.failures.iter().filter(|f| f.phase == phase).count();
         let first = |phase: Phase| self.failures.iter().find(|f| f.phase == phase);
         let describe = |f: &mut fmt::Formatter<'_>, failure: &Failure| {
@@ -327,6 +352,15 @@ impl fmt::Display for Inner {
             }
             write!(f, ": {}", failure.cause)
         };
+        if let Some(detail) = &self.detail {
+            f.write_str(detail)?;
+            // Cut short after its Try round: what made the decision.
+            if let Some(cause) = first(Phase::Try) {
+                f.write_str("; it was to be cancelled because ")?;
+                describe(f, cause)?;
+            }
+            return Ok(());
+        }
         let Some(primary) = first(self.phase) else {
             return f.write_str("transaction failed");
         };

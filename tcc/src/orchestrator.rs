@@ -182,7 +182,7 @@ impl Orchestrator {
     /// does, under an id the caller chose, so that it knows the id before
     /// the transaction ends (and, with a log, can look the transaction up
     /// by it after a crash). With a log, an id already used is refused
-    /// ([`ErrorKind::LogFailed`](crate::ErrorKind::LogFailed)) before any
+    /// ([`ErrorKind::DuplicateId`](crate::ErrorKind::DuplicateId)) before any
     /// phase runs.
     pub async fn orchestrate_as(&self, id: TransactionId) -> Result<Report, Error> {
         let runtime = engine::runtime()?;

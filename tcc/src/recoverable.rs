@@ -78,7 +78,8 @@ pub trait Recoverable: TccService + Sized {
     /// not change while the log holds transactions of it.
     const KIND: &'static str;
 
-    /// This service's data for the log.
+    /// This service's data for the log. A transaction whose services'
+    /// data comes to 2 GiB or more is refused before any phase runs.
     fn save(&self) -> Result<Vec<u8>, BoxError>;
 
     /// The service again, from data that [`save`](Recoverable::save) wrote

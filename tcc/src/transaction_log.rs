@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use crate::durable::{Lease, Log, LogError, TransactionRecord};
+use crate::durable::{LeaseGuard, Log, LogError, TransactionRecord};
 use crate::engine::{self, Member, Options};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::id::TransactionId;
@@ -117,8 +117,11 @@ struct Inner {
     parked: Mutex<HashMap<TransactionId, Parked>>,
 }
 
+/// A claimed transaction waiting to run: parked (it cannot be rebuilt yet)
+/// or queued in a recovery pass. Its lease goes back to the log if it is
+/// dropped: a recovery pass dropped half-way strands nothing.
 struct Parked {
-    lease: Lease,
+    lease: LeaseGuard,
     record: TransactionRecord,
 }
 
@@ -222,6 +225,16 @@ impl TransactionLog {
     ///
     /// Errors only when the log itself fails; a transaction that cannot be
     /// rebuilt is reported in the summary, not an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future half-way (a `select!`, a timeout, an aborted
+    /// task) gives back every transaction the pass claimed and had not
+    /// finished: the phases it was running are dropped where they stood
+    /// (each may run again, as after a crash), and the next pass in this
+    /// process claims and finishes them. Transactions parked because they
+    /// could not be rebuilt are given back too, and parked again by the
+    /// next pass if they still cannot be.
     pub async fn recover(&self) -> Result<RecoverySummary, LogError> {
         let mut summary = RecoverySummary::default();
         let mut running = FuturesUnordered::new();
@@ -254,14 +267,20 @@ impl TransactionLog {
             if claimed.is_empty() {
                 break;
             }
-            for (lease, record) in claimed {
-                if seen.contains(&record.intent.id) {
+            // Guarded at once: from here on, dropping this pass gives every
+            // claim it holds back to the log.
+            let claimed = claimed.into_iter().map(|(lease, record)| Parked {
+                lease: LeaseGuard::new(self.inner.store.clone(), lease),
+                record,
+            });
+            for parked in claimed {
+                if seen.contains(&parked.record.intent.id) {
                     // Given back during this pass (its end could not be
-                    // written): the next pass tries again.
-                    self.inner.store.release(&lease);
+                    // written): the next pass tries again. Dropping the
+                    // guard releases it.
                     continue;
                 }
-                queue.push(Parked { lease, record });
+                queue.push(parked);
             }
             if queue.is_empty() {
                 break;
@@ -284,6 +303,10 @@ impl TransactionLog {
     /// Runs [`recover`](TransactionLog::recover) now and then every `every`,
     /// on a task of its own, until the task is aborted. A pass that fails
     /// is logged and retried at the next tick.
+    ///
+    /// Aborting the task drops the pass running, if any, which gives back
+    /// the transactions it claimed (see the cancel safety of
+    /// [`recover`](TransactionLog::recover)).
     pub fn spawn_recovery(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
         tokio::spawn(async move {
@@ -301,6 +324,10 @@ impl TransactionLog {
     /// What the log knows of transaction `id`: its record while unfinished
     /// or needing repair, its decision for a while after it finished,
     /// `None` if it is unknown (never begun, or finished long ago).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a read, which changes nothing.
     pub async fn status(&self, id: TransactionId) -> Result<Option<TransactionRecord>, LogError> {
         self.inner.store.get(id).await
     }
@@ -308,6 +335,10 @@ impl TransactionLog {
     /// Transactions whose phase 2 gave up after its retries, oldest first,
     /// up to `limit`, each with its participants' failures
     /// ([`PhaseProgress::last_error`](crate::durable::PhaseProgress)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a read, which changes nothing.
     pub async fn needs_repair(&self, limit: usize) -> Result<Vec<TransactionRecord>, LogError> {
         self.inner.store.needs_repair(limit).await
     }
@@ -315,6 +346,15 @@ impl TransactionLog {
     /// Runs phase 2 of a transaction in "needs repair" again (once its cause
     /// is fixed), with a fresh retry budget, and reports it as
     /// `orchestrate` does; it goes back to "needs repair" if it fails again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future gives the transaction back and drops its phases
+    /// where they stood. If the log had taken it back from "needs repair"
+    /// (durably: it is decided again), which it may have done even if it had
+    /// not answered yet, the next [`recover`](TransactionLog::recover) pass
+    /// finishes it (or returns it to "needs repair"); otherwise nothing
+    /// changed. [`status`](TransactionLog::status) tells which.
     pub async fn redrive(&self, id: TransactionId) -> Result<Report, Error> {
         let log_failed = |error: LogError| {
             let detail = format!("transaction {id} could not be re-driven: {error}");
@@ -325,10 +365,13 @@ impl TransactionLog {
             let detail = format!("transaction {id} does not need repair");
             return Err(Error::refused(ErrorKind::NotInRepair, None, detail));
         };
+        // Given back if this call ends, or is dropped, before the
+        // transaction does: it is decided again, so recovery finishes it.
+        let lease = LeaseGuard::new(self.inner.store.clone(), lease);
         let services = match self.rebuild_all(&record) {
             Ok(services) => services,
             Err(why) => {
-                self.inner.store.release(&lease);
+                drop(lease);
                 let detail = format!("transaction {id} could not be re-driven: {why}");
                 return Err(Error::refused(ErrorKind::NotRecoverable, None, detail));
             }
@@ -346,11 +389,21 @@ impl TransactionLog {
     /// Marks a transaction in "needs repair" as resolved by hand: it is
     /// finished, and recovery leaves it alone. False when it was not in
     /// "needs repair".
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not leave the transaction resolved
+    /// (the request may have reached the log already); nothing is left
+    /// half-done. [`status`](TransactionLog::status) tells which.
     pub async fn resolve(&self, id: TransactionId) -> Result<bool, LogError> {
         self.inner.store.resolve(id).await
     }
 
     /// How many transactions are unfinished (needing repair included).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a read, which changes nothing.
     pub async fn unfinished_count(&self) -> Result<u64, LogError> {
         self.inner.store.unfinished_count().await
     }
@@ -386,7 +439,7 @@ impl TransactionLog {
 
     async fn finish_one(
         &self,
-        lease: Lease,
+        lease: LeaseGuard,
         record: TransactionRecord,
         services: Vec<Service>,
     ) -> Result<Report, Error> {
@@ -395,7 +448,7 @@ impl TransactionLog {
 
     async fn run(
         &self,
-        lease: Lease,
+        lease: LeaseGuard,
         record: &TransactionRecord,
         services: &[Service],
     ) -> Result<Report, Error> {
@@ -404,7 +457,7 @@ impl TransactionLog {
             .map(|service| Member::new(ServiceAttempts::new(service)))
             .collect();
         let options = self.options().clone();
-        engine::resume(&options, &self.inner.store, lease, record, &mut members[..]).await
+        engine::resume(&options, lease, record, &mut members[..]).await
     }
 }
 

@@ -307,6 +307,9 @@ pub async fn announce(client: &mut Client, branch: &Branch) -> Result<Outcome<()
     .await
 }
 
+/// The longest horizon [`cleanup`] passes on: 1,000 years.
+const MAX_HORIZON_SECS: f64 = 1000.0 * 365.25 * 86_400.0;
+
 /// Deletes the rows of finished branches (`confirmed`, `cancelled`,
 /// `cancelled_before_try`) last changed more than `horizon` ago, at most
 /// `batch` rows per statement, each its own transaction. Rows locked by a
@@ -319,7 +322,10 @@ pub async fn cleanup(
     horizon: Duration,
     batch: usize,
 ) -> Result<u64, BarrierError> {
-    let horizon = horizon.as_secs_f64();
+    // now() minus a horizon of more than a few thousand years is out of
+    // PostgreSQL's timestamp range ("timestamp out of range"), and no row
+    // is that old: any longer horizon keeps every row, as it should.
+    let horizon = horizon.as_secs_f64().min(MAX_HORIZON_SECS);
     let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
     let delete = client
         .prepare(

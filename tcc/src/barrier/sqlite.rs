@@ -92,7 +92,7 @@
 //! [`run_branch`] there: the blocking thread has no phase context.
 
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{
     Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
@@ -292,11 +292,19 @@ pub fn announce(conn: &mut Connection, branch: &Branch) -> Result<Outcome<()>, B
     run_step(conn, branch, Step::Announce, |_| Ok::<_, BarrierError>(()))
 }
 
+/// The shortest and longest pauses of [`cleanup`] between its batches: the
+/// longest is the longest sleep of SQLite's default busy handler.
+const MIN_PAUSE: Duration = Duration::from_millis(1);
+const MAX_PAUSE: Duration = Duration::from_millis(100);
+
 /// Deletes the rows of finished branches (`confirmed`, `cancelled`,
 /// `cancelled_before_try`) last changed more than `horizon` ago, at most
-/// `batch` rows per transaction, so a writer waits for one small batch at
-/// most. Returns how many rows it deleted. Rows of unfinished branches are
-/// kept. See [the module docs](super#cleanup) for choosing `horizon`.
+/// `batch` rows per transaction, and pauses after each batch for as long as
+/// it took (100 ms at most), so a writer on another connection waits for
+/// about one batch, not the whole cleanup; cleanup takes about twice its
+/// working time. Blocks the thread, as rusqlite does. Returns how many rows
+/// it deleted. Rows of unfinished branches are kept. See
+/// [the module docs](super#cleanup) for choosing `horizon`.
 pub fn cleanup(
     conn: &mut Connection,
     horizon: Duration,
@@ -313,6 +321,7 @@ pub fn cleanup(
     );
     let mut deleted = 0;
     loop {
+        let started = Instant::now();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(&sql, params![horizon_ms, batch])?;
         tx.commit()?;
@@ -320,6 +329,13 @@ pub fn cleanup(
         if (n as i64) < batch {
             return Ok(deleted);
         }
+        // SQLite does not queue writers: one waiting on another connection
+        // sleeps in its busy handler and tries again when it wakes (the
+        // default handler sleeps longer the longer it waits, up to 100 ms).
+        // A batch begun at once would find it asleep and take the lock
+        // again, and it would wait for the whole cleanup. A pause as long
+        // as the batch outlasts the sleep of a writer that came during it.
+        thread::sleep(started.elapsed().clamp(MIN_PAUSE, MAX_PAUSE));
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    Decision, End, Intent, Lease, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
+    Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
     TransactionRecord,
 };
 use crate::{Phase, TransactionId};
@@ -229,7 +229,7 @@ impl<L: Log + ?Sized> FaultyLog<L> {
     /// once, as the engine's call would be; a crash happens at once too, so a
     /// write the inner log received before it is ordered before the releases.
     /// `after` sees a successful result (to track the leases taken).
-    fn write<'a, T: Held + Send + 'a>(
+    fn write<'a, T: Leases + Send + 'a>(
         &'a self,
         what: &'static str,
         call: impl FnOnce() -> LogFuture<'a, T>,
@@ -339,7 +339,7 @@ impl<L: Log + ?Sized> FaultyLog<L> {
     }
 
     /// Gives back the leases in `value`, which the caller never received.
-    fn forget<T: Held>(&self, value: &T) {
+    fn forget<T: Leases>(&self, value: &T) {
         for lease in value.leases() {
             self.drop_hold(lease);
             self.inner.release(lease);
@@ -351,41 +351,6 @@ impl<L: Log + ?Sized> FaultyLog<L> {
         if held.get(&lease.id) == Some(lease) {
             held.remove(&lease.id);
         }
-    }
-}
-
-/// The leases a write's result carries.
-trait Held {
-    fn leases(&self) -> Vec<&Lease>;
-}
-
-impl Held for () {
-    fn leases(&self) -> Vec<&Lease> {
-        Vec::new()
-    }
-}
-
-impl Held for bool {
-    fn leases(&self) -> Vec<&Lease> {
-        Vec::new()
-    }
-}
-
-impl Held for Decision {
-    fn leases(&self) -> Vec<&Lease> {
-        Vec::new()
-    }
-}
-
-impl Held for Lease {
-    fn leases(&self) -> Vec<&Lease> {
-        vec![self]
-    }
-}
-
-impl Held for Option<(Lease, TransactionRecord)> {
-    fn leases(&self) -> Vec<&Lease> {
-        self.iter().map(|(lease, _)| lease).collect()
     }
 }
 

@@ -1,11 +1,14 @@
 //! [`MemoryLog`]: the log's rules, kept in memory.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use super::state::{Outcome, Rules, Stored, Tables};
 use super::{
-    Decision, End, Intent, Lease, Log, LogError, LogFuture, PhaseProgress, Status,
+    Decision, End, Intent, Lease, Leases, Log, LogError, LogFuture, PhaseProgress, Status,
     TransactionRecord,
 };
 use crate::{Phase, TransactionId};
@@ -63,7 +66,7 @@ impl MemoryLog {
     }
 
     /// Runs one call of the rules under the lock, as a ready future.
-    fn run<T: Send + 'static>(
+    fn run<T: Leases + Send + Unpin + 'static>(
         &self,
         call: impl FnOnce(&mut Rules, &mut Maps) -> Result<T, LogError>,
     ) -> LogFuture<'_, T> {
@@ -72,7 +75,36 @@ impl MemoryLog {
             let (rules, maps) = &mut *state;
             call(rules, maps)
         };
-        Box::pin(std::future::ready(result))
+        Box::pin(Answer {
+            log: self,
+            result: Some(result),
+        })
+    }
+}
+
+/// The answer of one call, applied when the call was made. Dropped unread
+/// (its caller went away), it gives back the leases it carries, which no
+/// one in this process would hold otherwise.
+struct Answer<'a, T: Leases> {
+    log: &'a MemoryLog,
+    result: Option<Result<T, LogError>>,
+}
+
+impl<T: Leases + Unpin> Future for Answer<'_, T> {
+    type Output = Result<T, LogError>;
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(self.result.take().expect("an answer is read once"))
+    }
+}
+
+impl<T: Leases> Drop for Answer<'_, T> {
+    fn drop(&mut self) {
+        if let Some(Ok(answer)) = &self.result {
+            for lease in answer.leases() {
+                self.log.release(lease);
+            }
+        }
     }
 }
 

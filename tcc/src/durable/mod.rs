@@ -71,6 +71,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::{Phase, TransactionId};
@@ -87,6 +88,13 @@ pub use faulty::{Fault, FaultyLog};
 pub use memory::MemoryLog;
 #[cfg(feature = "redb")]
 pub use redb::{CommitStats, RedbLog, RedbOptions};
+
+/// The most a transaction's intent may hold, its participants' names,
+/// kinds and data together: 2 GiB. The file store writes each field's
+/// length in 32 bits and keeps no record above 3 GiB; the margin is for the
+/// record's own fields and the error texts its notes add. An orchestration
+/// over more is refused at its start, before anything is written or run.
+pub(crate) const MAX_INTENT_BYTES: usize = 2 << 30;
 
 /// What a [`Log`] call returns: a boxed future, so that [`Log`] is object
 /// safe (`Arc<dyn Log>`).
@@ -207,6 +215,104 @@ pub struct Lease {
     pub epoch: u64,
 }
 
+/// A lease this process holds, given back to its log ([`Log::release`]) when
+/// dropped before [`ended`](LeaseGuard::ended) is called: a transaction whose
+/// driver went away (a recovery pass dropped half-way, an aborted task, a
+/// runtime shutting down) is then claimed again by the next recovery pass
+/// of this process, rather than held by nobody until it restarts.
+pub(crate) struct LeaseGuard {
+    log: Arc<dyn Log>,
+    lease: Lease,
+    ended: bool,
+}
+
+impl LeaseGuard {
+    /// Holds `lease`, taken from `log`.
+    pub(crate) fn new(log: Arc<dyn Log>, lease: Lease) -> Self {
+        LeaseGuard {
+            log,
+            lease,
+            ended: false,
+        }
+    }
+
+    pub(crate) fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    pub(crate) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The log ended the lease ([`Log::finish`] succeeded): nothing to give
+    /// back.
+    pub(crate) fn ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.log.release(&self.lease);
+        }
+    }
+}
+
+impl fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseGuard")
+            .field("lease", &self.lease)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The leases a [`Log`] call's answer carries. A store gives them back
+/// when the caller went away before reading the answer (its future
+/// dropped), since no one else could.
+pub(crate) trait Leases {
+    fn leases(&self) -> Vec<&Lease>;
+}
+
+/// Answers that carry no lease.
+macro_rules! no_leases {
+    ($($answer:ty),*) => {$(
+        impl Leases for $answer {
+            fn leases(&self) -> Vec<&Lease> {
+                Vec::new()
+            }
+        }
+    )*};
+}
+
+no_leases!(
+    (),
+    bool,
+    u64,
+    Decision,
+    Option<TransactionRecord>,
+    Vec<TransactionRecord>
+);
+
+impl Leases for Lease {
+    fn leases(&self) -> Vec<&Lease> {
+        vec![self]
+    }
+}
+
+impl Leases for Option<(Lease, TransactionRecord)> {
+    fn leases(&self) -> Vec<&Lease> {
+        self.iter().map(|(lease, _)| lease).collect()
+    }
+}
+
+impl Leases for Vec<(Lease, TransactionRecord)> {
+    fn leases(&self) -> Vec<&Lease> {
+        self.iter().map(|(lease, _)| lease).collect()
+    }
+}
+
 /// How a transaction ends, for [`Log::finish`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
@@ -221,6 +327,16 @@ pub enum End {
 ///
 /// Every write of one transaction is applied in the order it was called,
 /// including [`note`](Log::note)s, which are not awaited.
+///
+/// # Cancel safety
+///
+/// A call may be applied even if its future is dropped before it resolves
+/// (the stores here apply it when it is made). A call that takes a lease
+/// ([`begin`](Log::begin), [`claim_unfinished`](Log::claim_unfinished),
+/// [`reopen`](Log::reopen)) whose future is dropped unread gives that lease
+/// back, as [`release`](Log::release) would: otherwise no one in the process
+/// would hold it, and its recovery could not take the transaction. A store
+/// of your own must do the same.
 pub trait Log: Send + Sync + 'static {
     /// Writes the intent, durably (fsync'd) before it resolves. Fails with
     /// `Duplicate` if the id exists.

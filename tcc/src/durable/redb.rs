@@ -6,9 +6,12 @@
 //! replies to each (but to a lazy `finish(Done)`, answered once applied).
 //! Concurrent transactions therefore share one fsync.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
+use std::task::{Context, Poll, ready};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,8 +21,8 @@ use tokio::sync::oneshot;
 use super::codec;
 use super::state::{Outcome, Rules, Stored, Tables};
 use super::{
-    Decision, End, Intent, Lease, Log, LogError, LogErrorKind, LogFuture, PhaseProgress, Status,
-    TransactionRecord,
+    Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
+    Status, TransactionRecord,
 };
 use crate::{Phase, TransactionId};
 
@@ -230,15 +233,22 @@ impl RedbLog {
     }
 
     /// Sends a request and awaits its reply.
-    fn call<T: Send + 'static>(
+    fn call<T: Leases + Send + 'static>(
         &self,
         request: impl FnOnce(Reply<T>) -> Request,
     ) -> LogFuture<'_, T> {
         let (reply, answer) = oneshot::channel();
         let sent = self.send(request(reply));
+        // Outside the async block, so that it guards the reply even if the
+        // block is dropped before it is first polled.
+        let answer = Unread {
+            log: self,
+            answer,
+            read: false,
+        };
         Box::pin(async move {
             sent?;
-            answer.await.map_err(|_| self.closed())?
+            answer.await
         })
     }
 
@@ -324,6 +334,43 @@ impl Log for RedbLog {
 
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
+/// A reply not read yet. Dropped unread (its caller went away), it gives
+/// back the leases the reply carries: closed first, so a writer that has not
+/// replied yet fails to, and gives them back itself.
+struct Unread<'a, T: Leases> {
+    log: &'a RedbLog,
+    answer: oneshot::Receiver<Result<T, LogError>>,
+    read: bool,
+}
+
+impl<T: Leases> Future for Unread<'_, T> {
+    type Output = Result<T, LogError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = ready!(Pin::new(&mut self.answer).poll(cx));
+        self.read = true;
+        Poll::Ready(
+            answer
+                .map_err(|_| self.log.closed())
+                .and_then(|answer| answer),
+        )
+    }
+}
+
+impl<T: Leases> Drop for Unread<'_, T> {
+    fn drop(&mut self) {
+        if self.read {
+            return;
+        }
+        self.answer.close();
+        if let Ok(Ok(answer)) = self.answer.try_recv() {
+            for lease in answer.leases() {
+                self.log.release(lease);
+            }
+        }
+    }
+}
+
 /// One call of [`Log`], as the writer receives it.
 enum Request {
     Begin(Intent, Reply<Lease>),
@@ -373,6 +420,7 @@ impl Request {
                     LogError::echo,
                 );
                 let _ = reply.send(Err(error));
+                Vec::new()
             }));
         }
         match self {
@@ -414,19 +462,24 @@ fn answering(batch: &[Request]) -> usize {
 }
 
 /// A reply held until its batch is committed: it then sends its result, or
-/// the commit's failure.
-type Pending = Box<dyn FnOnce(Option<&LogError>) + Send>;
+/// the commit's failure, and returns the leases of a result its caller was
+/// no longer there to receive, for the writer to give back.
+type Pending = Box<dyn FnOnce(Option<&LogError>) -> Vec<Lease> + Send>;
 
-fn hold<T: Send + 'static>(
+fn hold<T: Leases + Send + 'static>(
     pending: &mut Vec<Pending>,
     reply: Reply<T>,
     result: Result<T, LogError>,
 ) {
     pending.push(Box::new(move |failed: Option<&LogError>| {
-        let _ = reply.send(match failed {
+        let sent = reply.send(match failed {
             Some(error) => Err(error.echo()),
             None => result,
         });
+        match sent {
+            Err(Ok(undelivered)) => undelivered.leases().into_iter().cloned().collect(),
+            _ => Vec::new(),
+        }
     }));
 }
 
@@ -543,7 +596,9 @@ impl Writer {
             // they may be back already, among the queued.
             expected = (answering(&batch) + answered).min(MAX_BATCH);
             for reply in pending {
-                reply(failed.as_ref());
+                for lease in reply(failed.as_ref()) {
+                    self.rules.release(&lease);
+                }
             }
         }
         // A clean shutdown: what was committed lazily reaches the disk now.
@@ -632,7 +687,7 @@ fn apply_one(
     request: Request,
     pending: &mut Vec<Pending>,
 ) -> Result<(), LogError> {
-    fn keep<T: Send + 'static>(
+    fn keep<T: Leases + Send + 'static>(
         pending: &mut Vec<Pending>,
         reply: Reply<T>,
         result: Result<T, LogError>,
@@ -645,7 +700,11 @@ fn apply_one(
         failure.map_or(Ok(()), Err)
     }
     match request {
-        Request::Begin(intent, reply) => keep(pending, reply, rules.begin(tables, &intent)),
+        Request::Begin(intent, reply) => {
+            let result = rules.begin(tables, &intent);
+            give_back_if_gone(rules, &reply, &result);
+            keep(pending, reply, result)
+        }
         Request::Decide(lease, decision, reply) => {
             keep(pending, reply, rules.decide(tables, &lease, decision))
         }
@@ -676,7 +735,11 @@ fn apply_one(
         Request::Finish(lease, end, reply) => {
             keep(pending, reply, rules.finish(tables, &lease, end))
         }
-        Request::Claim(limit, reply) => keep(pending, reply, rules.claim_unfinished(tables, limit)),
+        Request::Claim(limit, reply) => {
+            let result = rules.claim_unfinished(tables, limit);
+            give_back_if_gone(rules, &reply, &result);
+            keep(pending, reply, result)
+        }
         Request::Release(lease) => {
             rules.release(&lease);
             Ok(())
@@ -685,9 +748,26 @@ fn apply_one(
         Request::NeedsRepair(limit, reply) => {
             keep(pending, reply, rules.needs_repair(tables, limit))
         }
-        Request::Reopen(id, reply) => keep(pending, reply, rules.reopen(tables, id)),
+        Request::Reopen(id, reply) => {
+            let result = rules.reopen(tables, id);
+            give_back_if_gone(rules, &reply, &result);
+            keep(pending, reply, result)
+        }
         Request::Resolve(id, reply) => keep(pending, reply, rules.resolve(tables, id)),
         Request::Count(reply) => keep(pending, reply, rules.unfinished_count(tables)),
+    }
+}
+
+/// Gives back at once the leases of a call whose caller is gone already (its
+/// future dropped), so that a claim later in the same batch takes them; a
+/// caller gone during the commit gets its leases given back after it.
+fn give_back_if_gone<T: Leases>(rules: &mut Rules, reply: &Reply<T>, result: &Result<T, LogError>) {
+    if reply.is_closed()
+        && let Ok(answer) = result
+    {
+        for lease in answer.leases() {
+            rules.release(lease);
+        }
     }
 }
 
