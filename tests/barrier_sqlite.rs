@@ -788,7 +788,7 @@ fn an_announced_try_overtaken_by_its_cancel_is_refused() {
 /// whole cleanup. Here it waits about one batch.
 // Real time: SQLite's busy handler sleeps on the real clock.
 #[test]
-fn cleanup_makes_a_phase_on_another_connection_wait_for_the_whole_cleanup() {
+fn cleanup_lets_a_phase_on_another_connection_in_between_batches() {
     const ROWS: i64 = 30_000;
     const BATCH: usize = 1_000;
     let db = Db::new();

@@ -972,7 +972,7 @@ async fn undecided(durable: &Arc<MemoryLog>, bank: &Arc<Bank>, count: usize) -> 
 }
 
 #[tokio::test(start_paused = true)]
-async fn dropping_a_recovery_pass_strands_its_claims() {
+async fn a_dropped_recovery_pass_gives_its_claims_back() {
     let durable = Arc::new(MemoryLog::new());
     let bank = Bank::new(durable.clone());
     let ids = undecided(&durable, &bank, 3).await;
@@ -995,7 +995,7 @@ async fn dropping_a_recovery_pass_strands_its_claims() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn aborting_spawn_recovery_strands_its_claims() {
+async fn an_aborted_spawn_recovery_gives_its_claims_back() {
     let durable = Arc::new(MemoryLog::new());
     let bank = Bank::new(durable.clone());
     let ids = undecided(&durable, &bank, 3).await;
@@ -1014,7 +1014,7 @@ async fn aborting_spawn_recovery_strands_its_claims() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn dropping_a_recovery_pass_strands_the_transactions_it_parked() {
+async fn a_dropped_recovery_pass_gives_back_what_it_parked() {
     let durable = Arc::new(MemoryLog::new());
     let bank = Bank::new(durable.clone());
     let ids = undecided(&durable, &bank, 2).await;
@@ -1036,7 +1036,7 @@ async fn dropping_a_recovery_pass_strands_the_transactions_it_parked() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_decision_write_loses_the_try_failures() {
+async fn a_failed_decision_write_keeps_the_try_failures() {
     let durable = Arc::new(MemoryLog::new());
     let bank = Bank::new(durable.clone());
     // Write 4 is the decision (to cancel: the payee's Try fails).
@@ -1077,7 +1077,7 @@ async fn a_failed_decision_write_loses_the_try_failures() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn dropping_a_redrive_strands_its_claim() {
+async fn a_dropped_redrive_gives_its_claim_back() {
     let durable = Arc::new(MemoryLog::new());
     let bank = Bank::new(durable.clone());
     bank.confirm_failures

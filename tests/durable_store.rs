@@ -451,7 +451,7 @@ mod cases {
     /// (a dropped recovery pass, an aborted task), at two moments: before
     /// the store answered, and after. Either way the store gives the leases
     /// back, and a claim of this process takes the transactions.
-    pub async fn a_log_call_dropped_unread_strands_its_leases<L: Log>(open: Open<L>) {
+    pub async fn a_log_call_dropped_unread_gives_its_leases_back<L: Log>(open: Open<L>) {
         let log = open(100);
         let unanswered = intent(1);
         drop(log.begin(&unanswered));
@@ -520,7 +520,7 @@ every_store!(
     resolve_ends_a_repair,
     needs_repair_lists_the_oldest_first,
     outcomes_beyond_the_retention_are_pruned,
-    a_log_call_dropped_unread_strands_its_leases,
+    a_log_call_dropped_unread_gives_its_leases_back,
 );
 
 /// The file's own cases: what survives closing it, and who may open it.
