@@ -30,7 +30,7 @@ use crate::context::Context;
 use crate::durable::{
     Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, TransactionRecord,
 };
-use crate::error::{Error, ErrorKind, Failure, Panicked};
+use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
 use crate::name::Name;
 use crate::phase::Phase;
@@ -116,7 +116,7 @@ impl Ledger {
                     }
                     Some((kind, Err(cause))) => format!(
                         "orchestration refused: the data of service `{name}` (kind `{kind}`) could not be saved: {}",
-                        Logged(&*cause)
+                        Chain(&*cause)
                     ),
                     None => format!(
                         "orchestration refused: service `{name}` cannot be rebuilt after a crash, so it cannot join a durable transaction; build it with `Service::recoverable` from a type that implements `tcc::Recoverable`"
@@ -212,7 +212,7 @@ impl Ledger {
             let progress = PhaseProgress {
                 attempts,
                 succeeded: result.is_ok(),
-                last_error: result.as_ref().err().map(|e| Logged(&**e).to_string()),
+                last_error: result.as_ref().err().map(|e| Chain(&**e).to_string()),
             };
             durable
                 .log
@@ -220,7 +220,7 @@ impl Ledger {
         }
         if let Err(cause) = result {
             let name = self.names[index].clone();
-            tracing::warn!(service = %name, %phase, attempts, error = %Logged(&*cause), "phase failed");
+            tracing::warn!(service = %name, %phase, attempts, error = %Chain(&*cause), "phase failed");
             self.failures
                 .push((index, Failure::new(name, phase, attempts, cause)));
         }
