@@ -128,7 +128,7 @@ pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TimedO
 pub use id::{ParseTransactionIdError, TransactionId};
 pub use orchestrator::Orchestrator;
 pub use phase::Phase;
-pub use recoverable::{MissingResource, Recoverable, Resources};
+pub use recoverable::{MissingResource, Recoverable, Resources, WiringError};
 pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
 pub use service::Service;
