@@ -789,7 +789,8 @@ async fn run_case(case: &Case) {
     // Restart over what was durable; what needs repair is re-driven once
     // its cause is gone, as an operator would.
     let restarted = coordinator(durable.clone(), &bank);
-    restarted.recover().await.unwrap();
+    let summary = restarted.recover().await.unwrap();
+    assert!(summary.left.is_empty(), "{summary:?}");
     bank.confirm_failures.lock().unwrap().clear();
     for record in restarted.needs_repair(100).await.unwrap() {
         restarted.redrive(record.intent.id).await.unwrap();

@@ -164,8 +164,13 @@ fn rebuild<T: Recoverable>(data: &[u8], resources: &Resources) -> Result<Service
 }
 
 /// What one recovery pass did.
+///
+/// Look at [`left`](RecoverySummary::left): a transaction in it is still
+/// unfinished, holding what its Tries reserved, until a pass can rebuild
+/// it. Log it, or refuse to start when it is not empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "transactions in `left` stay unfinished, holding their reservations: log them or fail"]
 pub struct RecoverySummary {
     /// Transactions finished: confirmed or cancelled everywhere.
     pub finished: usize,
@@ -353,7 +358,9 @@ impl TransactionLog {
     /// ([`spawn_recovery`](TransactionLog::spawn_recovery)).
     ///
     /// Errors only when the log itself fails; a transaction that cannot be
-    /// rebuilt is reported in the summary, not an error.
+    /// rebuilt is reported in the summary's
+    /// [`left`](RecoverySummary::left), not an error: at start, log it or
+    /// fail when it is not empty (`recover().await?` alone drops it).
     pub async fn recover(&self) -> Result<RecoverySummary, LogError> {
         let mut summary = RecoverySummary::default();
         let mut running = FuturesUnordered::new();
