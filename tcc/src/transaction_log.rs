@@ -13,7 +13,7 @@ use futures_util::stream::FuturesUnordered;
 
 use crate::durable::{Lease, Log, LogError, TransactionRecord};
 use crate::engine::{self, Kinds, LogHandle, Member, Options};
-use crate::error::{BoxError, Error, ErrorKind};
+use crate::error::{BoxError, Chain, Error, ErrorKind};
 use crate::id::TransactionId;
 use crate::recoverable::{Recoverable, Resources, WiringError};
 use crate::report::Report;
@@ -239,7 +239,8 @@ impl TransactionLog {
     ///
     /// Registering `T` again is harmless (nothing changes); a second,
     /// different type under the same kind is a [`WiringError`] and leaves
-    /// the first registered. Returns `self` for chaining:
+    /// the first registered (`Arc<T>` is such a type: register `T` or
+    /// `Arc<T>`, not both). Returns `self` for chaining:
     /// `log.register::<Debit>()?.register::<Credit>()?`.
     ///
     /// A transaction that recovery meets with a kind not registered (logged
@@ -515,8 +516,10 @@ impl TransactionLog {
                 };
                 rebuild(&participant.data, &resources).map_err(|error| {
                     format!(
-                        "service `{}` (kind `{}`) could not be rebuilt: {error}",
-                        participant.name, participant.kind
+                        "service `{}` (kind `{}`) could not be rebuilt: {}",
+                        participant.name,
+                        participant.kind,
+                        Chain(&*error)
                     )
                 })
             })
