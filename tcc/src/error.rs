@@ -208,7 +208,9 @@ pub enum ErrorKind {
     /// unknown.
     Interrupted,
     /// A durable transaction was given a service that cannot be rebuilt
-    /// after a crash (or whose data could not be saved). Nothing ran.
+    /// after a crash: not recoverable, its data could not be saved, or its
+    /// kind is not registered on the log (`TransactionLog::register`).
+    /// Nothing ran.
     NotRecoverable,
     /// The transaction log failed. Before the first Try (the intent could
     /// not be written), nothing ran; after it (the decision could not be
