@@ -145,7 +145,7 @@ async fn engine_recovery(dir: &Path, count: usize) -> f64 {
         join(writers).await;
     }
     let log = TransactionLog::open(&path).unwrap();
-    log.register::<Noop>();
+    log.register::<Noop>().unwrap();
     let start = Instant::now();
     let summary = log.recover().await.unwrap();
     assert_eq!(summary.finished, count);
@@ -432,6 +432,7 @@ fn main() {
             let engine = runtime.block_on(async {
                 let path = dir.path().join(format!("engine-concurrent-{round}.redb"));
                 let log = TransactionLog::open(path).unwrap();
+                log.register::<Noop>().unwrap();
                 let run = concurrent(log, sizes.concurrent_for / 2, |log| async move {
                     durable_transaction(&log).await;
                 });
@@ -456,6 +457,7 @@ fn main() {
     let log = RedbLog::open(dir.path().join("latency.redb")).unwrap();
     let bare = redb::Database::create(dir.path().join("bare.redb")).unwrap();
     let engine_log = TransactionLog::open(dir.path().join("engine-latency.redb")).unwrap();
+    engine_log.register::<Noop>().unwrap();
     let (mut samples, mut bare_samples, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
     let mut engine_samples = Vec::new();
     runtime.block_on(transaction(&log)); // the first commit creates the file's pages

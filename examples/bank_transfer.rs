@@ -505,9 +505,9 @@ fn open(data: &Path, create: Option<usize>) -> Result<(TransactionLog, Arc<Bank>
     let bank = Bank::open(&bank_path, create)
         .map_err(|error| format!("cannot open the bank {}: {error}", bank_path.display()))?;
     // What recovery rebuilds the two sides with: their kinds, and the bank.
-    log.provide(bank.clone())
-        .register::<Debit>()
-        .register::<Credit>()
+    log.provide(bank.clone())?
+        .register::<Debit>()?
+        .register::<Credit>()?
         .retry(retry_policy());
     Ok((log, bank))
 }

@@ -929,3 +929,63 @@ async fn guard_runs_inside_the_callers_transaction() {
         [("wallet".into(), "try".into())]
     );
 }
+
+/// A schema whose barrier table `migrate` never created: the phase fails
+/// at once with an error that says what to call (SQLSTATE 42P01), and is
+/// not retried.
+// Real time, as the other tests against the server.
+#[tokio::test]
+async fn the_barrier_without_migrate_fails_at_once_and_says_to_call_migrate() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let client = cluster.connect("no_migrate").await;
+    client
+        .batch_execute("DROP SCHEMA no_migrate CASCADE; CREATE SCHEMA no_migrate;")
+        .await
+        .unwrap();
+    let client = Arc::new(Mutex::new(client));
+    let attempts = Arc::new(AtomicU32::new(0));
+    let phase = |client: Arc<Mutex<Client>>, attempts: Arc<AtomicU32>| {
+        move || {
+            let (client, attempts) = (client.clone(), attempts.clone());
+            async move {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                let mut client = client.lock().await;
+                postgres::run(&mut client, |_| Box::pin(async { Ok::<_, TestError>(()) }))
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    let wallet = Service::new(
+        "wallet",
+        phase(client.clone(), Arc::default()),
+        || async { Ok::<(), TestError>(()) },
+        phase(client.clone(), attempts.clone()),
+    );
+    let error = Orchestrator::new([wallet])
+        .retry(fast_retries(10))
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "the Cancel was retried");
+    let cancel = error
+        .failures()
+        .iter()
+        .find(|f| f.phase() == Phase::Cancel)
+        .unwrap();
+    assert_eq!(cancel.attempts(), 1);
+    assert!(cancel.is_permanent());
+    let Some(TestError::Barrier(barrier)) = cancel.cause().downcast_ref::<TestError>() else {
+        panic!("not a barrier error: {error}");
+    };
+    assert_eq!(barrier.kind(), BarrierErrorKind::MissingTable);
+    for text in [error.to_string(), barrier.to_string()] {
+        assert!(
+            text.contains("call `tcc::barrier::postgres::migrate`")
+                && text.contains("relation \"tcc_barrier\" does not exist"),
+            "{text}"
+        );
+    }
+}

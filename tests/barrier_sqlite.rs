@@ -851,3 +851,59 @@ fn cleanup_with_the_longest_horizon_keeps_every_row() {
     let century = Duration::from_secs(100 * 365 * 86_400);
     assert_eq!(sqlite::cleanup(&mut conn, century, 10).unwrap(), 1);
 }
+
+/// A database whose barrier table `migrate` never created: the phase fails
+/// at once with an error that says what to call, and is not retried (it
+/// was, for about 52 s, ending in "needs repair" with the cause only in
+/// `Debug`).
+#[tokio::test(start_paused = true)]
+async fn the_barrier_without_migrate_fails_at_once_and_says_to_call_migrate() {
+    let conn = Arc::new(Mutex::new(Connection::open_in_memory().unwrap()));
+    let attempts = Arc::new(AtomicU32::new(0));
+    let phase = |conn: Arc<Mutex<Connection>>, attempts: Arc<AtomicU32>| {
+        move || {
+            let (conn, attempts) = (conn.clone(), attempts.clone());
+            async move {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                sqlite::run(&mut conn.lock().unwrap(), |_| Ok::<_, TestError>(())).map(drop)
+            }
+        }
+    };
+    let wallet = Service::new(
+        "wallet",
+        phase(conn.clone(), Arc::default()),
+        || async { Ok::<(), TestError>(()) },
+        phase(conn.clone(), attempts.clone()),
+    );
+    let started = tokio::time::Instant::now();
+    let error = Orchestrator::new([wallet])
+        .max_retries(10)
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "the Cancel was retried");
+    assert_eq!(started.elapsed(), Duration::ZERO, "no backoff was waited");
+    let cancel = error
+        .failures()
+        .iter()
+        .find(|f| f.phase() == Phase::Cancel)
+        .unwrap();
+    assert_eq!(cancel.attempts(), 1);
+    assert!(cancel.is_permanent());
+    let barrier = cancel
+        .cause()
+        .downcast_ref::<TestError>()
+        .and_then(|e| match e {
+            TestError::Barrier(e) => Some(e),
+            _ => None,
+        })
+        .expect("a barrier error");
+    assert_eq!(barrier.kind(), BarrierErrorKind::MissingTable);
+    for text in [error.to_string(), barrier.to_string()] {
+        assert!(
+            text.contains("call `tcc::barrier::sqlite::migrate`")
+                && text.contains("no such table: tcc_barrier"),
+            "{text}"
+        );
+    }
+}

@@ -24,7 +24,7 @@ use tcc::durable::{
 };
 use tcc::{
     BoxError, ErrorKind, Orchestrator, Phase, Recoverable, Resources, Service, TccService,
-    TransactionId, TransactionLog, tcc,
+    TransactionId, TransactionLog, WiringError, tcc, tcc_service,
 };
 
 /// One branch of one transaction at one account.
@@ -159,7 +159,9 @@ impl TccService for Account {
 /// rebuild accounts of `bank`.
 fn coordinator(store: Arc<dyn Log>, bank: &Arc<Bank>) -> TransactionLog {
     let log = TransactionLog::from_store(store);
-    log.provide(bank.clone()).register::<Account>();
+    log.provide(bank.clone())
+        .and_then(|log| log.register::<Account>())
+        .expect("one resource and one kind, each once");
     log.retry(tcc::RetryPolicy::immediate(2));
     log
 }
@@ -466,7 +468,11 @@ async fn an_unregistered_kind_is_left_untouched_and_finished_once_registered() {
     assert_eq!(unaware.unfinished_count().await.unwrap(), 1);
 
     // Registered later: the next pass confirms it.
-    unaware.provide(bank.clone()).register::<Account>();
+    unaware
+        .provide(bank.clone())
+        .unwrap()
+        .register::<Account>()
+        .unwrap();
     let summary = unaware.recover().await.unwrap();
     assert_eq!((summary.finished, summary.left.len()), (1, 0));
     assert!(bank.of(id).iter().all(|(_, b)| b.confirmed && !b.held));
@@ -640,7 +646,10 @@ async fn data_saved_by_an_older_version_is_rebuilt_by_a_newer_one() {
 
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = TransactionLog::from_store(durable.clone());
-    log.provide(seen.clone()).register::<Memo>();
+    log.provide(seen.clone())
+        .unwrap()
+        .register::<Memo>()
+        .unwrap();
     assert_eq!(log.recover().await.unwrap().finished, 1);
     assert_eq!(*seen.lock().unwrap(), ["alice (none)"]);
 }
@@ -785,7 +794,8 @@ async fn run_case(case: &Case) {
     // Restart over what was durable; what needs repair is re-driven once
     // its cause is gone, as an operator would.
     let restarted = coordinator(durable.clone(), &bank);
-    restarted.recover().await.unwrap();
+    let summary = restarted.recover().await.unwrap();
+    assert!(summary.left.is_empty(), "{summary:?}");
     bank.confirm_failures.lock().unwrap().clear();
     for record in restarted.needs_repair(100).await.unwrap() {
         restarted.redrive(record.intent.id).await.unwrap();
@@ -834,6 +844,7 @@ fn a_runtime_shut_down_mid_transaction_leaves_it_to_recovery() {
             .build()
             .unwrap();
         let log = coordinator(durable.clone(), &bank);
+        log.register::<Hang>().unwrap();
         let bank = bank.clone();
         runtime.block_on(async move {
             // The payer holds; the payee's Try never ends.
@@ -862,7 +873,7 @@ fn a_runtime_shut_down_mid_transaction_leaves_it_to_recovery() {
         .unwrap();
     runtime.block_on(async {
         let log = coordinator(durable.clone(), &bank);
-        log.register::<Hang>();
+        log.register::<Hang>().unwrap();
         assert_eq!(log.recover().await.unwrap().finished, 1);
         assert!(bank.of(id).iter().all(|(_, b)| b.cancelled && !b.held));
     });
@@ -1025,7 +1036,9 @@ async fn a_dropped_recovery_pass_gives_back_what_it_parked() {
     assert_eq!(log.recover().await.unwrap().left.len(), 2);
     // Once it can, a pass takes the parked ones up and is dropped before
     // it runs them.
-    log.provide(bank.clone()).register::<Account>();
+    log.provide(bank.clone())
+        .and_then(|log| log.register::<Account>())
+        .unwrap();
     let dropped = tokio::time::timeout(Duration::from_secs(1), log.recover()).await;
     assert!(dropped.is_err());
     store.unstall();
@@ -1111,4 +1124,302 @@ async fn a_dropped_redrive_gives_its_claim_back() {
     // Given back: recovery in the same process finishes it.
     assert_eq!(log.recover().await.unwrap().finished, 1);
     assert!(bank.of(id).iter().all(|(_, b)| b.confirmed && !b.held));
+}
+
+// Mistakes in wiring a log fail where they are made, at start, not in the
+// recovery after the first crash.
+
+/// A connection, as two services would each hold their own.
+type Db = Arc<Mutex<Vec<String>>>;
+
+/// Writes to the `inventory` database, never the wallet's.
+#[derive(Recoverable)]
+#[recoverable(kind = "stock")]
+struct Stock {
+    #[recoverable(resource = "inventory")]
+    db: Db,
+    item: String,
+}
+
+#[tcc_service(name = "stock")]
+impl Stock {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    #[confirm]
+    async fn take(&self) -> Result<(), BoxError> {
+        self.db.lock().unwrap().push(format!("took {}", self.item));
+        Ok(())
+    }
+    #[cancel]
+    async fn release(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Writes to the `wallet` database: the same type as the inventory's.
+#[derive(Recoverable)]
+#[recoverable(kind = "wallet")]
+struct Wallet {
+    #[recoverable(resource = "wallet")]
+    db: Db,
+    amount: u32,
+}
+
+#[tcc_service(name = "wallet")]
+impl Wallet {
+    #[try_phase]
+    async fn freeze(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    #[confirm]
+    async fn pay(&self) -> Result<(), BoxError> {
+        self.db
+            .lock()
+            .unwrap()
+            .push(format!("paid {}", self.amount));
+        Ok(())
+    }
+    #[cancel]
+    async fn unfreeze(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_second_resource_of_one_type_is_refused_at_provide() {
+    let log = TransactionLog::new(MemoryLog::new());
+    let (inventory, wallet) = (Db::default(), Db::default());
+    log.provide(inventory.clone()).unwrap();
+    let error = log.provide(wallet).unwrap_err();
+    assert_eq!(
+        error,
+        WiringError::DuplicateResource {
+            type_name: std::any::type_name::<Db>(),
+            name: None,
+        }
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("Mutex<alloc::vec::Vec<alloc::string::String>>")
+            && text.contains("provided twice")
+            && text.contains("provide_named"),
+        "{text}"
+    );
+    // Named, the same name twice is refused too.
+    log.provide_named("inventory", Db::default()).unwrap();
+    let error = log.provide_named("inventory", Db::default()).unwrap_err();
+    assert!(error.to_string().contains("named `inventory`"), "{error}");
+}
+
+/// Two resources of one type, told apart by name: recovery rebuilds each
+/// service with its own, not with whichever was provided last.
+#[tokio::test(start_paused = true)]
+async fn named_resources_rebuild_each_service_with_its_own() {
+    let durable = Arc::new(MemoryLog::new());
+    let (inventory, wallet) = (Db::default(), Db::default());
+    let stock = Stock {
+        db: inventory.clone(),
+        item: "seat".into(),
+    };
+    let pay = Wallet {
+        db: wallet.clone(),
+        amount: 30,
+    };
+    // A crash right after the decision to confirm, before any Confirm.
+    let id = TransactionId::generate();
+    let participant = |name: &str, kind: &str, data: Vec<u8>| tcc::durable::ParticipantEntry {
+        name: name.into(),
+        kind: kind.into(),
+        data,
+    };
+    let intent = tcc::durable::Intent {
+        id,
+        participants: vec![
+            participant("stock", Stock::KIND, stock.save().unwrap()),
+            participant("wallet", Wallet::KIND, pay.save().unwrap()),
+        ],
+    };
+    let lease = durable.begin(&intent).await.unwrap();
+    durable.decide(&lease, Decision::Confirm).await.unwrap();
+    durable.release(&lease);
+
+    let log = TransactionLog::from_store(durable.clone());
+    log.provide_named("inventory", inventory.clone())
+        .and_then(|log| log.provide_named("wallet", wallet.clone()))
+        .and_then(|log| log.register::<Stock>())
+        .and_then(|log| log.register::<Wallet>())
+        .unwrap();
+    let summary = log.recover().await.unwrap();
+    assert_eq!(
+        (summary.finished, summary.left.len()),
+        (1, 0),
+        "{summary:?}"
+    );
+    assert_eq!(*inventory.lock().unwrap(), ["took seat"]);
+    assert_eq!(*wallet.lock().unwrap(), ["paid 30"]);
+
+    // A named resource not provided is reported with its name.
+    let mut resources = Resources::new();
+    resources.insert(Db::default()).unwrap();
+    let missing = match Stock::rebuild(&stock.save().unwrap(), &resources) {
+        Ok(_) => panic!("rebuilt without the `inventory` resource"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        missing.contains("named `inventory`") && missing.contains("provide_named"),
+        "{missing}"
+    );
+}
+
+mod ledger {
+    use tcc::{BoxError, Recoverable, tcc_service};
+
+    /// Of kind `Debit`, the type's name, as the derive makes it.
+    #[derive(Recoverable)]
+    pub struct Debit {
+        pub amount: i64,
+    }
+
+    #[tcc_service(name = "ledger debit")]
+    impl Debit {
+        #[try_phase]
+        async fn hold(&self) -> Result<(), BoxError> {
+            Ok(())
+        }
+        #[confirm]
+        async fn take(&self) -> Result<(), BoxError> {
+            Ok(())
+        }
+        #[cancel]
+        async fn release(&self) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+}
+
+mod card {
+    use tcc::{BoxError, Recoverable, tcc_service};
+
+    /// Of kind `Debit` too: another module's type of the same name.
+    #[derive(Recoverable)]
+    pub struct Debit {
+        pub card: String,
+    }
+
+    #[tcc_service(name = "card debit")]
+    impl Debit {
+        #[try_phase]
+        async fn hold(&self) -> Result<(), BoxError> {
+            Ok(())
+        }
+        #[confirm]
+        async fn take(&self) -> Result<(), BoxError> {
+            Ok(())
+        }
+        #[cancel]
+        async fn release(&self) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn two_types_under_one_kind_are_refused_at_register() {
+    let log = TransactionLog::new(MemoryLog::new());
+    log.register::<ledger::Debit>().unwrap();
+    // The same type again changes nothing.
+    log.register::<ledger::Debit>()
+        .expect("registering a type twice is harmless");
+    let error = log.register::<card::Debit>().unwrap_err();
+    assert_eq!(
+        error,
+        WiringError::DuplicateKind {
+            kind: "Debit".into(),
+            first: std::any::type_name::<ledger::Debit>(),
+            second: std::any::type_name::<card::Debit>(),
+        }
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("kind `Debit`")
+            && text.contains("ledger::Debit")
+            && text.contains("card::Debit")
+            && text.contains("#[recoverable(kind"),
+        "{text}"
+    );
+}
+
+/// A participant whose Tries are counted, for a log that does not know its
+/// kind.
+#[derive(Recoverable)]
+#[recoverable(kind = "counted")]
+struct Counted {
+    #[recoverable(resource)]
+    tries: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl TccService for Counted {
+    fn service_name(&self) -> &str {
+        "counted"
+    }
+    async fn try_phase(&self) -> Result<(), BoxError> {
+        self.tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    async fn confirm(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn cancel(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unregistered_kind_is_refused_at_begin_before_any_try() {
+    for front in [Front::Orchestrator, Front::Macro] {
+        let durable = Arc::new(MemoryLog::new());
+        let bank = Bank::new(durable.clone());
+        // Knows accounts, not `counted`.
+        let log = coordinator(durable.clone(), &bank);
+        let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let payer = Account {
+            bank: bank.clone(),
+            account: "payer".into(),
+            fail_try: false,
+        };
+        let counted = Counted {
+            tries: tries.clone(),
+        };
+        let id = TransactionId::generate();
+        let error = match front {
+            Front::Orchestrator => {
+                Orchestrator::new([Service::recoverable(payer), Service::recoverable(counted)])
+                    .log(&log)
+                    .orchestrate_as(id)
+                    .await
+            }
+            Front::Macro => tcc! { log = &log; id = id; payer, counted }.await,
+        }
+        .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::NotRecoverable, "{front:?}");
+        assert_eq!(error.service_name(), "counted");
+        let text = error.to_string();
+        assert!(
+            text.contains("kind `counted`") && text.contains("log.register::<T>()"),
+            "{front:?}: {text}"
+        );
+        assert_eq!(
+            tries.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no Try ran"
+        );
+        assert!(bank.of(id).is_empty(), "{front:?}: the payer's Try ran");
+        assert_eq!(
+            log.unfinished_count().await.unwrap(),
+            0,
+            "no intent written"
+        );
+    }
 }

@@ -92,7 +92,10 @@ async fn a_try_failure_message_names_the_service_the_cause_and_the_state() {
         "try failed in `hotel`: no room; all 2 started services were cancelled"
     );
     let failure = &error.failures()[0];
-    assert_eq!(failure.to_string(), "try of `hotel` failed after 1 attempt");
+    assert_eq!(
+        failure.to_string(),
+        "try of `hotel` failed after 1 attempt: no room"
+    );
     let source = std::error::Error::source(failure).unwrap();
     assert_eq!(source.to_string(), "no room");
 }
@@ -192,5 +195,65 @@ async fn a_confirm_failure_everywhere_says_every_reservation_is_held() {
              repair",
             error.report().unwrap().transaction_id()
         )
+    );
+}
+
+/// An error whose `Display` leaves its cause to `source()`, as
+/// `tokio_postgres::Error` ("db error") does.
+#[derive(Debug)]
+struct Terse {
+    what: &'static str,
+    source: Option<Box<Terse>>,
+}
+
+impl std::fmt::Display for Terse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what)
+    }
+}
+
+impl std::error::Error for Terse {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|s| s as _)
+    }
+}
+
+/// Every error's `Display` shows the text of its sources, not only
+/// `Debug`: a cause hidden in a source reaches whoever prints the error.
+#[tokio::test(start_paused = true)]
+async fn display_includes_the_text_of_every_source() {
+    let cause = || Terse {
+        what: "db error",
+        source: Some(Box::new(Terse {
+            what: "relation \"ledger\" does not exist",
+            source: None,
+        })),
+    };
+    let ok = || async { Ok::<(), Terse>(()) };
+    let ledger = tcc::Service::new("ledger", ok, move || async move { Err(cause()) }, ok);
+    let error = Orchestrator::new([ledger])
+        .max_retries(1)
+        .orchestrate()
+        .await
+        .unwrap_err();
+    let failure = &error.failures()[0];
+    assert_eq!(
+        failure.to_string(),
+        "confirm of `ledger` failed after 2 attempts: db error: relation \"ledger\" does not exist"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("confirm failed in `ledger` after 2 attempts: db error: relation \"ledger\" does not exist;"),
+        "{error}"
+    );
+
+    // A log error shows its source's text, and a text already shown is
+    // not repeated.
+    let log = tcc::durable::LogError::new(tcc::durable::LogErrorKind::Io, "cannot sync")
+        .with_source(cause());
+    assert_eq!(
+        log.to_string(),
+        "cannot sync: db error: relation \"ledger\" does not exist"
     );
 }

@@ -111,7 +111,7 @@ fn open_log(path: &Path) -> TransactionLog {
         .open(path)
         .unwrap_or_else(|e| panic!("the log opens after a power cut: {e}"));
     let log = TransactionLog::new(store);
-    log.register::<Step>();
+    log.register::<Step>().expect("one kind, registered once");
     log
 }
 

@@ -176,6 +176,13 @@ async fn an_error_whose_display_panics_does_not_stop_the_transaction() {
     assert_eq!(error.kind(), ErrorKind::TryFailed);
     assert_eq!(error.service_name(), "bad");
     assert!(error.failures()[0].cause().is::<Unprintable>());
+    // Its text is in the error's `Display` (issue 16): shown as a note.
+    assert!(
+        error
+            .to_string()
+            .contains("try failed in `bad`: <the error's Display panicked>"),
+        "{error}"
+    );
     assert_eq!(cancels.load(Ordering::SeqCst), 3);
     assert!(bad.cancel_succeeded() && good.cancel_succeeded());
 }
@@ -234,6 +241,16 @@ async fn odd_source_chains_are_retried_like_any_error() {
         .unwrap_err();
 
     assert_eq!(error.kind(), ErrorKind::ConfirmFailed);
+    // `Display` walks the same chains (issue 16), bounded, and stops at a
+    // `source()` that panics.
+    let texts: Vec<_> = error.failures().iter().map(|f| f.to_string()).collect();
+    assert_eq!(
+        texts,
+        [
+            "confirm of `cyclic` failed after 3 attempts: cyclic",
+            "confirm of `no_source` failed after 3 attempts: no source"
+        ]
+    );
     let attempts: Vec<_> = error
         .failures()
         .iter()

@@ -239,7 +239,8 @@ pub fn tcc_service(args: TokenStream, input: TokenStream) -> TokenStream {
 ///
 /// With `log = &log;` (a `tcc::TransactionLog`) the transaction is durable:
 /// every listed service must implement `tcc::Recoverable` (a compile error
-/// on the value otherwise; an inline service is refused outright), its
+/// on the value otherwise; an inline service is refused outright) and its
+/// kind must be registered on the log (refused before any Try otherwise), its
 /// data is saved before the first Try and the decision before the first
 /// Confirm or Cancel, so a crash at any instant is finished by recovery.
 /// `id = some_id;` runs it under an id the caller chose beforehand.
@@ -489,7 +490,12 @@ pub fn cancel(_args: TokenStream, input: TokenStream) -> TokenStream {
 /// rebuilt (their type must be `Clone`).
 ///
 /// - `#[recoverable(kind = "..")]` on the struct: the kind it is registered
-///   and saved under (the struct's name by default). Keep it stable.
+///   and saved under (the struct's name by default, so two `Debit`s of two
+///   modules need a kind each: `register` refuses the second). Keep it
+///   stable.
+/// - `#[recoverable(resource = "..")]` on a field: a resource fetched by
+///   its type and this name, for two resources of one type (two
+///   connections): `TransactionLog::provide_named("inventory", conn)`.
 /// - `#[recoverable(default)]` on a field: data saved by an older version
 ///   may lack it; it then takes `Default::default()` (an `Option` field is
 ///   `None` without it).
@@ -528,7 +534,7 @@ pub fn cancel(_args: TokenStream, input: TokenStream) -> TokenStream {
 /// assert_eq!(saved, br#"{"account":"alice","amount":30,"memo":""}"#);
 ///
 /// let mut resources = Resources::new();
-/// resources.insert(Pool);
+/// resources.insert(Pool).unwrap();
 /// // Data saved before `memo` existed still reads back.
 /// let old = Debit::rebuild(br#"{"account":"bob","amount":5}"#, &resources).unwrap();
 /// assert_eq!((old.account.as_str(), old.amount, old.memo.as_str()), ("bob", 5, ""));

@@ -17,14 +17,16 @@ struct Field {
 }
 
 enum Role {
-    /// Provided by the application at start; never saved.
-    Resource,
+    /// Provided by the application at start, fetched by type and, when
+    /// two resources share a type, by name; never saved.
+    Resource { name: Option<String> },
     /// Saved under `key`; `default` when older data may lack it.
     Data { key: String, default: bool },
 }
 
 /// `#[recoverable(kind = "..")]` on the struct, `#[recoverable(resource)]`,
-/// `#[recoverable(default)]` and `#[recoverable(rename = "..")]` on fields.
+/// `#[recoverable(resource = "..")]`, `#[recoverable(default)]` and
+/// `#[recoverable(rename = "..")]` on fields.
 pub(crate) fn derive(input: TokenStream) -> TokenStream {
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
@@ -96,19 +98,23 @@ fn fields(input: &DeriveInput, errors: &mut Errors) -> Vec<Field> {
         .filter_map(|field| {
             let ident = field.ident.clone()?;
             let mut resource = false;
+            let mut resource_name = None;
             let mut default = false;
             let mut key = ident.to_string();
             for attribute in field.attrs.iter().filter(|a| a.path().is_ident("recoverable")) {
                 let parsed = attribute.parse_nested_meta(|meta| {
                     if meta.path.is_ident("resource") {
                         resource = true;
+                        if meta.input.peek(syn::Token![=]) {
+                            resource_name = Some(resource_name_of(meta.value()?)?);
+                        }
                     } else if meta.path.is_ident("default") {
                         default = true;
                     } else if meta.path.is_ident("rename") {
                         key = meta.value()?.parse::<LitStr>()?.value();
                     } else {
                         return Err(meta.error(
-                            "unknown argument of #[recoverable] on a field; the arguments are `resource`, `default` and `rename = \"..\"`",
+                            "unknown argument of #[recoverable] on a field; the arguments are `resource`, `resource = \"..\"`, `default` and `rename = \"..\"`",
                         ));
                     }
                     Ok(())
@@ -124,7 +130,7 @@ fn fields(input: &DeriveInput, errors: &mut Errors) -> Vec<Field> {
                 );
             }
             let role = if resource {
-                Role::Resource
+                Role::Resource { name: resource_name }
             } else {
                 Role::Data { key, default }
             };
@@ -137,10 +143,32 @@ fn fields(input: &DeriveInput, errors: &mut Errors) -> Vec<Field> {
         .collect()
 }
 
+/// The name in `resource = "inventory"`: a string, not empty.
+fn resource_name_of(value: syn::parse::ParseStream<'_>) -> syn::Result<String> {
+    let expected = "`resource = ..` takes the resource's name as a string, as given to `provide_named`: `resource = \"inventory\"`";
+    let literal: LitStr = match value.parse::<syn::Lit>() {
+        Ok(syn::Lit::Str(literal)) => literal,
+        Ok(other) => return Err(syn::Error::new_spanned(other, expected)),
+        Err(error) => return Err(syn::Error::new(error.span(), expected)),
+    };
+    let name = literal.value();
+    if name.is_empty() {
+        return Err(syn::Error::new_spanned(
+            literal,
+            "the resource's name is empty; name it as given to `provide_named`, or write `resource` alone to fetch it by type",
+        ));
+    }
+    Ok(name)
+}
+
 // Input:
 //     #[derive(Recoverable)]
 //     #[recoverable(kind = "debit")]
-//     struct Debit { #[recoverable(resource)] db: Pool, account: String }
+//     struct Debit {
+//         #[recoverable(resource)] db: Pool,
+//         #[recoverable(resource = "audit")] audit: Pool,
+//         account: String,
+//     }
 //
 // Output:
 //     impl ::tcc::Recoverable for Debit {
@@ -154,6 +182,7 @@ fn fields(input: &DeriveInput, errors: &mut Errors) -> Vec<Field> {
 //             let mut __tcc_data = ::tcc::__private::Saved::read(__tcc_bytes, "Debit")?;
 //             Ok(Debit {
 //                 db: ::core::clone::Clone::clone(resources.get::<Pool>()?),
+//                 audit: ::core::clone::Clone::clone(resources.get_named::<Pool>("audit")?),
 //                 account: (&Load::<String>::new()).load_from(&mut __tcc_data, "account")?
 //                     .ok_or_else(|| missing("Debit", "account"))?,
 //             })
@@ -183,8 +212,11 @@ fn expand(input: &DeriveInput, kind: &str, fields: &[Field]) -> TokenStream {
     let inits = fields.iter().map(|field| {
         let (ident, ty) = (&field.ident, &field.ty);
         match &field.role {
-            Role::Resource => quote_spanned! {ty.span()=>
+            Role::Resource { name: None } => quote_spanned! {ty.span()=>
                 #ident: ::core::clone::Clone::clone(__tcc_resources.get::<#ty>()?)
+            },
+            Role::Resource { name: Some(name) } => quote_spanned! {ty.span()=>
+                #ident: ::core::clone::Clone::clone(__tcc_resources.get_named::<#ty>(#name)?)
             },
             Role::Data { key, default } => {
                 let missing = if *default {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::Sleep;
 
 use crate::context::Context;
-use crate::error::{BoxError, Panicked, Permanent, TimedOut};
+use crate::error::{BoxError, Chain, Panicked, Permanent, TimedOut};
 use crate::id::TransactionId;
 use crate::phase::Phase;
 use crate::recoverable::Saved;
@@ -205,9 +205,10 @@ fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
     catch_unwind(AssertUnwindSafe(|| Permanent::is_in(error))).unwrap_or(false)
 }
 
-/// An error as a log line shows it. Logs format a phase's error, and a
-/// `Display` that panics must not take the transaction down with it: it shows
-/// as a note instead. Formats only when a subscriber records the field.
+/// An error as a log line shows it: a `Display` that panics must not take
+/// the transaction down with it, so it shows as a note instead. Formats
+/// only when a subscriber records the field. (A phase's own error goes
+/// through [`Chain`], which does the same for each of its sources.)
 pub(crate) struct Logged<'a, E: ?Sized>(pub(crate) &'a E);
 
 impl<E: fmt::Display + ?Sized> fmt::Display for Logged<'_, E> {
@@ -288,7 +289,7 @@ impl<A: Attempts> PhaseRun<A> {
                         service = this.attempt.name(),
                         phase = %phase,
                         attempt = this.attempts,
-                        error = %Logged(&*error),
+                        error = %Chain(&*error),
                         retry_in = ?delay,
                         "phase failed; retrying"
                     );

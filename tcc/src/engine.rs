@@ -31,7 +31,7 @@ use crate::durable::{
     Decision, End, Intent, LeaseGuard, Log, LogErrorKind, MAX_INTENT_BYTES, ParticipantEntry,
     PhaseProgress, TransactionRecord,
 };
-use crate::error::{Error, ErrorKind, Failure, Panicked};
+use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
 use crate::name::Name;
 use crate::phase::Phase;
@@ -70,18 +70,20 @@ impl Ledger {
 
     /// Writes the transaction's intent, every participant with its data,
     /// before any Try runs. Refused, with nothing run, when a participant
-    /// cannot be rebuilt after a crash or the log fails.
+    /// cannot be rebuilt after a crash (not recoverable, its data not
+    /// saved, or its kind not registered on the log) or the log fails.
     ///
     /// Crash just before: nothing ran, nothing is written. Just after: an
     /// undecided intent, which recovery cancels everywhere (presumed abort),
     /// Tries that never ran included.
     async fn begin<M: Members + ?Sized>(
         &mut self,
-        log: &Arc<dyn Log>,
+        log: &LogHandle,
         members: &mut M,
     ) -> Result<(), Error> {
         struct Save<'a> {
             names: &'a [Name],
+            kinds: &'a dyn Kinds,
             participants: Vec<ParticipantEntry>,
             refusal: Option<Error>,
         }
@@ -93,6 +95,12 @@ impl Ledger {
             ) -> ControlFlow<()> {
                 let name = &self.names[index];
                 let refusal = match member.run.attempt().save() {
+                    // Checked here, not first by the recovery after a crash:
+                    // a transaction its log cannot rebuild would be left
+                    // holding whatever its Tries reserved.
+                    Some((kind, _)) if !self.kinds.is_registered(kind) => format!(
+                        "orchestration refused: service `{name}` is of kind `{kind}`, which is not registered on the transaction log, so recovery could not finish the transaction after a crash; call `log.register::<T>()` at start for the type whose `Recoverable::KIND` is `{kind}`"
+                    ),
                     Some((kind, Ok(data))) => {
                         self.participants.push(ParticipantEntry {
                             name: name.to_string(),
@@ -103,7 +111,7 @@ impl Ledger {
                     }
                     Some((kind, Err(cause))) => format!(
                         "orchestration refused: the data of service `{name}` (kind `{kind}`) could not be saved: {}",
-                        Logged(&*cause)
+                        Chain(&*cause)
                     ),
                     None => format!(
                         "orchestration refused: service `{name}` cannot be rebuilt after a crash, so it cannot join a durable transaction; build it with `Service::recoverable` from a type that implements `tcc::Recoverable`"
@@ -116,6 +124,7 @@ impl Ledger {
         }
         let mut save = Save {
             names: &self.names,
+            kinds: &*log.kinds,
             participants: Vec::with_capacity(self.names.len()),
             refusal: None,
         };
@@ -132,7 +141,7 @@ impl Ledger {
             id: self.id,
             participants: save.participants,
         };
-        let lease = log.begin(&intent).await.map_err(|error| {
+        let lease = log.store.begin(&intent).await.map_err(|error| {
             if error.kind() == LogErrorKind::Duplicate {
                 let detail = format!(
                     "orchestration refused: transaction id {} is already in the transaction log; every transaction needs an id of its own",
@@ -146,7 +155,7 @@ impl Ledger {
             );
             Error::refused(ErrorKind::LogFailed, None, detail)
         })?;
-        self.durable = Some(LeaseGuard::new(log.clone(), lease));
+        self.durable = Some(LeaseGuard::new(log.store.clone(), lease));
         Ok(())
     }
 
@@ -211,7 +220,7 @@ impl Ledger {
             let progress = PhaseProgress {
                 attempts,
                 succeeded: result.is_ok(),
-                last_error: result.as_ref().err().map(|e| Logged(&**e).to_string()),
+                last_error: result.as_ref().err().map(|e| Chain(&**e).to_string()),
             };
             durable
                 .log()
@@ -219,7 +228,7 @@ impl Ledger {
         }
         if let Err(cause) = result {
             let name = self.names[index].clone();
-            tracing::warn!(service = %name, %phase, attempts, error = %Logged(&*cause), "phase failed");
+            tracing::warn!(service = %name, %phase, attempts, error = %Chain(&*cause), "phase failed");
             self.failures
                 .push((index, Failure::new(name, phase, attempts, cause)));
         }
@@ -377,7 +386,23 @@ pub(crate) struct Options {
     pub(crate) settings: Settings,
     pub(crate) fail_fast: bool,
     /// Where the transaction is written, when it is durable.
-    pub(crate) log: Option<Arc<dyn Log>>,
+    pub(crate) log: Option<LogHandle>,
+}
+
+/// A transaction log as the engine sees it: the store a durable
+/// transaction is written to, and the kinds of service it can rebuild.
+#[derive(Clone)]
+pub(crate) struct LogHandle {
+    pub(crate) store: Arc<dyn Log>,
+    pub(crate) kinds: Arc<dyn Kinds>,
+}
+
+/// The kinds of service a transaction log can rebuild after a crash: a
+/// durable transaction with a participant of any other kind is refused
+/// before its first Try.
+pub(crate) trait Kinds: Send + Sync {
+    /// Whether `kind` is registered.
+    fn is_registered(&self, kind: &str) -> bool;
 }
 
 impl Options {
@@ -550,7 +575,7 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
 
     /// Runs the transaction with its `log`: the intent written before the
     /// Try round, then [`carry_out`](Transaction::carry_out).
-    async fn run_durable(mut self, log: &Arc<dyn Log>) -> Result<Report, Error> {
+    async fn run_durable(mut self, log: &LogHandle) -> Result<Report, Error> {
         let span = self.span.clone();
         self.ledger
             .begin(log, self.members)

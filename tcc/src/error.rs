@@ -2,6 +2,7 @@
 //! phase of one service, and the causes the runtime itself produces.
 
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use crate::name::Name;
@@ -47,10 +48,47 @@ impl Permanent {
     /// Looks at the first 64 links only, so a chain that loops back on
     /// itself cannot hang the caller.
     pub fn is_in(error: &(dyn std::error::Error + 'static)) -> bool {
-        const LINKS: usize = 64;
-        std::iter::successors(Some(error), |e| e.source())
-            .take(LINKS)
-            .any(|e| e.is::<Permanent>())
+        links(error).any(|e| e.is::<Permanent>())
+    }
+}
+
+/// `error` and its sources, the first 64 links only: every walk of a source
+/// chain goes through here, so a chain that loops back on itself cannot
+/// hang the caller, and a `source()` that panics ends the chain there.
+pub(crate) fn links<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    const LINKS: usize = 64;
+    std::iter::successors(Some(error), |e| {
+        catch_unwind(AssertUnwindSafe(|| e.source())).unwrap_or(None)
+    })
+    .take(LINKS)
+}
+
+/// An error and the text of its sources, as one line: each source after a
+/// colon, unless the link before already shows its text (as an error that
+/// writes `"..: {source}"` does). A `Display` that panics shows as a note
+/// instead, so that describing a user's odd error never takes the caller
+/// down.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = |e: &dyn std::error::Error| {
+            catch_unwind(AssertUnwindSafe(|| e.to_string()))
+                .unwrap_or_else(|_| "<the error's Display panicked>".to_owned())
+        };
+        let mut before = String::new();
+        for (index, link) in links(self.0).enumerate() {
+            let shown = text(link);
+            if index == 0 {
+                f.write_str(&shown)?;
+            } else if !shown.is_empty() && !before.contains(&shown) {
+                write!(f, ": {shown}")?;
+            }
+            before = shown;
+        }
+        Ok(())
     }
 }
 
@@ -94,9 +132,13 @@ impl Panicked {
 
 /// One phase of one service that did not succeed: its final attempt failed.
 /// The cause is [`std::error::Error::source`]; downcast it to reach your own
-/// error type.
+/// error type. `Display` shows the cause's text (and its sources') too.
 #[derive(Debug, thiserror::Error)]
-#[error("{phase} of `{service}` failed after {attempts} {}", plural(*.attempts, "attempt"))]
+#[error(
+    "{phase} of `{service}` failed after {attempts} {}: {}",
+    plural(*.attempts, "attempt"),
+    Chain(&**.cause)
+)]
 pub struct Failure {
     service: Name,
     phase: Phase,
@@ -166,8 +208,9 @@ pub enum ErrorKind {
     /// unknown.
     Interrupted,
     /// A durable transaction was given a service that cannot be rebuilt
-    /// after a crash (or whose data could not be saved, or is more than the
-    /// log holds: 2 GiB per transaction). Nothing ran.
+    /// after a crash: not recoverable, its data could not be saved or is
+    /// more than the log holds (2 GiB per transaction), or its kind is not
+    /// registered on the log (`TransactionLog::register`). Nothing ran.
     NotRecoverable,
     /// The transaction log failed. Before the first Try (the intent could
     /// not be written), nothing ran; after it (the decision could not be
@@ -350,7 +393,7 @@ impl fmt::Display for Inner {
                     plural(others as u32, "service")
                 )?;
             }
-            write!(f, ": {}", failure.cause)
+            write!(f, ": {}", Chain(&*failure.cause))
         };
         if let Some(detail) = &self.detail {
             f.write_str(detail)?;

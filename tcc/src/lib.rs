@@ -94,6 +94,26 @@
 //!   the future: it then moves to a tokio task of its own.
 //! - Every orchestration has a [`TransactionId`]; a running phase reads it,
 //!   with its service name and attempt, from [`Context::current`].
+//!
+//! # Surviving a crash
+//!
+//! Give an [`Orchestrator`] (or a `tcc!` block) a [`TransactionLog`] and its
+//! transactions survive a crash of the process at any instant. Wire the log
+//! once at start, and every mistake in the wiring is an error there, not in
+//! the recovery after the first crash:
+//!
+//! - [`provide`](TransactionLog::provide) the resources services are rebuilt
+//!   with; a second one of a type is a [`WiringError`] (name them:
+//!   [`provide_named`](TransactionLog::provide_named));
+//! - [`register`](TransactionLog::register) every kind of [`Recoverable`]
+//!   service; a second type under a kind is a [`WiringError`], and a durable
+//!   transaction with a kind not registered is refused before any Try
+//!   ([`ErrorKind::NotRecoverable`]);
+//! - [`recover`](TransactionLog::recover), and look at its
+//!   [`RecoverySummary::left`]: the transactions it could not rebuild, still
+//!   holding what their Tries reserved. Log them, or refuse to start.
+//!
+//! The example on [`TransactionLog`] shows it whole.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -128,7 +148,7 @@ pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TimedO
 pub use id::{ParseTransactionIdError, TransactionId};
 pub use orchestrator::Orchestrator;
 pub use phase::Phase;
-pub use recoverable::{MissingResource, Recoverable, Resources};
+pub use recoverable::{MissingResource, Recoverable, Resources, WiringError};
 pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};
 pub use service::Service;

@@ -144,11 +144,13 @@ impl Orchestrator {
     /// and its data) is synced before the first Try, its decision before
     /// the first Confirm or Cancel, so that after a crash at any instant
     /// [`TransactionLog::recover`] finishes it. Every service must be built
-    /// with [`Service::recoverable`]; a transaction with one that is not is
-    /// refused before any phase runs ([`ErrorKind::NotRecoverable`](crate::ErrorKind::NotRecoverable)).
+    /// with [`Service::recoverable`] from a type whose kind is registered on
+    /// `log` ([`TransactionLog::register`]); a transaction with one that is
+    /// not is refused before any phase runs
+    /// ([`ErrorKind::NotRecoverable`](crate::ErrorKind::NotRecoverable)).
     #[must_use]
     pub fn log(mut self, log: &TransactionLog) -> Self {
-        self.options.log = Some(log.store().clone());
+        self.options.log = Some(log.handle());
         self
     }
 

@@ -1,6 +1,8 @@
 //! Durable transactions: [`TransactionLog`], the log a transaction is written
 //! to, the kinds of service it can rebuild, recovery and repair.
 
+use std::any::{TypeId, type_name};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,10 +12,10 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use crate::durable::{LeaseGuard, Log, LogError, TransactionRecord};
-use crate::engine::{self, Member, Options};
-use crate::error::{BoxError, Error, ErrorKind};
+use crate::engine::{self, Kinds, LogHandle, Member, Options};
+use crate::error::{BoxError, Chain, Error, ErrorKind};
 use crate::id::TransactionId;
-use crate::recoverable::{Recoverable, Resources};
+use crate::recoverable::{Recoverable, Resources, WiringError};
 use crate::report::Report;
 use crate::retry::RetryPolicy;
 use crate::service::{Service, ServiceAttempts};
@@ -81,13 +83,20 @@ const IN_FLIGHT: usize = 256;
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let bank = Bank::default();
 /// // At start: the log (a file with `TransactionLog::open`), the kinds it
-/// // can rebuild and their resources, then whatever a crash left.
+/// // can rebuild and their resources, then whatever a crash left. A
+/// // mistake in the wiring is an error here, not after a crash.
 /// let log = TransactionLog::new(MemoryLog::new());
-/// log.provide(bank.clone()).register::<Debit>();
-/// log.recover().await.unwrap();
+/// log.provide(bank.clone())?.register::<Debit>()?;
+/// let summary = log.recover().await?;
+/// // Transactions recovery could not rebuild stay in the log, holding what
+/// // their Tries reserved: say so, or refuse to serve.
+/// for (id, why) in &summary.left {
+///     eprintln!("transaction {id} left unfinished: {why}");
+/// }
+/// assert!(summary.left.is_empty());
 ///
 /// let report = tcc! {
 ///     log = &log;
@@ -98,6 +107,7 @@ const IN_FLIGHT: usize = 256;
 /// assert_eq!(bank.0.load(Ordering::SeqCst), -30);
 /// let state = log.status(report.transaction_id()).await.unwrap().unwrap();
 /// assert_eq!(state.status, tcc::durable::Status::Done(tcc::durable::Decision::Confirm));
+/// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
@@ -107,7 +117,7 @@ pub struct TransactionLog {
 
 struct Inner {
     store: Arc<dyn Log>,
-    kinds: RwLock<HashMap<String, Rebuild>>,
+    kinds: Arc<Registry>,
     resources: RwLock<Resources>,
     /// How recovered transactions run their phases.
     options: Mutex<Options>,
@@ -128,13 +138,42 @@ struct Parked {
 /// Rebuilds one participant from its data.
 type Rebuild = fn(&[u8], &Resources) -> Result<Service, BoxError>;
 
+/// The kinds a log can rebuild, each with the type registered under it.
+/// Shared with the engine, which refuses a durable transaction of a kind
+/// not in it.
+#[derive(Default)]
+struct Registry(RwLock<HashMap<String, Kind>>);
+
+struct Kind {
+    type_id: TypeId,
+    type_name: &'static str,
+    rebuild: Rebuild,
+}
+
+impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Kind>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Kinds for Registry {
+    fn is_registered(&self, kind: &str) -> bool {
+        self.read().contains_key(kind)
+    }
+}
+
 fn rebuild<T: Recoverable>(data: &[u8], resources: &Resources) -> Result<Service, BoxError> {
     T::rebuild(data, resources).map(Service::recoverable)
 }
 
 /// What one recovery pass did.
+///
+/// Look at [`left`](RecoverySummary::left): a transaction in it is still
+/// unfinished, holding what its Tries reserved, until a pass can rebuild
+/// it. Log it, or refuse to start when it is not empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "transactions in `left` stay unfinished, holding their reservations: log them or fail"]
 pub struct RecoverySummary {
     /// Transactions finished: confirmed or cancelled everywhere.
     pub finished: usize,
@@ -158,7 +197,7 @@ impl TransactionLog {
         TransactionLog {
             inner: Arc::new(Inner {
                 store,
-                kinds: RwLock::default(),
+                kinds: Arc::default(),
                 resources: RwLock::default(),
                 options: Mutex::new(Options::DEFAULT),
                 parked: Mutex::default(),
@@ -197,25 +236,124 @@ impl TransactionLog {
     }
 
     /// Registers how services of kind `T::KIND` are rebuilt after a crash.
-    /// A transaction recovery meets with an unregistered kind is left
-    /// untouched and reported, and finished by a later pass once the kind
+    /// Register every kind a durable transaction of this log uses, at start:
+    /// a transaction with a participant of a kind not registered is refused
+    /// before its first Try ([`ErrorKind::NotRecoverable`]).
+    ///
+    /// Registering `T` again is harmless (nothing changes); a second,
+    /// different type under the same kind is a [`WiringError`] and leaves
+    /// the first registered (`Arc<T>` is such a type: register `T` or
+    /// `Arc<T>`, not both). Returns `self` for chaining:
+    /// `log.register::<Debit>()?.register::<Credit>()?`.
+    ///
+    /// A transaction that recovery meets with a kind not registered (logged
+    /// by another version of the program) is left untouched and reported in
+    /// [`RecoverySummary::left`], and finished by a later pass once the kind
     /// is registered.
-    pub fn register<T: Recoverable>(&self) -> &Self {
-        let mut kinds = self.inner.kinds.write().unwrap_or_else(|e| e.into_inner());
-        kinds.insert(T::KIND.to_owned(), rebuild::<T>);
-        self
+    pub fn register<T: Recoverable>(&self) -> Result<&Self, WiringError> {
+        let mut kinds = self
+            .inner
+            .kinds
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match kinds.entry(T::KIND.to_owned()) {
+            Entry::Occupied(registered) if registered.get().type_id == TypeId::of::<T>() => {}
+            Entry::Occupied(registered) => {
+                return Err(WiringError::DuplicateKind {
+                    kind: T::KIND.to_owned(),
+                    first: registered.get().type_name,
+                    second: type_name::<T>(),
+                });
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(Kind {
+                    type_id: TypeId::of::<T>(),
+                    type_name: type_name::<T>(),
+                    rebuild: rebuild::<T>,
+                });
+            }
+        }
+        Ok(self)
     }
 
     /// Provides a resource (a connection pool, a client) that recoverable
-    /// services are rebuilt with; one value per type.
-    pub fn provide<T: Send + Sync + 'static>(&self, resource: T) -> &Self {
-        let mut resources = self
-            .inner
+    /// services are rebuilt with: the one of its type, which
+    /// [`Resources::get`] and `#[recoverable(resource)]` fetch. A second
+    /// resource of the same type is a [`WiringError`] (the first stays):
+    /// give each its name with [`provide_named`](TransactionLog::provide_named).
+    /// Returns `self` for chaining: `log.provide(pool)?.register::<Debit>()?`.
+    pub fn provide<T: Send + Sync + 'static>(&self, resource: T) -> Result<&Self, WiringError> {
+        self.resources().insert(resource)?;
+        Ok(self)
+    }
+
+    /// Provides a resource under `name`, for when two resources share a
+    /// type (two databases behind `Arc<Mutex<Connection>>`): a field marked
+    /// `#[recoverable(resource = "name")]` is rebuilt with it
+    /// ([`Resources::get_named`]). A second resource of the same type and
+    /// name is a [`WiringError`].
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tcc::{BoxError, Recoverable, TransactionLog, tcc_service};
+    /// use tcc::durable::MemoryLog;
+    ///
+    /// type Db = Arc<Mutex<u32>>; // a connection, for the example
+    ///
+    /// #[derive(Recoverable)]
+    /// struct Reserve {
+    ///     #[recoverable(resource = "inventory")]
+    ///     db: Db,
+    ///     units: u32,
+    /// }
+    ///
+    /// #[tcc_service(name = "reserve")]
+    /// impl Reserve {
+    ///     #[try_phase]
+    ///     async fn hold(&self) -> Result<(), BoxError> { Ok(()) }
+    ///     #[confirm]
+    ///     async fn take(&self) -> Result<(), BoxError> {
+    ///         *self.db.lock().unwrap() += self.units;
+    ///         Ok(())
+    ///     }
+    ///     #[cancel]
+    ///     async fn release(&self) -> Result<(), BoxError> { Ok(()) }
+    /// }
+    ///
+    /// # fn main() -> Result<(), tcc::WiringError> {
+    /// let (inventory, wallet) = (Db::default(), Db::default());
+    /// let log = TransactionLog::new(MemoryLog::new());
+    /// log.provide_named("inventory", inventory)?
+    ///     .provide_named("wallet", wallet)?
+    ///     .register::<Reserve>()?;
+    /// // Without names the second would be refused, not a replacement.
+    /// assert!(log.provide(Db::default())?.provide(Db::default()).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn provide_named<T: Send + Sync + 'static>(
+        &self,
+        name: &str,
+        resource: T,
+    ) -> Result<&Self, WiringError> {
+        self.resources().insert_named(name, resource)?;
+        Ok(self)
+    }
+
+    fn resources(&self) -> std::sync::RwLockWriteGuard<'_, Resources> {
+        self.inner
             .resources
             .write()
-            .unwrap_or_else(|e| e.into_inner());
-        resources.insert(resource);
-        self
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The log as the engine writes it: its store and its kinds.
+    pub(crate) fn handle(&self) -> LogHandle {
+        LogHandle {
+            store: self.inner.store.clone(),
+            kinds: self.inner.kinds.clone(),
+        }
     }
 
     /// Finishes every transaction the log holds unfinished that this process
@@ -224,7 +362,9 @@ impl TransactionLog {
     /// ([`spawn_recovery`](TransactionLog::spawn_recovery)).
     ///
     /// Errors only when the log itself fails; a transaction that cannot be
-    /// rebuilt is reported in the summary, not an error.
+    /// rebuilt is reported in the summary's
+    /// [`left`](RecoverySummary::left), not an error: at start, log it or
+    /// fail when it is not empty (`recover().await?` alone drops it).
     ///
     /// # Cancel safety
     ///
@@ -410,7 +550,7 @@ impl TransactionLog {
 
     /// Every participant of `record`, rebuilt; or why one cannot be.
     fn rebuild_all(&self, record: &TransactionRecord) -> Result<Vec<Service>, String> {
-        let kinds = self.inner.kinds.read().unwrap_or_else(|e| e.into_inner());
+        let kinds = self.inner.kinds.read();
         let resources = self
             .inner
             .resources
@@ -421,7 +561,7 @@ impl TransactionLog {
             .participants
             .iter()
             .map(|participant| {
-                let Some(rebuild) = kinds.get(&participant.kind) else {
+                let Some(Kind { rebuild, .. }) = kinds.get(&participant.kind) else {
                     return Err(format!(
                         "service kind `{}` (of `{}`) is not registered",
                         participant.kind, participant.name
@@ -429,8 +569,10 @@ impl TransactionLog {
                 };
                 rebuild(&participant.data, &resources).map_err(|error| {
                     format!(
-                        "service `{}` (kind `{}`) could not be rebuilt: {error}",
-                        participant.name, participant.kind
+                        "service `{}` (kind `{}`) could not be rebuilt: {}",
+                        participant.name,
+                        participant.kind,
+                        Chain(&*error)
                     )
                 })
             })
@@ -473,7 +615,7 @@ fn tally(summary: &mut RecoverySummary, outcome: Result<Report, Error>) {
 
 impl fmt::Debug for TransactionLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kinds = self.inner.kinds.read().map(|k| k.len()).unwrap_or(0);
+        let kinds = self.inner.kinds.read().len();
         f.debug_struct("TransactionLog")
             .field("kinds", &kinds)
             .finish_non_exhaustive()

@@ -375,7 +375,7 @@ impl Plan {
     /// As [`Orchestrator::log`](crate::Orchestrator::log).
     #[must_use]
     pub fn log(mut self, log: &TransactionLog) -> Self {
-        self.options.log = Some(log.store().clone());
+        self.options.log = Some(log.handle());
         self
     }
 

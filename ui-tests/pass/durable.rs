@@ -35,7 +35,9 @@ impl Booking {
 async fn main() {
     let counter = Counter::default();
     let log = TransactionLog::new(tcc::durable::MemoryLog::new());
-    log.provide(counter.clone()).register::<Booking>();
+    log.provide(counter.clone())
+        .and_then(|log| log.register::<Booking>())
+        .unwrap();
     let id = tcc::TransactionId::generate();
     let report = tcc! {
         log = &log;

@@ -57,8 +57,12 @@
 //! # The table
 //!
 //! One row per branch, created by `migrate` ([`sqlite::migrate`],
-//! [`postgres::migrate`]), which is idempotent; the SQL is in each
-//! backend's `SCHEMA` for those who manage schemas themselves. PostgreSQL:
+//! [`postgres::migrate`]), which is idempotent: call it at start. A phase
+//! that finds no table fails at once with
+//! [`MissingTable`](BarrierErrorKind::MissingTable), a permanent error
+//! whose message names the `migrate` to call, rather than being retried
+//! until it needs repair. The SQL is in each backend's `SCHEMA` for those
+//! who manage schemas themselves. PostgreSQL:
 //!
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS tcc_barrier (
@@ -158,7 +162,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::{BoxError, Permanent};
+use crate::error::{BoxError, Chain, Permanent};
 use crate::phase::Phase;
 use crate::{Context, TransactionId};
 
@@ -303,6 +307,10 @@ pub enum BarrierErrorKind {
     NoContext,
     /// The table holds a state this version does not know. Permanent.
     UnknownState,
+    /// The barrier's table does not exist: `migrate` was not called
+    /// ([`sqlite::migrate`], [`postgres::migrate`]). Permanent: retrying
+    /// cannot create it. `Display` says which `migrate` to call.
+    MissingTable,
     /// The database failed; the cause is the error's source. Transient
     /// unless the cause says otherwise: retrying may help.
     Database,
@@ -318,6 +326,8 @@ pub struct BarrierError {
     kind: BarrierErrorKind,
     branch: Option<Box<Branch>>,
     source: BoxError,
+    /// For [`BarrierErrorKind::MissingTable`]: the `migrate` to call.
+    migrate: &'static str,
 }
 
 impl BarrierError {
@@ -328,6 +338,7 @@ impl BarrierError {
             source: Box::new(Permanent::new(
                 "retrying cannot change what the barrier found",
             )),
+            migrate: "",
         }
     }
 
@@ -336,6 +347,20 @@ impl BarrierError {
             kind: BarrierErrorKind::Database,
             branch: None,
             source: cause.into(),
+            migrate: "",
+        }
+    }
+
+    /// The table is missing, as `cause` says; `migrate` is the function
+    /// that creates it. Permanent: a phase that meets it is not retried, so
+    /// the mistake shows at once, not after the retries run out.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    fn missing_table(migrate: &'static str, cause: impl Into<BoxError>) -> Self {
+        BarrierError {
+            kind: BarrierErrorKind::MissingTable,
+            branch: None,
+            source: Box::new(Permanent::new(cause)),
+            migrate,
         }
     }
 
@@ -370,17 +395,35 @@ impl fmt::Display for BarrierError {
             BarrierErrorKind::ConfirmAfterCancel => "refused: the branch was cancelled",
             BarrierErrorKind::CancelAfterConfirm => "refused: the branch was confirmed",
             BarrierErrorKind::AnnounceOutsideTry => "cannot announce: only a try announces",
-            BarrierErrorKind::UnknownState => "found a barrier row it cannot read",
+            BarrierErrorKind::UnknownState => {
+                let what = "found a barrier row it cannot read";
+                return match &self.branch {
+                    Some(branch) => write!(f, "{branch} {what}: {}", Chain(&*self.source)),
+                    None => write!(f, "{what}: {}", Chain(&*self.source)),
+                };
+            }
+            BarrierErrorKind::MissingTable => {
+                return write!(
+                    f,
+                    "the barrier's table `{TABLE}` does not exist: call `{}` at start, before any phase runs ({})",
+                    self.migrate,
+                    Chain(&*self.source)
+                );
+            }
             BarrierErrorKind::NoContext => {
                 return f.write_str(
                     "no tcc phase runs in this task: capture barrier::Branch::current() \
                      inside the phase, or build one with Branch::new",
                 );
             }
-            // The cause is the error's source, and only there, so a report
-            // that walks the chain prints it once.
+            // The cause's text too, as the source alone is lost on whoever
+            // prints only `Display`.
             BarrierErrorKind::Database => {
-                return f.write_str("the barrier's database query failed");
+                return write!(
+                    f,
+                    "the barrier's database query failed: {}",
+                    Chain(&*self.source)
+                );
             }
         };
         match &self.branch {
@@ -399,6 +442,9 @@ impl std::error::Error for BarrierError {
 #[cfg(feature = "sqlite")]
 impl From<rusqlite::Error> for BarrierError {
     fn from(error: rusqlite::Error) -> Self {
+        if sqlite::is_missing_table(&error) {
+            return BarrierError::missing_table("tcc::barrier::sqlite::migrate", error);
+        }
         BarrierError::database(error)
     }
 }
@@ -406,6 +452,9 @@ impl From<rusqlite::Error> for BarrierError {
 #[cfg(feature = "postgres")]
 impl From<tokio_postgres::Error> for BarrierError {
     fn from(error: tokio_postgres::Error) -> Self {
+        if postgres::is_missing_table(&error) {
+            return BarrierError::missing_table("tcc::barrier::postgres::migrate", error);
+        }
         BarrierError::database(error)
     }
 }
@@ -558,8 +607,7 @@ pub(crate) fn in_chain<T: std::error::Error + 'static>(
     error: &(dyn std::error::Error + 'static),
     test: impl Fn(&T) -> bool,
 ) -> bool {
-    std::iter::successors(Some(error), |e| e.source())
-        .take(64)
+    crate::error::links(error)
         .filter_map(|e| e.downcast_ref::<T>())
         .any(test)
 }
@@ -645,6 +693,12 @@ mod tests {
         let error = State::parse("frozen", &branch).unwrap_err();
         assert_eq!(error.kind(), BarrierErrorKind::UnknownState);
         assert!(error.is_permanent());
+        assert!(
+            error
+                .to_string()
+                .ends_with("found a barrier row it cannot read: unknown barrier state \"frozen\""),
+            "{error}"
+        );
     }
 
     #[test]
@@ -657,7 +711,12 @@ mod tests {
             "try of `pay` in transaction 00000000000000000000000000000007 refused: its cancel came first"
         );
         let io = std::io::Error::other("connection reset");
-        assert!(!BarrierError::database(io).is_permanent());
+        let database = BarrierError::database(io);
+        assert!(!database.is_permanent());
+        assert_eq!(
+            database.to_string(),
+            "the barrier's database query failed: connection reset"
+        );
     }
 
     #[test]

@@ -437,3 +437,12 @@ pub fn is_retryable(error: &(dyn std::error::Error + 'static)) -> bool {
     in_chain::<tokio_postgres::Error>(error, |e| e.code().is_some_and(retryable))
         || in_chain::<DbError>(error, |e| retryable(e.code()))
 }
+
+/// Whether `error` says the barrier's table does not exist (SQLSTATE 42P01,
+/// `undefined_table`, naming it): `migrate` was never called.
+pub(crate) fn is_missing_table(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::UNDEFINED_TABLE)
+        && error
+            .as_db_error()
+            .is_some_and(|db| db.message().contains(super::TABLE))
+}

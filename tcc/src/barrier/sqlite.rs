@@ -408,3 +408,12 @@ pub fn is_busy(error: &(dyn std::error::Error + 'static)) -> bool {
     in_chain::<rusqlite::Error>(error, |e| e.sqlite_error_code().is_some_and(busy))
         || in_chain::<rusqlite::ffi::Error>(error, |e| busy(e.code))
 }
+
+/// Whether `error` says the barrier's table does not exist: `migrate` was
+/// never called. SQLite gives no code of its own for it (`SQLITE_ERROR`),
+/// only its message, "no such table: tcc_barrier".
+pub(crate) fn is_missing_table(error: &rusqlite::Error) -> bool {
+    error
+        .to_string()
+        .contains(&format!("no such table: {}", super::TABLE))
+}

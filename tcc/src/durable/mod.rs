@@ -443,8 +443,8 @@ impl LogError {
         }
     }
 
-    /// The same error, caused by `source` (shown after the message, and
-    /// returned by `source()`).
+    /// The same error, caused by `source` (shown after the message with
+    /// its own sources, and returned by `source()`).
     pub fn with_source(mut self, source: impl Into<Source>) -> Self {
         self.source = Some(source.into());
         self
@@ -477,7 +477,7 @@ impl fmt::Display for LogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
         if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+            write!(f, ": {}", crate::error::Chain(&**source))?;
         }
         Ok(())
     }
