@@ -120,7 +120,7 @@ async fn durable_transaction(log: &TransactionLog) -> Duration {
 async fn engine_recovery(dir: &Path, count: usize) -> f64 {
     let path = dir.join("engine-recovery.redb");
     {
-        let log = Arc::new(RedbLog::open(&path).unwrap());
+        let log = Arc::new(RedbLog::create(&path).unwrap());
         let mut writers = JoinSet::new();
         for caller in 0..CALLERS {
             let log = log.clone();
@@ -296,7 +296,7 @@ fn bare_redb(db: &redb::Database, runs: usize) -> Vec<Duration> {
 async fn recovery(dir: &Path, count: usize) -> (Duration, f64) {
     let path = dir.join("recovery.redb");
     {
-        let log = Arc::new(RedbLog::open(&path).unwrap());
+        let log = Arc::new(RedbLog::create(&path).unwrap());
         let mut writers = JoinSet::new();
         for caller in 0..CALLERS {
             let log = log.clone();
@@ -347,7 +347,7 @@ async fn finish(log: &RedbLog, lease: &Lease) {
 /// load, printed every tenth.
 async fn size(dir: &Path, total: u64) {
     let path = dir.join("size.redb");
-    let log = Arc::new(RedbLog::open(&path).unwrap());
+    let log = Arc::new(RedbLog::create(&path).unwrap());
     let step = total / 10;
     let start = Instant::now();
     println!("| transactions | file size | elapsed |");
@@ -417,7 +417,7 @@ fn main() {
                 options = options.max_gather(wait);
             }
             let path = dir.path().join(format!("concurrent-{round}.redb"));
-            let log = Arc::new(options.open(path).unwrap());
+            let log = Arc::new(options.create(path).unwrap());
             let (throughput, cpu) =
                 concurrent(log.clone(), sizes.concurrent_for / 2, |log| async move {
                     transaction(&log).await;
@@ -431,7 +431,7 @@ fn main() {
         if gather.is_none() {
             let engine = runtime.block_on(async {
                 let path = dir.path().join(format!("engine-concurrent-{round}.redb"));
-                let log = TransactionLog::open(path).unwrap();
+                let log = TransactionLog::create(path).unwrap();
                 let run = concurrent(log, sizes.concurrent_for / 2, |log| async move {
                     durable_transaction(&log).await;
                 });
@@ -453,9 +453,9 @@ fn main() {
 
     // One caller, bare redb and bare fdatasync, in alternating slices: a
     // shared disk's speed drifts from one second to the next.
-    let log = RedbLog::open(dir.path().join("latency.redb")).unwrap();
+    let log = RedbLog::create(dir.path().join("latency.redb")).unwrap();
     let bare = redb::Database::create(dir.path().join("bare.redb")).unwrap();
-    let engine_log = TransactionLog::open(dir.path().join("engine-latency.redb")).unwrap();
+    let engine_log = TransactionLog::create(dir.path().join("engine-latency.redb")).unwrap();
     let (mut samples, mut bare_samples, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
     let mut engine_samples = Vec::new();
     runtime.block_on(transaction(&log)); // the first commit creates the file's pages

@@ -39,7 +39,7 @@ fn redb(retention: u64) -> Store<RedbLog> {
     let dir = tempfile::tempdir().unwrap();
     let log = RedbLog::options()
         .retention(retention)
-        .open(dir.path().join("log.redb"))
+        .create(dir.path().join("log.redb"))
         .unwrap();
     Store {
         log,
@@ -504,7 +504,7 @@ mod file {
         let path = dir.path().join("log.redb");
         let (undecided, decided, repair, done) = (intent(1), intent(2), intent(2), intent(1));
         {
-            let log = RedbLog::options().retention(3).open(&path).unwrap();
+            let log = RedbLog::options().retention(3).create(&path).unwrap();
             log.begin(&undecided).await.unwrap();
             let lease = log.begin(&decided).await.unwrap();
             log.decide(&lease, Decision::Confirm).await.unwrap();
@@ -562,7 +562,7 @@ mod file {
     #[tokio::test]
     async fn concurrent_durable_writes_share_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RedbLog::open(dir.path().join("log.redb")).unwrap();
+        let log = RedbLog::create(dir.path().join("log.redb")).unwrap();
         let intents: Vec<_> = (0..32).map(|_| intent(2)).collect();
         // Each call sends its request at once; none is awaited yet.
         let begins: Vec<_> = intents.iter().map(|i| log.begin(i)).collect();
@@ -593,7 +593,7 @@ mod file {
     fn a_second_open_in_this_process_is_refused_with_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.redb");
-        let log = RedbLog::open(&path).unwrap();
+        let log = RedbLog::create(&path).unwrap();
         let error = RedbLog::open(&path).unwrap_err();
         assert_eq!(error.kind(), LogErrorKind::AlreadyOpen);
         assert!(
@@ -609,7 +609,7 @@ mod file {
     fn a_missing_directory_is_an_io_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing").join("log.redb");
-        let error = RedbLog::open(&path).unwrap_err();
+        let error = RedbLog::create(&path).unwrap_err();
         assert_eq!(error.kind(), LogErrorKind::Io);
         assert!(error.to_string().contains("missing"), "{error}");
     }
@@ -667,7 +667,7 @@ mod file {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.redb");
-        let log = RedbLog::open(&path).unwrap();
+        let log = RedbLog::create(&path).unwrap();
         let output = child(TEST, "open", &path).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "child failed: {stdout}");
@@ -736,6 +736,7 @@ mod file {
             .unwrap_or(3);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.redb");
+        drop(RedbLog::create(&path).unwrap());
         let mut told = Vec::new();
         for round in 0..rounds.max(1) {
             let role = if round == 0 { "decide-once" } else { "decide" };
@@ -1017,7 +1018,7 @@ mod faulty {
     #[tokio::test]
     async fn a_crash_releases_the_claims_of_the_dead_process() {
         let dir = tempfile::tempdir().unwrap();
-        let inner = Arc::new(RedbLog::open(dir.path().join("log.redb")).unwrap());
+        let inner = Arc::new(RedbLog::create(dir.path().join("log.redb")).unwrap());
         let orphan = intent(1);
         let lease = inner.begin(&orphan).await.unwrap();
         inner.release(&lease);

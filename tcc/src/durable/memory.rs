@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::state::{Outcome, Rules, Stored, Tables};
+use super::state::{Found, Outcome, Rules, Stored, Tables};
 use super::{
     Decision, End, Intent, Lease, Log, LogError, LogFuture, PhaseProgress, Status,
     TransactionRecord,
@@ -215,18 +215,28 @@ impl Tables for Maps {
         &mut self,
         limit: usize,
         skip: &dyn Fn(TransactionId) -> bool,
-    ) -> Result<Vec<Stored>, LogError> {
+    ) -> Result<Vec<Found>, LogError> {
         Ok(self
             .unfinished
             .values()
             .filter(|s| !skip(s.id()))
             .take(limit)
             .cloned()
+            .map(Ok)
             .collect())
     }
 
-    fn repair_records(&mut self) -> Result<Vec<Stored>, LogError> {
-        Ok(self.repair.values().cloned().collect())
+    fn repair_records(&mut self) -> Result<Vec<Found>, LogError> {
+        Ok(self.repair.values().cloned().map(Ok).collect())
+    }
+
+    // Records in memory are never damaged: nothing to set aside or discard.
+    fn set_aside(&mut self, _: TransactionId) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    fn discard_unreadable(&mut self, _: TransactionId) -> Result<bool, LogError> {
+        Ok(false)
     }
 
     fn count(&mut self) -> Result<u64, LogError> {

@@ -36,11 +36,40 @@ pub(crate) struct Outcome {
     pub(crate) finished_at: SystemTime,
 }
 
+/// A record a store holds but cannot read (its checksum fails, it is cut
+/// short): `reason` says why, naming the file and the transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Unreadable {
+    pub(crate) id: TransactionId,
+    pub(crate) reason: String,
+}
+
+impl Unreadable {
+    /// How [`Log::needs_repair`](super::Log::needs_repair) and
+    /// [`Log::claim_unfinished`](super::Log::claim_unfinished) show it.
+    fn record(self) -> TransactionRecord {
+        TransactionRecord {
+            intent: Intent {
+                id: self.id,
+                participants: Vec::new(),
+            },
+            status: Status::Unreadable,
+            progress: Vec::new(),
+            started_at: SystemTime::UNIX_EPOCH,
+            damage: Some(self.reason),
+        }
+    }
+}
+
+/// A record as a listing found it.
+pub(crate) type Found = Result<Stored, Unreadable>;
+
 /// How a store keeps records. Unfinished records (Undecided, Decided) and
 /// records needing repair are kept apart, so that a claim never walks past
 /// the ones an operator must see to.
 pub(crate) trait Tables {
-    /// The record of `id`, unfinished or needing repair.
+    /// The record of `id`, unfinished or needing repair. One that cannot be
+    /// read is an error [`LogError::unreadable`] made.
     fn record(&mut self, id: TransactionId) -> Result<Option<Stored>, LogError>;
     /// Writes `stored` where its status belongs; `moved`: its status moved
     /// between unfinished and needing repair, so the other place has it.
@@ -57,14 +86,21 @@ pub(crate) trait Tables {
         retention: u64,
         max_pruned: usize,
     ) -> Result<(), LogError>;
-    /// Up to `limit` unfinished records, in id order, whose id `skip` refuses.
+    /// Up to `limit` unfinished records, in id order, whose id `skip` refuses;
+    /// those that cannot be read among them, as such.
     fn unfinished(
         &mut self,
         limit: usize,
         skip: &dyn Fn(TransactionId) -> bool,
-    ) -> Result<Vec<Stored>, LogError>;
-    /// Every record needing repair.
-    fn repair_records(&mut self) -> Result<Vec<Stored>, LogError>;
+    ) -> Result<Vec<Found>, LogError>;
+    /// Every record needing repair, readable or not.
+    fn repair_records(&mut self) -> Result<Vec<Found>, LogError>;
+    /// Moves the unfinished record of `id`, which cannot be read, as it is to
+    /// the records needing repair.
+    fn set_aside(&mut self, id: TransactionId) -> Result<(), LogError>;
+    /// Removes the record of `id` needing repair, which cannot be read;
+    /// whether there was one.
+    fn discard_unreadable(&mut self, id: TransactionId) -> Result<bool, LogError>;
     /// Unfinished and needing repair, together.
     fn count(&mut self) -> Result<u64, LogError>;
 }
@@ -121,6 +157,7 @@ impl Rules {
                 status: Status::Undecided,
                 progress: vec![Default::default(); intent.participants.len()],
                 started_at: SystemTime::now(),
+                damage: None,
             },
             epoch: 1,
         };
@@ -228,7 +265,25 @@ impl Rules {
         let live = &self.live;
         let found = tables.unfinished(limit, &|id| live.contains_key(&id))?;
         let mut claimed = Vec::with_capacity(found.len());
-        for mut stored in found {
+        for found in found {
+            let mut stored = match found {
+                Ok(stored) => stored,
+                Err(unreadable) => {
+                    tracing::error!(id = %unreadable.id, reason = %unreadable.reason,
+                        "an unreadable record is set aside as needing repair");
+                    // Lazy: a crash before the next durable commit leaves it
+                    // unfinished, and the next claim sets it aside again.
+                    // Never driven: its decision cannot be trusted.
+                    tables.set_aside(unreadable.id)?;
+                    // Epoch 0 is no record's: every write under it is fenced.
+                    let lease = Lease {
+                        id: unreadable.id,
+                        epoch: 0,
+                    };
+                    claimed.push((lease, unreadable.record()));
+                    continue;
+                }
+            };
             stored.epoch += 1;
             // Lazy: a claim lost in a crash is lost with every write made
             // under it (a durable commit of one of them would have carried
@@ -266,6 +321,7 @@ impl Rules {
             status: Status::Done(outcome.decision),
             progress: Vec::new(),
             started_at: outcome.started_at,
+            damage: None,
         }))
     }
 
@@ -277,7 +333,7 @@ impl Rules {
         let mut records: Vec<_> = tables
             .repair_records()?
             .into_iter()
-            .map(|s| s.record)
+            .map(|found| found.map_or_else(Unreadable::record, |s| s.record))
             .collect();
         records.sort_by_key(|r| (r.started_at, r.intent.id));
         records.truncate(limit);
@@ -314,8 +370,15 @@ impl Rules {
         tables: &mut impl Tables,
         id: TransactionId,
     ) -> Result<bool, LogError> {
-        let Some(stored) = tables.record(id)? else {
-            return Ok(false);
+        let stored = match tables.record(id) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok(false),
+            // Durable. A crash before its commit: still set aside. After:
+            // gone, with no outcome (its decision is unknown).
+            Err(error) if error.unreadable_record() == Some(id) => {
+                return tables.discard_unreadable(id);
+            }
+            Err(error) => return Err(error),
         };
         let Status::NeedsRepair(decision) = stored.record.status else {
             return Ok(false);
