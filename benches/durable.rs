@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench durable            # the four floors
 //! cargo bench --bench durable -- size    # the file's size over 1,000,000 transactions
+//! cargo bench --bench durable -- notes   # a note's cost against the participants
 //! ```
 //!
 //! 1. 64 concurrent callers, each looping over one transaction's writes:
@@ -27,6 +28,9 @@
 //!    same slices as (2): against (2), two durable commits in a row.
 //! 7. `TransactionLog::recover` of 100,000 unfinished transactions (half
 //!    decided), each rebuilt and finished through the engine: against (4).
+//!
+//! 8. (`-- notes`) One transaction of N participants (10 to 10,000), one
+//!    note each: the mean time a note takes, which must not grow with N.
 //!
 //! `cargo test --benches` (CI) passes no `--bench`: a tiny run of each, in
 //! seconds, that only proves the bench works.
@@ -343,6 +347,36 @@ async fn finish(log: &RedbLog, lease: &Lease) {
     log.finish(lease, End::Done).await.unwrap();
 }
 
+/// (8) the mean cost of a note in one transaction of `participants`
+/// participants, each noted once, then read back once.
+async fn notes(dir: &Path, participants: usize) -> Duration {
+    let log = RedbLog::create(dir.join(format!("notes-{participants}.redb"))).unwrap();
+    let intent = Intent {
+        id: TransactionId::generate(),
+        participants: (0..participants)
+            .map(|i| ParticipantEntry {
+                name: format!("participant-{i}"),
+                kind: "noop".into(),
+                data: format!(r#"{{"name":"participant-{i}"}}"#).into_bytes(),
+            })
+            .collect(),
+    };
+    let lease = log.begin(&intent).await.unwrap();
+    let start = Instant::now();
+    for participant in 0..participants {
+        log.note(&lease, participant as u32, Phase::Try, done());
+    }
+    // A read is answered once every note before it was applied.
+    let record = log.get(intent.id).await.unwrap().unwrap();
+    assert!(
+        record
+            .progress
+            .iter()
+            .all(|p| p[Phase::Try as usize].succeeded)
+    );
+    start.elapsed() / participants as u32
+}
+
 /// The file's size while `total` transactions run through it at steady
 /// load, printed every tenth.
 async fn size(dir: &Path, total: u64) {
@@ -393,6 +427,23 @@ fn main() {
         dir.path().display(),
         filesystem(dir.path())
     );
+
+    if args.iter().any(|arg| arg == "notes") || !full {
+        println!("| participants | mean time of one note |");
+        println!("|---|---|");
+        let counts: &[usize] = if full {
+            &[10, 100, 1000, 4000, 10_000]
+        } else {
+            &[10, 100]
+        };
+        for &count in counts {
+            let each = runtime.block_on(notes(dir.path(), count));
+            println!("| {count} | {:.2} µs |", each.as_secs_f64() * 1e6);
+        }
+        if full {
+            return;
+        }
+    }
 
     if args.iter().any(|arg| arg == "size") || !full {
         runtime.block_on(size(dir.path(), sizes.size_transactions));
