@@ -207,6 +207,40 @@ mod cases {
         assert_eq!(record.status, Status::Decided(Decision::Confirm));
     }
 
+    /// Notes are kept apart from the record they belong to: the writes that
+    /// rewrite or move the record (decide, needs repair, reopen, claim)
+    /// keep every note made before them.
+    pub async fn notes_survive_every_later_write<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(3);
+        let lease = log.begin(&intent).await.unwrap();
+        log.note(&lease, 2, Phase::Try, progress(1, true, None));
+        log.decide(&lease, Decision::Confirm).await.unwrap();
+        log.note(&lease, 0, Phase::Confirm, progress(4, false, Some("down")));
+        log.finish(&lease, End::NeedsRepair).await.unwrap();
+        let noted = |record: &TransactionRecord| {
+            record.phase_progress(2, Phase::Try) == Some(&progress(1, true, None))
+                && record.phase_progress(0, Phase::Confirm)
+                    == Some(&progress(4, false, Some("down")))
+                && record.phase_progress(1, Phase::Confirm) == Some(&progress(0, false, None))
+        };
+        let repair = log.needs_repair(10).await.unwrap();
+        assert!(noted(&repair[0]), "{repair:?}");
+        let (lease, record) = log.reopen(intent.id).await.unwrap().unwrap();
+        assert!(noted(&record), "{record:?}");
+        log.release(&lease);
+        let (lease, record) = log.claim_unfinished(10).await.unwrap().pop().unwrap();
+        assert!(noted(&record), "{record:?}");
+        log.finish(&lease, End::Done).await.unwrap();
+        // A note under the ended lease changes nothing.
+        log.note(&lease, 1, Phase::Confirm, progress(1, true, None));
+        assert_eq!(
+            status(&*log, intent.id).await,
+            Some(Status::Done(Decision::Confirm))
+        );
+        assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    }
+
     pub async fn finish_done_keeps_only_the_outcome<L: Log>(open: Open<L>) {
         let log = open(100);
         let intent = intent(2);
@@ -474,6 +508,7 @@ every_store!(
     begin_refuses_an_id_it_has,
     decide_is_a_compare_and_set,
     notes_apply_in_order,
+    notes_survive_every_later_write,
     finish_done_keeps_only_the_outcome,
     an_undecided_transaction_finishes_cancelled,
     finish_needs_repair_keeps_the_record,

@@ -4,26 +4,32 @@
 //!
 //! ```text
 //! u8   format = 2
-//! u32  checksum: CRC-32 of the transaction id (u128) and every byte after it
+//! u32  checksum: CRC-32 of the key (the transaction id, u128) and every
+//!      byte after it
 //! u64  epoch
 //! u8   status: 0 undecided, 1 decided, 2 needs repair
 //! u8   decision: 0 confirm, 1 cancel (0 when undecided)
 //! u64  started_at, nanoseconds since the Unix epoch
 //! u32  participants, then for each:
 //!      name, kind: u32 length + UTF-8; data: u32 length + bytes
-//!      3 times (try, confirm, cancel): u32 attempts, u8 succeeded,
-//!      u8 has_error, [u32 length + UTF-8 last error]
 //! ```
 //!
-//! An outcome (format 2): `u8 format = 2, u32 checksum, u8 decision,
-//! u64 started_at, u64 finished_at`.
+//! The progress of one participant in one phase, kept apart from its record
+//! under the key (id, participant, phase) so that a note writes only that
+//! (format 2): `u8 format = 2, u32 checksum (of the key: u128 id, u32
+//! participant, u8 phase; and the rest), u32 attempts, u8 succeeded,
+//! u8 has_error, [u32 length + UTF-8 last error]`. A participant with none
+//! has made no call in that phase.
+//!
+//! An outcome (format 2): `u8 format = 2, u32 checksum (of the id and the
+//! rest), u8 decision, u64 started_at, u64 finished_at`.
 //!
 //! The checksum is checked on every read: a byte changed on disk (a
 //! `Decided(Cancel)` become `Confirm`) makes the record unreadable, never
-//! another record. It covers the id, the key the record is stored under, so
-//! that a record found under another key is refused too. Format 1 had no
-//! checksum and is refused: reading it would trust what format 2 exists to
-//! check.
+//! another record. It covers the key the value is stored under, so that a
+//! value found under another key is refused too. Format 1 had no checksum
+//! and kept the progress inside the record; it is refused: reading it would
+//! trust what format 2 exists to check.
 //!
 //! The leading format byte is what keeps the file readable across versions:
 //! a later version that adds a field writes format 3 and still reads 2; this
@@ -42,7 +48,7 @@ use super::{
     Decision, Intent, LogError, LogErrorKind, ParticipantEntry, PhaseProgress, Status,
     TransactionRecord,
 };
-use crate::TransactionId;
+use crate::{Phase, TransactionId};
 
 const FORMAT: u8 = 2;
 
@@ -65,10 +71,31 @@ fn decision_byte(decision: Decision) -> u8 {
     }
 }
 
-/// The checksum of a record's body, bound to the id it is stored under.
-fn checksum(id: TransactionId, body: &[u8]) -> u32 {
+/// The key a value is stored under, as its checksum covers it.
+#[derive(Clone, Copy)]
+enum Key {
+    /// A record's or an outcome's.
+    Transaction(TransactionId),
+    /// One participant's progress in one phase.
+    Progress(TransactionId, u32, Phase),
+}
+
+impl Key {
+    fn id(self) -> TransactionId {
+        match self {
+            Key::Transaction(id) | Key::Progress(id, _, _) => id,
+        }
+    }
+}
+
+/// The checksum of a value's body, bound to the key it is stored under.
+fn checksum(key: Key, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&id.as_u128().to_le_bytes());
+    hasher.update(&key.id().as_u128().to_le_bytes());
+    if let Key::Progress(_, participant, phase) = key {
+        hasher.update(&participant.to_le_bytes());
+        hasher.update(&[phase as u8]);
+    }
     hasher.update(body);
     hasher.finalize()
 }
@@ -82,8 +109,8 @@ fn start(capacity: usize) -> Vec<u8> {
 }
 
 /// Fills in the checksum of a value begun by [`start`].
-fn seal(id: TransactionId, mut out: Vec<u8>) -> Vec<u8> {
-    let sum = checksum(id, &out[HEADER_LEN..]);
+fn seal(key: Key, mut out: Vec<u8>) -> Vec<u8> {
+    let sum = checksum(key, &out[HEADER_LEN..]);
     out[1..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
     out
 }
@@ -110,7 +137,8 @@ fn put_bytes(
     Ok(())
 }
 
-/// The bytes of a record; fails only with [`LogErrorKind::TooLarge`].
+/// The bytes of a record, without its progress (see [`encode_progress`]);
+/// fails only with [`LogErrorKind::TooLarge`].
 pub(crate) fn encode(stored: &Stored) -> Result<Vec<u8>, LogError> {
     let record = &stored.record;
     let id = record.intent.id;
@@ -130,7 +158,7 @@ pub(crate) fn encode(stored: &Stored) -> Result<Vec<u8>, LogError> {
             ));
         }
     };
-    let mut out = start(64 + record.intent.participants.len() * 64);
+    let mut out = start(32 + record.intent.participants.len() * 48);
     out.extend_from_slice(&stored.epoch.to_le_bytes());
     out.push(status);
     out.push(decision);
@@ -141,7 +169,7 @@ pub(crate) fn encode(stored: &Stored) -> Result<Vec<u8>, LogError> {
         record.intent.participants.len(),
     )?;
     out.extend_from_slice(&count.to_le_bytes());
-    for (index, participant) in record.intent.participants.iter().enumerate() {
+    for participant in &record.intent.participants {
         put_bytes(
             &mut out,
             id,
@@ -155,26 +183,63 @@ pub(crate) fn encode(stored: &Stored) -> Result<Vec<u8>, LogError> {
             participant.kind.as_bytes(),
         )?;
         put_bytes(&mut out, id, "a participant's data", &participant.data)?;
-        let progress = record.progress.get(index).cloned().unwrap_or_default();
-        for phase in &progress {
-            out.extend_from_slice(&phase.attempts.to_le_bytes());
-            out.push(u8::from(phase.succeeded));
-            match &phase.last_error {
-                Some(error) => {
-                    out.push(1);
-                    put_bytes(&mut out, id, "a phase's last error", error.as_bytes())?;
-                }
-                None => out.push(0),
-            }
-        }
     }
-    Ok(seal(id, out))
+    Ok(seal(Key::Transaction(id), out))
+}
+
+/// The bytes of one participant's progress in one phase; fails only with
+/// [`LogErrorKind::TooLarge`].
+pub(crate) fn encode_progress(
+    id: TransactionId,
+    participant: u32,
+    phase: Phase,
+    progress: &PhaseProgress,
+) -> Result<Vec<u8>, LogError> {
+    let mut out = start(HEADER_LEN + 16);
+    out.extend_from_slice(&progress.attempts.to_le_bytes());
+    out.push(u8::from(progress.succeeded));
+    match &progress.last_error {
+        Some(error) => {
+            out.push(1);
+            put_bytes(&mut out, id, "a phase's last error", error.as_bytes())?;
+        }
+        None => out.push(0),
+    }
+    Ok(seal(Key::Progress(id, participant, phase), out))
+}
+
+/// Reads what [`encode_progress`] wrote under the same key.
+pub(crate) fn decode_progress(
+    id: TransactionId,
+    participant: u32,
+    phase: Phase,
+    bytes: &[u8],
+) -> Result<PhaseProgress, String> {
+    let mut r = Reader::checked(Key::Progress(id, participant, phase), bytes)?;
+    let progress = PhaseProgress {
+        attempts: r.u32()?,
+        succeeded: r.u8()? != 0,
+        last_error: match r.u8()? {
+            0 => None,
+            _ => Some(r.string()?),
+        },
+    };
+    r.end()?;
+    Ok(progress)
+}
+
+/// The phase a progress key's byte names.
+pub(crate) fn phase(byte: u8) -> Option<Phase> {
+    [Phase::Try, Phase::Confirm, Phase::Cancel]
+        .into_iter()
+        .find(|phase| *phase as u8 == byte)
 }
 
 /// Reads what [`encode`] wrote, refusing anything else; the error says why,
-/// for the store to name its file.
+/// for the store to name its file. Its progress is all default: the store
+/// adds what [`decode_progress`] reads.
 pub(crate) fn decode(id: TransactionId, bytes: &[u8]) -> Result<Stored, String> {
-    let mut r = Reader::checked(id, bytes)?;
+    let mut r = Reader::checked(Key::Transaction(id), bytes)?;
     let epoch = r.u64()?;
     let status = r.u8()?;
     let decision = r.decision()?;
@@ -186,31 +251,21 @@ pub(crate) fn decode(id: TransactionId, bytes: &[u8]) -> Result<Stored, String> 
     };
     let started_at = time(r.u64()?);
     let count = r.u32()? as usize;
-    // Each participant takes at least 30 bytes: a count beyond what is left is
+    // Each participant takes at least 12 bytes: a count beyond what is left is
     // corruption, and must not become a huge allocation.
-    if count > r.bytes.len() / 30 {
+    if count > r.bytes.len() / 12 {
         return Err("participant count beyond the record's length".into());
     }
     let mut participants = Vec::with_capacity(count);
-    let mut progress = Vec::with_capacity(count);
     for _ in 0..count {
         participants.push(ParticipantEntry {
             name: r.string()?,
             kind: r.string()?,
             data: r.bytes()?.to_vec(),
         });
-        let mut phases: [PhaseProgress; 3] = Default::default();
-        for phase in &mut phases {
-            phase.attempts = r.u32()?;
-            phase.succeeded = r.u8()? != 0;
-            phase.last_error = match r.u8()? {
-                0 => None,
-                _ => Some(r.string()?),
-            };
-        }
-        progress.push(phases);
     }
     r.end()?;
+    let progress = vec![Default::default(); count];
     Ok(Stored {
         record: TransactionRecord {
             intent: Intent { id, participants },
@@ -228,11 +283,11 @@ pub(crate) fn encode_outcome(id: TransactionId, outcome: &Outcome) -> Vec<u8> {
     out.push(decision_byte(outcome.decision));
     out.extend_from_slice(&nanos(outcome.started_at).to_le_bytes());
     out.extend_from_slice(&nanos(outcome.finished_at).to_le_bytes());
-    seal(id, out)
+    seal(Key::Transaction(id), out)
 }
 
 pub(crate) fn decode_outcome(id: TransactionId, bytes: &[u8]) -> Result<Outcome, String> {
-    let mut r = Reader::checked(id, bytes)?;
+    let mut r = Reader::checked(Key::Transaction(id), bytes)?;
     let outcome = Outcome {
         decision: r.decision()?,
         started_at: time(r.u64()?),
@@ -248,9 +303,9 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// The body of a value of `id`, if its format is known and its
-    /// checksum right.
-    fn checked(id: TransactionId, bytes: &'a [u8]) -> Result<Self, String> {
+    /// The body of a value stored under `key`, if its format is known and
+    /// its checksum right.
+    fn checked(key: Key, bytes: &'a [u8]) -> Result<Self, String> {
         let Some((&format, rest)) = bytes.split_first() else {
             return Err("empty".into());
         };
@@ -262,7 +317,7 @@ impl<'a> Reader<'a> {
         let Some((sum, body)) = rest.split_first_chunk::<4>() else {
             return Err("cut short".into());
         };
-        let (stored, computed) = (u32::from_le_bytes(*sum), checksum(id, body));
+        let (stored, computed) = (u32::from_le_bytes(*sum), checksum(key, body));
         if stored != computed {
             return Err(format!(
                 "its checksum does not match its bytes (stored {stored:08x}, computed {computed:08x}): it was changed after it was written"
@@ -367,10 +422,24 @@ mod tests {
     }
 
     #[test]
-    fn a_record_reads_back_as_written() {
+    fn a_record_reads_back_as_written_its_progress_apart() {
         let stored = sample();
         let bytes = encode(&stored).unwrap();
-        assert_eq!(decode(stored.id(), &bytes).unwrap(), stored);
+        let mut read = decode(stored.id(), &bytes).unwrap();
+        let none = <[PhaseProgress; 3]>::default();
+        assert!(read.record.progress.iter().all(|p| *p == none));
+        for (participant, phases) in stored.record.progress.iter().enumerate() {
+            for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
+                let progress = &phases[phase as usize];
+                let participant = participant as u32;
+                let bytes = encode_progress(stored.id(), participant, phase, progress).unwrap();
+                read.record.progress[participant as usize][phase as usize] =
+                    decode_progress(stored.id(), participant, phase, &bytes).unwrap();
+                // Under another participant's or phase's key: refused.
+                assert!(decode_progress(stored.id(), participant + 1, phase, &bytes).is_err());
+            }
+        }
+        assert_eq!(read, stored);
     }
 
     #[test]

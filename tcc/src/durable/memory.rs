@@ -177,6 +177,23 @@ impl Tables for Maps {
         Ok(())
     }
 
+    fn put_progress(
+        &mut self,
+        id: TransactionId,
+        participant: u32,
+        phase: Phase,
+        progress: &PhaseProgress,
+    ) -> Result<(), LogError> {
+        let stored = match self.unfinished.get_mut(&id) {
+            Some(stored) => Some(stored),
+            None => self.repair.get_mut(&id),
+        };
+        let entry = stored.and_then(|s| s.record.progress.get_mut(participant as usize));
+        let entry = entry.ok_or_else(|| LogError::not_found(id))?;
+        entry[phase as usize] = progress.clone();
+        Ok(())
+    }
+
     fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError> {
         if needs_repair {
             self.repair.remove(&id);

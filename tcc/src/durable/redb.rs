@@ -29,6 +29,10 @@ use crate::{Phase, TransactionId};
 const UNFINISHED: TableDefinition<u128, &[u8]> = TableDefinition::new("unfinished");
 /// Records needing repair, by transaction id.
 const REPAIR: TableDefinition<u128, &[u8]> = TableDefinition::new("needs_repair");
+/// The progress of each participant of an unfinished record in each phase,
+/// by (transaction id, participant, phase): a note writes one of these,
+/// never the record.
+const PROGRESS: TableDefinition<(u128, u32, u8), &[u8]> = TableDefinition::new("progress");
 /// Outcomes of finished transactions, by transaction id.
 const OUTCOMES: TableDefinition<u128, &[u8]> = TableDefinition::new("outcomes");
 /// Finished transactions in the order they finished, to prune the oldest.
@@ -38,7 +42,9 @@ const FINISHED_ORDER: TableDefinition<u64, u128> = TableDefinition::new("finishe
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The file layout this version writes and reads. 2: every record and
-/// outcome carries a checksum (see `codec`); a file of format 1 is refused.
+/// outcome carries a checksum (see `codec`), and the progress of each
+/// participant is kept apart from its record, in `progress`; a file of
+/// format 1 is refused.
 const FILE_FORMAT: u64 = 2;
 
 /// How many requests one write transaction takes at most, so that one commit
@@ -986,6 +992,7 @@ struct RedbTables<'t> {
     path: &'t Path,
     unfinished: Table<'t, u128, &'static [u8]>,
     repair: Table<'t, u128, &'static [u8]>,
+    progress: Table<'t, (u128, u32, u8), &'static [u8]>,
     outcomes: Table<'t, u128, &'static [u8]>,
     order: Table<'t, u64, u128>,
     meta: Table<'t, &'static str, u64>,
@@ -1000,6 +1007,7 @@ impl<'t> RedbTables<'t> {
             path,
             unfinished: txn.open_table(UNFINISHED).map_err(open)?,
             repair: txn.open_table(REPAIR).map_err(open)?,
+            progress: txn.open_table(PROGRESS).map_err(open)?,
             outcomes: txn.open_table(OUTCOMES).map_err(open)?,
             order: txn.open_table(FINISHED_ORDER).map_err(open)?,
             meta: txn.open_table(META).map_err(open)?,
@@ -1030,13 +1038,51 @@ impl<'t> RedbTables<'t> {
         )
     }
 
-    /// A record as read from a table: decoded, or set aside as unreadable.
-    fn found(&self, key: u128, bytes: &[u8]) -> Found {
+    /// A record as read from a table, with its progress: decoded, or
+    /// unreadable. Errors only if the store failed.
+    fn found(&self, key: u128, bytes: &[u8]) -> Result<Found, LogError> {
         let id = TransactionId::from_u128(key);
-        codec::decode(id, bytes).map_err(|why| Unreadable {
+        let unreadable = |what: &str, why: &str| Unreadable {
             id,
-            reason: self.unreadable(id, "record", &why).to_string(),
-        })
+            reason: self.unreadable(id, what, why).to_string(),
+        };
+        let mut stored = match codec::decode(id, bytes) {
+            Ok(stored) => stored,
+            Err(why) => return Ok(Err(unreadable("record", &why))),
+        };
+        let rows = self
+            .progress
+            .range((key, 0, 0)..=(key, u32::MAX, u8::MAX))
+            .map_err(|e| read_error(self.path, e))?;
+        for row in rows {
+            let (row_key, bytes) = row.map_err(|e| read_error(self.path, e))?;
+            let (_, participant, phase) = row_key.value();
+            let slot = codec::phase(phase).and_then(|phase| {
+                let slot = stored.record.progress.get_mut(participant as usize)?;
+                Some((phase, slot))
+            });
+            let Some((phase, slot)) = slot else {
+                let why =
+                    format!("participant {participant} or phase {phase} is not in the record");
+                return Ok(Err(unreadable("progress", &why)));
+            };
+            match codec::decode_progress(id, participant, phase, bytes.value()) {
+                Ok(progress) => slot[phase as usize] = progress,
+                Err(why) => {
+                    let why = format!("participant {participant}, {phase:?}: {why}");
+                    return Ok(Err(unreadable("progress", &why)));
+                }
+            }
+        }
+        Ok(Ok(stored))
+    }
+
+    /// Removes the progress of `id`: its record is gone.
+    fn remove_progress(&mut self, id: TransactionId) -> Result<(), LogError> {
+        let key = id.as_u128();
+        self.progress
+            .retain_in((key, 0, 0)..=(key, u32::MAX, u8::MAX), |_, _| false)
+            .map_err(|e| write_error(self.path, e))
     }
 
     fn table(&mut self, needs_repair: bool) -> &mut Table<'t, u128, &'static [u8]> {
@@ -1053,9 +1099,10 @@ impl Tables for RedbTables<'_> {
         let key = id.as_u128();
         for table in [&self.unfinished, &self.repair] {
             if let Some(bytes) = table.get(key).map_err(|e| read_error(self.path, e))? {
-                return codec::decode(id, bytes.value())
-                    .map(Some)
-                    .map_err(|why| self.unreadable(id, "record", &why));
+                return match self.found(key, bytes.value())? {
+                    Ok(stored) => Ok(Some(stored)),
+                    Err(unreadable) => Err(LogError::unreadable(id, unreadable.reason)),
+                };
             }
         }
         Ok(None)
@@ -1077,10 +1124,25 @@ impl Tables for RedbTables<'_> {
         result.map_err(|e| write_error(self.path, e))
     }
 
+    fn put_progress(
+        &mut self,
+        id: TransactionId,
+        participant: u32,
+        phase: Phase,
+        progress: &PhaseProgress,
+    ) -> Result<(), LogError> {
+        let bytes = codec::encode_progress(id, participant, phase, progress)?;
+        self.changed = true;
+        let key = (id.as_u128(), participant, phase as u8);
+        let result = self.progress.insert(key, bytes.as_slice()).map(drop);
+        result.map_err(|e| write_error(self.path, e))
+    }
+
     fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError> {
         self.changed = true;
         let result = self.table(needs_repair).remove(id.as_u128()).map(drop);
-        result.map_err(|e| write_error(self.path, e))
+        result.map_err(|e| write_error(self.path, e))?;
+        self.remove_progress(id)
     }
 
     fn outcome(&mut self, id: TransactionId) -> Result<Option<Outcome>, LogError> {
@@ -1157,7 +1219,7 @@ impl Tables for RedbTables<'_> {
             }
             let (key, bytes) = entry.map_err(|e| read_error(self.path, e))?;
             if !skip(TransactionId::from_u128(key.value())) {
-                found.push(self.found(key.value(), bytes.value()));
+                found.push(self.found(key.value(), bytes.value())?);
             }
         }
         Ok(found)
@@ -1167,7 +1229,7 @@ impl Tables for RedbTables<'_> {
         let mut found = Vec::new();
         for entry in self.repair.iter().map_err(|e| read_error(self.path, e))? {
             let (key, bytes) = entry.map_err(|e| read_error(self.path, e))?;
-            found.push(self.found(key.value(), bytes.value()));
+            found.push(self.found(key.value(), bytes.value())?);
         }
         Ok(found)
     }
@@ -1195,7 +1257,10 @@ impl Tables for RedbTables<'_> {
             .remove(id.as_u128())
             .map_err(|e| write_error(self.path, e))?
             .is_some();
-        self.changed |= removed;
+        if removed {
+            self.changed = true;
+            self.remove_progress(id)?;
+        }
         Ok(removed)
     }
 
