@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench durable            # the four floors
 //! cargo bench --bench durable -- size    # the file's size over 1,000,000 transactions
+//! cargo bench --bench durable -- notes   # a note's cost against the participants
 //! ```
 //!
 //! 1. 64 concurrent callers, each looping over one transaction's writes:
@@ -27,6 +28,9 @@
 //!    same slices as (2): against (2), two durable commits in a row.
 //! 7. `TransactionLog::recover` of 100,000 unfinished transactions (half
 //!    decided), each rebuilt and finished through the engine: against (4).
+//!
+//! 8. (`-- notes`) One transaction of N participants (10 to 10,000), one
+//!    note each: the mean time a note takes, which must not grow with N.
 //!
 //! `cargo test --benches` (CI) passes no `--bench`: a tiny run of each, in
 //! seconds, that only proves the bench works.
@@ -120,7 +124,7 @@ async fn durable_transaction(log: &TransactionLog) -> Duration {
 async fn engine_recovery(dir: &Path, count: usize) -> f64 {
     let path = dir.join("engine-recovery.redb");
     {
-        let log = Arc::new(RedbLog::open(&path).unwrap());
+        let log = Arc::new(RedbLog::create(&path).unwrap());
         let mut writers = JoinSet::new();
         for caller in 0..CALLERS {
             let log = log.clone();
@@ -296,7 +300,7 @@ fn bare_redb(db: &redb::Database, runs: usize) -> Vec<Duration> {
 async fn recovery(dir: &Path, count: usize) -> (Duration, f64) {
     let path = dir.join("recovery.redb");
     {
-        let log = Arc::new(RedbLog::open(&path).unwrap());
+        let log = Arc::new(RedbLog::create(&path).unwrap());
         let mut writers = JoinSet::new();
         for caller in 0..CALLERS {
             let log = log.clone();
@@ -343,11 +347,41 @@ async fn finish(log: &RedbLog, lease: &Lease) {
     log.finish(lease, End::Done).await.unwrap();
 }
 
+/// (8) the mean cost of a note in one transaction of `participants`
+/// participants, each noted once, then read back once.
+async fn notes(dir: &Path, participants: usize) -> Duration {
+    let log = RedbLog::create(dir.join(format!("notes-{participants}.redb"))).unwrap();
+    let intent = Intent {
+        id: TransactionId::generate(),
+        participants: (0..participants)
+            .map(|i| ParticipantEntry {
+                name: format!("participant-{i}"),
+                kind: "noop".into(),
+                data: format!(r#"{{"name":"participant-{i}"}}"#).into_bytes(),
+            })
+            .collect(),
+    };
+    let lease = log.begin(&intent).await.unwrap();
+    let start = Instant::now();
+    for participant in 0..participants {
+        log.note(&lease, participant as u32, Phase::Try, done());
+    }
+    // A read is answered once every note before it was applied.
+    let record = log.get(intent.id).await.unwrap().unwrap();
+    assert!(
+        record
+            .progress
+            .iter()
+            .all(|p| p[Phase::Try as usize].succeeded)
+    );
+    start.elapsed() / participants as u32
+}
+
 /// The file's size while `total` transactions run through it at steady
 /// load, printed every tenth.
 async fn size(dir: &Path, total: u64) {
     let path = dir.join("size.redb");
-    let log = Arc::new(RedbLog::open(&path).unwrap());
+    let log = Arc::new(RedbLog::create(&path).unwrap());
     let step = total / 10;
     let start = Instant::now();
     println!("| transactions | file size | elapsed |");
@@ -394,6 +428,23 @@ fn main() {
         filesystem(dir.path())
     );
 
+    if args.iter().any(|arg| arg == "notes") || !full {
+        println!("| participants | mean time of one note |");
+        println!("|---|---|");
+        let counts: &[usize] = if full {
+            &[10, 100, 1000, 4000, 10_000]
+        } else {
+            &[10, 100]
+        };
+        for &count in counts {
+            let each = runtime.block_on(notes(dir.path(), count));
+            println!("| {count} | {:.2} µs |", each.as_secs_f64() * 1e6);
+        }
+        if full {
+            return;
+        }
+    }
+
     if args.iter().any(|arg| arg == "size") || !full {
         runtime.block_on(size(dir.path(), sizes.size_transactions));
         if full {
@@ -417,7 +468,7 @@ fn main() {
                 options = options.max_gather(wait);
             }
             let path = dir.path().join(format!("concurrent-{round}.redb"));
-            let log = Arc::new(options.open(path).unwrap());
+            let log = Arc::new(options.create(path).unwrap());
             let (throughput, cpu) =
                 concurrent(log.clone(), sizes.concurrent_for / 2, |log| async move {
                     transaction(&log).await;
@@ -431,7 +482,7 @@ fn main() {
         if gather.is_none() {
             let engine = runtime.block_on(async {
                 let path = dir.path().join(format!("engine-concurrent-{round}.redb"));
-                let log = TransactionLog::open(path).unwrap();
+                let log = TransactionLog::create(path).unwrap();
                 log.register::<Noop>().unwrap();
                 let run = concurrent(log, sizes.concurrent_for / 2, |log| async move {
                     durable_transaction(&log).await;
@@ -454,9 +505,9 @@ fn main() {
 
     // One caller, bare redb and bare fdatasync, in alternating slices: a
     // shared disk's speed drifts from one second to the next.
-    let log = RedbLog::open(dir.path().join("latency.redb")).unwrap();
+    let log = RedbLog::create(dir.path().join("latency.redb")).unwrap();
     let bare = redb::Database::create(dir.path().join("bare.redb")).unwrap();
-    let engine_log = TransactionLog::open(dir.path().join("engine-latency.redb")).unwrap();
+    let engine_log = TransactionLog::create(dir.path().join("engine-latency.redb")).unwrap();
     engine_log.register::<Noop>().unwrap();
     let (mut samples, mut bare_samples, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
     let mut engine_samples = Vec::new();

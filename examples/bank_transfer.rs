@@ -9,8 +9,9 @@
 //! ```
 //!
 //! - `run` creates `DIR/bank.sqlite` (N accounts, default 20, of 1000 each)
-//!   and the transaction log `DIR/transactions.redb` if missing, finishes
-//!   what the log left unfinished, then runs random transfers of 1 to 200
+//!   and the transaction log `DIR/transactions.redb` for a new `DIR` (where
+//!   the bank exists, a missing or emptied log is refused, never made anew),
+//!   finishes what the log left unfinished, then runs random transfers of 1 to 200
 //!   with W at a time (default 16) until T are done (default: until killed).
 //!   For each transfer that succeeded it prints `confirmed <id>` on stdout
 //!   at once.
@@ -492,10 +493,27 @@ fn open(data: &Path, create: Option<usize>) -> Result<(TransactionLog, Arc<Bank>
         .into());
     }
     std::fs::create_dir_all(data)?;
-    let log = TransactionLog::open(&log_path).map_err(|error| match error.kind() {
+    // The log is created only with a new bank. Where the bank exists, a
+    // missing or emptied log is refused: a new one would hold none of the
+    // transfers whose money is still frozen, and nothing would release it.
+    let new = create.is_some() && !bank_path.exists();
+    let log = if new {
+        match TransactionLog::create(&log_path) {
+            // A first `run` killed after it made the log, before the bank.
+            Err(error) if error.kind() == LogErrorKind::Exists => TransactionLog::open(&log_path),
+            made => made,
+        }
+    } else {
+        TransactionLog::open(&log_path)
+    };
+    let log = log.map_err(|error| match error.kind() {
         LogErrorKind::AlreadyOpen => format!(
             "{error}\n(is a `run` or `recover` of {} still running?)",
             data.display()
+        ),
+        LogErrorKind::Missing => format!(
+            "{error}\n(the bank {} exists: its log must be restored, not made anew)",
+            bank_path.display()
         ),
         _ => format!(
             "cannot open the transaction log {}: {error}",

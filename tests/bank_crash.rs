@@ -779,6 +779,41 @@ fn recover_and_audit_need_a_bank() {
     }
 }
 
+/// A log deleted or emptied beside a bank that exists: `run` and `recover`
+/// refuse it, saying to restore it, and make no new one in its place (which
+/// would leave the money of every unfinished transfer frozen for good).
+#[test]
+fn a_lost_log_beside_an_existing_bank_is_refused_not_made_anew() {
+    let mut bank = Bank::new();
+    let args = ["--accounts", "2", "--transfers", "3", "--seed", "3"];
+    let (mut command, stderr) = bank.command("run", &args);
+    let status = command.status().expect("the example runs");
+    let stderr = std::fs::read_to_string(stderr).unwrap();
+    assert!(status.success(), "the first run: {stderr}");
+    let log = bank.data().join("transactions.redb");
+    for lost in ["deleted", "emptied"] {
+        match lost {
+            "deleted" => std::fs::remove_file(&log).unwrap(),
+            _ => std::fs::write(&log, b"").unwrap(),
+        }
+        for what in ["run", "recover"] {
+            let args: &[&str] = if what == "run" { &args } else { &[] };
+            let (mut command, stderr) = bank.command(what, args);
+            let status = command.status().expect("the example runs");
+            let stderr = std::fs::read_to_string(stderr).unwrap();
+            assert!(!status.success(), "{what} over a {lost} log");
+            assert!(
+                stderr.contains(&log.display().to_string()) && stderr.contains("restore"),
+                "{what} over a {lost} log: {stderr}"
+            );
+            match lost {
+                "deleted" => assert!(!log.exists(), "{what} made a new log"),
+                _ => assert_eq!(std::fs::metadata(&log).unwrap().len(), 0),
+            }
+        }
+    }
+}
+
 #[test]
 fn the_demo_without_arguments_kills_recovers_and_adds_up() {
     let output = Command::new(example())

@@ -39,7 +39,7 @@ fn redb(retention: u64) -> Store<RedbLog> {
     let dir = tempfile::tempdir().unwrap();
     let log = RedbLog::options()
         .retention(retention)
-        .open(dir.path().join("log.redb"))
+        .create(dir.path().join("log.redb"))
         .unwrap();
     Store {
         log,
@@ -205,6 +205,40 @@ mod cases {
             PhaseProgress::default()
         );
         assert_eq!(record.status, Status::Decided(Decision::Confirm));
+    }
+
+    /// Notes are kept apart from the record they belong to: the writes that
+    /// rewrite or move the record (decide, needs repair, reopen, claim)
+    /// keep every note made before them.
+    pub async fn notes_survive_every_later_write<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(3);
+        let lease = log.begin(&intent).await.unwrap();
+        log.note(&lease, 2, Phase::Try, progress(1, true, None));
+        log.decide(&lease, Decision::Confirm).await.unwrap();
+        log.note(&lease, 0, Phase::Confirm, progress(4, false, Some("down")));
+        log.finish(&lease, End::NeedsRepair).await.unwrap();
+        let noted = |record: &TransactionRecord| {
+            record.phase_progress(2, Phase::Try) == Some(&progress(1, true, None))
+                && record.phase_progress(0, Phase::Confirm)
+                    == Some(&progress(4, false, Some("down")))
+                && record.phase_progress(1, Phase::Confirm) == Some(&progress(0, false, None))
+        };
+        let repair = log.needs_repair(10).await.unwrap();
+        assert!(noted(&repair[0]), "{repair:?}");
+        let (lease, record) = log.reopen(intent.id).await.unwrap().unwrap();
+        assert!(noted(&record), "{record:?}");
+        log.release(&lease);
+        let (lease, record) = log.claim_unfinished(10).await.unwrap().pop().unwrap();
+        assert!(noted(&record), "{record:?}");
+        log.finish(&lease, End::Done).await.unwrap();
+        // A note under the ended lease changes nothing.
+        log.note(&lease, 1, Phase::Confirm, progress(1, true, None));
+        assert_eq!(
+            status(&*log, intent.id).await,
+            Some(Status::Done(Decision::Confirm))
+        );
+        assert_eq!(log.unfinished_count().await.unwrap(), 0);
     }
 
     pub async fn finish_done_keeps_only_the_outcome<L: Log>(open: Open<L>) {
@@ -510,6 +544,7 @@ every_store!(
     begin_refuses_an_id_it_has,
     decide_is_a_compare_and_set,
     notes_apply_in_order,
+    notes_survive_every_later_write,
     finish_done_keeps_only_the_outcome,
     an_undecided_transaction_finishes_cancelled,
     finish_needs_repair_keeps_the_record,
@@ -541,7 +576,7 @@ mod file {
         let path = dir.path().join("log.redb");
         let (undecided, decided, repair, done) = (intent(1), intent(2), intent(2), intent(1));
         {
-            let log = RedbLog::options().retention(3).open(&path).unwrap();
+            let log = RedbLog::options().retention(3).create(&path).unwrap();
             log.begin(&undecided).await.unwrap();
             let lease = log.begin(&decided).await.unwrap();
             log.decide(&lease, Decision::Confirm).await.unwrap();
@@ -599,7 +634,7 @@ mod file {
     #[tokio::test]
     async fn concurrent_durable_writes_share_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RedbLog::open(dir.path().join("log.redb")).unwrap();
+        let log = RedbLog::create(dir.path().join("log.redb")).unwrap();
         let intents: Vec<_> = (0..32).map(|_| intent(2)).collect();
         // Each call sends its request at once; none is awaited yet.
         let begins: Vec<_> = intents.iter().map(|i| log.begin(i)).collect();
@@ -630,7 +665,7 @@ mod file {
     fn a_second_open_in_this_process_is_refused_with_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.redb");
-        let log = RedbLog::open(&path).unwrap();
+        let log = RedbLog::create(&path).unwrap();
         let error = RedbLog::open(&path).unwrap_err();
         assert_eq!(error.kind(), LogErrorKind::AlreadyOpen);
         assert!(
@@ -646,7 +681,7 @@ mod file {
     fn a_missing_directory_is_an_io_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing").join("log.redb");
-        let error = RedbLog::open(&path).unwrap_err();
+        let error = RedbLog::create(&path).unwrap_err();
         assert_eq!(error.kind(), LogErrorKind::Io);
         assert!(error.to_string().contains("missing"), "{error}");
     }
@@ -704,7 +739,7 @@ mod file {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.redb");
-        let log = RedbLog::open(&path).unwrap();
+        let log = RedbLog::create(&path).unwrap();
         let output = child(TEST, "open", &path).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "child failed: {stdout}");
@@ -773,6 +808,7 @@ mod file {
             .unwrap_or(3);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.redb");
+        drop(RedbLog::create(&path).unwrap());
         let mut told = Vec::new();
         for round in 0..rounds.max(1) {
             let role = if round == 0 { "decide-once" } else { "decide" };
@@ -1054,7 +1090,7 @@ mod faulty {
     #[tokio::test]
     async fn a_crash_releases_the_claims_of_the_dead_process() {
         let dir = tempfile::tempdir().unwrap();
-        let inner = Arc::new(RedbLog::open(dir.path().join("log.redb")).unwrap());
+        let inner = Arc::new(RedbLog::create(dir.path().join("log.redb")).unwrap());
         let orphan = intent(1);
         let lease = inner.begin(&orphan).await.unwrap();
         inner.release(&lease);

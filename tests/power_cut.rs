@@ -183,6 +183,13 @@ fn acknowledged_outcomes_survive_power_cuts() {
     let Some(mut disk) = power::Disk::new() else {
         return;
     };
+    // Made once; each child opens it, and refuses to start over a lost one.
+    drop(
+        RedbLog::options()
+            .retention(RETENTION)
+            .create(disk.path().join("tcc.redb"))
+            .expect("the log is created"),
+    );
     let cuts = power::cuts(20);
     let mut seen: HashMap<TransactionId, Seen> = HashMap::new();
     let mut random = Random(std::process::id().into());

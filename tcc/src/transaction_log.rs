@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use crate::durable::{LeaseGuard, Log, LogError, TransactionRecord};
+use crate::durable::{LeaseGuard, Log, LogError, Status, TransactionRecord};
 use crate::engine::{self, Kinds, LogHandle, Member, Options};
 use crate::error::{BoxError, Chain, Error, ErrorKind};
 use crate::id::TransactionId;
@@ -85,9 +85,10 @@ const IN_FLIGHT: usize = 256;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let bank = Bank::default();
-/// // At start: the log (a file with `TransactionLog::open`), the kinds it
-/// // can rebuild and their resources, then whatever a crash left. A
-/// // mistake in the wiring is an error here, not after a crash.
+/// // At start: the log (a file: `TransactionLog::create` once, `open` ever
+/// // after), the kinds it can rebuild and their resources, then whatever a
+/// // crash left. A mistake in the wiring is an error here, not after a
+/// // crash.
 /// let log = TransactionLog::new(MemoryLog::new());
 /// log.provide(bank.clone())?.register::<Debit>()?;
 /// let summary = log.recover().await?;
@@ -184,6 +185,13 @@ pub struct RecoverySummary {
     /// rebuilt (its kind is not registered, or its resource is missing),
     /// with the reason. Finished by a later pass once it can.
     pub left: Vec<(TransactionId, String)>,
+    /// Transactions whose record the log could not read (its checksum
+    /// failed, or it was cut short), with the reason: never driven, since
+    /// not even their decision can be trusted, and set aside for an
+    /// operator, listed by [`TransactionLog::needs_repair`] as
+    /// [`Status::Unreadable`]. Reported by the pass that found them; the
+    /// others were finished all the same.
+    pub unreadable: Vec<(TransactionId, String)>,
 }
 
 impl TransactionLog {
@@ -205,12 +213,23 @@ impl TransactionLog {
         }
     }
 
-    /// The embedded log in the file at `path` (created if missing): see
-    /// [`RedbLog`](crate::durable::RedbLog). A second process opening the
-    /// same file gets an error, never a shared file.
+    /// The embedded log in the existing file at `path`: see
+    /// [`RedbLog::open`](crate::durable::RedbLog::open). A missing or empty
+    /// file is refused ([`Missing`](crate::durable::LogErrorKind::Missing)),
+    /// never replaced by a new log; a second process opening the same file
+    /// gets an error, never a shared file.
     #[cfg(feature = "redb")]
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, LogError> {
         crate::durable::RedbLog::open(path).map(TransactionLog::new)
+    }
+
+    /// A new embedded log in the file at `path`, made once when an
+    /// application is first set up: see
+    /// [`RedbLog::create`](crate::durable::RedbLog::create). Refused
+    /// ([`Exists`](crate::durable::LogErrorKind::Exists)) if a log is there.
+    #[cfg(feature = "redb")]
+    pub fn create(path: impl AsRef<std::path::Path>) -> Result<Self, LogError> {
+        crate::durable::RedbLog::create(path).map(TransactionLog::new)
     }
 
     /// The store underneath.
@@ -407,13 +426,26 @@ impl TransactionLog {
             if claimed.is_empty() {
                 break;
             }
-            // Guarded at once: from here on, dropping this pass gives every
-            // claim it holds back to the log.
-            let claimed = claimed.into_iter().map(|(lease, record)| Parked {
-                lease: LeaseGuard::new(self.inner.store.clone(), lease),
-                record,
-            });
-            for parked in claimed {
+            let mut set_aside = false;
+            for (lease, record) in claimed {
+                if record.status == Status::Unreadable {
+                    // The store moved it to "needs repair" and holds no
+                    // lease on it: nothing to give back.
+                    let id = record.intent.id;
+                    if seen.insert(id) {
+                        let reason = record.damage.unwrap_or_default();
+                        tracing::error!(%id, %reason, "unreadable record set aside");
+                        summary.unreadable.push((id, reason));
+                        set_aside = true;
+                    }
+                    continue;
+                }
+                // Guarded at once: from here on, dropping this pass gives
+                // every claim it holds back to the log.
+                let parked = Parked {
+                    lease: LeaseGuard::new(self.inner.store.clone(), lease),
+                    record,
+                };
                 if seen.contains(&parked.record.intent.id) {
                     // Given back during this pass (its end could not be
                     // written): the next pass tries again. Dropping the
@@ -422,7 +454,9 @@ impl TransactionLog {
                 }
                 queue.push(parked);
             }
-            if queue.is_empty() {
+            // A batch of only unreadable records: the next one may hold
+            // good ones.
+            if queue.is_empty() && !set_aside {
                 break;
             }
         }
@@ -434,6 +468,7 @@ impl TransactionLog {
                 finished = summary.finished,
                 needs_repair = summary.needs_repair,
                 left = summary.left.len(),
+                unreadable = summary.unreadable.len(),
                 "recovery pass"
             );
         }
@@ -474,7 +509,11 @@ impl TransactionLog {
 
     /// Transactions whose phase 2 gave up after its retries, oldest first,
     /// up to `limit`, each with its participants' failures
-    /// ([`PhaseProgress::last_error`](crate::durable::PhaseProgress)).
+    /// ([`PhaseProgress::last_error`](crate::durable::PhaseProgress)); first
+    /// among them, records the log could not read
+    /// ([`Status::Unreadable`], the reason in
+    /// [`damage`](TransactionRecord::damage)), which
+    /// [`resolve`](TransactionLog::resolve) removes once seen to.
     ///
     /// # Cancel safety
     ///

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use super::state::{Outcome, Rules, Stored, Tables};
+use super::state::{Found, Outcome, Rules, Stored, Tables};
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogFuture, PhaseProgress, Status,
     TransactionRecord,
@@ -209,6 +209,23 @@ impl Tables for Maps {
         Ok(())
     }
 
+    fn put_progress(
+        &mut self,
+        id: TransactionId,
+        participant: u32,
+        phase: Phase,
+        progress: &PhaseProgress,
+    ) -> Result<(), LogError> {
+        let stored = match self.unfinished.get_mut(&id) {
+            Some(stored) => Some(stored),
+            None => self.repair.get_mut(&id),
+        };
+        let entry = stored.and_then(|s| s.record.progress.get_mut(participant as usize));
+        let entry = entry.ok_or_else(|| LogError::not_found(id))?;
+        entry[phase as usize] = progress.clone();
+        Ok(())
+    }
+
     fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError> {
         if needs_repair {
             self.repair.remove(&id);
@@ -247,18 +264,28 @@ impl Tables for Maps {
         &mut self,
         limit: usize,
         skip: &dyn Fn(TransactionId) -> bool,
-    ) -> Result<Vec<Stored>, LogError> {
+    ) -> Result<Vec<Found>, LogError> {
         Ok(self
             .unfinished
             .values()
             .filter(|s| !skip(s.id()))
             .take(limit)
             .cloned()
+            .map(Ok)
             .collect())
     }
 
-    fn repair_records(&mut self) -> Result<Vec<Stored>, LogError> {
-        Ok(self.repair.values().cloned().collect())
+    fn repair_records(&mut self) -> Result<Vec<Found>, LogError> {
+        Ok(self.repair.values().cloned().map(Ok).collect())
+    }
+
+    // Records in memory are never damaged: nothing to set aside or discard.
+    fn set_aside(&mut self, _: TransactionId) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    fn discard_unreadable(&mut self, _: TransactionId) -> Result<bool, LogError> {
+        Ok(false)
     }
 
     fn count(&mut self) -> Result<u64, LogError> {

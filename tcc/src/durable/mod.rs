@@ -40,6 +40,10 @@
 //!   (group commit). Finished transactions leave only a compact outcome (id,
 //!   decision, start and end times), the oldest pruned beyond a retention
 //!   (100,000 by default), so the file stays bounded under steady load.
+//!   Made once by [`RedbLog::create`], opened by [`RedbLog::open`], which
+//!   refuses a missing, emptied or damaged file rather than start afresh;
+//!   every record carries a checksum, and one that fails is set aside as
+//!   [`Status::Unreadable`] while the others are recovered.
 //! - [`FaultyLog`]: wraps a log and fails, or "crashes", at the k-th write, for
 //!   tests of recovery.
 //!
@@ -154,13 +158,20 @@ pub enum Status {
     /// Finished. Only the decision is kept, for a bounded number of
     /// transactions (see [`Log::get`]).
     Done(Decision),
+    /// The log holds a record for this id that it cannot read (its checksum
+    /// fails, or it is cut short): nothing in it can be trusted, not even its
+    /// decision, so recovery never drives it. Set aside for an operator,
+    /// listed by [`Log::needs_repair`] with the reason in
+    /// [`TransactionRecord::damage`]; [`Log::resolve`] removes it once seen
+    /// to by hand.
+    Unreadable,
 }
 
 impl Status {
     /// The decision, if one was made.
     pub fn decision(self) -> Option<Decision> {
         match self {
-            Status::Undecided => None,
+            Status::Undecided | Status::Unreadable => None,
             Status::Decided(d) | Status::NeedsRepair(d) | Status::Done(d) => Some(d),
         }
     }
@@ -187,8 +198,12 @@ pub struct TransactionRecord {
     /// One entry per participant, in intent order; indexed by Phase as usize
     /// (Try=0, Confirm=1, Cancel=2).
     pub progress: Vec<[PhaseProgress; 3]>,
-    /// When [`Log::begin`] wrote it.
+    /// When [`Log::begin`] wrote it (the Unix epoch for an unreadable one).
     pub started_at: SystemTime,
+    /// Why the log cannot read this record, when its status is
+    /// [`Status::Unreadable`] (then `intent.participants` and `progress` are
+    /// empty); `None` otherwise.
+    pub damage: Option<String>,
 }
 
 impl TransactionRecord {
@@ -366,6 +381,13 @@ pub trait Log: Send + Sync + 'static {
     /// NeedsRepair) that no live lease holds (embedded: none begun/claimed by
     /// this process and not yet finished or released), each with a new lease
     /// (epoch bumped).
+    ///
+    /// A record among them that the store cannot read is not claimed: it is
+    /// moved to "needs repair", untouched, and returned once, with
+    /// [`Status::Unreadable`] and its reason in
+    /// [`damage`](TransactionRecord::damage), under a lease that writes
+    /// nothing (every write under it is [`Fenced`](LogErrorKind::Fenced)).
+    /// One damaged record never stops the others from being recovered.
     fn claim_unfinished(&self, limit: usize) -> LogFuture<'_, Vec<(Lease, TransactionRecord)>>;
 
     /// Gives a claim back unchanged (e.g. a participant kind is not
@@ -383,7 +405,9 @@ pub trait Log: Send + Sync + 'static {
     /// `intent.participants` and `progress` are empty); None if unknown.
     fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>>;
 
-    /// Transactions in `NeedsRepair`, oldest first, up to `limit`.
+    /// Transactions in `NeedsRepair`, oldest first, up to `limit`; records
+    /// the store cannot read ([`Status::Unreadable`], with the reason) come
+    /// first.
     fn needs_repair(&self, limit: usize) -> LogFuture<'_, Vec<TransactionRecord>>;
 
     /// Claims a NeedsRepair transaction to drive it again: status back to
@@ -392,7 +416,8 @@ pub trait Log: Send + Sync + 'static {
     fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>>;
 
     /// An operator resolved it by hand: NeedsRepair -> Done, durable. False if
-    /// it was not in NeedsRepair.
+    /// it was not in NeedsRepair. An [`Unreadable`](Status::Unreadable) record
+    /// set aside is removed, with no outcome kept (its decision is unknown).
     fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool>;
 
     /// How many transactions are unfinished (Undecided, Decided or
@@ -408,8 +433,18 @@ pub enum LogErrorKind {
     AlreadyOpen,
     /// Reading or writing the file failed.
     Io,
-    /// The file holds something this version cannot read.
+    /// The file holds something this version cannot read: a damaged file,
+    /// or one record whose checksum fails (the message names the file, and
+    /// the transaction if it is one record).
     Corrupt,
+    /// No log at the path: no file, or an empty one. `open` never makes a
+    /// new log in place of a lost one; `create` makes a new one.
+    Missing,
+    /// `create` found a log at the path already: open it instead.
+    Exists,
+    /// A record too large for the log's format: a field (a participant's
+    /// data, name or error) of 4 GiB or more.
+    TooLarge,
     /// [`Log::begin`] with an id the log already has.
     Duplicate,
     /// A write under a lease that is no longer the record's (another claim
@@ -431,6 +466,9 @@ pub struct LogError {
     kind: LogErrorKind,
     message: String,
     source: Option<Source>,
+    /// Set when the failure is one unreadable record: the rest of the log,
+    /// and the write transaction that read it, are sound.
+    unreadable: Option<TransactionId>,
 }
 
 impl LogError {
@@ -440,7 +478,23 @@ impl LogError {
             kind,
             message: message.into(),
             source: None,
+            unreadable: None,
         }
+    }
+
+    /// The record of `id` cannot be read (`Corrupt`); `message` says why,
+    /// naming the file and the transaction.
+    pub(crate) fn unreadable(id: TransactionId, message: impl Into<String>) -> Self {
+        LogError {
+            unreadable: Some(id),
+            ..LogError::new(LogErrorKind::Corrupt, message)
+        }
+    }
+
+    /// The transaction whose record could not be read, if that is all this
+    /// error is about.
+    pub(crate) fn unreadable_record(&self) -> Option<TransactionId> {
+        self.unreadable
     }
 
     /// The same error, caused by `source` (shown after the message with

@@ -6,7 +6,9 @@
 //! replies to each (but to a lazy `finish(Done)`, answered once applied).
 //! Concurrent transactions therefore share one fsync.
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +18,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::codec;
-use super::state::{Outcome, Rules, Stored, Tables};
+use super::state::{Found, Outcome, Rules, Stored, Tables, Unreadable};
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
     Status, TransactionRecord,
@@ -30,6 +32,10 @@ use crate::{Phase, TransactionId};
 const UNFINISHED: TableDefinition<u128, &[u8]> = TableDefinition::new("unfinished");
 /// Records needing repair, by transaction id.
 const REPAIR: TableDefinition<u128, &[u8]> = TableDefinition::new("needs_repair");
+/// The progress of each participant of an unfinished record in each phase,
+/// by (transaction id, participant, phase): a note writes one of these,
+/// never the record.
+const PROGRESS: TableDefinition<(u128, u32, u8), &[u8]> = TableDefinition::new("progress");
 /// Outcomes of finished transactions, by transaction id.
 const OUTCOMES: TableDefinition<u128, &[u8]> = TableDefinition::new("outcomes");
 /// Finished transactions in the order they finished, to prune the oldest.
@@ -38,8 +44,11 @@ const FINISHED_ORDER: TableDefinition<u64, u128> = TableDefinition::new("finishe
 /// `finished_order`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// The file layout this version writes and reads.
-const FILE_FORMAT: u64 = 1;
+/// The file layout this version writes and reads. 2: every record and
+/// outcome carries a checksum (see `codec`), and the progress of each
+/// participant is kept apart from its record, in `progress`; a file of
+/// format 1 is refused.
+const FILE_FORMAT: u64 = 2;
 
 /// How many requests one write transaction takes at most, so that one commit
 /// never keeps its callers waiting on a huge batch.
@@ -61,7 +70,8 @@ const MAX_LAZY_COMMITS: u32 = 1024;
 /// told otherwise.
 const DEFAULT_RETENTION: u64 = 100_000;
 
-/// How to open a [`RedbLog`]: `RedbLog::options().retention(1000).open(path)`.
+/// How to open or create a [`RedbLog`]:
+/// `RedbLog::options().retention(1000).open(path)`.
 #[derive(Clone, Debug)]
 pub struct RedbOptions {
     retention: u64,
@@ -97,10 +107,22 @@ impl RedbOptions {
         self
     }
 
-    /// Opens the log at `path`, creating it if missing. See [`RedbLog::open`].
+    /// Opens the existing log at `path`. See [`RedbLog::open`].
     pub fn open(self, path: impl AsRef<Path>) -> Result<RedbLog, LogError> {
-        RedbLog::open_with(path.as_ref(), self)
+        RedbLog::start(path.as_ref(), self, Start::Open)
     }
+
+    /// Creates a new, empty log at `path`. See [`RedbLog::create`].
+    pub fn create(self, path: impl AsRef<Path>) -> Result<RedbLog, LogError> {
+        RedbLog::start(path.as_ref(), self, Start::Create)
+    }
+}
+
+/// Whether [`RedbLog::start`] opens an existing file or makes a new one.
+#[derive(Clone, Copy)]
+enum Start {
+    Open,
+    Create,
 }
 
 /// The embedded [`Log`]: one [redb](https://docs.rs/redb) file, crash-safe,
@@ -115,6 +137,21 @@ impl RedbOptions {
 /// committed without fsync and reach the disk with the next durable commit, or
 /// when the log is dropped: dropping it is a clean shutdown that waits for the
 /// writer thread to finish what was sent.
+///
+/// A log is made once, with [`create`](RedbLog::create), and opened with
+/// [`open`](RedbLog::open) ever after: `open` never makes a new, empty log
+/// in place of one that was deleted or emptied, which would leave every
+/// transaction it held unfinished with no record that anyone must finish it.
+///
+/// Damage is refused, never trusted: the file's pages are checked when it is
+/// opened, and each record carries a checksum checked on every read. A
+/// damaged file fails to open with [`Corrupt`](LogErrorKind::Corrupt); one
+/// damaged record fails the calls that read it, and recovery sets it aside
+/// as [`Unreadable`](Status::Unreadable) for an operator and goes on with
+/// the others. After a failure to write the file (or a panic inside the
+/// store, which becomes a `Corrupt` error naming the file), the log stops:
+/// every later call fails with [`Closed`](LogErrorKind::Closed), saying
+/// what stopped it, until the log is dropped and opened again.
 ///
 /// `finish(Done)` resolves as soon as the writer applied it, before its batch
 /// is committed: a transaction's last write costs its caller no fsync.
@@ -136,7 +173,7 @@ impl RedbOptions {
 /// let path = dir.join("transactions.redb");
 /// let id = TransactionId::generate();
 /// {
-///     let log = RedbLog::open(&path).unwrap();
+///     let log = RedbLog::create(&path).unwrap();
 ///     let lease = log.begin(&Intent { id, participants: vec![] }).await.unwrap();
 ///     log.decide(&lease, Decision::Confirm).await.unwrap();
 ///     // The process stops here, the transaction unfinished...
@@ -156,20 +193,39 @@ pub struct RedbLog {
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
+    /// Why the writer stopped, once it has: for a call whose request it
+    /// never answered (it panicked while applying it). Closed when the
+    /// writer thread ends.
+    stopped: watch::Receiver<Option<String>>,
 }
 
 impl RedbLog {
-    /// Opens the log at `path`, creating the file if missing, keeping the
-    /// outcomes of the last 100,000 finished transactions (see
-    /// [`RedbLog::options`]).
+    /// Opens the existing log at `path`, keeping the outcomes of the last
+    /// 100,000 finished transactions (see [`RedbLog::options`]). Every page
+    /// of the file is checked first (it reads the whole file, a few
+    /// milliseconds for the 100,000 outcomes kept by default).
     ///
-    /// Fails with [`LogErrorKind::AlreadyOpen`] if another process, or
+    /// Fails with [`LogErrorKind::Missing`] if there is no file at `path`, or
+    /// an empty one: a new log is made only by [`create`](RedbLog::create),
+    /// never in place of one that was lost. With
+    /// [`AlreadyOpen`](LogErrorKind::AlreadyOpen) if another process, or
     /// another `RedbLog` of this process, has the file open: one file has one
-    /// writer. With [`Corrupt`](LogErrorKind::Corrupt) if the file is not a
-    /// log this version can read, and [`Io`](LogErrorKind::Io) if it cannot be
-    /// read or created.
+    /// writer. With [`Corrupt`](LogErrorKind::Corrupt) if the file is damaged
+    /// or is not a log this version can read, and [`Io`](LogErrorKind::Io)
+    /// if it cannot be read.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbLog, LogError> {
-        RedbLog::open_with(path.as_ref(), RedbOptions::default())
+        RedbLog::start(path.as_ref(), RedbOptions::default(), Start::Open)
+    }
+
+    /// Creates a new, empty log at `path`: once, when an application is
+    /// first set up; [`open`](RedbLog::open) it ever after.
+    ///
+    /// Fails with [`LogErrorKind::Exists`] if a file at `path` has anything in
+    /// it (an empty file, left by a `create` cut short, is taken), and with
+    /// [`Io`](LogErrorKind::Io) if it cannot be created (its directory must
+    /// exist). Once it returns, the file and its directory entry are on disk.
+    pub fn create(path: impl AsRef<Path>) -> Result<RedbLog, LogError> {
+        RedbLog::start(path.as_ref(), RedbOptions::default(), Start::Create)
     }
 
     /// Options for [`RedbOptions::open`].
@@ -192,22 +248,21 @@ impl RedbLog {
         }
     }
 
-    fn open_with(path: &Path, options: RedbOptions) -> Result<RedbLog, LogError> {
-        let db = Database::builder()
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => LogError::new(
-                    LogErrorKind::AlreadyOpen,
-                    format!(
-                        "the log {} is already open, by another process or elsewhere in this one; one log file has one writer",
-                        path.display()
-                    ),
-                ),
-                other => from_redb(path, "cannot open the log", other),
-            })?;
-        prepare(&db, path)?;
+    fn start(path: &Path, options: RedbOptions, how: Start) -> Result<RedbLog, LogError> {
+        // redb reports a damaged file as an error once its pages are
+        // checked; should it panic all the same, the caller gets an error.
+        let db = catch_unwind(|| {
+            let db = match how {
+                Start::Open => open_database(path)?,
+                Start::Create => create_database(path)?,
+            };
+            prepare(&db, path, how)?;
+            Ok(db)
+        })
+        .unwrap_or_else(|panic| Err(panicked(path, panic.as_ref())))?;
         let (requests, inbox) = mpsc::channel();
         let counters = Arc::new(Counters::default());
+        let (stop, stopped) = watch::channel(None);
         let writer = Writer {
             counters: counters.clone(),
             db,
@@ -216,6 +271,7 @@ impl RedbLog {
             lazy_commits: 0,
             max_gather: options.max_gather,
             broken: None,
+            stopped: stop,
         };
         let writer = std::thread::Builder::new()
             .name("tcc-log-writer".into())
@@ -229,6 +285,7 @@ impl RedbLog {
             counters,
             writer: Some(writer),
             path: path.to_owned(),
+            stopped,
         })
     }
 
@@ -248,7 +305,23 @@ impl RedbLog {
         };
         Box::pin(async move {
             sent?;
-            answer.await
+            match answer.await {
+                Ok(result) => result,
+                // The writer dropped the reply unanswered: it panicked while
+                // applying this request. It says why as soon as it has
+                // caught the panic, or ends.
+                Err(_) => {
+                    let mut stopped = self.stopped.clone();
+                    let cause = match stopped.wait_for(Option::is_some).await {
+                        Ok(cause) => cause.clone(),
+                        Err(_) => None,
+                    };
+                    Err(match cause {
+                        Some(panic) => LogError::new(LogErrorKind::Corrupt, panic),
+                        None => self.closed(),
+                    })
+                }
+            }
         })
     }
 
@@ -258,10 +331,135 @@ impl RedbLog {
     }
 
     fn closed(&self) -> LogError {
-        LogError::new(
-            LogErrorKind::Closed,
-            format!("the writer of the log {} has stopped", self.path.display()),
-        )
+        match &*self.stopped.borrow() {
+            Some(cause) => stopped(&self.path, cause),
+            None => LogError::new(
+                LogErrorKind::Closed,
+                format!("the writer of the log {} has stopped", self.path.display()),
+            ),
+        }
+    }
+}
+
+/// The error of every call after the writer stopped for `cause`.
+fn stopped(path: &Path, cause: &str) -> LogError {
+    LogError::new(
+        LogErrorKind::Closed,
+        format!(
+            "the log {} stopped after an earlier failure ({cause}): open it again",
+            path.display()
+        ),
+    )
+}
+
+/// A panic inside the store (redb or the codec), as the error it becomes.
+fn panicked(path: &Path, panic: &(dyn Any + Send)) -> LogError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    LogError::new(
+        LogErrorKind::Corrupt,
+        format!(
+            "the log {} may be damaged: its store panicked ({what})",
+            path.display()
+        ),
+    )
+}
+
+/// Opens the file of an existing log, refusing a missing or empty one.
+fn open_database(path: &Path) -> Result<Database, LogError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LogError::new(
+                LogErrorKind::Missing,
+                format!(
+                    "there is no log at {}: for a new application, `create` makes one (RedbLog::create, TransactionLog::create); if a log was there, restore it from a backup, since the transactions it held are otherwise never finished",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(from_redb(path, "cannot open the log", e)),
+        Ok(metadata) if metadata.len() == 0 => {
+            return Err(LogError::new(
+                LogErrorKind::Missing,
+                format!(
+                    "the log {} is empty (0 bytes): it was truncated, or its `create` was cut short; if it never held a transaction, remove it and `create` it again, otherwise restore it from a backup",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(_) => {}
+    }
+    // Every page is checked against its checksum: a file changed outside
+    // redb is refused as Corrupted, where a plain open trusts a cleanly
+    // closed file and may panic on it, or read a wrong value.
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .open(path)
+        .map_err(|e| open_error(path, e))
+}
+
+/// Makes the file of a new log, refusing to replace one with anything in it.
+fn create_database(path: &Path) -> Result<Database, LogError> {
+    let options = || {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true);
+        options
+    };
+    let file = match options().create_new(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let file = options()
+                .open(path)
+                .map_err(|e| from_redb(path, "cannot open the log", e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| from_redb(path, "cannot open the log", e))?
+                .len();
+            if len > 0 {
+                return Err(LogError::new(
+                    LogErrorKind::Exists,
+                    format!(
+                        "a log already exists at {} ({len} bytes): open it (RedbLog::open, TransactionLog::open) rather than create a new one over it",
+                        path.display()
+                    ),
+                ));
+            }
+            // An empty file: what a `create` cut short before redb wrote
+            // anything leaves.
+            file
+        }
+        Err(e) => return Err(from_redb(path, "cannot create the log", e)),
+    };
+    let backend = redb::backends::FileBackend::new(file).map_err(|e| open_error(path, e))?;
+    let db = Database::builder()
+        .create_with_backend(backend)
+        .map_err(|e| open_error(path, e))?;
+    // The new file's name, durable: without it a crash could leave no file
+    // at all after the first transactions were told they were durable, and
+    // `open` would then refuse the log as missing.
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(|e| from_redb(path, "cannot sync the directory of the log", e))?;
+    Ok(db)
+}
+
+fn open_error(path: &Path, error: redb::DatabaseError) -> LogError {
+    match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => LogError::new(
+            LogErrorKind::AlreadyOpen,
+            format!(
+                "the log {} is already open, by another process or elsewhere in this one; one log file has one writer",
+                path.display()
+            ),
+        ),
+        other => from_redb(path, "cannot open the log", other),
     }
 }
 
@@ -344,16 +542,13 @@ struct Unread<'a, T: Leases> {
 }
 
 impl<T: Leases> Future for Unread<'_, T> {
-    type Output = Result<T, LogError>;
+    /// The reply, or `Err` if the writer dropped it unanswered.
+    type Output = Result<Result<T, LogError>, oneshot::error::RecvError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let answer = ready!(Pin::new(&mut self.answer).poll(cx));
         self.read = true;
-        Poll::Ready(
-            answer
-                .map_err(|_| self.log.closed())
-                .and_then(|answer| answer),
-        )
+        Poll::Ready(answer)
     }
 }
 
@@ -384,6 +579,9 @@ enum Request {
     Reopen(TransactionId, Reply<Option<(Lease, TransactionRecord)>>),
     Resolve(TransactionId, Reply<bool>),
     Count(Reply<u64>),
+    /// Panics in the writer, as a bug of redb's or ours would.
+    #[cfg(test)]
+    Panic(Reply<()>),
 }
 
 impl Request {
@@ -433,6 +631,8 @@ impl Request {
             Request::Reopen(_, reply) => fail(pending, reply),
             Request::Resolve(_, reply) => fail(pending, reply),
             Request::Count(reply) => fail(pending, reply),
+            #[cfg(test)]
+            Request::Panic(reply) => fail(pending, reply),
             Request::Note(..) | Request::Release(_) => {}
         }
     }
@@ -492,8 +692,12 @@ impl LogError {
 
 /// Whether an error means the write transaction can no longer be trusted
 /// (the store failed), rather than a refusal by the rules.
+///
+/// One record that cannot be read is not: it was only read, and the others
+/// are sound.
 fn is_store_failure(error: &LogError) -> bool {
     matches!(error.kind(), LogErrorKind::Io | LogErrorKind::Corrupt)
+        && error.unreadable_record().is_none()
 }
 
 /// Counts of what the writer did, read by [`RedbLog::stats`].
@@ -528,8 +732,10 @@ struct Writer {
     max_gather: Duration,
     /// The failure that stopped the writer: after a failed commit, what this
     /// process believes (its live leases) may no longer match the file, so
-    /// every later call gets this error until the log is opened again.
+    /// every later call fails, saying so, until the log is opened again.
     broken: Option<LogError>,
+    /// The text of `broken`, for the calls the writer never answered.
+    stopped: watch::Sender<Option<String>>,
 }
 
 impl Writer {
@@ -572,12 +778,22 @@ impl Writer {
             let mut pending = Vec::with_capacity(batch.len());
             let started = Instant::now();
             let failed = match &self.broken {
-                Some(broken) => {
-                    batch.drain(..).for_each(|r| r.abandon(&mut pending));
-                    Some(broken.echo())
+                Some(broken) => Some(stopped(&self.path, &broken.to_string())),
+                None => {
+                    // A panic inside redb or the codec stops the log as a
+                    // failed commit does: the write transaction is dropped
+                    // unfinished, so the file keeps its last commit.
+                    let applied = catch_unwind(AssertUnwindSafe(|| {
+                        self.apply(&mut batch, durable, &mut pending)
+                    }));
+                    match applied {
+                        Ok(applied) => applied.err(),
+                        Err(panic) => Some(panicked(&self.path, panic.as_ref())),
+                    }
                 }
-                None => self.apply(batch.drain(..), durable, &mut pending).err(),
             };
+            // What the writer did not apply hears of the failure too.
+            batch.drain(..).for_each(|r| r.abandon(&mut pending));
             let spent = started.elapsed();
             self.counters.busy_nanos.fetch_add(
                 u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX),
@@ -588,6 +804,7 @@ impl Writer {
                 && self.broken.is_none()
             {
                 tracing::error!(path = %self.path.display(), %error, "the log stopped");
+                self.stopped.send_replace(Some(error.to_string()));
                 self.broken = Some(error.echo());
             }
             // What came during the commit, before anyone is answered.
@@ -602,18 +819,22 @@ impl Writer {
             }
         }
         // A clean shutdown: what was committed lazily reaches the disk now.
-        if self.broken.is_none()
-            && self.lazy_commits > 0
-            && let Err(error) = self.commit_empty()
-        {
-            tracing::error!(path = %self.path.display(), %error, "the log's last commit failed");
+        if self.broken.is_none() && self.lazy_commits > 0 {
+            let path = self.path.clone();
+            let committed = catch_unwind(AssertUnwindSafe(|| self.commit_empty()))
+                .unwrap_or_else(|panic| Err(panicked(&path, panic.as_ref())));
+            if let Err(error) = committed {
+                tracing::error!(path = %path.display(), %error, "the log's last commit failed");
+            }
         }
     }
 
-    /// Applies a batch in one write transaction and commits it.
+    /// Applies a batch in one write transaction and commits it, taking the
+    /// requests out of `batch` as it goes: those left in it on an error (or
+    /// a panic) were not applied.
     fn apply(
         &mut self,
-        mut batch: impl Iterator<Item = Request>,
+        batch: &mut Vec<Request>,
         durable: bool,
         pending: &mut Vec<Pending>,
     ) -> Result<(), LogError> {
@@ -634,11 +855,10 @@ impl Writer {
         let changed = {
             let mut tables = RedbTables::open(&txn, &path)?;
             let rules = &mut self.rules;
-            while let Some(request) = batch.next() {
-                if let Err(error) = apply_one(rules, &mut tables, request, pending) {
-                    batch.for_each(|r| r.abandon(pending));
-                    return Err(error);
-                }
+            // In order, from the first: reversed, so each is popped off the end.
+            batch.reverse();
+            while let Some(request) = batch.pop() {
+                apply_one(rules, &mut tables, request, pending)?;
             }
             tables.finish()?
         };
@@ -755,6 +975,8 @@ fn apply_one(
         }
         Request::Resolve(id, reply) => keep(pending, reply, rules.resolve(tables, id)),
         Request::Count(reply) => keep(pending, reply, rules.unfinished_count(tables)),
+        #[cfg(test)]
+        Request::Panic(_) => panic!("a panic injected by a test"),
     }
 }
 
@@ -772,7 +994,7 @@ fn give_back_if_gone<T: Leases>(rules: &mut Rules, reply: &Reply<T>, result: &Re
 }
 
 /// Creates the tables of a new file, or checks those of an existing one.
-fn prepare(db: &Database, path: &Path) -> Result<(), LogError> {
+fn prepare(db: &Database, path: &Path, how: Start) -> Result<(), LogError> {
     let txn = db
         .begin_write()
         .map_err(|e| from_redb(path, "cannot write the log", e))?;
@@ -783,13 +1005,24 @@ fn prepare(db: &Database, path: &Path) -> Result<(), LogError> {
             .get("format")
             .map_err(|e| from_redb(path, "cannot read the log", e))?
             .map(|v| v.value());
-        match format {
-            None => {
+        match (format, how) {
+            (None, Start::Create) => {
                 meta.insert("format", FILE_FORMAT)
                     .map_err(|e| from_redb(path, "cannot write the log", e))?;
             }
-            Some(FILE_FORMAT) => {}
-            Some(other) => {
+            // A redb file that is not a log (or whose tables were lost):
+            // never made into an empty log in place.
+            (None, Start::Open) => {
+                return Err(LogError::new(
+                    LogErrorKind::Corrupt,
+                    format!(
+                        "{} is not a transaction log (it has no format): open only what `create` made",
+                        path.display()
+                    ),
+                ));
+            }
+            (Some(FILE_FORMAT), _) => {}
+            (Some(other), _) => {
                 return Err(LogError::new(
                     LogErrorKind::Corrupt,
                     format!(
@@ -836,6 +1069,7 @@ struct RedbTables<'t> {
     path: &'t Path,
     unfinished: Table<'t, u128, &'static [u8]>,
     repair: Table<'t, u128, &'static [u8]>,
+    progress: Table<'t, (u128, u32, u8), &'static [u8]>,
     outcomes: Table<'t, u128, &'static [u8]>,
     order: Table<'t, u64, u128>,
     meta: Table<'t, &'static str, u64>,
@@ -850,6 +1084,7 @@ impl<'t> RedbTables<'t> {
             path,
             unfinished: txn.open_table(UNFINISHED).map_err(open)?,
             repair: txn.open_table(REPAIR).map_err(open)?,
+            progress: txn.open_table(PROGRESS).map_err(open)?,
             outcomes: txn.open_table(OUTCOMES).map_err(open)?,
             order: txn.open_table(FINISHED_ORDER).map_err(open)?,
             meta: txn.open_table(META).map_err(open)?,
@@ -869,6 +1104,64 @@ impl<'t> RedbTables<'t> {
         Ok(self.changed)
     }
 
+    /// The error of a record of `id` that cannot be read, and why.
+    fn unreadable(&self, id: TransactionId, what: &str, why: &str) -> LogError {
+        LogError::unreadable(
+            id,
+            format!(
+                "the {what} of transaction {id} in the log {} is unreadable: {why}",
+                self.path.display()
+            ),
+        )
+    }
+
+    /// A record as read from a table, with its progress: decoded, or
+    /// unreadable. Errors only if the store failed.
+    fn found(&self, key: u128, bytes: &[u8]) -> Result<Found, LogError> {
+        let id = TransactionId::from_u128(key);
+        let unreadable = |what: &str, why: &str| Unreadable {
+            id,
+            reason: self.unreadable(id, what, why).to_string(),
+        };
+        let mut stored = match codec::decode(id, bytes) {
+            Ok(stored) => stored,
+            Err(why) => return Ok(Err(unreadable("record", &why))),
+        };
+        let rows = self
+            .progress
+            .range((key, 0, 0)..=(key, u32::MAX, u8::MAX))
+            .map_err(|e| read_error(self.path, e))?;
+        for row in rows {
+            let (row_key, bytes) = row.map_err(|e| read_error(self.path, e))?;
+            let (_, participant, phase) = row_key.value();
+            let slot = codec::phase(phase).and_then(|phase| {
+                let slot = stored.record.progress.get_mut(participant as usize)?;
+                Some((phase, slot))
+            });
+            let Some((phase, slot)) = slot else {
+                let why =
+                    format!("participant {participant} or phase {phase} is not in the record");
+                return Ok(Err(unreadable("progress", &why)));
+            };
+            match codec::decode_progress(id, participant, phase, bytes.value()) {
+                Ok(progress) => slot[phase as usize] = progress,
+                Err(why) => {
+                    let why = format!("participant {participant}, {phase:?}: {why}");
+                    return Ok(Err(unreadable("progress", &why)));
+                }
+            }
+        }
+        Ok(Ok(stored))
+    }
+
+    /// Removes the progress of `id`: its record is gone.
+    fn remove_progress(&mut self, id: TransactionId) -> Result<(), LogError> {
+        let key = id.as_u128();
+        self.progress
+            .retain_in((key, 0, 0)..=(key, u32::MAX, u8::MAX), |_, _| false)
+            .map_err(|e| write_error(self.path, e))
+    }
+
     fn table(&mut self, needs_repair: bool) -> &mut Table<'t, u128, &'static [u8]> {
         if needs_repair {
             &mut self.repair
@@ -883,7 +1176,10 @@ impl Tables for RedbTables<'_> {
         let key = id.as_u128();
         for table in [&self.unfinished, &self.repair] {
             if let Some(bytes) = table.get(key).map_err(|e| read_error(self.path, e))? {
-                return codec::decode(id, bytes.value()).map(Some);
+                return match self.found(key, bytes.value())? {
+                    Ok(stored) => Ok(Some(stored)),
+                    Err(unreadable) => Err(LogError::unreadable(id, unreadable.reason)),
+                };
             }
         }
         Ok(None)
@@ -892,7 +1188,7 @@ impl Tables for RedbTables<'_> {
     fn put_record(&mut self, stored: &Stored, moved: bool) -> Result<(), LogError> {
         let needs_repair = matches!(stored.record.status, Status::NeedsRepair(_));
         let key = stored.id().as_u128();
-        let bytes = codec::encode(stored);
+        let bytes = codec::encode(stored)?;
         self.changed = true;
         if moved {
             let result = self.table(!needs_repair).remove(key).map(drop);
@@ -905,10 +1201,25 @@ impl Tables for RedbTables<'_> {
         result.map_err(|e| write_error(self.path, e))
     }
 
+    fn put_progress(
+        &mut self,
+        id: TransactionId,
+        participant: u32,
+        phase: Phase,
+        progress: &PhaseProgress,
+    ) -> Result<(), LogError> {
+        let bytes = codec::encode_progress(id, participant, phase, progress)?;
+        self.changed = true;
+        let key = (id.as_u128(), participant, phase as u8);
+        let result = self.progress.insert(key, bytes.as_slice()).map(drop);
+        result.map_err(|e| write_error(self.path, e))
+    }
+
     fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError> {
         self.changed = true;
         let result = self.table(needs_repair).remove(id.as_u128()).map(drop);
-        result.map_err(|e| write_error(self.path, e))
+        result.map_err(|e| write_error(self.path, e))?;
+        self.remove_progress(id)
     }
 
     fn outcome(&mut self, id: TransactionId) -> Result<Option<Outcome>, LogError> {
@@ -917,7 +1228,9 @@ impl Tables for RedbTables<'_> {
             .get(id.as_u128())
             .map_err(|e| read_error(self.path, e))?
         {
-            Some(bytes) => codec::decode_outcome(id, bytes.value()).map(Some),
+            Some(bytes) => codec::decode_outcome(id, bytes.value())
+                .map(Some)
+                .map_err(|why| self.unreadable(id, "outcome", &why)),
             None => Ok(None),
         }
     }
@@ -939,7 +1252,7 @@ impl Tables for RedbTables<'_> {
                 .map_or(0, |v| v.value()),
         };
         self.next_finished = Some(next + 1);
-        let bytes = codec::encode_outcome(&outcome);
+        let bytes = codec::encode_outcome(id, &outcome);
         let result = self
             .outcomes
             .insert(id.as_u128(), bytes.as_slice())
@@ -971,7 +1284,7 @@ impl Tables for RedbTables<'_> {
         &mut self,
         limit: usize,
         skip: &dyn Fn(TransactionId) -> bool,
-    ) -> Result<Vec<Stored>, LogError> {
+    ) -> Result<Vec<Found>, LogError> {
         let mut found = Vec::new();
         let iter = self
             .unfinished
@@ -982,24 +1295,50 @@ impl Tables for RedbTables<'_> {
                 break;
             }
             let (key, bytes) = entry.map_err(|e| read_error(self.path, e))?;
-            let id = TransactionId::from_u128(key.value());
-            if !skip(id) {
-                found.push(codec::decode(id, bytes.value())?);
+            if !skip(TransactionId::from_u128(key.value())) {
+                found.push(self.found(key.value(), bytes.value())?);
             }
         }
         Ok(found)
     }
 
-    fn repair_records(&mut self) -> Result<Vec<Stored>, LogError> {
+    fn repair_records(&mut self) -> Result<Vec<Found>, LogError> {
         let mut found = Vec::new();
         for entry in self.repair.iter().map_err(|e| read_error(self.path, e))? {
             let (key, bytes) = entry.map_err(|e| read_error(self.path, e))?;
-            found.push(codec::decode(
-                TransactionId::from_u128(key.value()),
-                bytes.value(),
-            )?);
+            found.push(self.found(key.value(), bytes.value())?);
         }
         Ok(found)
+    }
+
+    fn set_aside(&mut self, id: TransactionId) -> Result<(), LogError> {
+        let key = id.as_u128();
+        let removed = self
+            .unfinished
+            .remove(key)
+            .map_err(|e| write_error(self.path, e))?
+            .map(|bytes| bytes.value().to_vec());
+        if let Some(bytes) = removed {
+            self.changed = true;
+            // As it was found: the bytes are what an operator may still
+            // read by hand.
+            let result = self.repair.insert(key, bytes.as_slice()).map(drop);
+            result.map_err(|e| write_error(self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn discard_unreadable(&mut self, id: TransactionId) -> Result<bool, LogError> {
+        let removed = self
+            .repair
+            .remove(id.as_u128())
+            .map_err(|e| write_error(self.path, e))?
+            .is_some();
+        if removed {
+            self.changed = true;
+            self.remove_progress(id)?;
+        }
+        Ok(removed)
     }
 
     fn count(&mut self) -> Result<u64, LogError> {
@@ -1009,5 +1348,79 @@ impl Tables for RedbTables<'_> {
             .map_err(|e| read_error(self.path, e))?;
         let repair = self.repair.len().map_err(|e| read_error(self.path, e))?;
         Ok(unfinished + repair)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of this test's own, removed at the end.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("tcc-redb-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_writer_stops_the_log_until_it_is_opened_again() {
+        let scratch = Scratch::new("panic");
+        let path = scratch.0.join("log.redb");
+        let log = RedbLog::create(&path).unwrap();
+        let id = TransactionId::generate();
+        let lease = log
+            .begin(&Intent {
+                id,
+                participants: vec![],
+            })
+            .await
+            .unwrap();
+        log.decide(&lease, Decision::Cancel).await.unwrap();
+
+        // The caller of the batch that panicked: a Corrupt error naming the
+        // file, not a panic of its own.
+        let error = log.call(Request::Panic).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Corrupt, "{error}");
+        let cause = error.to_string();
+        assert!(cause.contains(&path.display().to_string()), "{cause}");
+        assert!(cause.contains("a panic injected by a test"), "{cause}");
+
+        // Every later call: stopped, with the first cause and what to do.
+        for error in [
+            log.get(id).await.unwrap_err(),
+            log.unfinished_count().await.unwrap_err(),
+        ] {
+            assert_eq!(error.kind(), LogErrorKind::Closed, "{error}");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "the log {} stopped after an earlier failure ({cause}): open it again",
+                    path.display()
+                )
+            );
+        }
+
+        // Held while the broken handle lives; a new open works once it is
+        // dropped, and finds what was committed before the failure.
+        assert_eq!(
+            RedbLog::open(&path).unwrap_err().kind(),
+            LogErrorKind::AlreadyOpen
+        );
+        drop(log);
+        let log = RedbLog::open(&path).unwrap();
+        let record = log.get(id).await.unwrap().unwrap();
+        assert_eq!(record.status, Status::Decided(Decision::Cancel));
+        assert_eq!(log.unfinished_count().await.unwrap(), 1);
     }
 }
