@@ -552,7 +552,7 @@ async fn finish_unfinished(log: &TransactionLog) -> Result<(), BoxError> {
             summary.finished
         );
     }
-    for (id, why) in &summary.left {
+    for (id, why) in summary.left.iter().chain(&summary.unreadable) {
         eprintln!("transaction {id} left unfinished: {why}");
     }
     match log.unfinished_count().await? {

@@ -331,7 +331,10 @@ async fn random_bytes_over_a_closed_log_never_give_a_wrong_status() {
     // Both ends are exercised: damage the checks refuse, and damage in
     // bytes no one reads (free pages), under which the log still answers.
     println!("{opened} opened, {refused} refused");
-    assert_eq!(opened + refused, seeds);
+    assert!(
+        opened > 0 && refused > 0,
+        "{opened} opened, {refused} refused: the seeds no longer reach both"
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,6 @@
 //! boxed (one allocation an attempt), a `tcc!` member's sits in a slot
 //! pinned inside the block's future (none).
 
-use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -203,21 +202,6 @@ impl<A: Attempts> Drop for PhaseRun<A> {
 /// type can neither hang nor crash the transaction.
 fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
     catch_unwind(AssertUnwindSafe(|| Permanent::is_in(error))).unwrap_or(false)
-}
-
-/// An error as a log line shows it: a `Display` that panics must not take
-/// the transaction down with it, so it shows as a note instead. Formats
-/// only when a subscriber records the field. (A phase's own error goes
-/// through [`Chain`], which does the same for each of its sources.)
-pub(crate) struct Logged<'a, E: ?Sized>(pub(crate) &'a E);
-
-impl<E: fmt::Display + ?Sized> fmt::Display for Logged<'_, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match catch_unwind(AssertUnwindSafe(|| self.0.to_string())) {
-            Ok(text) => f.write_str(&text),
-            Err(_) => f.write_str("<the error's Display panicked>"),
-        }
-    }
 }
 
 impl<A: Attempts> PhaseRun<A> {

@@ -25,7 +25,7 @@ use std::task::Poll;
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
-use crate::attempt::{Attempts, Logged, Outcome, PhaseRun, Round};
+use crate::attempt::{Attempts, Outcome, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
     Decision, End, Intent, LeaseGuard, Log, LogErrorKind, MAX_INTENT_BYTES, ParticipantEntry,
@@ -285,7 +285,7 @@ impl Ledger {
         }
         let error = Error::failed(sorted(self.failures), report);
         if error.needs_repair() {
-            tracing::error!(error = %Logged(&error), "transaction needs manual repair");
+            tracing::error!(error = %Chain(&error), "transaction needs manual repair");
         }
         Err(error)
     }

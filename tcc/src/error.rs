@@ -313,7 +313,7 @@ impl Error {
         }
     }
 
-    /// An orchestration refused (or cut short) before any phase ran.
+    /// An orchestration refused before any phase ran.
     pub(crate) fn refused(kind: ErrorKind, service: Option<Name>, detail: String) -> Self {
         Error {
             inner: Box::new(Inner {

@@ -110,8 +110,10 @@
 //!   transaction with a kind not registered is refused before any Try
 //!   ([`ErrorKind::NotRecoverable`]);
 //! - [`recover`](TransactionLog::recover), and look at its
-//!   [`RecoverySummary::left`]: the transactions it could not rebuild, still
-//!   holding what their Tries reserved. Log them, or refuse to start.
+//!   [`RecoverySummary::left`] (the transactions it could not rebuild) and
+//!   [`RecoverySummary::unreadable`] (those whose record the log could not
+//!   read): both still hold what their Tries reserved. Log them, or refuse
+//!   to start.
 //!
 //! The example on [`TransactionLog`] shows it whole.
 

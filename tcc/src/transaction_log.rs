@@ -92,12 +92,13 @@ const IN_FLIGHT: usize = 256;
 /// let log = TransactionLog::new(MemoryLog::new());
 /// log.provide(bank.clone())?.register::<Debit>()?;
 /// let summary = log.recover().await?;
-/// // Transactions recovery could not rebuild stay in the log, holding what
-/// // their Tries reserved: say so, or refuse to serve.
-/// for (id, why) in &summary.left {
+/// // Transactions recovery could not rebuild, or whose record it could not
+/// // read, stay in the log, holding what their Tries reserved: say so, or
+/// // refuse to serve.
+/// for (id, why) in summary.left.iter().chain(&summary.unreadable) {
 ///     eprintln!("transaction {id} left unfinished: {why}");
 /// }
-/// assert!(summary.left.is_empty());
+/// assert!(summary.left.is_empty() && summary.unreadable.is_empty());
 ///
 /// let report = tcc! {
 ///     log = &log;
@@ -169,12 +170,14 @@ fn rebuild<T: Recoverable>(data: &[u8], resources: &Resources) -> Result<Service
 
 /// What one recovery pass did.
 ///
-/// Look at [`left`](RecoverySummary::left): a transaction in it is still
-/// unfinished, holding what its Tries reserved, until a pass can rebuild
-/// it. Log it, or refuse to start when it is not empty.
+/// Look at [`left`](RecoverySummary::left) and
+/// [`unreadable`](RecoverySummary::unreadable): a transaction in either is
+/// still unfinished, holding what its Tries reserved, until a pass can
+/// rebuild it or an operator sees to it. Log them, or refuse to start when
+/// either is not empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-#[must_use = "transactions in `left` stay unfinished, holding their reservations: log them or fail"]
+#[must_use = "transactions in `left` and `unreadable` stay unfinished, holding their reservations: log them or fail"]
 pub struct RecoverySummary {
     /// Transactions finished: confirmed or cancelled everywhere.
     pub finished: usize,
