@@ -148,7 +148,8 @@ enum Start {
 /// damaged file fails to open with [`Corrupt`](LogErrorKind::Corrupt); one
 /// damaged record fails the calls that read it, and recovery sets it aside
 /// as [`Unreadable`](Status::Unreadable) for an operator and goes on with
-/// the others. After a failure to write the file (or a panic inside the
+/// the others. A damaged progress row, a lazy [`note`](Log::note), is taken
+/// as lost (with a warning), as a crash may lose it. After a failure to write the file (or a panic inside the
 /// store, which becomes a `Corrupt` error naming the file), the log stops:
 /// every later call fails with [`Closed`](LogErrorKind::Closed), saying
 /// what stopped it, until the log is dropped and opened again.
@@ -1117,15 +1118,21 @@ impl<'t> RedbTables<'t> {
 
     /// A record as read from a table, with its progress: decoded, or
     /// unreadable. Errors only if the store failed.
+    ///
+    /// Only the record's own bytes make it unreadable. A progress row is a
+    /// lazy note, which a crash may lose (see the module docs): one that
+    /// cannot be read, or names a participant or phase the record has not,
+    /// is taken as lost, and leaves the default progress a lost note leaves.
     fn found(&self, key: u128, bytes: &[u8]) -> Result<Found, LogError> {
         let id = TransactionId::from_u128(key);
-        let unreadable = |what: &str, why: &str| Unreadable {
-            id,
-            reason: self.unreadable(id, what, why).to_string(),
-        };
         let mut stored = match codec::decode(id, bytes) {
             Ok(stored) => stored,
-            Err(why) => return Ok(Err(unreadable("record", &why))),
+            Err(why) => {
+                return Ok(Err(Unreadable {
+                    id,
+                    reason: self.unreadable(id, "record", &why).to_string(),
+                }));
+            }
         };
         let rows = self
             .progress
@@ -1139,15 +1146,15 @@ impl<'t> RedbTables<'t> {
                 Some((phase, slot))
             });
             let Some((phase, slot)) = slot else {
-                let why =
-                    format!("participant {participant} or phase {phase} is not in the record");
-                return Ok(Err(unreadable("progress", &why)));
+                tracing::warn!(path = %self.path.display(), %id, participant, phase,
+                    "a progress row names a participant or phase the record has not: taken as a lost note");
+                continue;
             };
             match codec::decode_progress(id, participant, phase, bytes.value()) {
                 Ok(progress) => slot[phase as usize] = progress,
                 Err(why) => {
-                    let why = format!("participant {participant}, {phase:?}: {why}");
-                    return Ok(Err(unreadable("progress", &why)));
+                    tracing::warn!(path = %self.path.display(), %id, participant, ?phase, %why,
+                        "a progress row is unreadable: taken as a lost note");
                 }
             }
         }
