@@ -443,7 +443,8 @@ pub enum LogErrorKind {
     /// `create` found a log at the path already: open it instead.
     Exists,
     /// A record too large for the log's format: a field (a participant's
-    /// data, name or error) of 4 GiB or more.
+    /// data, name or error) of 4 GiB or more, or, in `RedbLog`, a record or
+    /// a progress note over 3 GiB. Only that call is refused; the log goes on.
     TooLarge,
     /// [`Log::begin`] with an id the log already has.
     Duplicate,

@@ -50,6 +50,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// format 1 is refused.
 const FILE_FORMAT: u64 = 2;
 
+/// The longest value redb stores (its `MAX_VALUE_LENGTH`, 3 GiB): a longer
+/// record or progress row is refused as [`TooLarge`](LogErrorKind::TooLarge)
+/// before it is written, failing only its own call, where redb's refusal
+/// would come as a failed write.
+const MAX_VALUE_BYTES: usize = 3 << 30;
+
 /// How many requests one write transaction takes at most, so that one commit
 /// never keeps its callers waiting on a huge batch.
 const MAX_BATCH: usize = 4096;
@@ -1051,6 +1057,9 @@ fn from_redb(path: &Path, what: &str, error: impl Into<redb::Error>) -> LogError
     let error = error.into();
     let kind = match &error {
         redb::Error::DatabaseAlreadyOpen => LogErrorKind::AlreadyOpen,
+        // Checked before each write (`fits`); should redb still refuse one,
+        // only that request fails: nothing was written.
+        redb::Error::ValueTooLarge(_) => LogErrorKind::TooLarge,
         redb::Error::Corrupted(_)
         | redb::Error::UpgradeRequired(_)
         | redb::Error::TableTypeMismatch { .. }
@@ -1063,6 +1072,22 @@ fn from_redb(path: &Path, what: &str, error: impl Into<redb::Error>) -> LogError
         _ => LogErrorKind::Io,
     };
     LogError::new(kind, format!("{what} {}", path.display())).with_source(error)
+}
+
+/// Whether a value of `len` bytes, the `what` of transaction `id`, is at
+/// most `limit` bytes (the store's is [`MAX_VALUE_BYTES`]), or why it cannot
+/// be written: [`TooLarge`](LogErrorKind::TooLarge), a refusal of that one
+/// request which leaves the log running.
+fn fits(id: TransactionId, what: &str, len: usize, limit: usize) -> Result<(), LogError> {
+    if len <= limit {
+        return Ok(());
+    }
+    Err(LogError::new(
+        LogErrorKind::TooLarge,
+        format!(
+            "transaction {id}: its {what} is {len} bytes; the log keeps values of at most {limit} bytes"
+        ),
+    ))
 }
 
 /// The tables of one write transaction.
@@ -1196,6 +1221,7 @@ impl Tables for RedbTables<'_> {
         let needs_repair = matches!(stored.record.status, Status::NeedsRepair(_));
         let key = stored.id().as_u128();
         let bytes = codec::encode(stored)?;
+        fits(stored.id(), "record", bytes.len(), MAX_VALUE_BYTES)?;
         self.changed = true;
         if moved {
             let result = self.table(!needs_repair).remove(key).map(drop);
@@ -1216,6 +1242,7 @@ impl Tables for RedbTables<'_> {
         progress: &PhaseProgress,
     ) -> Result<(), LogError> {
         let bytes = codec::encode_progress(id, participant, phase, progress)?;
+        fits(id, "progress", bytes.len(), MAX_VALUE_BYTES)?;
         self.changed = true;
         let key = (id.as_u128(), participant, phase as u8);
         let result = self.progress.insert(key, bytes.as_slice()).map(drop);
@@ -1378,6 +1405,28 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// The size check, against a small limit: the real one (3 GiB) would
+    /// need a record of that size in memory.
+    #[test]
+    fn a_value_over_the_limit_is_too_large_and_stops_nothing() {
+        let id = TransactionId::generate();
+        fits(id, "record", 10, 10).unwrap();
+        let error = fits(id, "record", 11, 10).unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::TooLarge, "{error}");
+        let text = error.to_string();
+        assert!(text.contains(&id.to_string()), "{text}");
+        assert!(text.contains("11 bytes"), "{text}");
+        assert!(!is_store_failure(&error));
+        // redb's own refusal, should it come: the same kind, not Io.
+        let path = Path::new("log.redb");
+        let error = from_redb(path, "cannot write the log", redb::Error::ValueTooLarge(11));
+        assert_eq!(error.kind(), LogErrorKind::TooLarge, "{error}");
+        assert!(!is_store_failure(&error));
+        // What the engine lets through at begin fits, with room for the
+        // record's own fields.
+        const { assert!(super::super::MAX_INTENT_BYTES < MAX_VALUE_BYTES) };
     }
 
     #[tokio::test]
