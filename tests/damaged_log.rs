@@ -11,7 +11,9 @@
 //! - one unreadable record among good ones: recovery finishes the good ones
 //!   and sets the bad one aside, listed with its reason;
 //! - a damaged progress row (a lazy note): lost, as a crash may lose it; its
-//!   transaction is still driven to its decision.
+//!   transaction is still driven to its decision;
+//! - a log of file format 1 (the previous release): refused, saying how to
+//!   finish it.
 //!
 //! The damaged values are written with redb itself, below the log, so that
 //! they reach the record's checksum rather than redb's own page checks.
@@ -33,6 +35,8 @@ const UNFINISHED: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::ne
 /// The log's table of progress rows, by (transaction, participant, phase).
 const PROGRESS: redb::TableDefinition<(u128, u32, u8), &[u8]> =
     redb::TableDefinition::new("progress");
+/// The log's table of its file format and counters.
+const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
 
 /// The phases recovery ran, per transaction.
 #[derive(Default)]
@@ -505,4 +509,37 @@ async fn a_damaged_progress_row_fails_no_decide_or_finish() {
     let record = log.get(written.id).await.unwrap().unwrap();
     assert_eq!(record.status, Status::Done(Decision::Cancel));
     assert!(log.needs_repair(10).await.unwrap().is_empty());
+}
+
+#[test]
+fn a_log_of_file_format_1_is_refused_saying_how_to_finish_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 1).unwrap();
+        txn.commit().unwrap();
+    }
+    let error = RedbLog::open(&path).unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Corrupt, "{error}");
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("format 1"), "{text}");
+    assert!(text.contains("previous version"), "{text}");
+    assert!(text.contains("recover"), "{text}");
+    assert!(text.contains("unfinished_count()"), "{text}");
+    assert!(text.contains("`create`"), "{text}");
+    // Left as it was, for that version to finish.
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert_eq!(
+        txn.open_table(META)
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap()
+            .value(),
+        1
+    );
 }

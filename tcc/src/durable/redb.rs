@@ -46,8 +46,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The file layout this version writes and reads. 2: every record and
 /// outcome carries a checksum (see `codec`), and the progress of each
-/// participant is kept apart from its record, in `progress`; a file of
-/// format 1 is refused.
+/// participant is kept apart from its record, in `progress`. A file of
+/// format 1 is refused with what to do: finish it with the previous release,
+/// then create a new log.
 const FILE_FORMAT: u64 = 2;
 
 /// The longest value redb stores (its `MAX_VALUE_LENGTH`, 3 GiB): a longer
@@ -1029,11 +1030,24 @@ fn prepare(db: &Database, path: &Path, how: Start) -> Result<(), LogError> {
                 ));
             }
             (Some(FILE_FORMAT), _) => {}
+            // Not converted in place: format 1 has no checksums, so a
+            // conversion would seal whatever bytes it finds, damaged or not,
+            // under checksums that then vouch for them. The release that
+            // wrote it reads it as it was meant to be read.
+            (Some(1), _) => {
+                return Err(LogError::new(
+                    LogErrorKind::Corrupt,
+                    format!(
+                        "the log {} is in file format 1, written by the previous version of tcc; this version reads format {FILE_FORMAT} only. Finish its transactions with the previous version (call `recover` until `unfinished_count()` is 0), then move the file aside and `create` a new log with this version",
+                        path.display()
+                    ),
+                ));
+            }
             (Some(other), _) => {
                 return Err(LogError::new(
                     LogErrorKind::Corrupt,
                     format!(
-                        "the log {} was written in file format {other}; this version of tcc reads format {FILE_FORMAT}",
+                        "the log {} is in file format {other}, which this version of tcc cannot read (it reads format {FILE_FORMAT}): open it with the version that wrote it",
                         path.display()
                     ),
                 ));
