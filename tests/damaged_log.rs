@@ -13,7 +13,9 @@
 //! - a damaged progress row (a lazy note): lost, as a crash may lose it; its
 //!   transaction is still driven to its decision;
 //! - a log of file format 1 (the previous release): refused, saying how to
-//!   finish it.
+//!   finish it;
+//! - a redb file with no tables (a `create` cut short): `open` says so, and
+//!   `create` takes it; one with tables of anyone's is never taken.
 //!
 //! The damaged values are written with redb itself, below the log, so that
 //! they reach the record's checksum rather than redb's own page checks.
@@ -542,4 +544,41 @@ fn a_log_of_file_format_1_is_refused_saying_how_to_finish_it() {
             .value(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_redb_file_with_no_tables_is_a_create_cut_short_which_create_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    // What a `create` stopped after redb wrote its header leaves.
+    drop(redb::Database::create(&path).unwrap());
+    let error = RedbLog::open(&path).unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Missing, "{error}");
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("cut short"), "{text}");
+    assert!(text.contains("`create`"), "{text}");
+    let log = RedbLog::create(&path).unwrap();
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    drop(log);
+    RedbLog::open(&path).unwrap();
+}
+
+#[test]
+fn create_refuses_a_redb_file_with_tables_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.redb");
+    const OTHER: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("other");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(OTHER).unwrap().insert("kept", 7).unwrap();
+        txn.commit().unwrap();
+    }
+    let error = RedbLog::create(&path).unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Exists, "{error}");
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(OTHER).unwrap();
+    assert_eq!(table.get("kept").unwrap().unwrap().value(), 7);
 }

@@ -437,8 +437,9 @@ pub enum LogErrorKind {
     /// or one record whose checksum fails (the message names the file, and
     /// the transaction if it is one record).
     Corrupt,
-    /// No log at the path: no file, or an empty one. `open` never makes a
-    /// new log in place of a lost one; `create` makes a new one.
+    /// No log at the path: no file, an empty one, or a redb file with no
+    /// tables (a `create` cut short). `open` never makes a new log in place
+    /// of a lost one; `create` makes a new one.
     Missing,
     /// `create` found a log at the path already: open it instead.
     Exists,

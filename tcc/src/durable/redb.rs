@@ -17,7 +17,10 @@ use std::task::{Context, Poll, ready};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition,
+};
 use tokio::sync::{oneshot, watch};
 
 use super::codec;
@@ -213,9 +216,10 @@ impl RedbLog {
     /// of the file is checked first (it reads the whole file, a few
     /// milliseconds for the 100,000 outcomes kept by default).
     ///
-    /// Fails with [`LogErrorKind::Missing`] if there is no file at `path`, or
-    /// an empty one: a new log is made only by [`create`](RedbLog::create),
-    /// never in place of one that was lost. With
+    /// Fails with [`LogErrorKind::Missing`] if there is no file at `path`, an
+    /// empty one, or a redb file with no tables (a `create` cut short): a new
+    /// log is made only by [`create`](RedbLog::create), never in place of
+    /// one that was lost. With
     /// [`AlreadyOpen`](LogErrorKind::AlreadyOpen) if another process, or
     /// another `RedbLog` of this process, has the file open: one file has one
     /// writer. With [`Corrupt`](LogErrorKind::Corrupt) if the file is damaged
@@ -229,7 +233,8 @@ impl RedbLog {
     /// first set up; [`open`](RedbLog::open) it ever after.
     ///
     /// Fails with [`LogErrorKind::Exists`] if a file at `path` has anything in
-    /// it (an empty file, left by a `create` cut short, is taken), and with
+    /// it (an empty file, or a redb file with no tables at all, which is what
+    /// a `create` cut short leaves, is taken), and with
     /// [`Io`](LogErrorKind::Io) if it cannot be created (its directory must
     /// exist). Once it returns, the file and its directory entry are on disk.
     pub fn create(path: impl AsRef<Path>) -> Result<RedbLog, LogError> {
@@ -416,8 +421,10 @@ fn create_database(path: &Path) -> Result<Database, LogError> {
         options.read(true).write(true);
         options
     };
-    let file = match options().create_new(true).open(path) {
-        Ok(file) => file,
+    // The length of a file found at `path`: 0, or a redb file, are taken
+    // if nothing was written in them.
+    let (file, found) = match options().create_new(true).open(path) {
+        Ok(file) => (file, None),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let file = options()
                 .open(path)
@@ -426,25 +433,45 @@ fn create_database(path: &Path) -> Result<Database, LogError> {
                 .metadata()
                 .map_err(|e| from_redb(path, "cannot open the log", e))?
                 .len();
-            if len > 0 {
-                return Err(LogError::new(
-                    LogErrorKind::Exists,
-                    format!(
-                        "a log already exists at {} ({len} bytes): open it (RedbLog::open, TransactionLog::open) rather than create a new one over it",
-                        path.display()
-                    ),
-                ));
-            }
-            // An empty file: what a `create` cut short before redb wrote
-            // anything leaves.
-            file
+            (file, Some(len))
         }
         Err(e) => return Err(from_redb(path, "cannot create the log", e)),
     };
+    let exists = |len: u64| {
+        LogError::new(
+            LogErrorKind::Exists,
+            format!(
+                "a log already exists at {} ({len} bytes): open it (RedbLog::open, TransactionLog::open) rather than create a new one over it",
+                path.display()
+            ),
+        )
+    };
     let backend = redb::backends::FileBackend::new(file).map_err(|e| open_error(path, e))?;
-    let db = Database::builder()
+    // A file with something in it is opened only if it is a redb file (redb
+    // checks its magic number before writing anything), and taken only if
+    // it has no tables at all.
+    let db = match Database::builder()
+        .set_check_integrity_on_open(true)
         .create_with_backend(backend)
-        .map_err(|e| open_error(path, e))?;
+    {
+        Ok(db) => db,
+        Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => return Err(open_error(path, e)),
+        Err(e) => {
+            return Err(match found {
+                Some(len) if len > 0 => exists(len),
+                _ => open_error(path, e),
+            });
+        }
+    };
+    // What a `create` cut short leaves: an empty file (before redb wrote
+    // anything), or a redb file with no tables (before our first commit).
+    // Nothing of anyone's is in either.
+    if let Some(len) = found
+        && len > 0
+        && has_tables(&db, path)?
+    {
+        return Err(exists(len));
+    }
     // The new file's name, durable: without it a crash could leave no file
     // at all after the first transactions were told they were durable, and
     // `open` would then refuse the log as missing.
@@ -456,6 +483,17 @@ fn create_database(path: &Path) -> Result<Database, LogError> {
         .and_then(|directory| directory.sync_all())
         .map_err(|e| from_redb(path, "cannot sync the directory of the log", e))?;
     Ok(db)
+}
+
+/// Whether a redb file has any table, ours or anyone's.
+fn has_tables(db: &Database, path: &Path) -> Result<bool, LogError> {
+    let txn = db.begin_read().map_err(|e| read_error(path, e))?;
+    let tables = txn.list_tables().map_err(|e| read_error(path, e))?.next();
+    let multimaps = txn
+        .list_multimap_tables()
+        .map_err(|e| read_error(path, e))?
+        .next();
+    Ok(tables.is_some() || multimaps.is_some())
 }
 
 fn open_error(path: &Path, error: redb::DatabaseError) -> LogError {
@@ -1003,6 +1041,17 @@ fn give_back_if_gone<T: Leases>(rules: &mut Rules, reply: &Reply<T>, result: &Re
 
 /// Creates the tables of a new file, or checks those of an existing one.
 fn prepare(db: &Database, path: &Path, how: Start) -> Result<(), LogError> {
+    if let Start::Open = how
+        && !has_tables(db, path)?
+    {
+        return Err(LogError::new(
+            LogErrorKind::Missing,
+            format!(
+                "the log {} has no tables: it looks like a `create` cut short before it finished; `create` will take this file (nothing was written in it), or restore the log from a backup if one was there",
+                path.display()
+            ),
+        ));
+    }
     let txn = db
         .begin_write()
         .map_err(|e| from_redb(path, "cannot write the log", e))?;
