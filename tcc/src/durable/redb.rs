@@ -1280,6 +1280,19 @@ impl Tables for RedbTables<'_> {
         Ok(None)
     }
 
+    fn record_without_progress(&mut self, id: TransactionId) -> Result<Option<Stored>, LogError> {
+        let key = id.as_u128();
+        for table in [&self.unfinished, &self.repair] {
+            if let Some(bytes) = table.get(key).map_err(|e| read_error(self.path, e))? {
+                // Its progress rows are not read: `put_record` leaves them be.
+                return codec::decode(id, bytes.value())
+                    .map(Some)
+                    .map_err(|why| self.unreadable(id, "record", &why));
+            }
+        }
+        Ok(None)
+    }
+
     fn put_record(&mut self, stored: &Stored, moved: bool) -> Result<(), LogError> {
         let needs_repair = matches!(stored.record.status, Status::NeedsRepair(_));
         let key = stored.id().as_u128();
