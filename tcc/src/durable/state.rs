@@ -164,10 +164,19 @@ impl Rules {
         }
     }
 
+    /// The lease this process holds on `lease`'s transaction, if it is
+    /// `lease` itself: a write under any other is fenced.
+    fn live(&self, lease: &Lease) -> Option<Held> {
+        self.live
+            .get(&lease.id)
+            .copied()
+            .filter(|held| held.epoch == lease.epoch)
+    }
+
     /// The record a write under `lease` may change, or why it may not; its
     /// progress is not read (the writes after it change the status only).
     fn held(&self, tables: &mut impl Tables, lease: &Lease) -> Result<Stored, LogError> {
-        if self.live.get(&lease.id).map(|held| held.epoch) != Some(lease.epoch) {
+        if self.live(lease).is_none() {
             return Err(LogError::fenced(lease));
         }
         let stored = tables
@@ -247,10 +256,10 @@ impl Rules {
         // transaction of 10,000 participants took 34 s). That is what the
         // store holds: every change of a record's epoch goes through these
         // rules, and a file has one writer. A store shared by several
-        // processes checks the epoch in the statement that writes the note.
-        let held = match self.live.get(&lease.id) {
-            Some(held) if held.epoch == lease.epoch => *held,
-            _ => return Err(LogError::fenced(lease)),
+        // processes (there is none yet) would check the epoch in the
+        // statement that writes the note.
+        let Some(held) = self.live(lease) else {
+            return Err(LogError::fenced(lease));
         };
         if participant as usize >= held.participants {
             return Err(LogError::new(
@@ -349,7 +358,7 @@ impl Rules {
     }
 
     pub(crate) fn release(&mut self, lease: &Lease) {
-        if self.live.get(&lease.id).map(|held| held.epoch) == Some(lease.epoch) {
+        if self.live(lease).is_some() {
             self.live.remove(&lease.id);
         }
     }
