@@ -96,7 +96,8 @@ pub use redb::{CommitStats, RedbLog, RedbOptions};
 /// The most a transaction's intent may hold, its participants' names,
 /// kinds and data together: 2 GiB. The file store writes each field's
 /// length in 32 bits and keeps no record above 3 GiB; the margin is for the
-/// record's own fields and the error texts its notes add. An orchestration
+/// record's own fields (its header, and 12 bytes of lengths a participant).
+/// Notes are kept apart from the record, each in its own row. An orchestration
 /// over more is refused at its start, before anything is written or run.
 pub(crate) const MAX_INTENT_BYTES: usize = 2 << 30;
 

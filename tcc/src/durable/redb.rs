@@ -213,8 +213,8 @@ pub struct RedbLog {
 impl RedbLog {
     /// Opens the existing log at `path`, keeping the outcomes of the last
     /// 100,000 finished transactions (see [`RedbLog::options`]). Every page
-    /// of the file is checked first (it reads the whole file, a few
-    /// milliseconds for the 100,000 outcomes kept by default).
+    /// of the file is checked first, so it reads the whole file: 27 to 55 ms
+    /// were measured for a file of 100,000 unfinished transactions.
     ///
     /// Fails with [`LogErrorKind::Missing`] if there is no file at `path`, an
     /// empty one, or a redb file with no tables (a `create` cut short): a new
@@ -283,7 +283,6 @@ impl RedbLog {
             rules: Rules::new(options.retention),
             lazy_commits: 0,
             max_gather: options.max_gather,
-            broken: None,
             stopped: stop,
         };
         let writer = std::thread::Builder::new()
@@ -776,11 +775,10 @@ struct Writer {
     rules: Rules,
     lazy_commits: u32,
     max_gather: Duration,
-    /// The failure that stopped the writer: after a failed commit, what this
+    /// Why the writer stopped, once it has: after a failed commit, what this
     /// process believes (its live leases) may no longer match the file, so
     /// every later call fails, saying so, until the log is opened again.
-    broken: Option<LogError>,
-    /// The text of `broken`, for the calls the writer never answered.
+    /// Shared with [`RedbLog`], for the calls the writer never answered.
     stopped: watch::Sender<Option<String>>,
 }
 
@@ -823,8 +821,9 @@ impl Writer {
             let answered = awaited(&batch);
             let mut pending = Vec::with_capacity(batch.len());
             let started = Instant::now();
-            let failed = match &self.broken {
-                Some(broken) => Some(stopped(&self.path, &broken.to_string())),
+            let cause = self.stopped.borrow().clone();
+            let failed = match cause {
+                Some(cause) => Some(stopped(&self.path, &cause)),
                 None => {
                     // A panic inside redb or the codec stops the log as a
                     // failed commit does: the write transaction is dropped
@@ -847,11 +846,10 @@ impl Writer {
             );
             gather = (spent / 4).min(self.max_gather);
             if let Some(error) = &failed
-                && self.broken.is_none()
+                && self.stopped.borrow().is_none()
             {
                 tracing::error!(path = %self.path.display(), %error, "the log stopped");
                 self.stopped.send_replace(Some(error.to_string()));
-                self.broken = Some(error.echo());
             }
             // What came during the commit, before anyone is answered.
             take_queued(inbox, &mut batch);
@@ -865,7 +863,7 @@ impl Writer {
             }
         }
         // A clean shutdown: what was committed lazily reaches the disk now.
-        if self.broken.is_none() && self.lazy_commits > 0 {
+        if self.stopped.borrow().is_none() && self.lazy_commits > 0 {
             let path = self.path.clone();
             let committed = catch_unwind(AssertUnwindSafe(|| self.commit_empty()))
                 .unwrap_or_else(|panic| Err(panicked(&path, panic.as_ref())));
