@@ -9,7 +9,13 @@
 //! - one byte of a record changed (a `Decided(Cancel)` made `Confirm`):
 //!   refused, never confirmed;
 //! - one unreadable record among good ones: recovery finishes the good ones
-//!   and sets the bad one aside, listed with its reason.
+//!   and sets the bad one aside, listed with its reason;
+//! - a damaged progress row (a lazy note): lost, as a crash may lose it; its
+//!   transaction is still driven to its decision;
+//! - a log of file format 1 (the previous release): refused, saying how to
+//!   finish it;
+//! - a redb file with no tables (a `create` cut short): `open` says so, and
+//!   `create` takes it; one with tables of anyone's is never taken.
 //!
 //! The damaged values are written with redb itself, below the log, so that
 //! they reach the record's checksum rather than redb's own page checks.
@@ -18,15 +24,21 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable};
 
 use tcc::durable::{
-    Decision, End, Intent, Log, LogErrorKind, ParticipantEntry, RedbLog, Status, TransactionRecord,
+    Decision, End, Intent, Log, LogErrorKind, ParticipantEntry, PhaseProgress, RedbLog, Status,
+    TransactionRecord,
 };
 use tcc::{BoxError, Phase, Recoverable, Resources, TccService, TransactionId, TransactionLog};
 
 /// The log's table of unfinished records, as redb sees it.
 const UNFINISHED: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("unfinished");
+/// The log's table of progress rows, by (transaction, participant, phase).
+const PROGRESS: redb::TableDefinition<(u128, u32, u8), &[u8]> =
+    redb::TableDefinition::new("progress");
+/// The log's table of its file format and counters.
+const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
 
 /// The phases recovery ran, per transaction.
 #[derive(Default)]
@@ -427,4 +439,149 @@ async fn one_unreadable_record_among_13_good_ones_does_not_stop_recovery() {
     assert!(log.resolve(bad.id).await.unwrap());
     assert!(log.needs_repair(10).await.unwrap().is_empty());
     assert_eq!(log.unfinished_count().await.unwrap(), 0);
+}
+
+/// Writes `note` for participant 0 of a transaction of two, decided
+/// `decision`, then damages that progress row's bytes and adds a row for a
+/// participant the record does not have.
+async fn decided_with_a_damaged_note(path: &Path, decision: Option<Decision>) -> Intent {
+    let written = intent(2, "noted");
+    {
+        let log = RedbLog::create(path).unwrap();
+        let lease = log.begin(&written).await.unwrap();
+        let progress = PhaseProgress {
+            attempts: 1,
+            succeeded: true,
+            last_error: None,
+        };
+        log.note(&lease, 0, Phase::Try, progress);
+        if let Some(decision) = decision {
+            log.decide(&lease, decision).await.unwrap();
+        }
+    }
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(PROGRESS).unwrap();
+        let key = (written.id.as_u128(), 0, Phase::Try as u8);
+        let mut bytes = table.get(key).unwrap().expect("noted").value().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        table.insert(key, bytes.as_slice()).unwrap();
+        table
+            .insert((written.id.as_u128(), 7, 0), bytes.as_slice())
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    written
+}
+
+#[tokio::test]
+async fn a_damaged_progress_row_is_a_lost_note_and_recovery_drives_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    let written = decided_with_a_damaged_note(&path, Some(Decision::Confirm)).await;
+    let ledger = Arc::new(Ledger::default());
+    let log = coordinator(&path, &ledger);
+    // Read as a lost note leaves it: decided, no attempt noted.
+    let record = log.status(written.id).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Decided(Decision::Confirm));
+    assert_eq!(
+        record.phase_progress(0, Phase::Try),
+        Some(&PhaseProgress::default())
+    );
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, 1, "{summary:?}");
+    assert!(summary.unreadable.is_empty(), "{summary:?}");
+    assert_eq!(ledger.ran(written.id), [Phase::Confirm, Phase::Confirm]);
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_damaged_progress_row_fails_no_decide_or_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    let written = decided_with_a_damaged_note(&path, None).await;
+    let log = RedbLog::open(&path).unwrap();
+    let (lease, record) = log.claim_unfinished(10).await.unwrap().pop().unwrap();
+    assert_eq!(record.intent.id, written.id);
+    assert_eq!(record.status, Status::Undecided);
+    assert_eq!(
+        log.decide(&lease, Decision::Cancel).await.unwrap(),
+        Decision::Cancel
+    );
+    log.finish(&lease, End::Done).await.unwrap();
+    let record = log.get(written.id).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Done(Decision::Cancel));
+    assert!(log.needs_repair(10).await.unwrap().is_empty());
+}
+
+#[test]
+fn a_log_of_file_format_1_is_refused_saying_how_to_finish_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 1).unwrap();
+        txn.commit().unwrap();
+    }
+    let error = RedbLog::open(&path).unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Corrupt, "{error}");
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("format 1"), "{text}");
+    assert!(text.contains("previous version"), "{text}");
+    assert!(text.contains("recover"), "{text}");
+    assert!(text.contains("unfinished_count()"), "{text}");
+    assert!(text.contains("`create`"), "{text}");
+    // Left as it was, for that version to finish.
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert_eq!(
+        txn.open_table(META)
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap()
+            .value(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_redb_file_with_no_tables_is_a_create_cut_short_which_create_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    // What a `create` stopped after redb wrote its header leaves.
+    drop(redb::Database::create(&path).unwrap());
+    let error = RedbLog::open(&path).unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Missing, "{error}");
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("cut short"), "{text}");
+    assert!(text.contains("`create`"), "{text}");
+    let log = RedbLog::create(&path).unwrap();
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    drop(log);
+    RedbLog::open(&path).unwrap();
+}
+
+#[test]
+fn create_refuses_a_redb_file_with_tables_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.redb");
+    const OTHER: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("other");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(OTHER).unwrap().insert("kept", 7).unwrap();
+        txn.commit().unwrap();
+    }
+    let error = RedbLog::create(&path).unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Exists, "{error}");
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(OTHER).unwrap();
+    assert_eq!(table.get("kept").unwrap().unwrap().value(), 7);
 }

@@ -96,7 +96,8 @@ pub use redb::{CommitStats, RedbLog, RedbOptions};
 /// The most a transaction's intent may hold, its participants' names,
 /// kinds and data together: 2 GiB. The file store writes each field's
 /// length in 32 bits and keeps no record above 3 GiB; the margin is for the
-/// record's own fields and the error texts its notes add. An orchestration
+/// record's own fields (its header, and 12 bytes of lengths a participant).
+/// Notes are kept apart from the record, each in its own row. An orchestration
 /// over more is refused at its start, before anything is written or run.
 pub(crate) const MAX_INTENT_BYTES: usize = 2 << 30;
 
@@ -437,13 +438,15 @@ pub enum LogErrorKind {
     /// or one record whose checksum fails (the message names the file, and
     /// the transaction if it is one record).
     Corrupt,
-    /// No log at the path: no file, or an empty one. `open` never makes a
-    /// new log in place of a lost one; `create` makes a new one.
+    /// No log at the path: no file, an empty one, or a redb file with no
+    /// tables (a `create` cut short). `open` never makes a new log in place
+    /// of a lost one; `create` makes a new one.
     Missing,
     /// `create` found a log at the path already: open it instead.
     Exists,
     /// A record too large for the log's format: a field (a participant's
-    /// data, name or error) of 4 GiB or more.
+    /// data, name or error) of 4 GiB or more, or, in `RedbLog`, a record or
+    /// a progress note over 3 GiB. Only that call is refused; the log goes on.
     TooLarge,
     /// [`Log::begin`] with an id the log already has.
     Duplicate,

@@ -71,6 +71,14 @@ pub(crate) trait Tables {
     /// The record of `id`, unfinished or needing repair. One that cannot be
     /// read is an error [`LogError::unreadable`] made.
     fn record(&mut self, id: TransactionId) -> Result<Option<Stored>, LogError>;
+    /// The record of `id` as [`record`](Tables::record) reads it, but its
+    /// progress may be left default: for a write that changes only its
+    /// status or epoch, so that it costs the same whatever the number of
+    /// notes. A store whose [`put_record`](Tables::put_record) writes the
+    /// progress too must read it here (the default).
+    fn record_without_progress(&mut self, id: TransactionId) -> Result<Option<Stored>, LogError> {
+        self.record(id)
+    }
     /// Writes `stored` where its status belongs; `moved`: its status moved
     /// between unfinished and needing repair, so the other place has it.
     /// Its progress need not be written again: only [`put_progress`]
@@ -156,13 +164,23 @@ impl Rules {
         }
     }
 
-    /// The record a write under `lease` may change, or why it may not.
+    /// The lease this process holds on `lease`'s transaction, if it is
+    /// `lease` itself: a write under any other is fenced.
+    fn live(&self, lease: &Lease) -> Option<Held> {
+        self.live
+            .get(&lease.id)
+            .copied()
+            .filter(|held| held.epoch == lease.epoch)
+    }
+
+    /// The record a write under `lease` may change, or why it may not; its
+    /// progress is not read (the writes after it change the status only).
     fn held(&self, tables: &mut impl Tables, lease: &Lease) -> Result<Stored, LogError> {
-        if self.live.get(&lease.id).map(|held| held.epoch) != Some(lease.epoch) {
+        if self.live(lease).is_none() {
             return Err(LogError::fenced(lease));
         }
         let stored = tables
-            .record(lease.id)?
+            .record_without_progress(lease.id)?
             .ok_or_else(|| LogError::not_found(lease.id))?;
         if stored.epoch != lease.epoch {
             return Err(LogError::fenced(lease));
@@ -238,10 +256,10 @@ impl Rules {
         // transaction of 10,000 participants took 34 s). That is what the
         // store holds: every change of a record's epoch goes through these
         // rules, and a file has one writer. A store shared by several
-        // processes checks the epoch in the statement that writes the note.
-        let held = match self.live.get(&lease.id) {
-            Some(held) if held.epoch == lease.epoch => *held,
-            _ => return Err(LogError::fenced(lease)),
+        // processes (there is none yet) would check the epoch in the
+        // statement that writes the note.
+        let Some(held) = self.live(lease) else {
+            return Err(LogError::fenced(lease));
         };
         if participant as usize >= held.participants {
             return Err(LogError::new(
@@ -340,7 +358,7 @@ impl Rules {
     }
 
     pub(crate) fn release(&mut self, lease: &Lease) {
-        if self.live.get(&lease.id).map(|held| held.epoch) == Some(lease.epoch) {
+        if self.live(lease).is_some() {
             self.live.remove(&lease.id);
         }
     }
@@ -432,5 +450,102 @@ impl Rules {
 
     pub(crate) fn unfinished_count(&self, tables: &mut impl Tables) -> Result<u64, LogError> {
         tables.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store holding one record, whose full read (with its progress) is
+    /// not to be used by a write that changes only the status.
+    struct OneRecord(Stored);
+
+    impl Tables for OneRecord {
+        fn record(&mut self, _: TransactionId) -> Result<Option<Stored>, LogError> {
+            panic!("a decide or finish read the record's progress")
+        }
+        fn record_without_progress(
+            &mut self,
+            _: TransactionId,
+        ) -> Result<Option<Stored>, LogError> {
+            Ok(Some(self.0.clone()))
+        }
+        fn put_record(&mut self, stored: &Stored, _: bool) -> Result<(), LogError> {
+            self.0 = stored.clone();
+            Ok(())
+        }
+        fn put_progress(
+            &mut self,
+            _: TransactionId,
+            _: u32,
+            _: Phase,
+            _: &PhaseProgress,
+        ) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn remove_record(&mut self, _: TransactionId, _: bool) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn outcome(&mut self, _: TransactionId) -> Result<Option<Outcome>, LogError> {
+            Ok(None)
+        }
+        fn add_outcome(
+            &mut self,
+            _: TransactionId,
+            _: Outcome,
+            _: u64,
+            _: usize,
+        ) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn unfinished(
+            &mut self,
+            _: usize,
+            _: &dyn Fn(TransactionId) -> bool,
+        ) -> Result<Vec<Found>, LogError> {
+            Ok(Vec::new())
+        }
+        fn repair_records(&mut self) -> Result<Vec<Found>, LogError> {
+            Ok(Vec::new())
+        }
+        fn set_aside(&mut self, _: TransactionId) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn discard_unreadable(&mut self, _: TransactionId) -> Result<bool, LogError> {
+            Ok(false)
+        }
+        fn count(&mut self) -> Result<u64, LogError> {
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn decide_and_finish_read_the_record_without_its_progress() {
+        let id = TransactionId::generate();
+        let stored = Stored {
+            record: TransactionRecord {
+                intent: Intent {
+                    id,
+                    participants: Vec::new(),
+                },
+                status: Status::Undecided,
+                progress: Vec::new(),
+                started_at: SystemTime::now(),
+                damage: None,
+            },
+            epoch: 1,
+        };
+        let mut rules = Rules::new(10);
+        rules.live.insert(id, Held::of(&stored));
+        let mut tables = OneRecord(stored);
+        let lease = Lease { id, epoch: 1 };
+        let decided = rules.decide(&mut tables, &lease, Decision::Confirm);
+        assert_eq!(decided.unwrap(), Decision::Confirm);
+        rules.finish(&mut tables, &lease, End::NeedsRepair).unwrap();
+        assert_eq!(
+            tables.0.record.status,
+            Status::NeedsRepair(Decision::Confirm)
+        );
     }
 }
