@@ -40,6 +40,9 @@
 //!   (group commit). Finished transactions leave only a compact outcome (id,
 //!   decision, start and end times), the oldest pruned beyond a retention
 //!   (100,000 by default), so the file stays bounded under steady load.
+//! - `PostgresLog` (cargo feature `postgres-log`): tables in PostgreSQL,
+//!   shared by many coordinator processes, each transaction held under a
+//!   lease that expires on the database's clock; see its docs.
 //! - [`FaultyLog`]: wraps a log and fails, or "crashes", at the k-th write, for
 //!   tests of recovery.
 //!
@@ -56,7 +59,7 @@
 //! The embedded store is the single-owner case: one process holds the file
 //! (locked against any other), and the leases it holds are the transactions it
 //! began or claimed and has not finished or released. A store shared by
-//! several coordinator processes (PostgreSQL, later) maps the same calls onto
+//! several coordinator processes (`PostgresLog`) maps the same calls onto
 //! rows: `begin` inserts the row with an owner, an epoch and an expiry;
 //! `claim_unfinished` takes rows whose lease expired, judged on the database's
 //! clock (`now()`), never the coordinators' (`UPDATE ... SET epoch = epoch + 1,
@@ -79,12 +82,16 @@ use crate::{Phase, TransactionId};
 mod codec;
 mod faulty;
 mod memory;
+#[cfg(feature = "postgres-log")]
+mod postgres;
 #[cfg(feature = "redb")]
 mod redb;
 mod state;
 
 pub use faulty::{Fault, FaultyLog};
 pub use memory::MemoryLog;
+#[cfg(feature = "postgres-log")]
+pub use postgres::{PostgresLog, PostgresOptions};
 #[cfg(feature = "redb")]
 pub use redb::{CommitStats, RedbLog, RedbOptions};
 
@@ -195,9 +202,9 @@ impl TransactionRecord {
 ///
 /// Every write after the claim is conditional on `epoch` (fencing): a write
 /// with a stale epoch fails with [`LogErrorKind::Fenced`]. The embedded store
-/// is the single-owner case (one process, file lock); a later PostgreSQL store
-/// shared by several coordinators will hold leases that expire (judged on the
-/// database's clock), renewed by [`Log::renew`], and bump `epoch` on every
+/// is the single-owner case (one process, file lock); the PostgreSQL store
+/// shared by several coordinators holds leases that expire (judged on the
+/// database's clock), renewed by [`Log::renew`], and bumps `epoch` on every
 /// claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -305,6 +312,9 @@ pub enum LogErrorKind {
     Closed,
     /// A failure injected by [`FaultyLog`].
     Injected,
+    /// The database has no log tables, older ones, or tables that are not
+    /// the log's: the message says what to run.
+    Schema,
 }
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
