@@ -534,3 +534,139 @@ async fn a_transaction_log_on_postgres_runs_and_recovers_transactions() {
     );
     assert_eq!(log.unfinished_count().await.unwrap(), 0);
 }
+
+/// Calls of the slow service, for the renewal tests.
+#[derive(Default)]
+struct Calls {
+    tries: AtomicI64,
+    confirms: AtomicI64,
+    cancels: AtomicI64,
+}
+
+/// A service whose Try takes its data's milliseconds.
+struct Slow {
+    calls: Arc<Calls>,
+    millis: u64,
+}
+
+#[tcc_service(name = "slow")]
+impl Slow {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), BoxError> {
+        self.calls.tries.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        Ok(())
+    }
+    #[confirm]
+    async fn take(&self) -> Result<(), BoxError> {
+        self.calls.confirms.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    #[cancel]
+    async fn release(&self) -> Result<(), BoxError> {
+        self.calls.cancels.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Recoverable for Slow {
+    const KIND: &'static str = "slow";
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.millis.to_le_bytes().to_vec())
+    }
+    fn rebuild(data: &[u8], resources: &Resources) -> Result<Self, BoxError> {
+        Ok(Slow {
+            calls: resources.get::<Arc<Calls>>()?.clone(),
+            millis: u64::from_le_bytes(data.try_into()?),
+        })
+    }
+}
+
+/// A coordinator's transaction log on `schema` with leases of `ttl`, that
+/// can rebuild [`Slow`].
+async fn slow_coordinator(
+    cluster: &Cluster,
+    schema: &str,
+    ttl: Duration,
+    calls: &Arc<Calls>,
+) -> TransactionLog {
+    let log = coordinators(cluster, schema, 1, ttl).await.pop().unwrap();
+    let log = TransactionLog::new(log);
+    log.provide(calls.clone()).register::<Slow>();
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_try_keeps_its_lease_by_renewing_it() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "renewing").await;
+    let ttl = Duration::from_millis(300);
+    let calls = Arc::new(Calls::default());
+    let log = slow_coordinator(cluster, &schema, ttl, &calls).await;
+    let other = coordinators(cluster, &schema, 1, ttl).await.pop().unwrap();
+    let running = tokio::spawn({
+        let calls = calls.clone();
+        async move {
+            tcc::tcc! {
+                log = &log;
+                Slow { calls, millis: 1200 },
+            }
+            .await
+        }
+    });
+    // Four lease lengths: the lease is renewed all along, so another
+    // coordinator never claims the transaction.
+    while !running.is_finished() {
+        assert!(other.claim_unfinished(10).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.await.unwrap().unwrap();
+    assert_eq!(calls.confirms.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.cancels.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_lease_was_taken_stops_before_its_next_phase() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "taken").await;
+    let ttl = Duration::from_millis(300);
+    let calls = Arc::new(Calls::default());
+    let log = slow_coordinator(cluster, &schema, ttl, &calls).await;
+    let running = tokio::spawn({
+        let calls = calls.clone();
+        async move {
+            tcc::tcc! {
+                log = &log;
+                Slow { calls, millis: 1000 },
+            }
+            .await
+        }
+    });
+    // While the Try runs, the epoch moves, as a claim by a coordinator that
+    // saw the lease expired would move it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let admin = pool.get().await.unwrap();
+    let moved = admin
+        .execute("UPDATE tcc_log_transactions SET epoch = epoch + 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let error = running.await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), tcc::ErrorKind::LogFailed);
+    assert!(error.to_string().contains("lease"), "{error}");
+    assert!(error.to_string().contains("before its next"), "{error}");
+    // Stopped in its Try: no Confirm, and no Cancel either (the new owner's
+    // to make).
+    assert_eq!(calls.tries.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.confirms.load(Ordering::SeqCst), 0);
+    assert_eq!(calls.cancels.load(Ordering::SeqCst), 0);
+    let row = admin
+        .query_one("SELECT status FROM tcc_log_transactions", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i16>(0), 0, "still undecided");
+}

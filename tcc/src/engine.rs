@@ -243,6 +243,14 @@ impl Ledger {
         };
     }
 
+    /// The log and lease to renew while phases run, and how often: when the
+    /// transaction has a log whose leases expire.
+    fn renewal(&self) -> Option<(Arc<dyn Log>, Lease, std::time::Duration)> {
+        let durable = self.durable.as_ref()?;
+        let ttl = durable.log.lease_ttl()?;
+        Some((durable.log.clone(), durable.lease.clone(), ttl / 3))
+    }
+
     /// Ends the transaction in the log, when it has one; then
     /// [`conclude`](Ledger::conclude) reports it.
     ///
@@ -530,7 +538,7 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
             .instrument(span)
             .await?;
         self.begin_round(Phase::Try, None);
-        poll_fn(|cx| self.poll_rounds(cx, false)).await;
+        self.run_round().await?;
         let decision = self.decision;
         self.carry_out(decision, None).await
     }
@@ -555,9 +563,43 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
             }
         };
         self.begin_round(decision.phase(), resumed);
-        poll_fn(|cx| self.poll_rounds(cx, false)).await;
+        self.run_round().await?;
         self.ledger.finish().instrument(span).await;
         self.conclude()
+    }
+
+    /// Runs the round begun, renewing the lease meanwhile when the log's
+    /// leases expire. A renewal that fails (another coordinator claimed the
+    /// transaction, or the log cannot be reached) stops the round at once:
+    /// the phase calls running are dropped, none is made after, nothing more
+    /// is written under the lease, and the transaction ends with
+    /// [`ErrorKind::LogFailed`], left to the coordinator that holds it or to
+    /// recovery once the lease expires.
+    async fn run_round(&mut self) -> Result<(), Error> {
+        let Some((log, lease, every)) = self.ledger.renewal() else {
+            poll_fn(|cx| self.poll_rounds(cx, false)).await;
+            return Ok(());
+        };
+        let renewals = async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(error) = log.renew(&lease).await {
+                    return error;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            () = poll_fn(|cx| self.poll_rounds(cx, false)) => Ok(()),
+            error = renewals => {
+                let detail = format!(
+                    "transaction {} was stopped before its next {} call: its lease on the transaction log could not be renewed ({error}); the coordinator that took it over, or recovery once the lease expires, finishes it",
+                    self.id, self.phase
+                );
+                self.span.in_scope(|| tracing::warn!(%error, "lease lost; transaction stopped"));
+                Err(Error::refused(ErrorKind::LogFailed, None, detail))
+            }
+        }
     }
 
     /// The transaction's report, or its error.

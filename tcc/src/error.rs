@@ -171,7 +171,10 @@ pub enum ErrorKind {
     /// The transaction log failed. Before the first Try (the intent could
     /// not be written), nothing ran; after it (the decision could not be
     /// written), the transaction is left to recovery, which cancels it
-    /// unless the decision reached the log: look it up by id.
+    /// unless the decision reached the log: look it up by id. Also when a
+    /// log whose leases expire could not renew the transaction's lease while
+    /// a phase ran: the transaction stopped before its next phase call, left
+    /// to the coordinator that took it over.
     LogFailed,
     /// `TransactionLog::redrive` was asked for a transaction that does not
     /// need repair (finished, running, or unknown). Nothing ran.

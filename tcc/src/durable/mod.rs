@@ -269,6 +269,14 @@ pub trait Log: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// How long a lease lasts unless renewed, for a store whose leases
+    /// expire (shared by several processes); `None` (the default) for one
+    /// whose leases last as long as the process. The engine renews a lease
+    /// every third of it while a transaction's phases run.
+    fn lease_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// One transaction's state: its record while unfinished or needing
     /// repair; `Status::Done` for a finished one still within retention (then
     /// `intent.participants` and `progress` are empty); None if unknown.

@@ -291,11 +291,6 @@ impl PostgresLog {
         &self.owner
     }
 
-    /// How long a lease lasts, on the database's clock.
-    pub fn lease_ttl(&self) -> Duration {
-        self.lease_ttl
-    }
-
     async fn open_with(pool: Pool, options: PostgresOptions) -> Result<PostgresLog, LogError> {
         check_schema(&pool).await?;
         let owner: Arc<str> = match options.owner {
@@ -379,6 +374,10 @@ impl Log for PostgresLog {
     fn renew(&self, lease: &Lease) -> LogFuture<'_, ()> {
         let lease = lease.clone();
         self.call(|reply| Request::Renew(lease, reply))
+    }
+
+    fn lease_ttl(&self) -> Option<Duration> {
+        Some(self.lease_ttl)
     }
 
     fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>> {
