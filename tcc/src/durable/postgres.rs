@@ -46,9 +46,11 @@ CREATE TABLE tcc_log_transactions (
     expires      timestamptz NOT NULL,
     started_at   timestamptz NOT NULL,
     participants integer     NOT NULL
-);
-CREATE INDEX tcc_log_claimable ON tcc_log_transactions (expires) WHERE status < 2;
-CREATE INDEX tcc_log_repair ON tcc_log_transactions (started_at, id) WHERE status = 2;
+) WITH (fillfactor = 70);
+-- For claims. No index names status: a decision then updates its row in
+-- place (a HOT update, no index entry); needs_repair scans this table, which
+-- holds only the transactions running and those needing repair.
+CREATE INDEX tcc_log_expires ON tcc_log_transactions (expires);
 CREATE TABLE tcc_log_participants (
     id          text      NOT NULL,
     participant integer   NOT NULL,
@@ -59,7 +61,8 @@ CREATE TABLE tcc_log_participants (
     succeeded   boolean[] NOT NULL DEFAULT '{f,f,f}',
     errors      text[]    NOT NULL DEFAULT '{NULL,NULL,NULL}',
     PRIMARY KEY (id, participant)
-);
+-- Room in each page, so that notes update rows in place (HOT).
+) WITH (fillfactor = 50);
 CREATE TABLE tcc_log_outcomes (
     id          text        PRIMARY KEY,
     decision    smallint    NOT NULL CHECK (decision IN (0, 1)),
@@ -168,7 +171,9 @@ impl PostgresOptions {
 /// time to live ([`PostgresOptions::lease_ttl`]); [`renew`](Log::renew)
 /// pushes the expiry forward. [`claim_unfinished`](Log::claim_unfinished)
 /// takes only rows whose lease expired on the database's clock, so the
-/// coordinators' clocks never matter. Every write under a lease is
+/// coordinators' clocks never matter. While a transaction's phases run, the
+/// engine renews its lease every third of the TTL ([`Log::lease_ttl`]); a
+/// renewal that fails stops the transaction before its next phase call. Every write under a lease is
 /// conditional on the row's epoch: a coordinator that lost its lease (it
 /// paused past its expiry and another claimed the transaction) can write
 /// nothing, its calls fail with [`Fenced`](LogErrorKind::Fenced), and two
@@ -728,8 +733,14 @@ impl Writer {
                     decision: row.try_get(0).map_err(read_error)?,
                     started_at: Some(row.try_get(1).map_err(read_error)?),
                 };
-                remove(tx, std::slice::from_ref(&outcome.id)).await?;
-                self.add_outcomes(tx, &[outcome]).await?;
+                let outcomes = [outcome];
+                let mut pipeline = Pipeline::default();
+                pipeline.push(
+                    "DELETE FROM tcc_log_participants WHERE id = ANY($1)",
+                    vec![Box::new(vec![id.to_string()])],
+                );
+                self.add_outcomes(&mut pipeline, &outcomes);
+                pipeline.run(tx).await?;
                 true
             }
             None => false,
@@ -769,41 +780,33 @@ impl Writer {
 
     /// Keeps the outcomes of finished transactions, then prunes the oldest
     /// beyond the retention, a few for each added.
-    async fn add_outcomes(
-        &self,
-        tx: &Transaction<'_>,
-        outcomes: &[Outcome],
-    ) -> Result<(), LogError> {
+    fn add_outcomes<'a>(&self, pipeline: &mut Pipeline<'a>, outcomes: &'a [Outcome]) {
         if outcomes.is_empty() {
-            return Ok(());
+            return;
         }
         let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
         let decisions: Vec<i16> = outcomes.iter().map(|o| o.decision).collect();
         let started: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.started_at).collect();
-        run(
-            tx,
+        pipeline.push(
             "INSERT INTO tcc_log_outcomes (id, decision, started_at, finished_at)
              SELECT u.id, u.decision, coalesce(u.started_at, now()), now()
              FROM unnest($1::text[], $2::smallint[], $3::timestamptz[])
                  AS u(id, decision, started_at)",
-            &[&ids, &decisions, &started],
-        )
-        .await?;
+            vec![Box::new(ids), Box::new(decisions), Box::new(started)],
+        );
         // The newest outcome's number less the retention: what is older goes.
         // Numbers lost to rolled-back transactions make it keep a few less.
         // SKIP LOCKED: two coordinators pruning at once never wait on each
         // other.
         let most = PRUNE_PER_OUTCOME * outcomes.len() as i64;
-        run(
-            tx,
+        pipeline.push(
             "DELETE FROM tcc_log_outcomes WHERE seq IN (
                  SELECT seq FROM tcc_log_outcomes
                  WHERE seq <= (SELECT max(seq) FROM tcc_log_outcomes) - $1
                  ORDER BY seq LIMIT $2
                  FOR UPDATE SKIP LOCKED)",
-            &[&self.retention, &most],
-        )
-        .await
+            vec![Box::new(self.retention), Box::new(most)],
+        );
     }
 }
 
@@ -953,13 +956,29 @@ impl Rows {
         // Locked in id order, so that two coordinators' batches never wait
         // on each other in a cycle; until the commit, no claim can take them
         // (claims skip locked rows), so the epochs read here stay the rows'.
-        let found = query(
-            tx,
-            "SELECT id, status, decision, epoch, owner, started_at, participants
-                     FROM tcc_log_transactions WHERE id = ANY($1)
-                     ORDER BY id FOR NO KEY UPDATE",
-            &[&ids],
-            read_error,
+        let begun: Vec<String> = requests
+            .iter()
+            .filter_map(|r| match r {
+                Request::Begin(intent, _) => Some(intent.id.to_string()),
+                _ => None,
+            })
+            .collect();
+        // Both sent at once (pipelined): one round trip.
+        let (found, outcomes) = futures_util::future::try_join(
+            query(
+                tx,
+                "SELECT id, status, decision, epoch, owner, started_at, participants
+                 FROM tcc_log_transactions WHERE id = ANY($1)
+                 ORDER BY id FOR NO KEY UPDATE",
+                &[&ids],
+                read_error,
+            ),
+            query(
+                tx,
+                "SELECT id FROM tcc_log_outcomes WHERE id = ANY($1)",
+                &[&begun],
+                read_error,
+            ),
         )
         .await?;
         let mut rows = HashMap::with_capacity(found.len());
@@ -980,25 +999,9 @@ impl Rows {
                 },
             );
         }
-        let begun: Vec<String> = requests
-            .iter()
-            .filter_map(|r| match r {
-                Request::Begin(intent, _) => Some(intent.id.to_string()),
-                _ => None,
-            })
-            .collect();
         let mut finished = HashSet::new();
-        if !begun.is_empty() {
-            let found = query(
-                tx,
-                "SELECT id FROM tcc_log_outcomes WHERE id = ANY($1)",
-                &[&begun],
-                read_error,
-            )
-            .await?;
-            for row in &found {
-                finished.insert(parse_id(row.try_get(0).map_err(read_error)?)?);
-            }
+        for row in &outcomes {
+            finished.insert(parse_id(row.try_get(0).map_err(read_error)?)?);
         }
         Ok(Rows {
             rows,
@@ -1169,9 +1172,10 @@ impl Rows {
                 updated.push(*id, row, None);
             }
         }
+        let notes = self.last_notes();
+        let mut pipeline = Pipeline::default();
         if !inserted.ids.is_empty() {
-            run(
-                tx,
+            pipeline.push(
                 "INSERT INTO tcc_log_transactions
                      (id, status, decision, epoch, owner, expires, started_at, participants)
                  SELECT u.id, u.status, u.decision, u.epoch, u.owner,
@@ -1181,18 +1185,17 @@ impl Rows {
                  FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::bigint[],
                              $5::text[], $6::smallint[], $7::integer[])
                      AS u(id, status, decision, epoch, owner, expiry, participants)",
-                &[
-                    &inserted.ids,
-                    &inserted.status,
-                    &inserted.decision,
-                    &inserted.epoch,
-                    &inserted.owner,
-                    &inserted.expiry,
-                    &inserted.participants,
-                    &writer.ttl_secs,
+                vec![
+                    Box::new(inserted.ids),
+                    Box::new(inserted.status),
+                    Box::new(inserted.decision),
+                    Box::new(inserted.epoch),
+                    Box::new(inserted.owner),
+                    Box::new(inserted.expiry),
+                    Box::new(inserted.participants),
+                    Box::new(writer.ttl_secs),
                 ],
-            )
-            .await?;
+            );
             let live: Vec<_> = self
                 .participants
                 .iter()
@@ -1203,18 +1206,21 @@ impl Rows {
             let names: Vec<&str> = live.iter().map(|(.., p)| p.name.as_str()).collect();
             let kinds: Vec<&str> = live.iter().map(|(.., p)| p.kind.as_str()).collect();
             let data: Vec<&[u8]> = live.iter().map(|(.., p)| p.data.as_slice()).collect();
-            run(
-                tx,
+            pipeline.push(
                 "INSERT INTO tcc_log_participants (id, participant, name, kind, data)
                  SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[],
                                       $5::bytea[])",
-                &[&ids, &indexes, &names, &kinds, &data],
-            )
-            .await?;
+                vec![
+                    Box::new(ids),
+                    Box::new(indexes),
+                    Box::new(names),
+                    Box::new(kinds),
+                    Box::new(data),
+                ],
+            );
         }
         if !updated.ids.is_empty() {
-            run(
-                tx,
+            pipeline.push(
                 "UPDATE tcc_log_transactions t
                  SET status = u.status, decision = u.decision, epoch = u.epoch,
                      owner = u.owner,
@@ -1225,80 +1231,128 @@ impl Rows {
                              $5::text[], $6::smallint[])
                      AS u(id, status, decision, epoch, owner, expiry)
                  WHERE t.id = u.id",
-                &[
-                    &updated.ids,
-                    &updated.status,
-                    &updated.decision,
-                    &updated.epoch,
-                    &updated.owner,
-                    &updated.expiry,
-                    &writer.ttl_secs,
+                vec![
+                    Box::new(updated.ids),
+                    Box::new(updated.status),
+                    Box::new(updated.decision),
+                    Box::new(updated.epoch),
+                    Box::new(updated.owner),
+                    Box::new(updated.expiry),
+                    Box::new(writer.ttl_secs),
                 ],
-            )
-            .await?;
+            );
         }
-        self.write_notes(tx).await?;
+        push_notes(&mut pipeline, notes);
         if !self.deleted.is_empty() {
             let ids: Vec<String> = self.deleted.iter().map(ToString::to_string).collect();
-            run(
-                tx,
+            pipeline.push(
                 "DELETE FROM tcc_log_transactions WHERE id = ANY($1)",
-                &[&ids],
-            )
-            .await?;
-            remove(tx, &ids).await?;
+                vec![Box::new(ids.clone())],
+            );
+            pipeline.push(
+                "DELETE FROM tcc_log_participants WHERE id = ANY($1)",
+                vec![Box::new(ids)],
+            );
         }
-        writer.add_outcomes(tx, &self.outcomes).await
+        writer.add_outcomes(&mut pipeline, &self.outcomes);
+        pipeline.run(tx).await
     }
 
     /// The notes of rows still there, the last one of each participant's
-    /// phase; one statement per round, a round updating each participant's
-    /// row once (PostgreSQL updates a row once per statement).
-    async fn write_notes(&mut self, tx: &Transaction<'_>) -> Result<(), LogError> {
+    /// phase, in the order they came.
+    fn last_notes(&mut self) -> Vec<(TransactionId, u32, Phase, PhaseProgress)> {
         let mut last: HashMap<(TransactionId, u32, Phase), usize> = HashMap::new();
         for (index, (id, participant, phase, _)) in self.notes.iter().enumerate() {
             last.insert((*id, *participant, *phase), index);
         }
-        let mut notes: Vec<_> = std::mem::take(&mut self.notes)
+        std::mem::take(&mut self.notes)
             .into_iter()
             .enumerate()
             .filter(|(index, (id, participant, phase, _))| {
                 last.get(&(*id, *participant, *phase)) == Some(index) && self.rows.contains_key(id)
             })
             .map(|(_, note)| note)
+            .collect()
+    }
+}
+
+/// The notes' statements: one per round, a round updating each
+/// participant's row once (PostgreSQL updates a row once per statement).
+fn push_notes(
+    pipeline: &mut Pipeline<'_>,
+    mut notes: Vec<(TransactionId, u32, Phase, PhaseProgress)>,
+) {
+    while !notes.is_empty() {
+        let mut seen = HashSet::new();
+        let (round, later): (Vec<_>, Vec<_>) = notes
+            .into_iter()
+            .partition(|(id, participant, ..)| seen.insert((*id, *participant)));
+        notes = later;
+        let ids: Vec<String> = round.iter().map(|(id, ..)| id.to_string()).collect();
+        let participants: Vec<i32> = round.iter().map(|(_, p, ..)| *p as i32).collect();
+        let phases: Vec<i32> = round
+            .iter()
+            .map(|(.., phase, _)| *phase as i32 + 1)
             .collect();
-        while !notes.is_empty() {
-            let mut seen = HashSet::new();
-            let (round, later): (Vec<_>, Vec<_>) = notes
-                .into_iter()
-                .partition(|(id, participant, ..)| seen.insert((*id, *participant)));
-            notes = later;
-            let ids: Vec<String> = round.iter().map(|(id, ..)| id.to_string()).collect();
-            let participants: Vec<i32> = round.iter().map(|(_, p, ..)| *p as i32).collect();
-            let phases: Vec<i32> = round
-                .iter()
-                .map(|(.., phase, _)| *phase as i32 + 1)
-                .collect();
-            let attempts: Vec<i64> = round.iter().map(|(.., p)| i64::from(p.attempts)).collect();
-            let succeeded: Vec<bool> = round.iter().map(|(.., p)| p.succeeded).collect();
-            let errors: Vec<Option<&str>> = round
-                .iter()
-                .map(|(.., p)| p.last_error.as_deref())
-                .collect();
-            run(
-                tx,
-                "UPDATE tcc_log_participants p
-                 SET attempts[n.phase] = n.attempts, succeeded[n.phase] = n.succeeded,
-                     errors[n.phase] = n.error
-                 FROM unnest($1::text[], $2::integer[], $3::integer[], $4::bigint[],
-                             $5::boolean[], $6::text[])
-                     AS n(id, participant, phase, attempts, succeeded, error)
-                 WHERE p.id = n.id AND p.participant = n.participant",
-                &[&ids, &participants, &phases, &attempts, &succeeded, &errors],
-            )
-            .await?;
+        let attempts: Vec<i64> = round.iter().map(|(.., p)| i64::from(p.attempts)).collect();
+        let succeeded: Vec<bool> = round.iter().map(|(.., p)| p.succeeded).collect();
+        let errors: Vec<Option<String>> = round.into_iter().map(|(.., p)| p.last_error).collect();
+        pipeline.push(
+            "UPDATE tcc_log_participants p
+             SET attempts[n.phase] = n.attempts, succeeded[n.phase] = n.succeeded,
+                 errors[n.phase] = n.error
+             FROM unnest($1::text[], $2::integer[], $3::integer[], $4::bigint[],
+                         $5::boolean[], $6::text[])
+                 AS n(id, participant, phase, attempts, succeeded, error)
+             WHERE p.id = n.id AND p.participant = n.participant",
+            vec![
+                Box::new(ids),
+                Box::new(participants),
+                Box::new(phases),
+                Box::new(attempts),
+                Box::new(succeeded),
+                Box::new(errors),
+            ],
+        );
+    }
+}
+
+/// A parameter of a pipelined statement.
+type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+
+/// Write statements sent together: PostgreSQL runs them in order, and the
+/// writer waits once for all their answers rather than once for each (one
+/// round trip, not one per statement). The first that fails fails the
+/// batch; the database then refuses the rest of its transaction.
+#[derive(Default)]
+struct Pipeline<'a> {
+    statements: Vec<(&'static str, Vec<Param<'a>>)>,
+}
+
+impl<'a> Pipeline<'a> {
+    fn push(&mut self, sql: &'static str, params: Vec<Param<'a>>) {
+        self.statements.push((sql, params));
+    }
+
+    async fn run(self, tx: &Transaction<'_>) -> Result<(), LogError> {
+        let mut prepared = Vec::with_capacity(self.statements.len());
+        for (sql, _) in &self.statements {
+            // A round trip the first time a connection sees a statement.
+            prepared.push(tx.prepare_cached(sql).await.map_err(write_error)?);
         }
-        Ok(())
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = self
+            .statements
+            .iter()
+            .map(|(_, params)| params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect())
+            .collect();
+        let runs = prepared
+            .iter()
+            .zip(&params)
+            .map(|(statement, params)| tx.execute(statement, params));
+        futures_util::future::try_join_all(runs)
+            .await
+            .map(drop)
+            .map_err(write_error)
     }
 }
 
@@ -1330,16 +1384,6 @@ impl RowParams {
     }
 }
 
-/// Deletes the participants of removed transactions.
-async fn remove(tx: &Transaction<'_>, ids: &[String]) -> Result<(), LogError> {
-    run(
-        tx,
-        "DELETE FROM tcc_log_participants WHERE id = ANY($1)",
-        &[&ids],
-    )
-    .await
-}
-
 /// Runs a statement (prepared once per connection) and returns its rows;
 /// a failure is described by `error`.
 async fn query(
@@ -1361,19 +1405,6 @@ async fn query_opt(
 ) -> Result<Option<tokio_postgres::Row>, LogError> {
     let statement = tx.prepare_cached(sql).await.map_err(error)?;
     tx.query_opt(&statement, params).await.map_err(error)
-}
-
-/// Runs a write statement (prepared once per connection).
-async fn run(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<(), LogError> {
-    let statement = tx.prepare_cached(sql).await.map_err(write_error)?;
-    tx.execute(&statement, params)
-        .await
-        .map(drop)
-        .map_err(write_error)
 }
 
 /// The columns of a transaction's row that make its record (and, after a
