@@ -670,3 +670,65 @@ async fn a_transaction_whose_lease_was_taken_stops_before_its_next_phase() {
         .unwrap();
     assert_eq!(row.get::<_, i16>(0), 0, "still undecided");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_names_data_and_errors_are_kept_exactly() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let log = pglog::open(cluster, PostgresLog::options()).await;
+    let awkward = [
+        "",
+        "NULL",
+        "null",
+        "a,b",
+        "{braces}",
+        "\"quoted\"",
+        "back\\slash\\",
+        "\\x00",
+        " spaces ",
+        "line\nbreak\ttab",
+        "ünïcødé ✓",
+    ];
+    let intent = Intent {
+        id: TransactionId::generate(),
+        participants: awkward
+            .iter()
+            .enumerate()
+            .map(|(i, text)| ParticipantEntry {
+                name: format!("{text}{i}"),
+                kind: (*text).to_owned(),
+                data: match i {
+                    0 => Vec::new(),
+                    1 => (0..=255).collect(),
+                    _ => text.as_bytes().to_vec(),
+                },
+            })
+            .collect(),
+    };
+    let lease = log.begin(&intent).await.unwrap();
+    for (i, text) in awkward.iter().enumerate() {
+        let error = (i % 2 == 0).then(|| (*text).to_owned());
+        let progress = PhaseProgress {
+            attempts: u32::MAX - i as u32,
+            succeeded: i % 3 == 0,
+            last_error: error,
+        };
+        log.note(&lease, i as u32, Phase::Cancel, progress);
+    }
+    let record = log.get(intent.id).await.unwrap().unwrap();
+    assert_eq!(record.intent, intent);
+    for (i, text) in awkward.iter().enumerate() {
+        let progress = record.phase_progress(i, Phase::Cancel).unwrap();
+        assert_eq!(progress.attempts, u32::MAX - i as u32);
+        assert_eq!(progress.succeeded, i % 3 == 0);
+        assert_eq!(
+            progress.last_error.as_deref(),
+            (i % 2 == 0).then_some(*text)
+        );
+        assert_eq!(
+            record.phase_progress(i, Phase::Try),
+            Some(&PhaseProgress::default())
+        );
+    }
+}

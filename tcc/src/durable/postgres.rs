@@ -38,31 +38,28 @@ use crate::{Phase, TransactionId};
 /// new entry.
 const MIGRATIONS: &[&str] = &["
 CREATE TABLE tcc_log_transactions (
-    id           text        PRIMARY KEY,
-    status       smallint    NOT NULL CHECK (status IN (0, 1, 2)),
-    decision     smallint    CHECK (decision IN (0, 1)),
-    epoch        bigint      NOT NULL,
-    owner        text,
-    expires      timestamptz NOT NULL,
-    started_at   timestamptz NOT NULL,
-    participants integer     NOT NULL
+    id         text        PRIMARY KEY,
+    status     smallint    NOT NULL CHECK (status IN (0, 1, 2)),
+    decision   smallint    CHECK (decision IN (0, 1)),
+    epoch      bigint      NOT NULL,
+    owner      text,
+    expires    timestamptz NOT NULL,
+    started_at timestamptz NOT NULL,
+    -- The intent: participant i (from 1) is names[i], kinds[i], data[i].
+    names      text[]      NOT NULL,
+    kinds      text[]      NOT NULL,
+    data       bytea[]     NOT NULL,
+    -- Progress of participant i in phase p (1 Try, 2 Confirm, 3 Cancel) at
+    -- 3 * (i - 1) + p.
+    attempts   bigint[]    NOT NULL,
+    succeeded  boolean[]   NOT NULL,
+    errors     text[]      NOT NULL
+-- Room in each page, so that decisions and notes update rows in place (HOT).
 ) WITH (fillfactor = 70);
--- For claims. No index names status: a decision then updates its row in
--- place (a HOT update, no index entry); needs_repair scans this table, which
--- holds only the transactions running and those needing repair.
+-- For claims. No index names status or progress: a decision or a note then
+-- updates its row in place (no index entry); needs_repair scans this table,
+-- which holds only the transactions running and those needing repair.
 CREATE INDEX tcc_log_expires ON tcc_log_transactions (expires);
-CREATE TABLE tcc_log_participants (
-    id          text      NOT NULL,
-    participant integer   NOT NULL,
-    name        text      NOT NULL,
-    kind        text      NOT NULL,
-    data        bytea     NOT NULL,
-    attempts    bigint[]  NOT NULL DEFAULT '{0,0,0}',
-    succeeded   boolean[] NOT NULL DEFAULT '{f,f,f}',
-    errors      text[]    NOT NULL DEFAULT '{NULL,NULL,NULL}',
-    PRIMARY KEY (id, participant)
--- Room in each page, so that notes update rows in place (HOT).
-) WITH (fillfactor = 50);
 CREATE TABLE tcc_log_outcomes (
     id          text        PRIMARY KEY,
     decision    smallint    NOT NULL CHECK (decision IN (0, 1)),
@@ -72,6 +69,13 @@ CREATE TABLE tcc_log_outcomes (
 );
 CREATE INDEX tcc_log_outcomes_seq ON tcc_log_outcomes (seq);
 "];
+
+/// The columns a record is read from, in the order [`record_of`] reads them.
+macro_rules! record_columns {
+    () => {
+        "id, status, decision, started_at, epoch, names, kinds, data, attempts, succeeded, errors"
+    };
+}
 
 /// The schema version this version of tcc reads and writes.
 const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -680,15 +684,18 @@ impl Writer {
     ) -> Result<Vec<TransactionRecord>, LogError> {
         let rows = query(
             tx,
-            "SELECT id, status, decision, started_at FROM tcc_log_transactions
-             WHERE status = 2 ORDER BY started_at, id LIMIT $1",
+            concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM tcc_log_transactions WHERE status = 2 ORDER BY started_at, id LIMIT $1"
+            ),
             &[&limit_param(limit)],
             read_error,
         )
         .await?;
-        let heads = rows.iter().map(Head::from_row).collect::<Result<_, _>>()?;
-        let records = records(tx, heads).await?;
-        Ok(records.into_iter().map(|(_, r)| r).collect())
+        rows.iter()
+            .map(|row| record_of(row).map(|(_, record)| record))
+            .collect()
     }
 
     async fn reopen(
@@ -706,13 +713,13 @@ impl Writer {
              SET status = 1, epoch = epoch + 1, owner = $2,
                  expires = now() + make_interval(secs => $3)
              WHERE id = $1 AND status = 2
-             RETURNING id, status, decision, started_at, epoch",
+             RETURNING id, status, decision, started_at, epoch, names, kinds, data,
+                       attempts, succeeded, errors",
             &[&id.to_string(), &self.owner, &self.ttl_secs],
             write_error,
         )
         .await?;
-        let heads = rows.iter().map(Head::from_row).collect::<Result<_, _>>()?;
-        Ok(records(tx, heads).await?.pop())
+        rows.first().map(record_of).transpose()
     }
 
     async fn resolve(&self, tx: &Transaction<'_>, id: TransactionId) -> Result<bool, LogError> {
@@ -735,10 +742,6 @@ impl Writer {
                 };
                 let outcomes = [outcome];
                 let mut pipeline = Pipeline::default();
-                pipeline.push(
-                    "DELETE FROM tcc_log_participants WHERE id = ANY($1)",
-                    vec![Box::new(vec![id.to_string()])],
-                );
                 self.add_outcomes(&mut pipeline, &outcomes);
                 pipeline.run(tx).await?;
                 true
@@ -769,13 +772,13 @@ impl Writer {
                          ORDER BY expires
                          LIMIT $1
                          FOR UPDATE SKIP LOCKED)
-                     RETURNING t.id, t.status, t.decision, t.started_at, t.epoch",
+                     RETURNING t.id, t.status, t.decision, t.started_at, t.epoch, t.names,
+                               t.kinds, t.data, t.attempts, t.succeeded, t.errors",
             &[&limit_param(limit), &self.owner, &self.ttl_secs],
             write_error,
         )
         .await?;
-        let heads = rows.iter().map(Head::from_row).collect::<Result<_, _>>()?;
-        records(tx, heads).await
+        rows.iter().map(record_of).collect()
     }
 
     /// Keeps the outcomes of finished transactions, then prunes the oldest
@@ -864,11 +867,16 @@ struct Row {
     owner: Option<String>,
     /// `None` for a row begun in this segment: the database's `now()`.
     started_at: Option<SystemTime>,
-    participants: i32,
+    /// Each participant's progress in each phase.
+    progress: Vec<[PhaseProgress; 3]>,
+    /// The participants of a row begun in this segment.
+    intent: Vec<ParticipantEntry>,
     expiry: Expiry,
     /// Begun in this segment: inserted, not updated.
     new: bool,
     changed: bool,
+    /// Notes changed its progress.
+    noted: bool,
 }
 
 /// The rows a segment's writes touch, locked and read at its start, then
@@ -880,8 +888,6 @@ struct Rows {
     finished: HashSet<TransactionId>,
     /// Rows deleted that the database has.
     deleted: Vec<TransactionId>,
-    participants: Vec<(TransactionId, i32, ParticipantEntry)>,
-    notes: Vec<(TransactionId, u32, Phase, PhaseProgress)>,
     outcomes: Vec<Outcome>,
 }
 
@@ -967,7 +973,8 @@ impl Rows {
         let (found, outcomes) = futures_util::future::try_join(
             query(
                 tx,
-                "SELECT id, status, decision, epoch, owner, started_at, participants
+                "SELECT id, status, decision, epoch, owner, started_at,
+                        attempts, succeeded, errors
                  FROM tcc_log_transactions WHERE id = ANY($1)
                  ORDER BY id FOR NO KEY UPDATE",
                 &[&ids],
@@ -992,10 +999,12 @@ impl Rows {
                     epoch: row.try_get(3).map_err(read_error)?,
                     owner: row.try_get(4).map_err(read_error)?,
                     started_at: Some(row.try_get(5).map_err(read_error)?),
-                    participants: row.try_get(6).map_err(read_error)?,
+                    progress: progress_of(id, row, 6)?,
+                    intent: Vec::new(),
                     expiry: Expiry::Keep,
                     new: false,
                     changed: false,
+                    noted: false,
                 },
             );
         }
@@ -1007,8 +1016,6 @@ impl Rows {
             rows,
             finished,
             deleted: Vec::new(),
-            participants: Vec::new(),
-            notes: Vec::new(),
             outcomes: Vec::new(),
         })
     }
@@ -1047,11 +1054,13 @@ impl Rows {
                 hold(&mut replies.held, reply, result);
             }
             Request::Note(lease, participant, phase, progress) => match self.held(&lease) {
-                Ok(row) if (participant as i64) < i64::from(row.participants) => {
+                Ok(row) if (participant as usize) < row.progress.len() => {
                     // Lazy: lost in a crash before the next durable commit,
                     // and then recovery calls this participant's phase again
                     // (phases repeat safely) with a lower attempt count.
-                    self.notes.push((lease.id, participant, phase, progress));
+                    row.progress[participant as usize][phase as usize] = progress;
+                    row.noted = true;
+                    row.changed = true;
                 }
                 Ok(_) => {
                     tracing::debug!(id = %lease.id, participant, "note dropped: no such participant")
@@ -1130,12 +1139,6 @@ impl Rows {
                 format!("transaction {id} is already in the log"),
             ));
         }
-        let participants = i32::try_from(intent.participants.len()).map_err(|_| {
-            LogError::new(
-                LogErrorKind::Io,
-                format!("transaction {id} has more participants than the log can hold"),
-            )
-        })?;
         // The intent (durable: the batch is). A crash before the commit: no
         // Try ran, nothing to undo. After: an undecided row, which recovery
         // cancels everywhere (presumed abort) once its lease expires.
@@ -1147,44 +1150,50 @@ impl Rows {
                 epoch: 1,
                 owner: None,
                 started_at: None,
-                participants,
+                progress: vec![Default::default(); intent.participants.len()],
+                intent: intent.participants.clone(),
                 expiry: Expiry::Extend,
                 new: true,
                 changed: true,
+                noted: true,
             },
         );
-        for (index, participant) in intent.participants.iter().enumerate() {
-            self.participants
-                .push((id, index as i32, participant.clone()));
-        }
         Ok(Lease { id, epoch: 1 })
     }
 
-    /// Writes what the segment changed: new rows and their participants,
-    /// changed rows, notes, removed rows, outcomes.
-    async fn write(mut self, tx: &Transaction<'_>, writer: &Writer) -> Result<(), LogError> {
+    /// Writes what the segment changed: new rows, changed rows (their
+    /// decisions, leases and notes), removed rows, outcomes.
+    async fn write(self, tx: &Transaction<'_>, writer: &Writer) -> Result<(), LogError> {
         let mut inserted = RowParams::default();
         let mut updated = RowParams::default();
+        // The intents of the inserted rows, in PostgreSQL's text form.
+        let (mut names, mut kinds, mut data) = (Vec::new(), Vec::new(), Vec::new());
         for (id, row) in &self.rows {
             if row.new {
                 inserted.push(*id, row, Some(&writer.owner));
+                names.push(text_array(row.intent.iter().map(|p| Some(p.name.as_str()))));
+                kinds.push(text_array(row.intent.iter().map(|p| Some(p.kind.as_str()))));
+                data.push(bytea_array(row.intent.iter().map(|p| p.data.as_slice())));
             } else if row.changed {
                 updated.push(*id, row, None);
             }
         }
-        let notes = self.last_notes();
         let mut pipeline = Pipeline::default();
         if !inserted.ids.is_empty() {
             pipeline.push(
                 "INSERT INTO tcc_log_transactions
-                     (id, status, decision, epoch, owner, expires, started_at, participants)
+                     (id, status, decision, epoch, owner, expires, started_at,
+                      names, kinds, data, attempts, succeeded, errors)
                  SELECT u.id, u.status, u.decision, u.epoch, u.owner,
-                        CASE u.expiry WHEN 1 THEN now() + make_interval(secs => $8)
+                        CASE u.expiry WHEN 1 THEN now() + make_interval(secs => $13)
                                       ELSE now() END,
-                        now(), u.participants
+                        now(), u.names::text[], u.kinds::text[], u.data::bytea[],
+                        u.attempts::bigint[], u.succeeded::boolean[], u.errors::text[]
                  FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::bigint[],
-                             $5::text[], $6::smallint[], $7::integer[])
-                     AS u(id, status, decision, epoch, owner, expiry, participants)",
+                             $5::text[], $6::smallint[], $7::text[], $8::text[], $9::text[],
+                             $10::text[], $11::text[], $12::text[])
+                     AS u(id, status, decision, epoch, owner, expiry, names, kinds, data,
+                          attempts, succeeded, errors)",
                 vec![
                     Box::new(inserted.ids),
                     Box::new(inserted.status),
@@ -1192,44 +1201,32 @@ impl Rows {
                     Box::new(inserted.epoch),
                     Box::new(inserted.owner),
                     Box::new(inserted.expiry),
-                    Box::new(inserted.participants),
-                    Box::new(writer.ttl_secs),
-                ],
-            );
-            let live: Vec<_> = self
-                .participants
-                .iter()
-                .filter(|(id, ..)| self.rows.contains_key(id))
-                .collect();
-            let ids: Vec<String> = live.iter().map(|(id, ..)| id.to_string()).collect();
-            let indexes: Vec<i32> = live.iter().map(|(_, index, _)| *index).collect();
-            let names: Vec<&str> = live.iter().map(|(.., p)| p.name.as_str()).collect();
-            let kinds: Vec<&str> = live.iter().map(|(.., p)| p.kind.as_str()).collect();
-            let data: Vec<&[u8]> = live.iter().map(|(.., p)| p.data.as_slice()).collect();
-            pipeline.push(
-                "INSERT INTO tcc_log_participants (id, participant, name, kind, data)
-                 SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[],
-                                      $5::bytea[])",
-                vec![
-                    Box::new(ids),
-                    Box::new(indexes),
                     Box::new(names),
                     Box::new(kinds),
                     Box::new(data),
+                    Box::new(inserted.attempts),
+                    Box::new(inserted.succeeded),
+                    Box::new(inserted.errors),
+                    Box::new(writer.ttl_secs),
                 ],
             );
         }
         if !updated.ids.is_empty() {
+            // Progress arrays only for the rows notes changed (NULL: kept).
             pipeline.push(
                 "UPDATE tcc_log_transactions t
                  SET status = u.status, decision = u.decision, epoch = u.epoch,
                      owner = u.owner,
                      expires = CASE u.expiry WHEN 0 THEN t.expires
-                                             WHEN 1 THEN now() + make_interval(secs => $7)
-                                             ELSE now() END
+                                             WHEN 1 THEN now() + make_interval(secs => $10)
+                                             ELSE now() END,
+                     attempts = coalesce(u.attempts::bigint[], t.attempts),
+                     succeeded = coalesce(u.succeeded::boolean[], t.succeeded),
+                     errors = coalesce(u.errors::text[], t.errors)
                  FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::bigint[],
-                             $5::text[], $6::smallint[])
-                     AS u(id, status, decision, epoch, owner, expiry)
+                             $5::text[], $6::smallint[], $7::text[], $8::text[], $9::text[])
+                     AS u(id, status, decision, epoch, owner, expiry, attempts, succeeded,
+                          errors)
                  WHERE t.id = u.id",
                 vec![
                     Box::new(updated.ids),
@@ -1238,82 +1235,22 @@ impl Rows {
                     Box::new(updated.epoch),
                     Box::new(updated.owner),
                     Box::new(updated.expiry),
+                    Box::new(updated.attempts),
+                    Box::new(updated.succeeded),
+                    Box::new(updated.errors),
                     Box::new(writer.ttl_secs),
                 ],
             );
         }
-        push_notes(&mut pipeline, notes);
         if !self.deleted.is_empty() {
             let ids: Vec<String> = self.deleted.iter().map(ToString::to_string).collect();
             pipeline.push(
                 "DELETE FROM tcc_log_transactions WHERE id = ANY($1)",
-                vec![Box::new(ids.clone())],
-            );
-            pipeline.push(
-                "DELETE FROM tcc_log_participants WHERE id = ANY($1)",
                 vec![Box::new(ids)],
             );
         }
         writer.add_outcomes(&mut pipeline, &self.outcomes);
         pipeline.run(tx).await
-    }
-
-    /// The notes of rows still there, the last one of each participant's
-    /// phase, in the order they came.
-    fn last_notes(&mut self) -> Vec<(TransactionId, u32, Phase, PhaseProgress)> {
-        let mut last: HashMap<(TransactionId, u32, Phase), usize> = HashMap::new();
-        for (index, (id, participant, phase, _)) in self.notes.iter().enumerate() {
-            last.insert((*id, *participant, *phase), index);
-        }
-        std::mem::take(&mut self.notes)
-            .into_iter()
-            .enumerate()
-            .filter(|(index, (id, participant, phase, _))| {
-                last.get(&(*id, *participant, *phase)) == Some(index) && self.rows.contains_key(id)
-            })
-            .map(|(_, note)| note)
-            .collect()
-    }
-}
-
-/// The notes' statements: one per round, a round updating each
-/// participant's row once (PostgreSQL updates a row once per statement).
-fn push_notes(
-    pipeline: &mut Pipeline<'_>,
-    mut notes: Vec<(TransactionId, u32, Phase, PhaseProgress)>,
-) {
-    while !notes.is_empty() {
-        let mut seen = HashSet::new();
-        let (round, later): (Vec<_>, Vec<_>) = notes
-            .into_iter()
-            .partition(|(id, participant, ..)| seen.insert((*id, *participant)));
-        notes = later;
-        let ids: Vec<String> = round.iter().map(|(id, ..)| id.to_string()).collect();
-        let participants: Vec<i32> = round.iter().map(|(_, p, ..)| *p as i32).collect();
-        let phases: Vec<i32> = round
-            .iter()
-            .map(|(.., phase, _)| *phase as i32 + 1)
-            .collect();
-        let attempts: Vec<i64> = round.iter().map(|(.., p)| i64::from(p.attempts)).collect();
-        let succeeded: Vec<bool> = round.iter().map(|(.., p)| p.succeeded).collect();
-        let errors: Vec<Option<String>> = round.into_iter().map(|(.., p)| p.last_error).collect();
-        pipeline.push(
-            "UPDATE tcc_log_participants p
-             SET attempts[n.phase] = n.attempts, succeeded[n.phase] = n.succeeded,
-                 errors[n.phase] = n.error
-             FROM unnest($1::text[], $2::integer[], $3::integer[], $4::bigint[],
-                         $5::boolean[], $6::text[])
-                 AS n(id, participant, phase, attempts, succeeded, error)
-             WHERE p.id = n.id AND p.participant = n.participant",
-            vec![
-                Box::new(ids),
-                Box::new(participants),
-                Box::new(phases),
-                Box::new(attempts),
-                Box::new(succeeded),
-                Box::new(errors),
-            ],
-        );
     }
 }
 
@@ -1365,7 +1302,10 @@ struct RowParams {
     epoch: Vec<i64>,
     owner: Vec<Option<String>>,
     expiry: Vec<i16>,
-    participants: Vec<i32>,
+    /// Progress arrays in PostgreSQL's text form, `None` if unchanged.
+    attempts: Vec<Option<String>>,
+    succeeded: Vec<Option<String>>,
+    errors: Vec<Option<String>>,
 }
 
 impl RowParams {
@@ -1380,7 +1320,14 @@ impl RowParams {
         };
         self.owner.push(owner);
         self.expiry.push(row.expiry.code());
-        self.participants.push(row.participants);
+        let phases = || row.progress.iter().flat_map(|phases| phases.iter());
+        let noted = |text: String| row.noted.then_some(text);
+        self.attempts
+            .push(noted(int_array(phases().map(|p| p.attempts))));
+        self.succeeded
+            .push(noted(bool_array(phases().map(|p| p.succeeded))));
+        self.errors
+            .push(noted(text_array(phases().map(|p| p.last_error.as_deref()))));
     }
 }
 
@@ -1396,111 +1343,133 @@ async fn query(
     tx.query(&statement, params).await.map_err(error)
 }
 
-/// [`query`], for at most one row.
-async fn query_opt(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-    error: fn(tokio_postgres::Error) -> LogError,
-) -> Result<Option<tokio_postgres::Row>, LogError> {
-    let statement = tx.prepare_cached(sql).await.map_err(error)?;
-    tx.query_opt(&statement, params).await.map_err(error)
-}
-
-/// The columns of a transaction's row that make its record (and, after a
-/// claim or reopen, its lease).
-struct Head {
-    id: TransactionId,
-    status: Status,
-    started_at: SystemTime,
-    epoch: Option<u64>,
-}
-
-impl Head {
-    /// From `id, status, decision, started_at[, epoch]`.
-    fn from_row(row: &tokio_postgres::Row) -> Result<Head, LogError> {
-        let epoch = if row.len() > 4 {
-            Some(epoch_of(row.try_get(4).map_err(read_error)?))
-        } else {
-            None
-        };
-        Ok(Head {
-            id: parse_id(row.try_get(0).map_err(read_error)?)?,
-            status: status_of(
-                row.try_get(1).map_err(read_error)?,
-                row.try_get(2).map_err(read_error)?,
-            )?,
-            started_at: row.try_get(3).map_err(read_error)?,
-            epoch,
-        })
+/// A record, and its lease when the row was just claimed, from the
+/// columns of [`record_columns!`].
+fn record_of(row: &tokio_postgres::Row) -> Result<(Lease, TransactionRecord), LogError> {
+    let id = parse_id(row.try_get(0).map_err(read_error)?)?;
+    let status = status_of(
+        row.try_get(1).map_err(read_error)?,
+        row.try_get(2).map_err(read_error)?,
+    )?;
+    let started_at: SystemTime = row.try_get(3).map_err(read_error)?;
+    let epoch: i64 = row.try_get(4).map_err(read_error)?;
+    let names: Vec<String> = row.try_get(5).map_err(read_error)?;
+    let kinds: Vec<String> = row.try_get(6).map_err(read_error)?;
+    let data: Vec<Vec<u8>> = row.try_get(7).map_err(read_error)?;
+    let progress = progress_of(id, row, 8)?;
+    if kinds.len() != names.len() || data.len() != names.len() || progress.len() != names.len() {
+        return Err(corrupt(id, "its participants' columns differ in length"));
     }
-}
-
-/// The records of `heads`, with their participants and progress, in the
-/// order of `heads`; each with its lease when the head has an epoch.
-async fn records(
-    tx: &Transaction<'_>,
-    heads: Vec<Head>,
-) -> Result<Vec<(Lease, TransactionRecord)>, LogError> {
-    if heads.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<String> = heads.iter().map(|h| h.id.to_string()).collect();
-    let rows = query(
-        tx,
-        "SELECT id, participant, name, kind, data, attempts, succeeded, errors
-                 FROM tcc_log_participants WHERE id = ANY($1) ORDER BY id, participant",
-        &[&ids],
-        read_error,
-    )
-    .await?;
-    let mut by_id: HashMap<TransactionId, (Vec<ParticipantEntry>, Vec<[PhaseProgress; 3]>)> =
-        HashMap::new();
-    for row in &rows {
-        let id = parse_id(row.try_get(0).map_err(read_error)?)?;
-        let attempts: Vec<i64> = row.try_get(5).map_err(read_error)?;
-        let succeeded: Vec<bool> = row.try_get(6).map_err(read_error)?;
-        let errors: Vec<Option<String>> = row.try_get(7).map_err(read_error)?;
-        if attempts.len() != 3 || succeeded.len() != 3 || errors.len() != 3 {
-            return Err(LogError::new(
-                LogErrorKind::Corrupt,
-                format!("the progress of transaction {id} in the log is not three phases"),
-            ));
-        }
-        let mut errors = errors.into_iter();
-        let progress: [PhaseProgress; 3] = std::array::from_fn(|phase| PhaseProgress {
-            attempts: u32::try_from(attempts[phase]).unwrap_or(u32::MAX),
-            succeeded: succeeded[phase],
-            last_error: errors.next().flatten(),
-        });
-        let entry = by_id.entry(id).or_default();
-        entry.0.push(ParticipantEntry {
-            name: row.try_get(2).map_err(read_error)?,
-            kind: row.try_get(3).map_err(read_error)?,
-            data: row.try_get(4).map_err(read_error)?,
-        });
-        entry.1.push(progress);
-    }
-    Ok(heads
+    let participants = names
         .into_iter()
-        .map(|head| {
-            let (participants, progress) = by_id.remove(&head.id).unwrap_or_default();
-            let lease = Lease {
-                id: head.id,
-                epoch: head.epoch.unwrap_or(0),
-            };
-            let record = TransactionRecord {
-                intent: Intent {
-                    id: head.id,
-                    participants,
-                },
-                status: head.status,
-                progress,
-                started_at: head.started_at,
-            };
-            (lease, record)
+        .zip(kinds)
+        .zip(data)
+        .map(|((name, kind), data)| ParticipantEntry { name, kind, data })
+        .collect();
+    let record = TransactionRecord {
+        intent: Intent { id, participants },
+        status,
+        progress,
+        started_at,
+    };
+    Ok((
+        Lease {
+            id,
+            epoch: epoch_of(epoch),
+        },
+        record,
+    ))
+}
+
+/// The progress in the columns `attempts, succeeded, errors` from `first`.
+fn progress_of(
+    id: TransactionId,
+    row: &tokio_postgres::Row,
+    first: usize,
+) -> Result<Vec<[PhaseProgress; 3]>, LogError> {
+    let attempts: Vec<i64> = row.try_get(first).map_err(read_error)?;
+    let succeeded: Vec<bool> = row.try_get(first + 1).map_err(read_error)?;
+    let errors: Vec<Option<String>> = row.try_get(first + 2).map_err(read_error)?;
+    if !attempts.len().is_multiple_of(3)
+        || succeeded.len() != attempts.len()
+        || errors.len() != attempts.len()
+    {
+        return Err(corrupt(
+            id,
+            "its progress is not three phases per participant",
+        ));
+    }
+    let mut errors = errors.into_iter();
+    Ok(attempts
+        .chunks(3)
+        .zip(succeeded.chunks(3))
+        .map(|(attempts, succeeded)| {
+            std::array::from_fn(|phase| PhaseProgress {
+                attempts: u32::try_from(attempts[phase]).unwrap_or(u32::MAX),
+                succeeded: succeeded[phase],
+                last_error: errors.next().flatten(),
+            })
         })
         .collect())
+}
+
+fn corrupt(id: TransactionId, what: &str) -> LogError {
+    LogError::new(
+        LogErrorKind::Corrupt,
+        format!("the log's row of transaction {id} is damaged: {what}"),
+    )
+}
+
+/// The text form of a PostgreSQL array of text (`None`: NULL), for a
+/// statement that writes one array per row (`unnest` cannot carry arrays of
+/// different lengths).
+fn text_array<'a>(items: impl Iterator<Item = Option<&'a str>>) -> String {
+    let mut out = String::from("{");
+    for (index, item) in items.enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        match item {
+            None => out.push_str("NULL"),
+            Some(text) => {
+                out.push('"');
+                for c in text.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The text form of a PostgreSQL `bytea[]`: each element in hex (`\x..`).
+fn bytea_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> String {
+    let hex: Vec<String> = items
+        .map(|bytes| {
+            let mut text = String::with_capacity(2 + 2 * bytes.len());
+            text.push_str("\\x");
+            for byte in bytes {
+                text.push_str(&format!("{byte:02x}"));
+            }
+            text
+        })
+        .collect();
+    text_array(hex.iter().map(|h| Some(h.as_str())))
+}
+
+fn int_array(items: impl Iterator<Item = u32>) -> String {
+    let items: Vec<String> = items.map(|n| n.to_string()).collect();
+    format!("{{{}}}", items.join(","))
+}
+
+fn bool_array(items: impl Iterator<Item = bool>) -> String {
+    let items: Vec<&str> = items.map(|b| if b { "t" } else { "f" }).collect();
+    format!("{{{}}}", items.join(","))
 }
 
 /// One transaction's state: its row, else its outcome.
@@ -1509,25 +1478,30 @@ async fn get(
     id: TransactionId,
 ) -> Result<Option<TransactionRecord>, LogError> {
     let key = id.to_string();
-    let row = query_opt(
-        tx,
-        "SELECT id, status, decision, started_at FROM tcc_log_transactions WHERE id = $1",
-        &[&key],
-        read_error,
+    let (rows, outcomes) = futures_util::future::try_join(
+        query(
+            tx,
+            concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM tcc_log_transactions WHERE id = $1"
+            ),
+            &[&key],
+            read_error,
+        ),
+        query(
+            tx,
+            "SELECT decision, started_at FROM tcc_log_outcomes WHERE id = $1",
+            &[&key],
+            read_error,
+        ),
     )
     .await?;
-    if let Some(row) = row {
-        let head = Head::from_row(&row)?;
-        return Ok(records(tx, vec![head]).await?.pop().map(|(_, r)| r));
+    if let Some(row) = rows.first() {
+        return record_of(row).map(|(_, record)| Some(record));
     }
-    let outcome = query_opt(
-        tx,
-        "SELECT decision, started_at FROM tcc_log_outcomes WHERE id = $1",
-        &[&key],
-        read_error,
-    )
-    .await?;
-    outcome
+    outcomes
+        .first()
         .map(|row| {
             Ok(TransactionRecord {
                 intent: Intent {
@@ -1585,10 +1559,9 @@ async fn check_schema(pool: &Pool) -> Result<(), LogError> {
     // write, naming what is wrong.
     client
         .batch_execute(
-            "SELECT id, status, decision, epoch, owner, expires, started_at, participants
+            "SELECT id, status, decision, epoch, owner, expires, started_at, names, kinds,
+                    data, attempts, succeeded, errors
                  FROM tcc_log_transactions LIMIT 0;
-             SELECT id, participant, name, kind, data, attempts, succeeded, errors
-                 FROM tcc_log_participants LIMIT 0;
              SELECT id, decision, started_at, finished_at, seq FROM tcc_log_outcomes LIMIT 0;",
         )
         .await
