@@ -9,6 +9,14 @@
 //! once applied). Concurrent transactions therefore share statements and
 //! commits.
 //!
+//! Each transaction is one row; a batch's writes are, per segment of the
+//! batch: one `INSERT ... SELECT FROM unnest(...)` of the begun rows, one
+//! `UPDATE ... FROM unnest(...)` of the rows decided, noted, released,
+//! renewed or ended in repair, one `DELETE` of the finished, one `INSERT`
+//! of their outcomes and one pruning `DELETE`, sent pipelined. A segment is
+//! a run of such writes; a claim or a read between them is a statement of
+//! its own, after the writes before it.
+//!
 //! Fencing: before applying its writes, a batch locks the rows they touch
 //! (`SELECT ... FOR NO KEY UPDATE`) and reads their epochs; a write under a
 //! lease whose epoch is not the row's is refused
@@ -177,8 +185,10 @@ impl PostgresOptions {
 /// takes only rows whose lease expired on the database's clock, so the
 /// coordinators' clocks never matter. While a transaction's phases run, the
 /// engine renews its lease every third of the TTL ([`Log::lease_ttl`]); a
-/// renewal that fails stops the transaction before its next phase call. Every write under a lease is
-/// conditional on the row's epoch: a coordinator that lost its lease (it
+/// renewal that fails stops the transaction before its next phase call.
+/// Every write under a lease is conditional on the row's epoch (the rows a
+/// batch writes are locked and their epochs read first; a claim skips locked
+/// rows): a coordinator that lost its lease (it
 /// paused past its expiry and another claimed the transaction) can write
 /// nothing, its calls fail with [`Fenced`](LogErrorKind::Fenced), and two
 /// coordinators never decide one transaction differently.
@@ -195,7 +205,27 @@ impl PostgresOptions {
 ///
 /// Reads ([`get`](Log::get), [`claim_unfinished`](Log::claim_unfinished)
 /// ...) go through the writer too, so that a read sees every write sent
-/// before it, including [`note`](Log::note)s that were not awaited.
+/// before it, including [`note`](Log::note)s that were not awaited. Another
+/// coordinator sees a write once its batch is committed: a `finish(Done)`
+/// resolves just before. [`needs_repair`](Log::needs_repair) scans the
+/// unfinished transactions: meant for an operator, now and then.
+///
+/// The writer holds one pooled connection while it applies a batch; give the
+/// log a pool of its own (two connections are plenty), or one large enough
+/// that the application cannot starve it.
+///
+/// # Tables
+///
+/// - `tcc_log_transactions`: one row per unfinished or repair-needing
+///   transaction: `id` (the 32 hex digits of its [`TransactionId`]),
+///   `status` (0 undecided, 1 decided, 2 needs repair), `decision` (0
+///   confirm, 1 cancel), the lease (`epoch`, `owner`, `expires`),
+///   `started_at`, the intent (`names`, `kinds`, `data`, one element per
+///   participant) and the progress (`attempts`, `succeeded`, `errors`: three
+///   elements per participant, Try, Confirm, Cancel).
+/// - `tcc_log_outcomes`: `id`, `decision`, `started_at`, `finished_at` of
+///   finished transactions, the oldest pruned beyond the retention.
+/// - `tcc_log_schema`: the schema's version.
 ///
 /// # Cancel safety
 ///
@@ -763,17 +793,21 @@ impl Writer {
         // claimable.
         let rows = query(
             tx,
-            "UPDATE tcc_log_transactions t
-                     SET epoch = t.epoch + 1, owner = $2,
-                         expires = now() + make_interval(secs => $3)
-                     WHERE t.id IN (
-                         SELECT id FROM tcc_log_transactions
-                         WHERE status < 2 AND expires <= now()
-                         ORDER BY expires
-                         LIMIT $1
-                         FOR UPDATE SKIP LOCKED)
-                     RETURNING t.id, t.status, t.decision, t.started_at, t.epoch, t.names,
-                               t.kinds, t.data, t.attempts, t.succeeded, t.errors",
+            // MATERIALIZED: the rows are picked (and locked) once, so the
+            // limit holds whatever plan the update gets.
+            "WITH picked AS MATERIALIZED (
+                 SELECT id FROM tcc_log_transactions
+                 WHERE status < 2 AND expires <= now()
+                 ORDER BY expires
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE tcc_log_transactions t
+             SET epoch = t.epoch + 1, owner = $2,
+                 expires = now() + make_interval(secs => $3)
+             FROM picked
+             WHERE t.id = picked.id
+             RETURNING t.id, t.status, t.decision, t.started_at, t.epoch, t.names, t.kinds,
+                       t.data, t.attempts, t.succeeded, t.errors",
             &[&limit_param(limit), &self.owner, &self.ttl_secs],
             write_error,
         )
