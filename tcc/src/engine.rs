@@ -248,7 +248,9 @@ impl Ledger {
     fn renewal(&self) -> Option<(Arc<dyn Log>, Lease, std::time::Duration)> {
         let durable = self.durable.as_ref()?;
         let ttl = durable.log.lease_ttl()?;
-        Some((durable.log.clone(), durable.lease.clone(), ttl / 3))
+        // At least a millisecond apart, whatever the TTL.
+        let every = (ttl / 3).max(std::time::Duration::from_millis(1));
+        Some((durable.log.clone(), durable.lease.clone(), every))
     }
 
     /// Ends the transaction in the log, when it has one; then
