@@ -56,7 +56,7 @@ mod pglog;
 /// (`suite_on_postgres!`), whose other worker keeps the log's writer going.
 fn postgres(retention: u64) -> Store<PostgresLog> {
     let cluster = pglog::cluster::Cluster::get().expect("checked by the test first");
-    let options = PostgresLog::options().retention(retention);
+    let options = PostgresLog::options().retention(retention).writers(2);
     let log = tokio::task::block_in_place(|| {
         tokio::runtime::Handle::current().block_on(pglog::open(cluster, options))
     });

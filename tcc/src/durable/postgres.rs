@@ -1,13 +1,16 @@
 //! [`PostgresLog`]: the log in PostgreSQL tables, shared by many coordinator
 //! processes.
 //!
-//! One writer task per log owns the traffic to the database: every call is a
-//! request on a channel; the writer takes every request queued, applies them
-//! in order in one database transaction, a few multi-row statements per kind
-//! of write, commits it (with `synchronous_commit` off when no request needs
+//! A writer task owns the traffic to the database: every call is a request
+//! on a channel; the writer takes every request queued, applies them in
+//! order in one database transaction, a few multi-row statements per kind of
+//! write, commits it (with `synchronous_commit` off when no request needs
 //! durability), and only then replies (but to a `finish(Done)`, answered
 //! once applied). Concurrent transactions therefore share statements and
-//! commits.
+//! commits. With several writers ([`PostgresOptions::writers`]), each has
+//! the transactions whose id hashes to it, and a claim, a repair listing or
+//! a count first waits for every other writer to commit what it was sent
+//! before.
 //!
 //! Each transaction is one row; a batch's writes are, per segment of the
 //! batch: one `INSERT ... SELECT FROM unnest(...)` of the begun rows, one
@@ -111,6 +114,7 @@ pub struct PostgresOptions {
     lease_ttl: Duration,
     retention: u64,
     owner: Option<String>,
+    writers: usize,
 }
 
 impl Default for PostgresOptions {
@@ -119,6 +123,7 @@ impl Default for PostgresOptions {
             lease_ttl: DEFAULT_LEASE_TTL,
             retention: DEFAULT_RETENTION,
             owner: None,
+            writers: 1,
         }
     }
 }
@@ -150,6 +155,16 @@ impl PostgresOptions {
     /// does not depend on it.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
+        self
+    }
+
+    /// How many writer tasks share the transactions (default 1), each
+    /// applying its batches on a connection of its own: a transaction's
+    /// calls all go to one writer, so their order is kept. More writers use
+    /// more of the database's cores; the pool must have a connection for
+    /// each.
+    pub fn writers(mut self, writers: usize) -> Self {
+        self.writers = writers.max(1);
         self
     }
 
@@ -210,9 +225,9 @@ impl PostgresOptions {
 /// resolves just before. [`needs_repair`](Log::needs_repair) scans the
 /// unfinished transactions: meant for an operator, now and then.
 ///
-/// The writer holds one pooled connection while it applies a batch; give the
-/// log a pool of its own (two connections are plenty), or one large enough
-/// that the application cannot starve it.
+/// Each writer holds one pooled connection while it applies a batch; give
+/// the log a pool of its own (a connection per writer, and one more), or one
+/// large enough that the application cannot starve it.
 ///
 /// # Tables
 ///
@@ -252,7 +267,7 @@ impl PostgresOptions {
 ///
 /// [`TransactionLog::recover`]: crate::TransactionLog::recover
 pub struct PostgresLog {
-    requests: mpsc::UnboundedSender<Request>,
+    writers: Vec<mpsc::UnboundedSender<Request>>,
     owner: Arc<str>,
     lease_ttl: Duration,
 }
@@ -341,33 +356,73 @@ impl PostgresLog {
             )
             .into(),
         };
-        let (requests, inbox) = mpsc::unbounded_channel();
-        let writer = Writer {
-            pool,
-            owner: owner.to_string(),
-            ttl_secs: options.lease_ttl.as_secs_f64(),
-            retention: i64::try_from(options.retention).unwrap_or(i64::MAX),
-        };
-        tokio::spawn(writer.run(inbox));
+        let mut writers = Vec::with_capacity(options.writers);
+        for _ in 0..options.writers {
+            let (requests, inbox) = mpsc::unbounded_channel();
+            let writer = Writer {
+                pool: pool.clone(),
+                owner: owner.to_string(),
+                ttl_secs: options.lease_ttl.as_secs_f64(),
+                retention: i64::try_from(options.retention).unwrap_or(i64::MAX),
+            };
+            tokio::spawn(writer.run(inbox));
+            writers.push(requests);
+        }
         Ok(PostgresLog {
-            requests,
+            writers,
             owner,
             lease_ttl: options.lease_ttl,
         })
     }
 
-    /// Sends a request and awaits its reply.
+    /// The writer of transaction `id`.
+    fn writer(&self, id: TransactionId) -> &mpsc::UnboundedSender<Request> {
+        let bits = id.as_u128();
+        let mixed = ((bits >> 64) as u64 ^ bits as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        &self.writers[((mixed >> 32) % self.writers.len() as u64) as usize]
+    }
+
+    /// Sends a request about transaction `id` to its writer and awaits the
+    /// reply.
     fn call<T: Send + 'static>(
         &self,
+        id: TransactionId,
         request: impl FnOnce(Reply<T>) -> Request,
     ) -> LogFuture<'_, T> {
-        let (reply, answer) = oneshot::channel();
-        let sent = self.requests.send(request(reply)).map_err(|_| closed());
+        send(self.writer(id), request)
+    }
+
+    /// A call about no one transaction: it runs on the first writer once
+    /// every other has committed what was sent to it before, so that it sees
+    /// every write sent before it.
+    fn call_after_all<T: Send + 'static>(
+        &self,
+        request: impl FnOnce(Reply<T>) -> Request + Send + 'static,
+    ) -> LogFuture<'_, T> {
+        let flushed: Vec<_> = self.writers[1..]
+            .iter()
+            .map(|writer| send(writer, Request::Flush))
+            .collect();
         Box::pin(async move {
-            sent?;
-            answer.await.map_err(|_| closed())?
+            for flush in flushed {
+                flush.await?;
+            }
+            send(&self.writers[0], request).await
         })
     }
+}
+
+/// Sends a request to a writer and awaits its reply.
+fn send<T: Send + 'static>(
+    writer: &mpsc::UnboundedSender<Request>,
+    request: impl FnOnce(Reply<T>) -> Request,
+) -> LogFuture<'static, T> {
+    let (reply, answer) = oneshot::channel();
+    let sent = writer.send(request(reply)).map_err(|_| closed());
+    Box::pin(async move {
+        sent?;
+        answer.await.map_err(|_| closed())?
+    })
 }
 
 impl fmt::Debug for PostgresLog {
@@ -382,37 +437,37 @@ impl fmt::Debug for PostgresLog {
 impl Log for PostgresLog {
     fn begin(&self, intent: &Intent) -> LogFuture<'_, Lease> {
         let intent = intent.clone();
-        self.call(|reply| Request::Begin(intent, reply))
+        self.call(intent.id, |reply| Request::Begin(intent, reply))
     }
 
     fn decide(&self, lease: &Lease, decision: Decision) -> LogFuture<'_, Decision> {
         let lease = lease.clone();
-        self.call(|reply| Request::Decide(lease, decision, reply))
+        self.call(lease.id, |reply| Request::Decide(lease, decision, reply))
     }
 
     fn note(&self, lease: &Lease, participant: u32, phase: Phase, progress: PhaseProgress) {
         // A stopped writer fails every later awaited call, which says so.
-        let _ = self
-            .requests
-            .send(Request::Note(lease.clone(), participant, phase, progress));
+        let _ =
+            self.writer(lease.id)
+                .send(Request::Note(lease.clone(), participant, phase, progress));
     }
 
     fn finish(&self, lease: &Lease, end: End) -> LogFuture<'_, ()> {
         let lease = lease.clone();
-        self.call(|reply| Request::Finish(lease, end, reply))
+        self.call(lease.id, |reply| Request::Finish(lease, end, reply))
     }
 
     fn claim_unfinished(&self, limit: usize) -> LogFuture<'_, Vec<(Lease, TransactionRecord)>> {
-        self.call(|reply| Request::Claim(limit, reply))
+        self.call_after_all(move |reply| Request::Claim(limit, reply))
     }
 
     fn release(&self, lease: &Lease) {
-        let _ = self.requests.send(Request::Release(lease.clone()));
+        let _ = self.writer(lease.id).send(Request::Release(lease.clone()));
     }
 
     fn renew(&self, lease: &Lease) -> LogFuture<'_, ()> {
         let lease = lease.clone();
-        self.call(|reply| Request::Renew(lease, reply))
+        self.call(lease.id, |reply| Request::Renew(lease, reply))
     }
 
     fn lease_ttl(&self) -> Option<Duration> {
@@ -420,23 +475,23 @@ impl Log for PostgresLog {
     }
 
     fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>> {
-        self.call(|reply| Request::Get(id, reply))
+        self.call(id, |reply| Request::Get(id, reply))
     }
 
     fn needs_repair(&self, limit: usize) -> LogFuture<'_, Vec<TransactionRecord>> {
-        self.call(|reply| Request::NeedsRepair(limit, reply))
+        self.call_after_all(move |reply| Request::NeedsRepair(limit, reply))
     }
 
     fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>> {
-        self.call(|reply| Request::Reopen(id, reply))
+        self.call(id, |reply| Request::Reopen(id, reply))
     }
 
     fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
-        self.call(|reply| Request::Resolve(id, reply))
+        self.call(id, |reply| Request::Resolve(id, reply))
     }
 
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
-        self.call(Request::Count)
+        self.call_after_all(Request::Count)
     }
 }
 
@@ -456,6 +511,8 @@ enum Request {
     Reopen(TransactionId, Reply<Option<(Lease, TransactionRecord)>>),
     Resolve(TransactionId, Reply<bool>),
     Count(Reply<u64>),
+    /// Answered once everything sent before it is committed.
+    Flush(Reply<()>),
 }
 
 impl Request {
@@ -501,6 +558,7 @@ impl Request {
             Request::Reopen(_, reply) => fail(reply, error),
             Request::Resolve(_, reply) => fail(reply, error),
             Request::Count(reply) => fail(reply, error),
+            Request::Flush(reply) => fail(reply, error),
             Request::Note(..) | Request::Release(_) => {}
         }
     }
@@ -703,6 +761,7 @@ impl Writer {
                 let result = count(tx).await;
                 keep(held, reply, result)
             }
+            Request::Flush(reply) => keep(held, reply, Ok(())),
             other => unreachable!("{} is applied in a segment", other.name()),
         }
     }
@@ -862,6 +921,7 @@ impl Request {
             Request::Reopen(..) => "reopen",
             Request::Resolve(..) => "resolve",
             Request::Count(..) => "unfinished_count",
+            Request::Flush(..) => "flush",
         }
     }
 }
