@@ -12,7 +12,13 @@
 //! 4. A backend killed in the middle of a batch: that batch's calls fail,
 //!    the next ones reconnect, nothing acknowledged is lost.
 //! 5. `TransactionLog::postgres`: a transaction runs durably on it, and one
-//!    left by a dead coordinator is finished by another one's recovery.
+//!    left by a dead coordinator is finished by another one's recovery;
+//!    four coordinators recovering at once carry each transaction out once
+//!    (Hmily #71).
+//! 6. Lease renewal by the engine: a long Try keeps its lease; a Try whose
+//!    lease was taken stops before its next phase call.
+//! 7. Names, data and errors with quotes, backslashes, braces, "NULL",
+//!    unicode and every byte value come back exactly.
 //!
 //! Against the throwaway cluster of `tests/pglog` (one per test binary, a
 //! schema per test). Without PostgreSQL server binaries these tests print
@@ -730,5 +736,113 @@ async fn awkward_names_data_and_errors_are_kept_exactly() {
             record.phase_progress(i, Phase::Try),
             Some(&PhaseProgress::default())
         );
+    }
+}
+
+/// Confirms and cancels per transaction, for the recovery race.
+#[derive(Default)]
+struct Tally {
+    confirms: Mutex<HashMap<TransactionId, u32>>,
+    cancels: Mutex<HashMap<TransactionId, u32>>,
+}
+
+/// A service that counts its phase 2 calls per transaction.
+struct Counted {
+    tally: Arc<Tally>,
+}
+
+impl Counted {
+    fn count(map: &Mutex<HashMap<TransactionId, u32>>) {
+        let id = tcc::Context::current()
+            .expect("inside a phase")
+            .transaction_id();
+        *map.lock().unwrap().entry(id).or_default() += 1;
+    }
+}
+
+#[tcc_service(name = "counted")]
+impl Counted {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    #[confirm]
+    async fn take(&self) -> Result<(), BoxError> {
+        Counted::count(&self.tally.confirms);
+        Ok(())
+    }
+    #[cancel]
+    async fn release(&self) -> Result<(), BoxError> {
+        Counted::count(&self.tally.cancels);
+        Ok(())
+    }
+}
+
+impl Recoverable for Counted {
+    const KIND: &'static str = "counted";
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(Vec::new())
+    }
+    fn rebuild(_: &[u8], resources: &Resources) -> Result<Self, BoxError> {
+        Ok(Counted {
+            tally: resources.get::<Arc<Tally>>()?.clone(),
+        })
+    }
+}
+
+/// Hmily #71: clustered recovery ran one transaction twice. Here four
+/// coordinators recover at once what a dead one left: each transaction is
+/// carried out by exactly one of them, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_recovering_at_once_finish_each_transaction_once() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "recovery").await;
+    let ttl = Duration::from_millis(200);
+    let dead = coordinators(cluster, &schema, 1, ttl).await.pop().unwrap();
+    let participant = ParticipantEntry {
+        name: "counted".into(),
+        kind: "counted".into(),
+        data: Vec::new(),
+    };
+    let mut expected = HashMap::new();
+    for i in 0..60 {
+        let intent = Intent {
+            id: TransactionId::generate(),
+            participants: vec![participant.clone()],
+        };
+        let lease = dead.begin(&intent).await.unwrap();
+        // A third left undecided: presumed abort.
+        let decision = if i % 3 == 0 {
+            Decision::Cancel
+        } else {
+            dead.decide(&lease, Decision::Confirm).await.unwrap()
+        };
+        expected.insert(intent.id, decision);
+    }
+    drop(dead);
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+
+    let tally = Arc::new(Tally::default());
+    let mut recovering = tokio::task::JoinSet::new();
+    for log in coordinators(cluster, &schema, 4, Duration::from_secs(30)).await {
+        let log = TransactionLog::new(log);
+        log.provide(tally.clone()).register::<Counted>();
+        recovering.spawn(async move { log.recover().await.unwrap().finished });
+    }
+    let mut finished = 0;
+    while let Some(joined) = recovering.join_next().await {
+        finished += joined.unwrap();
+    }
+    assert_eq!(finished, expected.len());
+    let confirms = tally.confirms.lock().unwrap();
+    let cancels = tally.cancels.lock().unwrap();
+    for (id, decision) in &expected {
+        let (confirmed, cancelled) = (confirms.get(id), cancels.get(id));
+        match decision {
+            Decision::Confirm => assert_eq!((confirmed, cancelled), (Some(&1), None), "{id}"),
+            Decision::Cancel => assert_eq!((confirmed, cancelled), (None, Some(&1)), "{id}"),
+        }
     }
 }
