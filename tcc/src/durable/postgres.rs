@@ -517,11 +517,16 @@ enum Request {
 
 impl Request {
     /// Whether its caller may only hear back once the batch is on disk.
+    ///
+    /// Claims too, unlike the embedded store's: a claim lost in a database
+    /// crash would give its epoch to the next claimer as well, and the first
+    /// one's later writes would then pass for the second's.
     fn durable(&self) -> bool {
         matches!(
             self,
             Request::Begin(..)
                 | Request::Decide(..)
+                | Request::Claim(..)
                 | Request::Finish(_, End::NeedsRepair, _)
                 | Request::Renew(..)
                 | Request::Reopen(..)
@@ -846,10 +851,9 @@ impl Writer {
         tx: &Transaction<'_>,
         limit: usize,
     ) -> Result<Vec<(Lease, TransactionRecord)>, LogError> {
-        // Lazy (unless the batch is durable): a claim lost in a crash is lost
-        // with every write made under it (a durable commit of one of them
-        // carries the claim too, the WAL being in order), and the rows stay
-        // claimable.
+        // Durable (the batch is). A crash before the commit: the rows stay
+        // as they were, claimable once their leases expire. After: claimed
+        // under this epoch, which no later claim can hand out again.
         let rows = query(
             tx,
             // MATERIALIZED: the rows are picked (and locked) once, so the
