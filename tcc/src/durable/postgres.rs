@@ -690,7 +690,10 @@ impl Writer {
                 continue;
             }
             // A call with a statement of its own sees every write before it.
-            self.flush(&tx, &mut segment, replies).await?;
+            if let Err(error) = self.flush(&tx, &mut segment, replies).await {
+                request.abandon(&error);
+                return Err(error);
+            }
             self.direct(&tx, request, &mut replies.held).await?;
         }
         self.flush(&tx, &mut segment, replies).await?;
@@ -829,7 +832,7 @@ impl Writer {
         .await?;
         Ok(match rows.first() {
             Some(row) => {
-                let outcome = Outcome {
+                let outcome = OutcomeRow {
                     id: id.to_string(),
                     decision: row.try_get(0).map_err(read_error)?,
                     started_at: Some(row.try_get(1).map_err(read_error)?),
@@ -880,7 +883,7 @@ impl Writer {
 
     /// Keeps the outcomes of finished transactions, then prunes the oldest
     /// beyond the retention, a few for each added.
-    fn add_outcomes<'a>(&self, pipeline: &mut Pipeline<'a>, outcomes: &'a [Outcome]) {
+    fn add_outcomes<'a>(&self, pipeline: &mut Pipeline<'a>, outcomes: &'a [OutcomeRow]) {
         if outcomes.is_empty() {
             return;
         }
@@ -958,7 +961,7 @@ impl Expiry {
 }
 
 /// A transaction's row as a segment sees it.
-struct Row {
+struct RowState {
     status: i16,
     decision: Option<i16>,
     epoch: i64,
@@ -981,16 +984,16 @@ struct Row {
 /// changed in memory by the rules, request by request, in order; then
 /// written.
 struct Rows {
-    rows: HashMap<TransactionId, Row>,
+    rows: HashMap<TransactionId, RowState>,
     /// Ids with an outcome (a begin of one is a duplicate).
     finished: HashSet<TransactionId>,
     /// Rows deleted that the database has.
     deleted: Vec<TransactionId>,
-    outcomes: Vec<Outcome>,
+    outcomes: Vec<OutcomeRow>,
 }
 
 /// A finished transaction's outcome, to be kept.
-struct Outcome {
+struct OutcomeRow {
     id: String,
     decision: i16,
     started_at: Option<SystemTime>,
@@ -1091,7 +1094,7 @@ impl Rows {
             let id = parse_id(row.try_get(0).map_err(read_error)?)?;
             rows.insert(
                 id,
-                Row {
+                RowState {
                     status: row.try_get(1).map_err(read_error)?,
                     decision: row.try_get(2).map_err(read_error)?,
                     epoch: row.try_get(3).map_err(read_error)?,
@@ -1120,7 +1123,7 @@ impl Rows {
 
     /// The row a write under `lease` may change, or why it may not: the row
     /// is gone (finished) or its epoch moved (claimed, released, ended).
-    fn held(&mut self, lease: &Lease) -> Result<&mut Row, LogError> {
+    fn held(&mut self, lease: &Lease) -> Result<&mut RowState, LogError> {
         match self.rows.get_mut(&lease.id) {
             Some(row) if row.epoch == epoch_param(lease.epoch) => Ok(row),
             _ => Err(LogError::fenced(lease)),
@@ -1179,7 +1182,7 @@ impl Rows {
                         self.deleted.push(lease.id);
                     }
                     self.finished.insert(lease.id);
-                    self.outcomes.push(Outcome {
+                    self.outcomes.push(OutcomeRow {
                         id: lease.id.to_string(),
                         decision,
                         started_at,
@@ -1242,7 +1245,7 @@ impl Rows {
         // cancels everywhere (presumed abort) once its lease expires.
         self.rows.insert(
             id,
-            Row {
+            RowState {
                 status: UNDECIDED,
                 decision: None,
                 epoch: 1,
@@ -1407,7 +1410,7 @@ struct RowParams {
 }
 
 impl RowParams {
-    fn push(&mut self, id: TransactionId, row: &Row, owner: Option<&str>) {
+    fn push(&mut self, id: TransactionId, row: &RowState, owner: Option<&str>) {
         self.ids.push(id.to_string());
         self.status.push(row.status);
         self.decision.push(row.decision);
