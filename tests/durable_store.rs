@@ -1,8 +1,9 @@
 //! The log's stores against one suite: every case in `cases` runs for
 //! [`MemoryLog`], for [`RedbLog`] and for [`PostgresLog`] (on the throwaway
-//! cluster of `tests/pglog`; passed without a word when PostgreSQL is not
-//! installed, unless `TCC_REQUIRE_POSTGRES=1`); the cases after it are the file's own
-//! (reopening, a second opener, a killed writer), then [`FaultyLog`].
+//! cluster of `tests/pglog`; passed after one line on stderr when PostgreSQL
+//! is not installed, unless `TCC_REQUIRE_POSTGRES=1`); the cases after it
+//! are the file's own (reopening, a second opener, a killed writer), then
+//! [`FaultyLog`].
 //!
 //! A case takes `open(retention)`, which gives a fresh, empty log.
 
