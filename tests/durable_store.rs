@@ -1,6 +1,9 @@
 //! The log's stores against one suite: every case in `cases` runs for
-//! [`MemoryLog`] and for [`RedbLog`]; the cases after it are the file's own
-//! (reopening, a second opener, a killed writer), then [`FaultyLog`].
+//! [`MemoryLog`], for [`RedbLog`] and for [`PostgresLog`] (on the throwaway
+//! cluster of `tests/pglog`; passed after one line on stderr when PostgreSQL
+//! is not installed, unless `TCC_REQUIRE_POSTGRES=1`); the cases after it
+//! are the file's own (reopening, a second opener, a killed writer), then
+//! [`FaultyLog`].
 //!
 //! A case takes `open(retention)`, which gives a fresh, empty log.
 
@@ -10,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tcc::durable::{
     Decision, End, Fault, FaultyLog, Intent, Lease, Log, LogErrorKind, MemoryLog, ParticipantEntry,
-    PhaseProgress, RedbLog, Status, TransactionRecord,
+    PhaseProgress, PostgresLog, RedbLog, Status, TransactionRecord,
 };
 use tcc::{Phase, TransactionId};
 
@@ -45,6 +48,20 @@ fn redb(retention: u64) -> Store<RedbLog> {
         log,
         _dir: Some(dir),
     }
+}
+
+mod pglog;
+
+/// A log on a fresh schema of the test cluster. The suite's cases open
+/// their store synchronously: this runs on a multi-threaded runtime
+/// (`suite_on_postgres!`), whose other worker keeps the log's writer going.
+fn postgres(retention: u64) -> Store<PostgresLog> {
+    let cluster = pglog::cluster::Cluster::get().expect("checked by the test first");
+    let options = PostgresLog::options().retention(retention).writers(2);
+    let log = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(pglog::open(cluster, options))
+    });
+    Store { log, _dir: None }
 }
 
 /// An intent with `n` participants, each with some serde data.
@@ -532,10 +549,29 @@ macro_rules! suite {
     };
 }
 
+/// The same, for [`PostgresLog`]: on a multi-threaded runtime (see
+/// [`postgres`]), and only when the test cluster runs.
+macro_rules! suite_on_postgres {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if super::pglog::cluster::Cluster::get().is_none() {
+                        return;
+                    }
+                    super::cases::$case(super::postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 macro_rules! every_store {
     ($($case:ident),* $(,)?) => {
         suite!(memory: $($case),*);
         suite!(redb: $($case),*);
+        suite_on_postgres!($($case),*);
     };
 }
 

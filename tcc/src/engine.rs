@@ -194,16 +194,17 @@ impl Ledger {
                     "transaction {} was interrupted: its decision ({decision:?}) could not be written to the transaction log ({error}); recovery finishes it, cancelling it unless the decision reached the log",
                     self.id
                 );
-                let report = Report::new(self.id, self.names.clone(), self.records.clone());
-                let failures = sorted(std::mem::take(&mut self.failures));
-                Err(Error::cut_short(
-                    ErrorKind::LogFailed,
-                    detail,
-                    failures,
-                    report,
-                ))
+                Err(self.cut_short(Phase::Try, detail))
             }
         }
+    }
+
+    /// The error of a transaction the log stopped in or after its `phase`
+    /// round: it keeps the failures so far and the report.
+    fn cut_short(&mut self, phase: Phase, detail: String) -> Error {
+        let report = Report::new(self.id, self.names.clone(), self.records.clone());
+        let failures = sorted(std::mem::take(&mut self.failures));
+        Error::cut_short(ErrorKind::LogFailed, phase, detail, failures, report)
     }
 
     /// Records how `phase` of one service ended.
@@ -249,6 +250,16 @@ impl Ledger {
             attempts,
             succeeded,
         };
+    }
+
+    /// The log and lease to renew while phases run, and how often: when the
+    /// transaction has a log whose leases expire.
+    fn renewal(&self) -> Option<(Arc<dyn Log>, crate::durable::Lease, std::time::Duration)> {
+        let durable = self.durable.as_ref()?;
+        let ttl = durable.log().lease_ttl()?;
+        // At least a millisecond apart, whatever the TTL.
+        let every = (ttl / 3).max(std::time::Duration::from_millis(1));
+        Some((durable.log().clone(), durable.lease().clone(), every))
     }
 
     /// Ends the transaction in the log, when it has one; then
@@ -582,7 +593,7 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
             .instrument(span)
             .await?;
         self.begin_round(Phase::Try, None);
-        poll_fn(|cx| self.poll_rounds(cx, false)).await;
+        self.run_round().await?;
         let decision = self.decision;
         self.carry_out(decision, None).await
     }
@@ -607,9 +618,43 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
             }
         };
         self.begin_round(decision.phase(), resumed);
-        poll_fn(|cx| self.poll_rounds(cx, false)).await;
+        self.run_round().await?;
         self.ledger.finish().instrument(span).await;
         self.conclude()
+    }
+
+    /// Runs the round begun, renewing the lease meanwhile when the log's
+    /// leases expire. A renewal that fails (another coordinator claimed the
+    /// transaction, or the log cannot be reached) stops the round at once:
+    /// the phase calls running are dropped, none is made after, nothing more
+    /// is written under the lease, and the transaction ends with
+    /// [`ErrorKind::LogFailed`], left to the coordinator that holds it or to
+    /// recovery once the lease expires.
+    async fn run_round(&mut self) -> Result<(), Error> {
+        let Some((log, lease, every)) = self.ledger.renewal() else {
+            poll_fn(|cx| self.poll_rounds(cx, false)).await;
+            return Ok(());
+        };
+        let renewals = async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(error) = log.renew(&lease).await {
+                    return error;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            () = poll_fn(|cx| self.poll_rounds(cx, false)) => Ok(()),
+            error = renewals => {
+                let detail = format!(
+                    "transaction {} was stopped before its next {} call: its lease on the transaction log could not be renewed ({error}); the coordinator that took it over, or recovery once the lease expires, finishes it",
+                    self.id, self.phase
+                );
+                self.span.in_scope(|| tracing::warn!(%error, "lease lost; transaction stopped"));
+                Err(self.ledger.cut_short(self.phase, detail))
+            }
+        }
     }
 
     /// The transaction's report, or its error.

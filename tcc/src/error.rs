@@ -217,7 +217,10 @@ pub enum ErrorKind {
     /// written), the transaction is left to recovery, which cancels it
     /// unless the decision reached the log: look it up by id. In that case
     /// the error still has the Try round's [`failures`](Error::failures)
-    /// and [`report`](Error::report).
+    /// and [`report`](Error::report). Also when a log whose leases expire
+    /// could not renew the transaction's lease while a phase ran: the
+    /// transaction stopped before its next phase call, left to the
+    /// coordinator that took it over.
     LogFailed,
     /// A durable transaction was given an id the transaction log already
     /// holds (running, finished, or needing repair). Nothing ran.
@@ -291,11 +294,12 @@ impl Error {
         }
     }
 
-    /// A transaction cut short after its Try round (`kind` says why, in
-    /// `detail`): it keeps the round's failures, ordered as in
+    /// A transaction cut short in or after its `phase` round (`kind` says
+    /// why, in `detail`): it keeps the failures so far, ordered as in
     /// [`failed`](Error::failed), and its report.
     pub(crate) fn cut_short(
         kind: ErrorKind,
+        phase: Phase,
         detail: String,
         failures: Vec<Failure>,
         report: Report,
@@ -304,7 +308,7 @@ impl Error {
         Error {
             inner: Box::new(Inner {
                 kind,
-                phase: Phase::Try,
+                phase,
                 service,
                 failures,
                 report: Some(report),

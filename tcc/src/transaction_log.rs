@@ -235,6 +235,18 @@ impl TransactionLog {
         crate::durable::RedbLog::create(path).map(TransactionLog::new)
     }
 
+    /// The log in PostgreSQL tables on `pool`, shared with the other
+    /// coordinators of the same database: see
+    /// [`PostgresLog`](crate::durable::PostgresLog). Its tables must exist
+    /// (run [`PostgresLog::migrate`](crate::durable::PostgresLog::migrate)
+    /// first; the error says so otherwise). Cargo feature `postgres-log`.
+    #[cfg(feature = "postgres-log")]
+    pub async fn postgres(pool: deadpool_postgres::Pool) -> Result<Self, LogError> {
+        crate::durable::PostgresLog::open(pool)
+            .await
+            .map(TransactionLog::new)
+    }
+
     /// The store underneath.
     pub fn store(&self) -> &Arc<dyn Log> {
         &self.inner.store

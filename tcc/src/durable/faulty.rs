@@ -415,6 +415,10 @@ impl<L: Log + ?Sized> Log for FaultyLog<L> {
         self.read(|| self.inner.renew(lease))
     }
 
+    fn lease_ttl(&self) -> Option<std::time::Duration> {
+        self.inner.lease_ttl()
+    }
+
     fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>> {
         self.read(|| self.inner.get(id))
     }

@@ -44,6 +44,9 @@
 //!   refuses a missing, emptied or damaged file rather than start afresh;
 //!   every record carries a checksum, and one that fails is set aside as
 //!   [`Status::Unreadable`] while the others are recovered.
+//! - `PostgresLog` (cargo feature `postgres-log`): tables in PostgreSQL,
+//!   shared by many coordinator processes, each transaction held under a
+//!   lease that expires on the database's clock; see its docs.
 //! - [`FaultyLog`]: wraps a log and fails, or "crashes", at the k-th write, for
 //!   tests of recovery.
 //!
@@ -60,7 +63,7 @@
 //! The embedded store is the single-owner case: one process holds the file
 //! (locked against any other), and the leases it holds are the transactions it
 //! began or claimed and has not finished or released. A store shared by
-//! several coordinator processes (PostgreSQL, later) maps the same calls onto
+//! several coordinator processes (`PostgresLog`) maps the same calls onto
 //! rows: `begin` inserts the row with an owner, an epoch and an expiry;
 //! `claim_unfinished` takes rows whose lease expired, judged on the database's
 //! clock (`now()`), never the coordinators' (`UPDATE ... SET epoch = epoch + 1,
@@ -76,7 +79,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
+
+use tokio::sync::oneshot;
 
 use crate::{Phase, TransactionId};
 
@@ -84,12 +90,16 @@ use crate::{Phase, TransactionId};
 mod codec;
 mod faulty;
 mod memory;
+#[cfg(feature = "postgres-log")]
+mod postgres;
 #[cfg(feature = "redb")]
 mod redb;
 mod state;
 
 pub use faulty::{Fault, FaultyLog};
 pub use memory::MemoryLog;
+#[cfg(feature = "postgres-log")]
+pub use postgres::{PostgresLog, PostgresOptions};
 #[cfg(feature = "redb")]
 pub use redb::{CommitStats, RedbLog, RedbOptions};
 
@@ -219,9 +229,9 @@ impl TransactionRecord {
 ///
 /// Every write after the claim is conditional on `epoch` (fencing): a write
 /// with a stale epoch fails with [`LogErrorKind::Fenced`]. The embedded store
-/// is the single-owner case (one process, file lock); a later PostgreSQL store
-/// shared by several coordinators will hold leases that expire (judged on the
-/// database's clock), renewed by [`Log::renew`], and bump `epoch` on every
+/// is the single-owner case (one process, file lock); the PostgreSQL store
+/// shared by several coordinators holds leases that expire (judged on the
+/// database's clock), renewed by [`Log::renew`], and bumps `epoch` on every
 /// claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -289,6 +299,52 @@ impl fmt::Debug for LeaseGuard {
 /// dropped), since no one else could.
 pub(crate) trait Leases {
     fn leases(&self) -> Vec<&Lease>;
+}
+
+/// A store's reply not read yet. Dropped unread (its caller went away), it
+/// gives back to `log` the leases the reply carries: closed first, so that
+/// a writer that has not replied yet fails to, and can give them back
+/// itself.
+pub(crate) struct Unread<'a, T: Leases> {
+    log: &'a dyn Log,
+    answer: oneshot::Receiver<Result<T, LogError>>,
+    read: bool,
+}
+
+impl<'a, T: Leases> Unread<'a, T> {
+    /// Guards `answer`, a reply of `log`.
+    pub(crate) fn new(log: &'a dyn Log, answer: oneshot::Receiver<Result<T, LogError>>) -> Self {
+        Unread {
+            log,
+            answer,
+            read: false,
+        }
+    }
+}
+
+impl<T: Leases> Future for Unread<'_, T> {
+    /// The reply, or `Err` if the writer dropped it unanswered.
+    type Output = Result<Result<T, LogError>, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = ready!(Pin::new(&mut self.answer).poll(cx));
+        self.read = true;
+        Poll::Ready(answer)
+    }
+}
+
+impl<T: Leases> Drop for Unread<'_, T> {
+    fn drop(&mut self) {
+        if self.read {
+            return;
+        }
+        self.answer.close();
+        if let Ok(Ok(answer)) = self.answer.try_recv() {
+            for lease in answer.leases() {
+                self.log.release(lease);
+            }
+        }
+    }
 }
 
 /// Answers that carry no lease.
@@ -401,6 +457,14 @@ pub trait Log: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// How long a lease lasts unless renewed, for a store whose leases
+    /// expire (shared by several processes); `None` (the default) for one
+    /// whose leases last as long as the process. The engine renews a lease
+    /// every third of it while a transaction's phases run.
+    fn lease_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// One transaction's state: its record while unfinished or needing
     /// repair; `Status::Done` for a finished one still within retention (then
     /// `intent.participants` and `progress` are empty); None if unknown.
@@ -459,6 +523,9 @@ pub enum LogErrorKind {
     Closed,
     /// A failure injected by [`FaultyLog`].
     Injected,
+    /// The database has no log tables, older ones, or tables that are not
+    /// the log's: the message says what to run.
+    Schema,
 }
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;

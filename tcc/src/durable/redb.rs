@@ -7,13 +7,10 @@
 //! Concurrent transactions therefore share one fsync.
 
 use std::any::Any;
-use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
-use std::task::{Context, Poll, ready};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,7 +24,7 @@ use super::codec;
 use super::state::{Found, Outcome, Rules, Stored, Tables, Unreadable};
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
-    Status, TransactionRecord,
+    Status, TransactionRecord, Unread,
 };
 use crate::{Phase, TransactionId};
 
@@ -310,11 +307,7 @@ impl RedbLog {
         let sent = self.send(request(reply));
         // Outside the async block, so that it guards the reply even if the
         // block is dropped before it is first polled.
-        let answer = Unread {
-            log: self,
-            answer,
-            read: false,
-        };
+        let answer = Unread::new(self, answer);
         Box::pin(async move {
             sent?;
             match answer.await {
@@ -576,40 +569,6 @@ impl Log for RedbLog {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
-
-/// A reply not read yet. Dropped unread (its caller went away), it gives
-/// back the leases the reply carries: closed first, so a writer that has not
-/// replied yet fails to, and gives them back itself.
-struct Unread<'a, T: Leases> {
-    log: &'a RedbLog,
-    answer: oneshot::Receiver<Result<T, LogError>>,
-    read: bool,
-}
-
-impl<T: Leases> Future for Unread<'_, T> {
-    /// The reply, or `Err` if the writer dropped it unanswered.
-    type Output = Result<Result<T, LogError>, oneshot::error::RecvError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let answer = ready!(Pin::new(&mut self.answer).poll(cx));
-        self.read = true;
-        Poll::Ready(answer)
-    }
-}
-
-impl<T: Leases> Drop for Unread<'_, T> {
-    fn drop(&mut self) {
-        if self.read {
-            return;
-        }
-        self.answer.close();
-        if let Ok(Ok(answer)) = self.answer.try_recv() {
-            for lease in answer.leases() {
-                self.log.release(lease);
-            }
-        }
-    }
-}
 
 /// One call of [`Log`], as the writer receives it.
 enum Request {

@@ -1,0 +1,1786 @@
+//! [`PostgresLog`]: the log in PostgreSQL tables, shared by many coordinator
+//! processes.
+//!
+//! A writer task owns the traffic to the database: every call is a request
+//! on a channel; the writer takes every request queued, applies them in
+//! order in one database transaction, a few multi-row statements per kind of
+//! write, commits it (with `synchronous_commit` off when no request needs
+//! durability), and only then replies (but to a `finish(Done)`, answered
+//! once applied). Concurrent transactions therefore share statements and
+//! commits. With several writers ([`PostgresOptions::writers`]), each has
+//! the transactions whose id hashes to it, and a claim, a repair listing or
+//! a count first waits for every other writer to commit what it was sent
+//! before.
+//!
+//! Each transaction is one row; a batch's writes are, per segment of the
+//! batch: one `INSERT ... SELECT FROM unnest(...)` of the begun rows, one
+//! `UPDATE ... FROM unnest(...)` of the rows decided, noted, released,
+//! renewed or ended in repair, one `DELETE` of the finished, one `INSERT`
+//! of their outcomes and one pruning `DELETE`, sent pipelined. A segment is
+//! a run of such writes; a claim or a read between them is a statement of
+//! its own, after the writes before it.
+//!
+//! Fencing: before applying its writes, a batch locks the rows they touch
+//! (`SELECT ... FOR NO KEY UPDATE`) and reads their epochs; a write under a
+//! lease whose epoch is not the row's is refused
+//! ([`Fenced`](LogErrorKind::Fenced)) and changes nothing. A claim takes
+//! only rows no one has locked (`FOR UPDATE SKIP LOCKED`), so a claim and a
+//! write of the previous owner never interleave: the write either commits
+//! before the claim sees the row, or sees the claim's epoch.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Pool, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use super::{
+    Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, ParticipantEntry,
+    PhaseProgress, Status, TransactionRecord, Unread,
+};
+use crate::{Phase, TransactionId};
+
+/// The schema versions, in order: `MIGRATIONS[v]` takes a database from
+/// version `v` to `v + 1`. A released version is never edited; a change is a
+/// new entry.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE tcc_log_transactions (
+    id         text        PRIMARY KEY,
+    status     smallint    NOT NULL CHECK (status IN (0, 1, 2)),
+    decision   smallint    CHECK (decision IN (0, 1)),
+    epoch      bigint      NOT NULL,
+    owner      text,
+    expires    timestamptz NOT NULL,
+    started_at timestamptz NOT NULL,
+    -- The intent: participant i (from 1) is names[i], kinds[i], data[i].
+    names      text[]      NOT NULL,
+    kinds      text[]      NOT NULL,
+    data       bytea[]     NOT NULL,
+    -- Progress of participant i in phase p (1 Try, 2 Confirm, 3 Cancel) at
+    -- 3 * (i - 1) + p.
+    attempts   bigint[]    NOT NULL,
+    succeeded  boolean[]   NOT NULL,
+    errors     text[]      NOT NULL
+-- Room in each page, so that decisions and notes update rows in place (HOT).
+) WITH (fillfactor = 70);
+-- For claims. No index names status or progress: a decision or a note then
+-- updates its row in place (no index entry); needs_repair scans this table,
+-- which holds only the transactions running and those needing repair.
+CREATE INDEX tcc_log_expires ON tcc_log_transactions (expires);
+CREATE TABLE tcc_log_outcomes (
+    id          text        PRIMARY KEY,
+    decision    smallint    NOT NULL CHECK (decision IN (0, 1)),
+    started_at  timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    seq         bigint      GENERATED ALWAYS AS IDENTITY
+);
+CREATE INDEX tcc_log_outcomes_seq ON tcc_log_outcomes (seq);
+"];
+
+/// The columns a record is read from, in the order [`record_of`] reads them.
+macro_rules! record_columns {
+    () => {
+        "id, status, decision, started_at, epoch, names, kinds, data, attempts, succeeded, errors"
+    };
+}
+
+/// The schema version this version of tcc reads and writes.
+const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// What to run, in every error about a missing or old schema.
+const MIGRATE_HINT: &str = "run `PostgresLog::migrate(&pool)` (tcc::durable::PostgresLog) once, with the same `search_path`";
+
+/// How many requests one database transaction takes at most.
+const MAX_BATCH: usize = 4096;
+
+/// How many old outcomes one finished transaction may prune: more than one,
+/// so that a lowered retention is caught up with.
+const PRUNE_PER_OUTCOME: i64 = 8;
+
+/// How many finished transactions keep their outcome unless told otherwise.
+const DEFAULT_RETENTION: u64 = 100_000;
+
+/// How long a lease lasts unless told otherwise.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// How to open a [`PostgresLog`]:
+/// `PostgresLog::options().lease_ttl(Duration::from_secs(30)).open(pool)`.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    lease_ttl: Duration,
+    retention: u64,
+    owner: Option<String>,
+    writers: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            lease_ttl: DEFAULT_LEASE_TTL,
+            retention: DEFAULT_RETENTION,
+            owner: None,
+            writers: 1,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// How long a lease taken by this log lasts on the database's clock
+    /// (default 60 s), from [`begin`](Log::begin),
+    /// [`claim_unfinished`](Log::claim_unfinished), [`reopen`](Log::reopen)
+    /// or the last [`renew`](Log::renew). Once it has passed, another
+    /// coordinator's recovery may claim the transaction, and every later
+    /// write of this one is refused ([`Fenced`](LogErrorKind::Fenced)). Make
+    /// it longer than a transaction runs, or renew it.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How many finished transactions keep their outcome for
+    /// [`Log::get`] (default 100,000), counted over every coordinator of the
+    /// database. Beyond it the oldest are removed, a few at each later
+    /// finish.
+    pub fn retention(mut self, finished: u64) -> Self {
+        self.retention = finished;
+        self
+    }
+
+    /// The name this coordinator writes in the `owner` column of the rows it
+    /// holds, for operators (default `pid-<process id>-<random>`). Fencing
+    /// does not depend on it.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// How many writer tasks share the transactions (default 1), each
+    /// applying its batches on a connection of its own: a transaction's
+    /// calls all go to one writer, so their order is kept. More writers use
+    /// more of the database's cores; the pool must have a connection for
+    /// each.
+    pub fn writers(mut self, writers: usize) -> Self {
+        self.writers = writers.max(1);
+        self
+    }
+
+    /// Opens the log on `pool`; see [`PostgresLog::open`].
+    pub async fn open(self, pool: Pool) -> Result<PostgresLog, LogError> {
+        PostgresLog::open_with(pool, self).await
+    }
+}
+
+/// A [`Log`] in PostgreSQL tables, shared by many coordinator processes.
+/// Cargo feature `postgres-log`.
+///
+/// Create its tables once with [`PostgresLog::migrate`] (idempotent: safe at
+/// every start), then [`open`](PostgresLog::open) it on a deadpool-postgres
+/// pool. The tables live in the first schema of the connections'
+/// `search_path`. Every coordinator of one set of services opens a log on
+/// the same database; each runs [`TransactionLog::recover`] now and then,
+/// and finishes what the others left.
+///
+/// What it guarantees, as the embedded store: the intent is committed
+/// before [`begin`](Log::begin) resolves (before any Try), the decision, a
+/// compare-and-set on the transaction's row, before [`decide`](Log::decide)
+/// resolves (before any Confirm or Cancel); notes and `finish(Done)` are
+/// committed with `synchronous_commit` off, and reach the disk with the next
+/// durable commit (PostgreSQL writes its WAL in order). Durable commits use
+/// the connections' own `synchronous_commit`, which must not be `off`.
+///
+/// Leases: [`begin`](Log::begin), [`claim_unfinished`](Log::claim_unfinished)
+/// and [`reopen`](Log::reopen) set the row's owner, bump its epoch (begin:
+/// epoch 1) and set its expiry to the database's `now()` plus the lease's
+/// time to live ([`PostgresOptions::lease_ttl`]); [`renew`](Log::renew)
+/// pushes the expiry forward. [`claim_unfinished`](Log::claim_unfinished)
+/// takes only rows whose lease expired on the database's clock, so the
+/// coordinators' clocks never matter. While a transaction's phases run, the
+/// engine renews its lease every third of the TTL ([`Log::lease_ttl`]); a
+/// renewal that fails stops the transaction before its next phase call.
+/// Every write under a lease is conditional on the row's epoch (the rows a
+/// batch writes are locked and their epochs read first; a claim skips locked
+/// rows): a coordinator that lost its lease (it
+/// paused past its expiry and another claimed the transaction) can write
+/// nothing, its calls fail with [`Fenced`](LogErrorKind::Fenced), and two
+/// coordinators never decide one transaction differently.
+///
+/// What a crash leaves: a coordinator that dies holds its transactions
+/// until their leases expire; then any coordinator's recovery claims them
+/// and finishes them (presumed abort for the undecided). A database that
+/// crashes keeps every durable write that resolved; lazy ones since the last
+/// durable commit may be lost, which recovery repeats. A lost connection
+/// fails the calls of the batch it carried (their writes were rolled back,
+/// unless the connection broke during the commit itself: then they may have
+/// landed, as after a crash) and the next batch takes a new connection from
+/// the pool.
+///
+/// Reads ([`get`](Log::get), [`claim_unfinished`](Log::claim_unfinished)
+/// ...) go through the writer too, so that a read sees every write sent
+/// before it, including [`note`](Log::note)s that were not awaited. Another
+/// coordinator sees a write once its batch is committed: a `finish(Done)`
+/// resolves just before. [`needs_repair`](Log::needs_repair) scans the
+/// unfinished transactions: meant for an operator, now and then.
+///
+/// Each writer holds one pooled connection while it applies a batch; give
+/// the log a pool of its own (a connection per writer, and one more), or one
+/// large enough that the application cannot starve it.
+///
+/// # Tables
+///
+/// - `tcc_log_transactions`: one row per unfinished or repair-needing
+///   transaction: `id` (the 32 hex digits of its [`TransactionId`]),
+///   `status` (0 undecided, 1 decided, 2 needs repair), `decision` (0
+///   confirm, 1 cancel), the lease (`epoch`, `owner`, `expires`),
+///   `started_at`, the intent (`names`, `kinds`, `data`, one element per
+///   participant) and the progress (`attempts`, `succeeded`, `errors`: three
+///   elements per participant, Try, Confirm, Cancel).
+/// - `tcc_log_outcomes`: `id`, `decision`, `started_at`, `finished_at` of
+///   finished transactions, the oldest pruned beyond the retention.
+/// - `tcc_log_schema`: the schema's version.
+///
+/// # Cancel safety
+///
+/// A call's request is sent when the call is made: dropping its future
+/// before it resolves does not withdraw it (a `begin` may still be written;
+/// its transaction is then left to recovery once its lease expires).
+///
+/// ```no_run
+/// use deadpool_postgres::{Manager, Pool};
+/// use tcc::durable::PostgresLog;
+/// use tcc::TransactionLog;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config: tokio_postgres::Config = "host=/run/postgresql user=tcc dbname=orders".parse()?;
+/// let pool = Pool::builder(Manager::new(config, tokio_postgres::NoTls)).max_size(8).build()?;
+/// // Once per database (safe at every start, from many processes at once).
+/// PostgresLog::migrate(&pool).await?;
+/// let log = TransactionLog::new(PostgresLog::open(pool).await?);
+/// log.recover().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// [`TransactionLog::recover`]: crate::TransactionLog::recover
+pub struct PostgresLog {
+    writers: Vec<mpsc::UnboundedSender<Request>>,
+    owner: Arc<str>,
+    lease_ttl: Duration,
+}
+
+impl PostgresLog {
+    /// Creates the log's tables in the first schema of the connection's
+    /// `search_path`, or upgrades them to this version's schema. Idempotent:
+    /// safe to call at every start, from several processes at once (they take
+    /// turns on an advisory lock; each step runs in one transaction, so a
+    /// crash leaves the old schema or the new one).
+    ///
+    /// Fails with [`LogErrorKind::Schema`] if the tables were written by a
+    /// newer version of tcc, or tables of the same names exist that are not
+    /// the log's; with [`Io`](LogErrorKind::Io) if the database cannot be
+    /// reached.
+    pub async fn migrate(pool: &Pool) -> Result<(), LogError> {
+        let mut client = pool.get().await.map_err(pool_error)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| sql_error("cannot migrate the log", e))?;
+        let migrate_error = |e| sql_error("cannot migrate the log", e);
+        tx.batch_execute(
+            "SELECT pg_advisory_xact_lock(hashtext('tcc_log_schema'));
+             CREATE TABLE IF NOT EXISTS tcc_log_schema (
+                 singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+                 version   integer NOT NULL
+             );",
+        )
+        .await
+        .map_err(migrate_error)?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM tcc_log_schema", &[])
+            .await
+            .map_err(|e| foreign_or(e, "cannot migrate the log"))?
+            .map_or(0, |row| row.get(0));
+        if version > SCHEMA_VERSION {
+            return Err(newer(version));
+        }
+        for step in &MIGRATIONS[version as usize..] {
+            tx.batch_execute(step)
+                .await
+                .map_err(|e| foreign_or(e, "cannot migrate the log"))?;
+        }
+        tx.execute(
+            "INSERT INTO tcc_log_schema (version) VALUES ($1)
+             ON CONFLICT (singleton) DO UPDATE SET version = excluded.version",
+            &[&SCHEMA_VERSION],
+        )
+        .await
+        .map_err(migrate_error)?;
+        tx.commit().await.map_err(migrate_error)
+    }
+
+    /// Opens the log on `pool`, with the default options (leases of 60 s,
+    /// 100,000 outcomes kept): checks the schema, then starts the writer
+    /// task on the current tokio runtime.
+    ///
+    /// Fails with [`LogErrorKind::Schema`], saying to run
+    /// [`migrate`](PostgresLog::migrate), if the database has no log tables
+    /// or older ones, or tables of those names that are not the log's; with
+    /// [`Io`](LogErrorKind::Io) if it cannot be reached. Panics outside a
+    /// tokio runtime.
+    pub async fn open(pool: Pool) -> Result<PostgresLog, LogError> {
+        PostgresLog::open_with(pool, PostgresOptions::default()).await
+    }
+
+    /// Options for [`PostgresOptions::open`].
+    pub fn options() -> PostgresOptions {
+        PostgresOptions::default()
+    }
+
+    /// The name written in the `owner` column of the rows this log holds.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    async fn open_with(pool: Pool, options: PostgresOptions) -> Result<PostgresLog, LogError> {
+        check_schema(&pool).await?;
+        let owner: Arc<str> = match options.owner {
+            Some(owner) => owner.into(),
+            None => format!(
+                "pid-{}-{:08x}",
+                std::process::id(),
+                TransactionId::generate().as_u128() as u32
+            )
+            .into(),
+        };
+        let mut writers = Vec::with_capacity(options.writers);
+        for _ in 0..options.writers {
+            let (requests, inbox) = mpsc::unbounded_channel();
+            let writer = Writer {
+                pool: pool.clone(),
+                owner: owner.to_string(),
+                ttl_secs: options.lease_ttl.as_secs_f64(),
+                retention: i64::try_from(options.retention).unwrap_or(i64::MAX),
+            };
+            tokio::spawn(writer.run(inbox));
+            writers.push(requests);
+        }
+        Ok(PostgresLog {
+            writers,
+            owner,
+            lease_ttl: options.lease_ttl,
+        })
+    }
+
+    /// The writer of transaction `id`.
+    fn writer(&self, id: TransactionId) -> &mpsc::UnboundedSender<Request> {
+        let bits = id.as_u128();
+        let mixed = ((bits >> 64) as u64 ^ bits as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        &self.writers[((mixed >> 32) % self.writers.len() as u64) as usize]
+    }
+
+    /// Sends a request about transaction `id` to its writer and awaits the
+    /// reply.
+    fn call<T: Leases + Send + 'static>(
+        &self,
+        id: TransactionId,
+        request: impl FnOnce(Reply<T>) -> Request,
+    ) -> LogFuture<'_, T> {
+        self.send(self.writer(id), request)
+    }
+
+    /// A call about no one transaction: it runs on the first writer once
+    /// every other has committed what was sent to it before, so that it sees
+    /// every write sent before it.
+    fn call_after_all<T: Leases + Send + 'static>(
+        &self,
+        request: impl FnOnce(Reply<T>) -> Request + Send + 'static,
+    ) -> LogFuture<'_, T> {
+        let flushed: Vec<_> = self.writers[1..]
+            .iter()
+            .map(|writer| self.send(writer, Request::Flush))
+            .collect();
+        Box::pin(async move {
+            for flush in flushed {
+                flush.await?;
+            }
+            self.send(&self.writers[0], request).await
+        })
+    }
+
+    /// Sends a request to a writer and awaits its reply; dropped unread,
+    /// the reply's leases are given back ([`Unread`]).
+    fn send<T: Leases + Send + 'static>(
+        &self,
+        writer: &mpsc::UnboundedSender<Request>,
+        request: impl FnOnce(Reply<T>) -> Request,
+    ) -> LogFuture<'_, T> {
+        let (reply, answer) = oneshot::channel();
+        let sent = writer.send(request(reply)).map_err(|_| closed());
+        // Outside the async block, so that it guards the reply even if the
+        // block is dropped before it is first polled.
+        let answer = Unread::new(self, answer);
+        Box::pin(async move {
+            sent?;
+            answer.await.map_err(|_| closed())?
+        })
+    }
+}
+
+impl fmt::Debug for PostgresLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLog")
+            .field("owner", &self.owner)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
+}
+
+impl Log for PostgresLog {
+    fn begin(&self, intent: &Intent) -> LogFuture<'_, Lease> {
+        let intent = intent.clone();
+        self.call(intent.id, |reply| Request::Begin(intent, reply))
+    }
+
+    fn decide(&self, lease: &Lease, decision: Decision) -> LogFuture<'_, Decision> {
+        let lease = lease.clone();
+        self.call(lease.id, |reply| Request::Decide(lease, decision, reply))
+    }
+
+    fn note(&self, lease: &Lease, participant: u32, phase: Phase, progress: PhaseProgress) {
+        // A stopped writer fails every later awaited call, which says so.
+        let _ =
+            self.writer(lease.id)
+                .send(Request::Note(lease.clone(), participant, phase, progress));
+    }
+
+    fn finish(&self, lease: &Lease, end: End) -> LogFuture<'_, ()> {
+        let lease = lease.clone();
+        self.call(lease.id, |reply| Request::Finish(lease, end, reply))
+    }
+
+    fn claim_unfinished(&self, limit: usize) -> LogFuture<'_, Vec<(Lease, TransactionRecord)>> {
+        self.call_after_all(move |reply| Request::Claim(limit, reply))
+    }
+
+    fn release(&self, lease: &Lease) {
+        let _ = self.writer(lease.id).send(Request::Release(lease.clone()));
+    }
+
+    fn renew(&self, lease: &Lease) -> LogFuture<'_, ()> {
+        let lease = lease.clone();
+        self.call(lease.id, |reply| Request::Renew(lease, reply))
+    }
+
+    fn lease_ttl(&self) -> Option<Duration> {
+        Some(self.lease_ttl)
+    }
+
+    fn get(&self, id: TransactionId) -> LogFuture<'_, Option<TransactionRecord>> {
+        self.call(id, |reply| Request::Get(id, reply))
+    }
+
+    fn needs_repair(&self, limit: usize) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.call_after_all(move |reply| Request::NeedsRepair(limit, reply))
+    }
+
+    fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>> {
+        self.call(id, |reply| Request::Reopen(id, reply))
+    }
+
+    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.call(id, |reply| Request::Resolve(id, reply))
+    }
+
+    fn unfinished_count(&self) -> LogFuture<'_, u64> {
+        self.call_after_all(Request::Count)
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, LogError>>;
+
+/// One call of [`Log`], as the writer receives it.
+enum Request {
+    Begin(Intent, Reply<Lease>),
+    Decide(Lease, Decision, Reply<Decision>),
+    Note(Lease, u32, Phase, PhaseProgress),
+    Finish(Lease, End, Reply<()>),
+    Release(Lease),
+    Renew(Lease, Reply<()>),
+    Claim(usize, Reply<Vec<(Lease, TransactionRecord)>>),
+    Get(TransactionId, Reply<Option<TransactionRecord>>),
+    NeedsRepair(usize, Reply<Vec<TransactionRecord>>),
+    Reopen(TransactionId, Reply<Option<(Lease, TransactionRecord)>>),
+    Resolve(TransactionId, Reply<bool>),
+    Count(Reply<u64>),
+    /// Answered once everything sent before it is committed.
+    Flush(Reply<()>),
+}
+
+impl Request {
+    /// Whether its caller may only hear back once the batch is on disk.
+    ///
+    /// Claims too, unlike the embedded store's: a claim lost in a database
+    /// crash would give its epoch to the next claimer as well, and the first
+    /// one's later writes would then pass for the second's.
+    fn durable(&self) -> bool {
+        matches!(
+            self,
+            Request::Begin(..)
+                | Request::Decide(..)
+                | Request::Claim(..)
+                | Request::Finish(_, End::NeedsRepair, _)
+                | Request::Renew(..)
+                | Request::Reopen(..)
+                | Request::Resolve(..)
+        )
+    }
+
+    /// The transaction a write under a lease (or a begin) concerns; `None`
+    /// for the calls that run as statements of their own.
+    fn row(&self) -> Option<TransactionId> {
+        match self {
+            Request::Begin(intent, _) => Some(intent.id),
+            Request::Decide(lease, ..)
+            | Request::Note(lease, ..)
+            | Request::Finish(lease, ..)
+            | Request::Release(lease)
+            | Request::Renew(lease, _) => Some(lease.id),
+            _ => None,
+        }
+    }
+
+    /// Gives a request the writer did not apply the batch's failure.
+    fn abandon(self, error: &LogError) {
+        fn fail<T>(reply: Reply<T>, error: &LogError) {
+            let _ = reply.send(Err(echo(error)));
+        }
+        match self {
+            Request::Begin(_, reply) => fail(reply, error),
+            Request::Decide(_, _, reply) => fail(reply, error),
+            Request::Finish(_, _, reply) | Request::Renew(_, reply) => fail(reply, error),
+            Request::Claim(_, reply) => fail(reply, error),
+            Request::Get(_, reply) => fail(reply, error),
+            Request::NeedsRepair(_, reply) => fail(reply, error),
+            Request::Reopen(_, reply) => fail(reply, error),
+            Request::Resolve(_, reply) => fail(reply, error),
+            Request::Count(reply) => fail(reply, error),
+            Request::Flush(reply) => fail(reply, error),
+            Request::Note(..) | Request::Release(_) => {}
+        }
+    }
+}
+
+/// A reply held until its batch is committed: it then sends its result, or
+/// the commit's failure.
+/// A reply whose caller went away meanwhile leaves the leases it carried in
+/// the last argument, for the writer to give back.
+type Pending = Box<dyn FnOnce(Option<&LogError>, &mut Vec<Lease>) + Send>;
+
+fn hold<T: Leases + Send + 'static>(
+    pending: &mut Vec<Pending>,
+    reply: Reply<T>,
+    result: Result<T, LogError>,
+) {
+    pending.push(Box::new(
+        move |failed: Option<&LogError>, orphans: &mut Vec<Lease>| {
+            let answer = match failed {
+                Some(error) => Err(echo(error)),
+                None => result,
+            };
+            if let Err(Ok(answer)) = reply.send(answer) {
+                orphans.extend(answer.leases().into_iter().cloned());
+            }
+        },
+    ));
+}
+
+/// Holds a reply with its result; a failed statement fails the batch.
+fn keep<T: Leases + Send + 'static>(
+    pending: &mut Vec<Pending>,
+    reply: Reply<T>,
+    result: Result<T, LogError>,
+) -> Result<(), LogError> {
+    let failed = result.as_ref().err().map(echo);
+    hold(pending, reply, result);
+    failed.map_or(Ok(()), Err)
+}
+
+/// How many transactions are unfinished or need repair.
+async fn count(tx: &Transaction<'_>) -> Result<u64, LogError> {
+    let rows = query(
+        tx,
+        "SELECT count(*) FROM tcc_log_transactions",
+        &[],
+        read_error,
+    )
+    .await?;
+    let count: i64 = rows[0].try_get(0).map_err(read_error)?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// The same kind and text, for each caller of a failed batch.
+fn echo(error: &LogError) -> LogError {
+    LogError::new(error.kind(), error.to_string())
+}
+
+/// The replies of one batch.
+#[derive(Default)]
+struct Replies {
+    /// Sent once the batch is committed.
+    held: Vec<Pending>,
+    /// `finish(Done)`: sent once its statements ran, before the commit.
+    early: Vec<Reply<()>>,
+}
+
+impl Replies {
+    fn fail(self, error: &LogError) {
+        for reply in self.early {
+            let _ = reply.send(Err(echo(error)));
+        }
+        // A failed batch took no lease: nothing to give back.
+        for reply in self.held {
+            reply(Some(error), &mut Vec::new());
+        }
+    }
+}
+
+struct Writer {
+    pool: Pool,
+    owner: String,
+    ttl_secs: f64,
+    retention: i64,
+}
+
+impl Writer {
+    async fn run(self, mut inbox: mpsc::UnboundedReceiver<Request>) {
+        let mut batch = Vec::new();
+        // Leases of callers that went away while their batch ran: given
+        // back first thing in the next batch, before any claim in it.
+        let mut orphans = Vec::new();
+        // Ends once every handle is dropped and every request sent applied.
+        while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            batch.splice(0..0, orphans.drain(..).map(Request::Release));
+            let durable = batch.iter().any(Request::durable);
+            let mut requests = batch.drain(..);
+            let mut replies = Replies::default();
+            match self.apply(&mut requests, durable, &mut replies).await {
+                Ok(()) => {
+                    for reply in replies.held {
+                        reply(None, &mut orphans);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "a batch of the PostgreSQL log failed");
+                    requests.for_each(|r| r.abandon(&error));
+                    replies.fail(&error);
+                }
+            }
+        }
+    }
+
+    /// Applies a batch in one database transaction and commits it.
+    async fn apply(
+        &self,
+        requests: &mut impl Iterator<Item = Request>,
+        durable: bool,
+        replies: &mut Replies,
+    ) -> Result<(), LogError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(write_error)?;
+        if !durable {
+            // Lazy writes only: committed without waiting for the WAL flush;
+            // the next durable commit carries them to disk (the WAL is
+            // written in order), a database crash before it loses them, and
+            // recovery repeats what they recorded.
+            tx.batch_execute("SET LOCAL synchronous_commit TO off")
+                .await
+                .map_err(write_error)?;
+        }
+        let mut segment = Segment::default();
+        for request in requests.by_ref() {
+            if request.row().is_some() {
+                segment.requests.push(request);
+                continue;
+            }
+            // A call with a statement of its own sees every write before it.
+            if let Err(error) = self.flush(&tx, &mut segment, replies).await {
+                request.abandon(&error);
+                return Err(error);
+            }
+            let gone = self.direct(&tx, request, &mut replies.held).await?;
+            segment
+                .requests
+                .extend(gone.into_iter().map(Request::Release));
+        }
+        self.flush(&tx, &mut segment, replies).await?;
+        // The commit, durable if any request of the batch needs it: every
+        // intent, decision, repair state and lease change of the batch is
+        // then on disk, and only then does a caller of those hear back. A
+        // crash (of this process or of the database) before it leaves the
+        // tables as the last commit left them: no caller was told of a
+        // durable write of this batch, so none ran a Try or a phase 2
+        // because of it.
+        tx.commit()
+            .await
+            .map_err(|e| sql_error("cannot commit to the log", e))
+    }
+
+    /// Applies the writes gathered in `segment` under the rules, as a few
+    /// multi-row statements, and answers each `finish(Done)`.
+    async fn flush(
+        &self,
+        tx: &Transaction<'_>,
+        segment: &mut Segment,
+        replies: &mut Replies,
+    ) -> Result<(), LogError> {
+        if segment.requests.is_empty() {
+            return Ok(());
+        }
+        let requests = std::mem::take(&mut segment.requests);
+        let mut rows = match Rows::load(tx, &requests).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                requests.into_iter().for_each(|r| r.abandon(&error));
+                return Err(error);
+            }
+        };
+        for request in requests {
+            rows.apply(request, replies);
+        }
+        rows.write(tx, self).await?;
+        for reply in replies.early.drain(..) {
+            // Lazy, so its caller need not wait for the commit: it hears
+            // back once the end is written in the transaction. Were the
+            // commit to fail, the end would be lost as in a crash, and
+            // recovery would finish the transaction again.
+            let _ = reply.send(Ok(()));
+        }
+        Ok(())
+    }
+
+    /// A call that runs as a statement of its own: claims, reads, and the
+    /// operator's calls. Returns the leases it took for a caller that is
+    /// gone already (its future dropped): no one will drive those
+    /// transactions, so they are given back in this batch, before any
+    /// later claim.
+    async fn direct(
+        &self,
+        tx: &Transaction<'_>,
+        request: Request,
+        held: &mut Vec<Pending>,
+    ) -> Result<Vec<Lease>, LogError> {
+        fn gone<T: Leases>(reply: &Reply<T>, result: &Result<T, LogError>) -> Vec<Lease> {
+            match result {
+                Ok(answer) if reply.is_closed() => answer.leases().into_iter().cloned().collect(),
+                _ => Vec::new(),
+            }
+        }
+        match request {
+            Request::Claim(limit, reply) => {
+                let result = self.claim(tx, limit).await;
+                let given_back = gone(&reply, &result);
+                keep(held, reply, result).map(|()| given_back)
+            }
+            Request::Reopen(id, reply) => {
+                let result = self.reopen(tx, id).await;
+                let given_back = gone(&reply, &result);
+                keep(held, reply, result).map(|()| given_back)
+            }
+            Request::Get(id, reply) => keep(held, reply, get(tx, id).await).map(|()| Vec::new()),
+            Request::NeedsRepair(limit, reply) => {
+                let result = self.needs_repair(tx, limit).await;
+                keep(held, reply, result).map(|()| Vec::new())
+            }
+            Request::Resolve(id, reply) => {
+                let result = self.resolve(tx, id).await;
+                keep(held, reply, result).map(|()| Vec::new())
+            }
+            Request::Count(reply) => {
+                let result = count(tx).await;
+                keep(held, reply, result).map(|()| Vec::new())
+            }
+            Request::Flush(reply) => keep(held, reply, Ok(())).map(|()| Vec::new()),
+            other => unreachable!("{} is applied in a segment", other.name()),
+        }
+    }
+
+    async fn needs_repair(
+        &self,
+        tx: &Transaction<'_>,
+        limit: usize,
+    ) -> Result<Vec<TransactionRecord>, LogError> {
+        let rows = query(
+            tx,
+            concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM tcc_log_transactions WHERE status = 2 ORDER BY started_at, id LIMIT $1"
+            ),
+            &[&limit_param(limit)],
+            read_error,
+        )
+        .await?;
+        rows.iter()
+            .map(|row| record_of(row).map(|(_, record)| record))
+            .collect()
+    }
+
+    async fn reopen(
+        &self,
+        tx: &Transaction<'_>,
+        id: TransactionId,
+    ) -> Result<Option<(Lease, TransactionRecord)>, LogError> {
+        // Durable (the batch is). A crash before the commit: still
+        // needing repair, the operator reopens it again. After:
+        // decided and held by this coordinator, so recovery drives it
+        // once the lease expires if this process dies.
+        let rows = query(
+            tx,
+            "UPDATE tcc_log_transactions
+             SET status = 1, epoch = epoch + 1, owner = $2,
+                 expires = now() + make_interval(secs => $3)
+             WHERE id = $1 AND status = 2
+             RETURNING id, status, decision, started_at, epoch, names, kinds, data,
+                       attempts, succeeded, errors",
+            &[&id.to_string(), &self.owner, &self.ttl_secs],
+            write_error,
+        )
+        .await?;
+        rows.first().map(record_of).transpose()
+    }
+
+    async fn resolve(&self, tx: &Transaction<'_>, id: TransactionId) -> Result<bool, LogError> {
+        // Durable (the batch is). A crash before the commit: still
+        // needing repair. After: its outcome only.
+        let rows = query(
+            tx,
+            "DELETE FROM tcc_log_transactions WHERE id = $1 AND status = 2
+             RETURNING decision, started_at",
+            &[&id.to_string()],
+            write_error,
+        )
+        .await?;
+        Ok(match rows.first() {
+            Some(row) => {
+                let outcome = OutcomeRow {
+                    id: id.to_string(),
+                    decision: row.try_get(0).map_err(read_error)?,
+                    started_at: Some(row.try_get(1).map_err(read_error)?),
+                };
+                let outcomes = [outcome];
+                let mut pipeline = Pipeline::default();
+                self.add_outcomes(&mut pipeline, &outcomes);
+                pipeline.run(tx).await?;
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Takes up to `limit` transactions whose lease expired on the
+    /// database's clock, skipping rows another coordinator has locked.
+    async fn claim(
+        &self,
+        tx: &Transaction<'_>,
+        limit: usize,
+    ) -> Result<Vec<(Lease, TransactionRecord)>, LogError> {
+        // Durable (the batch is). A crash before the commit: the rows stay
+        // as they were, claimable once their leases expire. After: claimed
+        // under this epoch, which no later claim can hand out again.
+        let rows = query(
+            tx,
+            // MATERIALIZED: the rows are picked (and locked) once, so the
+            // limit holds whatever plan the update gets.
+            "WITH picked AS MATERIALIZED (
+                 SELECT id FROM tcc_log_transactions
+                 WHERE status < 2 AND expires <= now()
+                 ORDER BY expires
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE tcc_log_transactions t
+             SET epoch = t.epoch + 1, owner = $2,
+                 expires = now() + make_interval(secs => $3)
+             FROM picked
+             WHERE t.id = picked.id
+             RETURNING t.id, t.status, t.decision, t.started_at, t.epoch, t.names, t.kinds,
+                       t.data, t.attempts, t.succeeded, t.errors",
+            &[&limit_param(limit), &self.owner, &self.ttl_secs],
+            write_error,
+        )
+        .await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// Keeps the outcomes of finished transactions, then prunes the oldest
+    /// beyond the retention, a few for each added.
+    fn add_outcomes<'a>(&self, pipeline: &mut Pipeline<'a>, outcomes: &'a [OutcomeRow]) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
+        let decisions: Vec<i16> = outcomes.iter().map(|o| o.decision).collect();
+        let started: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.started_at).collect();
+        pipeline.push(
+            "INSERT INTO tcc_log_outcomes (id, decision, started_at, finished_at)
+             SELECT u.id, u.decision, coalesce(u.started_at, now()), now()
+             FROM unnest($1::text[], $2::smallint[], $3::timestamptz[])
+                 AS u(id, decision, started_at)",
+            vec![Box::new(ids), Box::new(decisions), Box::new(started)],
+        );
+        // The newest outcome's number less the retention: what is older goes.
+        // Numbers lost to rolled-back transactions make it keep a few less.
+        // SKIP LOCKED: two coordinators pruning at once never wait on each
+        // other.
+        let most = PRUNE_PER_OUTCOME * outcomes.len() as i64;
+        pipeline.push(
+            "DELETE FROM tcc_log_outcomes WHERE seq IN (
+                 SELECT seq FROM tcc_log_outcomes
+                 WHERE seq <= (SELECT max(seq) FROM tcc_log_outcomes) - $1
+                 ORDER BY seq LIMIT $2
+                 FOR UPDATE SKIP LOCKED)",
+            vec![Box::new(self.retention), Box::new(most)],
+        );
+    }
+}
+
+impl Request {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Begin(..) => "begin",
+            Request::Decide(..) => "decide",
+            Request::Note(..) => "note",
+            Request::Finish(..) => "finish",
+            Request::Release(..) => "release",
+            Request::Renew(..) => "renew",
+            Request::Claim(..) => "claim_unfinished",
+            Request::Get(..) => "get",
+            Request::NeedsRepair(..) => "needs_repair",
+            Request::Reopen(..) => "reopen",
+            Request::Resolve(..) => "resolve",
+            Request::Count(..) => "unfinished_count",
+            Request::Flush(..) => "flush",
+        }
+    }
+}
+
+/// Consecutive writes of a batch under leases (and begins): applied together.
+#[derive(Default)]
+struct Segment {
+    requests: Vec<Request>,
+}
+
+/// What a segment does to a row's lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    /// Unchanged.
+    Keep,
+    /// Now plus the lease's time to live: taken or renewed.
+    Extend,
+    /// Now: given back, claimable at once.
+    Expire,
+}
+
+impl Expiry {
+    fn code(self) -> i16 {
+        match self {
+            Expiry::Keep => 0,
+            Expiry::Extend => 1,
+            Expiry::Expire => 2,
+        }
+    }
+}
+
+/// A transaction's row as a segment sees it.
+struct RowState {
+    status: i16,
+    decision: Option<i16>,
+    epoch: i64,
+    owner: Option<String>,
+    /// `None` for a row begun in this segment: the database's `now()`.
+    started_at: Option<SystemTime>,
+    /// Each participant's progress in each phase.
+    progress: Vec<[PhaseProgress; 3]>,
+    /// The participants of a row begun in this segment.
+    intent: Vec<ParticipantEntry>,
+    expiry: Expiry,
+    /// Begun in this segment: inserted, not updated.
+    new: bool,
+    changed: bool,
+    /// Notes changed its progress.
+    noted: bool,
+}
+
+/// The rows a segment's writes touch, locked and read at its start, then
+/// changed in memory by the rules, request by request, in order; then
+/// written.
+struct Rows {
+    rows: HashMap<TransactionId, RowState>,
+    /// Ids with an outcome (a begin of one is a duplicate).
+    finished: HashSet<TransactionId>,
+    /// Rows deleted that the database has.
+    deleted: Vec<TransactionId>,
+    outcomes: Vec<OutcomeRow>,
+}
+
+/// A finished transaction's outcome, to be kept.
+struct OutcomeRow {
+    id: String,
+    decision: i16,
+    started_at: Option<SystemTime>,
+}
+
+const UNDECIDED: i16 = 0;
+const DECIDED: i16 = 1;
+const NEEDS_REPAIR: i16 = 2;
+
+fn decision_code(decision: Decision) -> i16 {
+    match decision {
+        Decision::Confirm => 0,
+        Decision::Cancel => 1,
+    }
+}
+
+fn decision_of(code: i16) -> Result<Decision, LogError> {
+    match code {
+        0 => Ok(Decision::Confirm),
+        1 => Ok(Decision::Cancel),
+        other => Err(LogError::new(
+            LogErrorKind::Corrupt,
+            format!("the log holds an unknown decision code {other}"),
+        )),
+    }
+}
+
+fn status_of(status: i16, decision: Option<i16>) -> Result<Status, LogError> {
+    Ok(match (status, decision) {
+        (UNDECIDED, _) => Status::Undecided,
+        (DECIDED, Some(d)) => Status::Decided(decision_of(d)?),
+        (NEEDS_REPAIR, Some(d)) => Status::NeedsRepair(decision_of(d)?),
+        // Finished in repair before deciding: presumed abort.
+        (NEEDS_REPAIR, None) => Status::NeedsRepair(Decision::Cancel),
+        (status, decision) => {
+            return Err(LogError::new(
+                LogErrorKind::Corrupt,
+                format!("the log holds an unknown status {status} (decision {decision:?})"),
+            ));
+        }
+    })
+}
+
+fn epoch_param(epoch: u64) -> i64 {
+    i64::try_from(epoch).unwrap_or(i64::MAX)
+}
+
+fn epoch_of(epoch: i64) -> u64 {
+    u64::try_from(epoch).unwrap_or(0)
+}
+
+fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl Rows {
+    /// Locks and reads the rows `requests` touch, and which of the begun ids
+    /// have an outcome.
+    async fn load(tx: &Transaction<'_>, requests: &[Request]) -> Result<Rows, LogError> {
+        let mut ids: Vec<String> = requests
+            .iter()
+            .filter_map(Request::row)
+            .map(|id| id.to_string())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // Locked in id order, so that two coordinators' batches never wait
+        // on each other in a cycle; until the commit, no claim can take them
+        // (claims skip locked rows), so the epochs read here stay the rows'.
+        let begun: Vec<String> = requests
+            .iter()
+            .filter_map(|r| match r {
+                Request::Begin(intent, _) => Some(intent.id.to_string()),
+                _ => None,
+            })
+            .collect();
+        // Both sent at once (pipelined): one round trip.
+        let (found, outcomes) = futures_util::future::try_join(
+            query(
+                tx,
+                "SELECT id, status, decision, epoch, owner, started_at,
+                        attempts, succeeded, errors
+                 FROM tcc_log_transactions WHERE id = ANY($1)
+                 ORDER BY id FOR NO KEY UPDATE",
+                &[&ids],
+                read_error,
+            ),
+            query(
+                tx,
+                "SELECT id FROM tcc_log_outcomes WHERE id = ANY($1)",
+                &[&begun],
+                read_error,
+            ),
+        )
+        .await?;
+        let mut rows = HashMap::with_capacity(found.len());
+        for row in &found {
+            let id = parse_id(row.try_get(0).map_err(read_error)?)?;
+            rows.insert(
+                id,
+                RowState {
+                    status: row.try_get(1).map_err(read_error)?,
+                    decision: row.try_get(2).map_err(read_error)?,
+                    epoch: row.try_get(3).map_err(read_error)?,
+                    owner: row.try_get(4).map_err(read_error)?,
+                    started_at: Some(row.try_get(5).map_err(read_error)?),
+                    progress: progress_of(id, row, 6)?,
+                    intent: Vec::new(),
+                    expiry: Expiry::Keep,
+                    new: false,
+                    changed: false,
+                    noted: false,
+                },
+            );
+        }
+        let mut finished = HashSet::new();
+        for row in &outcomes {
+            finished.insert(parse_id(row.try_get(0).map_err(read_error)?)?);
+        }
+        Ok(Rows {
+            rows,
+            finished,
+            deleted: Vec::new(),
+            outcomes: Vec::new(),
+        })
+    }
+
+    /// The row a write under `lease` may change, or why it may not: the row
+    /// is gone (finished) or its epoch moved (claimed, released, ended).
+    fn held(&mut self, lease: &Lease) -> Result<&mut RowState, LogError> {
+        match self.rows.get_mut(&lease.id) {
+            Some(row) if row.epoch == epoch_param(lease.epoch) => Ok(row),
+            _ => Err(LogError::fenced(lease)),
+        }
+    }
+
+    /// Applies one request under the rules; its reply goes to `replies`.
+    fn apply(&mut self, request: Request, replies: &mut Replies) {
+        match request {
+            Request::Begin(intent, reply) => {
+                let result = self.begin(&intent);
+                // Its caller is gone already (its future dropped): no one
+                // will drive it, so the lease goes back at once, and a claim
+                // later in the batch takes the transaction.
+                if reply.is_closed()
+                    && let Ok(lease) = &result
+                {
+                    self.release(lease);
+                }
+                hold(&mut replies.held, reply, result);
+            }
+            Request::Decide(lease, decision, reply) => {
+                let result = self.held(&lease).and_then(|row| match row.decision {
+                    Some(existing) if row.status != UNDECIDED => decision_of(existing),
+                    _ => {
+                        // The decision (durable: the batch is). A crash
+                        // before the commit: still undecided, so recovery
+                        // cancels; no phase 2 ran, as the caller waits for
+                        // the commit. After: recovery drives this decision
+                        // to its end, never the other one.
+                        row.status = DECIDED;
+                        row.decision = Some(decision_code(decision));
+                        row.changed = true;
+                        Ok(decision)
+                    }
+                });
+                hold(&mut replies.held, reply, result);
+            }
+            Request::Note(lease, participant, phase, progress) => match self.held(&lease) {
+                Ok(row) if (participant as usize) < row.progress.len() => {
+                    // Lazy: lost in a crash before the next durable commit,
+                    // and then recovery calls this participant's phase again
+                    // (phases repeat safely) with a lower attempt count.
+                    row.progress[participant as usize][phase as usize] = progress;
+                    row.noted = true;
+                    row.changed = true;
+                }
+                Ok(_) => {
+                    tracing::debug!(id = %lease.id, participant, "note dropped: no such participant")
+                }
+                Err(error) => tracing::debug!(%error, "note dropped"),
+            },
+            Request::Finish(lease, End::Done, reply) => match self.held(&lease) {
+                Ok(row) => {
+                    // Presumed abort: a transaction that never decided was
+                    // cancelled.
+                    let decision = row.decision.unwrap_or(decision_code(Decision::Cancel));
+                    let started_at = row.started_at;
+                    let new = row.new;
+                    // Lazy: a crash before the next durable commit brings
+                    // the decided row back, and recovery runs phase 2 again.
+                    self.rows.remove(&lease.id);
+                    if !new {
+                        self.deleted.push(lease.id);
+                    }
+                    self.finished.insert(lease.id);
+                    self.outcomes.push(OutcomeRow {
+                        id: lease.id.to_string(),
+                        decision,
+                        started_at,
+                    });
+                    replies.early.push(reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Request::Finish(lease, End::NeedsRepair, reply) => {
+                let result = self.held(&lease).map(|row| {
+                    // Durable (the batch is). A crash before the commit:
+                    // still decided, and recovery retries phase 2 (once more,
+                    // then here again). After: listed by needs_repair for an
+                    // operator. The epoch moves: the lease has ended.
+                    row.status = NEEDS_REPAIR;
+                    row.decision = Some(row.decision.unwrap_or(decision_code(Decision::Cancel)));
+                    row.epoch += 1;
+                    row.owner = None;
+                    row.expiry = Expiry::Expire;
+                    row.changed = true;
+                });
+                hold(&mut replies.held, reply, result);
+            }
+            Request::Release(lease) => self.release(&lease),
+            Request::Renew(lease, reply) => {
+                let result = self.held(&lease).map(|row| {
+                    // Durable (the batch is), so that a renewal this
+                    // coordinator was told of survives a database crash.
+                    row.expiry = Expiry::Extend;
+                    row.changed = true;
+                });
+                hold(&mut replies.held, reply, result);
+            }
+            other => unreachable!("{} runs as a statement of its own", other.name()),
+        }
+    }
+
+    fn release(&mut self, lease: &Lease) {
+        if let Ok(row) = self.held(lease) {
+            // Lazy: a release lost in a crash leaves the lease to expire
+            // instead. The epoch moves, so the given-back lease can write
+            // nothing more.
+            row.epoch += 1;
+            row.owner = None;
+            row.expiry = Expiry::Expire;
+            row.changed = true;
+        }
+    }
+
+    fn begin(&mut self, intent: &Intent) -> Result<Lease, LogError> {
+        let id = intent.id;
+        if self.rows.contains_key(&id) || self.finished.contains(&id) {
+            return Err(LogError::new(
+                LogErrorKind::Duplicate,
+                format!("transaction {id} is already in the log"),
+            ));
+        }
+        // The intent (durable: the batch is). A crash before the commit: no
+        // Try ran, nothing to undo. After: an undecided row, which recovery
+        // cancels everywhere (presumed abort) once its lease expires.
+        self.rows.insert(
+            id,
+            RowState {
+                status: UNDECIDED,
+                decision: None,
+                epoch: 1,
+                owner: None,
+                started_at: None,
+                progress: vec![Default::default(); intent.participants.len()],
+                intent: intent.participants.clone(),
+                expiry: Expiry::Extend,
+                new: true,
+                changed: true,
+                noted: true,
+            },
+        );
+        Ok(Lease { id, epoch: 1 })
+    }
+
+    /// Writes what the segment changed: new rows, changed rows (their
+    /// decisions, leases and notes), removed rows, outcomes.
+    async fn write(self, tx: &Transaction<'_>, writer: &Writer) -> Result<(), LogError> {
+        let mut inserted = RowParams::default();
+        let mut updated = RowParams::default();
+        // The intents of the inserted rows, in PostgreSQL's text form.
+        let (mut names, mut kinds, mut data) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, row) in &self.rows {
+            if row.new {
+                inserted.push(*id, row, Some(&writer.owner));
+                names.push(text_array(row.intent.iter().map(|p| Some(p.name.as_str()))));
+                kinds.push(text_array(row.intent.iter().map(|p| Some(p.kind.as_str()))));
+                data.push(bytea_array(row.intent.iter().map(|p| p.data.as_slice())));
+            } else if row.changed {
+                updated.push(*id, row, None);
+            }
+        }
+        let mut pipeline = Pipeline::default();
+        if !inserted.ids.is_empty() {
+            pipeline.push(
+                "INSERT INTO tcc_log_transactions
+                     (id, status, decision, epoch, owner, expires, started_at,
+                      names, kinds, data, attempts, succeeded, errors)
+                 SELECT u.id, u.status, u.decision, u.epoch, u.owner,
+                        CASE u.expiry WHEN 1 THEN now() + make_interval(secs => $13)
+                                      ELSE now() END,
+                        now(), u.names::text[], u.kinds::text[], u.data::bytea[],
+                        u.attempts::bigint[], u.succeeded::boolean[], u.errors::text[]
+                 FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::bigint[],
+                             $5::text[], $6::smallint[], $7::text[], $8::text[], $9::text[],
+                             $10::text[], $11::text[], $12::text[])
+                     AS u(id, status, decision, epoch, owner, expiry, names, kinds, data,
+                          attempts, succeeded, errors)",
+                vec![
+                    Box::new(inserted.ids),
+                    Box::new(inserted.status),
+                    Box::new(inserted.decision),
+                    Box::new(inserted.epoch),
+                    Box::new(inserted.owner),
+                    Box::new(inserted.expiry),
+                    Box::new(names),
+                    Box::new(kinds),
+                    Box::new(data),
+                    Box::new(inserted.attempts),
+                    Box::new(inserted.succeeded),
+                    Box::new(inserted.errors),
+                    Box::new(writer.ttl_secs),
+                ],
+            );
+        }
+        if !updated.ids.is_empty() {
+            // Progress arrays only for the rows notes changed (NULL: kept).
+            pipeline.push(
+                "UPDATE tcc_log_transactions t
+                 SET status = u.status, decision = u.decision, epoch = u.epoch,
+                     owner = u.owner,
+                     expires = CASE u.expiry WHEN 0 THEN t.expires
+                                             WHEN 1 THEN now() + make_interval(secs => $10)
+                                             ELSE now() END,
+                     attempts = coalesce(u.attempts::bigint[], t.attempts),
+                     succeeded = coalesce(u.succeeded::boolean[], t.succeeded),
+                     errors = coalesce(u.errors::text[], t.errors)
+                 FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::bigint[],
+                             $5::text[], $6::smallint[], $7::text[], $8::text[], $9::text[])
+                     AS u(id, status, decision, epoch, owner, expiry, attempts, succeeded,
+                          errors)
+                 WHERE t.id = u.id",
+                vec![
+                    Box::new(updated.ids),
+                    Box::new(updated.status),
+                    Box::new(updated.decision),
+                    Box::new(updated.epoch),
+                    Box::new(updated.owner),
+                    Box::new(updated.expiry),
+                    Box::new(updated.attempts),
+                    Box::new(updated.succeeded),
+                    Box::new(updated.errors),
+                    Box::new(writer.ttl_secs),
+                ],
+            );
+        }
+        if !self.deleted.is_empty() {
+            let ids: Vec<String> = self.deleted.iter().map(ToString::to_string).collect();
+            pipeline.push(
+                "DELETE FROM tcc_log_transactions WHERE id = ANY($1)",
+                vec![Box::new(ids)],
+            );
+        }
+        writer.add_outcomes(&mut pipeline, &self.outcomes);
+        pipeline.run(tx).await
+    }
+}
+
+/// A parameter of a pipelined statement.
+type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+
+/// Write statements sent together: PostgreSQL runs them in order, and the
+/// writer waits once for all their answers rather than once for each (one
+/// round trip, not one per statement). The first that fails fails the
+/// batch; the database then refuses the rest of its transaction.
+#[derive(Default)]
+struct Pipeline<'a> {
+    statements: Vec<(&'static str, Vec<Param<'a>>)>,
+}
+
+impl<'a> Pipeline<'a> {
+    fn push(&mut self, sql: &'static str, params: Vec<Param<'a>>) {
+        self.statements.push((sql, params));
+    }
+
+    async fn run(self, tx: &Transaction<'_>) -> Result<(), LogError> {
+        let mut prepared = Vec::with_capacity(self.statements.len());
+        for (sql, _) in &self.statements {
+            // A round trip the first time a connection sees a statement.
+            prepared.push(tx.prepare_cached(sql).await.map_err(write_error)?);
+        }
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = self
+            .statements
+            .iter()
+            .map(|(_, params)| params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect())
+            .collect();
+        let runs = prepared
+            .iter()
+            .zip(&params)
+            .map(|(statement, params)| tx.execute(statement, params));
+        futures_util::future::try_join_all(runs)
+            .await
+            .map(drop)
+            .map_err(write_error)
+    }
+}
+
+/// The columns of rows to insert or update, as arrays for `unnest`.
+#[derive(Default)]
+struct RowParams {
+    ids: Vec<String>,
+    status: Vec<i16>,
+    decision: Vec<Option<i16>>,
+    epoch: Vec<i64>,
+    owner: Vec<Option<String>>,
+    expiry: Vec<i16>,
+    /// Progress arrays in PostgreSQL's text form, `None` if unchanged.
+    attempts: Vec<Option<String>>,
+    succeeded: Vec<Option<String>>,
+    errors: Vec<Option<String>>,
+}
+
+impl RowParams {
+    fn push(&mut self, id: TransactionId, row: &RowState, owner: Option<&str>) {
+        self.ids.push(id.to_string());
+        self.status.push(row.status);
+        self.decision.push(row.decision);
+        self.epoch.push(row.epoch);
+        let owner = match row.expiry {
+            Expiry::Expire => None,
+            _ => owner.map(str::to_owned).or_else(|| row.owner.clone()),
+        };
+        self.owner.push(owner);
+        self.expiry.push(row.expiry.code());
+        let phases = || row.progress.iter().flat_map(|phases| phases.iter());
+        let noted = |text: String| row.noted.then_some(text);
+        self.attempts
+            .push(noted(int_array(phases().map(|p| p.attempts))));
+        self.succeeded
+            .push(noted(bool_array(phases().map(|p| p.succeeded))));
+        self.errors
+            .push(noted(text_array(phases().map(|p| p.last_error.as_deref()))));
+    }
+}
+
+/// Runs a statement (prepared once per connection) and returns its rows;
+/// a failure is described by `error`.
+async fn query(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    error: fn(tokio_postgres::Error) -> LogError,
+) -> Result<Vec<tokio_postgres::Row>, LogError> {
+    let statement = tx.prepare_cached(sql).await.map_err(error)?;
+    tx.query(&statement, params).await.map_err(error)
+}
+
+/// A record, and its lease when the row was just claimed, from the
+/// columns of [`record_columns!`].
+fn record_of(row: &tokio_postgres::Row) -> Result<(Lease, TransactionRecord), LogError> {
+    let id = parse_id(row.try_get(0).map_err(read_error)?)?;
+    let status = status_of(
+        row.try_get(1).map_err(read_error)?,
+        row.try_get(2).map_err(read_error)?,
+    )?;
+    let started_at: SystemTime = row.try_get(3).map_err(read_error)?;
+    let epoch: i64 = row.try_get(4).map_err(read_error)?;
+    let names: Vec<String> = row.try_get(5).map_err(read_error)?;
+    let kinds: Vec<String> = row.try_get(6).map_err(read_error)?;
+    let data: Vec<Vec<u8>> = row.try_get(7).map_err(read_error)?;
+    let progress = progress_of(id, row, 8)?;
+    if kinds.len() != names.len() || data.len() != names.len() || progress.len() != names.len() {
+        return Err(corrupt(id, "its participants' columns differ in length"));
+    }
+    let participants = names
+        .into_iter()
+        .zip(kinds)
+        .zip(data)
+        .map(|((name, kind), data)| ParticipantEntry { name, kind, data })
+        .collect();
+    let record = TransactionRecord {
+        intent: Intent { id, participants },
+        status,
+        progress,
+        started_at,
+        damage: None,
+    };
+    Ok((
+        Lease {
+            id,
+            epoch: epoch_of(epoch),
+        },
+        record,
+    ))
+}
+
+/// The progress in the columns `attempts, succeeded, errors` from `first`.
+fn progress_of(
+    id: TransactionId,
+    row: &tokio_postgres::Row,
+    first: usize,
+) -> Result<Vec<[PhaseProgress; 3]>, LogError> {
+    let attempts: Vec<i64> = row.try_get(first).map_err(read_error)?;
+    let succeeded: Vec<bool> = row.try_get(first + 1).map_err(read_error)?;
+    let errors: Vec<Option<String>> = row.try_get(first + 2).map_err(read_error)?;
+    if !attempts.len().is_multiple_of(3)
+        || succeeded.len() != attempts.len()
+        || errors.len() != attempts.len()
+    {
+        return Err(corrupt(
+            id,
+            "its progress is not three phases per participant",
+        ));
+    }
+    let mut errors = errors.into_iter();
+    Ok(attempts
+        .chunks(3)
+        .zip(succeeded.chunks(3))
+        .map(|(attempts, succeeded)| {
+            std::array::from_fn(|phase| PhaseProgress {
+                attempts: u32::try_from(attempts[phase]).unwrap_or(u32::MAX),
+                succeeded: succeeded[phase],
+                last_error: errors.next().flatten(),
+            })
+        })
+        .collect())
+}
+
+fn corrupt(id: TransactionId, what: &str) -> LogError {
+    LogError::new(
+        LogErrorKind::Corrupt,
+        format!("the log's row of transaction {id} is damaged: {what}"),
+    )
+}
+
+/// The text form of a PostgreSQL array of text (`None`: NULL), for a
+/// statement that writes one array per row (`unnest` cannot carry arrays of
+/// different lengths).
+fn text_array<'a>(items: impl Iterator<Item = Option<&'a str>>) -> String {
+    let mut out = String::from("{");
+    for (index, item) in items.enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        match item {
+            None => out.push_str("NULL"),
+            Some(text) => {
+                out.push('"');
+                for c in text.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The text form of a PostgreSQL `bytea[]`: each element in hex (`\x..`).
+fn bytea_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> String {
+    let hex: Vec<String> = items
+        .map(|bytes| {
+            let mut text = String::with_capacity(2 + 2 * bytes.len());
+            text.push_str("\\x");
+            for byte in bytes {
+                text.push_str(&format!("{byte:02x}"));
+            }
+            text
+        })
+        .collect();
+    text_array(hex.iter().map(|h| Some(h.as_str())))
+}
+
+fn int_array(items: impl Iterator<Item = u32>) -> String {
+    let items: Vec<String> = items.map(|n| n.to_string()).collect();
+    format!("{{{}}}", items.join(","))
+}
+
+fn bool_array(items: impl Iterator<Item = bool>) -> String {
+    let items: Vec<&str> = items.map(|b| if b { "t" } else { "f" }).collect();
+    format!("{{{}}}", items.join(","))
+}
+
+/// One transaction's state: its row, else its outcome.
+async fn get(
+    tx: &Transaction<'_>,
+    id: TransactionId,
+) -> Result<Option<TransactionRecord>, LogError> {
+    let key = id.to_string();
+    let (rows, outcomes) = futures_util::future::try_join(
+        query(
+            tx,
+            concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM tcc_log_transactions WHERE id = $1"
+            ),
+            &[&key],
+            read_error,
+        ),
+        query(
+            tx,
+            "SELECT decision, started_at FROM tcc_log_outcomes WHERE id = $1",
+            &[&key],
+            read_error,
+        ),
+    )
+    .await?;
+    if let Some(row) = rows.first() {
+        return record_of(row).map(|(_, record)| Some(record));
+    }
+    outcomes
+        .first()
+        .map(|row| {
+            Ok(TransactionRecord {
+                intent: Intent {
+                    id,
+                    participants: Vec::new(),
+                },
+                status: Status::Done(decision_of(row.try_get(0).map_err(read_error)?)?),
+                progress: Vec::new(),
+                started_at: row.try_get(1).map_err(read_error)?,
+                damage: None,
+            })
+        })
+        .transpose()
+}
+
+/// Refuses a database without the log's tables, with older ones, or with
+/// tables of those names that are not the log's.
+async fn check_schema(pool: &Pool) -> Result<(), LogError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let current = client
+        .query_one("SELECT current_schema()", &[])
+        .await
+        .map_err(read_error)?;
+    let schema: Option<String> = current.try_get(0).map_err(read_error)?;
+    let schema = schema.unwrap_or_else(|| "(none: the search_path names no schema)".into());
+    let version = match client
+        .query_opt("SELECT version FROM tcc_log_schema", &[])
+        .await
+    {
+        Ok(Some(row)) => Some(row.try_get::<_, i32>(0).map_err(read_error)?),
+        Ok(None) => None,
+        Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+            return Err(LogError::new(
+                LogErrorKind::Schema,
+                format!(
+                    "the database has no transaction log tables in schema {schema}: {MIGRATE_HINT}"
+                ),
+            ));
+        }
+        Err(error) => return Err(foreign_or(error, "cannot read the log's schema version")),
+    };
+    match version {
+        Some(SCHEMA_VERSION) => {}
+        Some(version) if version > SCHEMA_VERSION => return Err(newer(version)),
+        found => {
+            return Err(LogError::new(
+                LogErrorKind::Schema,
+                format!(
+                    "the transaction log tables in schema {schema} are at version {}, this version of tcc needs {SCHEMA_VERSION}: {MIGRATE_HINT}",
+                    found.unwrap_or(0)
+                ),
+            ));
+        }
+    }
+    // Tables of the same names made by something else: refused before any
+    // write, naming what is wrong.
+    client
+        .batch_execute(
+            "SELECT id, status, decision, epoch, owner, expires, started_at, names, kinds,
+                    data, attempts, succeeded, errors
+                 FROM tcc_log_transactions LIMIT 0;
+             SELECT id, decision, started_at, finished_at, seq FROM tcc_log_outcomes LIMIT 0;",
+        )
+        .await
+        .map_err(|e| foreign_or(e, "cannot read the log's tables"))
+}
+
+fn newer(version: i32) -> LogError {
+    LogError::new(
+        LogErrorKind::Schema,
+        format!(
+            "the transaction log tables are at schema version {version}, written by a newer version of tcc; this one reads version {SCHEMA_VERSION}"
+        ),
+    )
+}
+
+/// A statement on the log's tables failed: tables of the log's names that
+/// are not the log's are a [`Schema`](LogErrorKind::Schema) error, anything
+/// else an I/O one.
+fn foreign_or(error: tokio_postgres::Error, what: &str) -> LogError {
+    let foreign = [
+        SqlState::UNDEFINED_COLUMN,
+        SqlState::DUPLICATE_TABLE,
+        SqlState::DATATYPE_MISMATCH,
+        SqlState::UNDEFINED_TABLE,
+    ];
+    match error.code() {
+        Some(code) if foreign.contains(code) => LogError::new(
+            LogErrorKind::Schema,
+            format!(
+                "{what}: tables named tcc_log_* exist that are not the transaction log's ({}); drop or rename them, or give the log another schema in the search_path, then {MIGRATE_HINT}",
+                error
+                    .as_db_error()
+                    .map_or_else(|| error.to_string(), |e| e.message().to_owned())
+            ),
+        ),
+        _ => sql_error(what, error),
+    }
+}
+
+fn parse_id(text: String) -> Result<TransactionId, LogError> {
+    text.parse().map_err(|e| {
+        LogError::new(
+            LogErrorKind::Corrupt,
+            "the log holds a row whose id is not a transaction id",
+        )
+        .with_source(e)
+    })
+}
+
+fn sql_error(what: &str, error: tokio_postgres::Error) -> LogError {
+    LogError::new(LogErrorKind::Io, format!("{what} (PostgreSQL)")).with_source(error)
+}
+
+fn read_error(error: tokio_postgres::Error) -> LogError {
+    sql_error("cannot read the log", error)
+}
+
+fn write_error(error: tokio_postgres::Error) -> LogError {
+    sql_error("cannot write the log", error)
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> LogError {
+    LogError::new(
+        LogErrorKind::Io,
+        "cannot get a connection to the log's database",
+    )
+    .with_source(error)
+}
+
+fn closed() -> LogError {
+    LogError::new(
+        LogErrorKind::Closed,
+        "the writer of the PostgreSQL log has stopped (its runtime shut down)",
+    )
+}

@@ -1,0 +1,854 @@
+//! What the PostgreSQL log adds to the store suite (`tests/durable_store.rs`
+//! runs that on it too): many coordinators on one database.
+//!
+//! 1. Claims: concurrent claimers on their own connections claim each
+//!    transaction at most once per epoch.
+//! 2. Fencing: a coordinator whose lease expired and was claimed by another
+//!    can write nothing; every write fails `Fenced` and changes nothing.
+//!    Expiry is the database's clock; a renewal keeps a lease.
+//! 3. The schema: `migrate` is idempotent (also when run concurrently);
+//!    opening a missing, old, newer or foreign schema is refused, saying what
+//!    to run.
+//! 4. A backend killed in the middle of a batch: that batch's calls fail,
+//!    the next ones reconnect, nothing acknowledged is lost.
+//! 5. `TransactionLog::postgres`: a transaction runs durably on it, and one
+//!    left by a dead coordinator is finished by another one's recovery;
+//!    four coordinators recovering at once carry each transaction out once
+//!    (Hmily #71).
+//! 6. Lease renewal by the engine: a long Try keeps its lease; a Try whose
+//!    lease was taken stops before its next phase call.
+//! 7. Names, data and errors with quotes, backslashes, braces, "NULL",
+//!    unicode and every byte value come back exactly.
+//!
+//! Against the throwaway cluster of `tests/pglog` (one per test binary, a
+//! schema per test). Without PostgreSQL server binaries these tests print
+//! one line and pass; `TCC_REQUIRE_POSTGRES=1` makes that a failure.
+
+mod pglog;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pglog::cluster::Cluster;
+use tcc::durable::{
+    Decision, End, Intent, Lease, Log, LogErrorKind, ParticipantEntry, PhaseProgress, PostgresLog,
+    Status,
+};
+use tcc::{BoxError, Phase, Recoverable, Resources, TransactionId, TransactionLog, tcc_service};
+
+fn intent(n: usize) -> Intent {
+    Intent {
+        id: TransactionId::generate(),
+        participants: (0..n)
+            .map(|i| ParticipantEntry {
+                name: format!("account-{i}"),
+                kind: "bank".into(),
+                data: vec![i as u8; 3],
+            })
+            .collect(),
+    }
+}
+
+fn progress(attempts: u32, succeeded: bool) -> PhaseProgress {
+    PhaseProgress {
+        attempts,
+        succeeded,
+        last_error: None,
+    }
+}
+
+/// `n` coordinators' logs on `schema`, each on a pool of its own, with
+/// leases of `ttl`, owners `c0`, `c1` ...
+async fn coordinators(
+    cluster: &Cluster,
+    schema: &str,
+    n: usize,
+    ttl: Duration,
+) -> Vec<PostgresLog> {
+    let mut logs = Vec::new();
+    for i in 0..n {
+        let pool = pglog::pool(cluster, schema, 2);
+        let log = PostgresLog::options()
+            .lease_ttl(ttl)
+            .owner(format!("c{i}"))
+            .open(pool)
+            .await
+            .unwrap();
+        logs.push(log);
+    }
+    logs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claimers_claim_each_transaction_once_per_epoch() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "claims").await;
+    // Leases of 50 ms: claimed rows expire again while the race runs, so
+    // each transaction goes through several epochs.
+    let ttl = Duration::from_millis(50);
+    let logs = coordinators(cluster, &schema, 8, ttl).await;
+    let mut ids = HashSet::new();
+    for _ in 0..200 {
+        let intent = intent(1);
+        let lease = logs[0].begin(&intent).await.unwrap();
+        logs[0].release(&lease);
+        ids.insert(intent.id);
+    }
+    let logs: Vec<Arc<PostgresLog>> = logs.into_iter().map(Arc::new).collect();
+    // Each claim, with when its call was made and when it returned.
+    let claims = Arc::new(Mutex::new(Vec::<(Lease, Instant, Instant)>::new()));
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut claimers = tokio::task::JoinSet::new();
+    for log in &logs {
+        let (log, claims) = (log.clone(), claims.clone());
+        claimers.spawn(async move {
+            while Instant::now() < deadline {
+                let asked = Instant::now();
+                let claimed = log.claim_unfinished(16).await.unwrap();
+                let returned = Instant::now();
+                if claimed.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let mut claims = claims.lock().unwrap();
+                claims.extend(
+                    claimed
+                        .into_iter()
+                        .map(|(lease, _)| (lease, asked, returned)),
+                );
+            }
+        });
+    }
+    while let Some(joined) = claimers.join_next().await {
+        joined.unwrap();
+    }
+    let claims = claims.lock().unwrap();
+    let mut seen = HashMap::new();
+    for (lease, asked, returned) in claims.iter() {
+        assert!(ids.contains(&lease.id), "claimed an unknown id {lease:?}");
+        assert!(
+            seen.insert((lease.id, lease.epoch), (*asked, *returned))
+                .is_none(),
+            "{} claimed twice at epoch {}",
+            lease.id,
+            lease.epoch
+        );
+    }
+    // A live lease is never claimed: the claim of epoch e + 1 came after
+    // epoch e's lease expired, at least a lease's length after the claim of
+    // epoch e was asked for (the database's clock is this machine's).
+    for ((id, epoch), (_, returned)) in &seen {
+        if let Some((asked, _)) = seen.get(&(*id, epoch - 1)) {
+            assert!(
+                returned.duration_since(*asked) >= ttl,
+                "{id} claimed at epoch {epoch} {:?} after epoch {} was asked for",
+                returned.duration_since(*asked),
+                epoch - 1
+            );
+        }
+    }
+    let claimed: HashSet<_> = claims.iter().map(|(l, ..)| l.id).collect();
+    assert_eq!(claimed, ids, "every transaction was claimed");
+    assert!(
+        claims.len() > ids.len(),
+        "leases expired and were claimed again: {} claims of {} transactions",
+        claims.len(),
+        ids.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_whose_lease_was_claimed_writes_nothing() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "fenced").await;
+    let ttl = Duration::from_millis(300);
+    let mut logs = coordinators(cluster, &schema, 2, ttl).await;
+    let (b, a) = (logs.pop().unwrap(), logs.pop().unwrap());
+    let intent = intent(2);
+    let stale = a.begin(&intent).await.unwrap();
+    a.note(&stale, 0, Phase::Try, progress(1, true));
+    // Live on the database's clock: no one else may claim it yet.
+    assert!(b.claim_unfinished(10).await.unwrap().is_empty());
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let mut claimed = b.claim_unfinished(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let (lease, before) = claimed.pop().unwrap();
+    assert_eq!(lease.id, intent.id);
+    assert!(lease.epoch > stale.epoch);
+    assert_eq!(
+        before.phase_progress(0, Phase::Try),
+        Some(&progress(1, true))
+    );
+
+    // Every write of the stale owner is refused, and changes nothing.
+    let fenced = |kind: LogErrorKind| assert_eq!(kind, LogErrorKind::Fenced);
+    fenced(
+        a.decide(&stale, Decision::Confirm)
+            .await
+            .unwrap_err()
+            .kind(),
+    );
+    fenced(a.renew(&stale).await.unwrap_err().kind());
+    fenced(a.finish(&stale, End::NeedsRepair).await.unwrap_err().kind());
+    fenced(a.finish(&stale, End::Done).await.unwrap_err().kind());
+    a.note(&stale, 1, Phase::Try, progress(9, false));
+    a.release(&stale);
+    let after = a.get(intent.id).await.unwrap().unwrap();
+    assert_eq!(after, before);
+    assert!(
+        b.claim_unfinished(10).await.unwrap().is_empty(),
+        "still B's"
+    );
+    let client = pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT owner, epoch FROM tcc_log_transactions WHERE id = $1",
+            &[&intent.id.to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("c1"));
+    assert_eq!(row.get::<_, i64>(1) as u64, lease.epoch);
+
+    // The new owner's writes go through.
+    assert_eq!(
+        b.decide(&lease, Decision::Cancel).await.unwrap(),
+        Decision::Cancel
+    );
+    b.finish(&lease, End::Done).await.unwrap();
+    // A lazy finish resolves before its commit: B's next read follows it.
+    for log in [&b, &a] {
+        assert_eq!(
+            log.get(intent.id).await.unwrap().unwrap().status,
+            Status::Done(Decision::Cancel)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_lease_is_not_claimed_and_a_moved_epoch_fails_the_renewal() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "renew").await;
+    let ttl = Duration::from_millis(300);
+    let mut logs = coordinators(cluster, &schema, 2, ttl).await;
+    let (b, a) = (logs.pop().unwrap(), logs.pop().unwrap());
+    let intent = intent(1);
+    let lease = a.begin(&intent).await.unwrap();
+    // Renewed every 100 ms for three lease lengths: never claimable.
+    for _ in 0..9 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.renew(&lease).await.unwrap();
+        assert!(b.claim_unfinished(10).await.unwrap().is_empty());
+    }
+    // Left to expire: claimed, and the old owner's renewal is refused.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let claimed = b.claim_unfinished(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let error = a.renew(&lease).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Fenced);
+    assert!(
+        error.to_string().contains(&intent.id.to_string()),
+        "{error}"
+    );
+    b.renew(&claimed[0].0).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_open_refuses_a_schema_it_cannot_use() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    // Missing: refused, naming the call to run.
+    let schema = pglog::fresh_schema("schema");
+    let admin = cluster.connect(&schema).await;
+    let pool = pglog::pool(cluster, &schema, 4);
+    let error = PostgresLog::open(pool.clone()).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Schema);
+    assert!(
+        error.to_string().contains("PostgresLog::migrate(&pool)"),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&schema), "{error}");
+
+    // Run twice, then four at once: the same tables, each time.
+    PostgresLog::migrate(&pool).await.unwrap();
+    let log = PostgresLog::open(pool.clone()).await.unwrap();
+    let kept = intent(1);
+    let lease = log.begin(&kept).await.unwrap();
+    PostgresLog::migrate(&pool).await.unwrap();
+    let racing: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pglog::pool(cluster, &schema, 1);
+            tokio::spawn(async move { PostgresLog::migrate(&pool).await })
+        })
+        .collect();
+    for migration in racing {
+        migration.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        log.decide(&lease, Decision::Confirm).await.unwrap(),
+        Decision::Confirm
+    );
+    PostgresLog::open(pool.clone()).await.unwrap();
+    let version: i32 = admin
+        .query_one("SELECT version FROM tcc_log_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 1);
+
+    // Written by a newer version: refused by open and by migrate.
+    admin
+        .execute("UPDATE tcc_log_schema SET version = 99", &[])
+        .await
+        .unwrap();
+    for error in [
+        PostgresLog::open(pool.clone()).await.unwrap_err(),
+        PostgresLog::migrate(&pool).await.unwrap_err(),
+    ] {
+        assert_eq!(error.kind(), LogErrorKind::Schema);
+        assert!(error.to_string().contains("newer version"), "{error}");
+    }
+    // An older one (here: none recorded): open says to migrate.
+    admin
+        .execute("UPDATE tcc_log_schema SET version = 0", &[])
+        .await
+        .unwrap();
+    let error = PostgresLog::open(pool.clone()).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Schema);
+    assert!(error.to_string().contains("version 0"), "{error}");
+    assert!(
+        error.to_string().contains("PostgresLog::migrate"),
+        "{error}"
+    );
+
+    // Tables of the log's names that are someone else's: refused, named.
+    let foreign = pglog::fresh_schema("foreign");
+    let admin = cluster.connect(&foreign).await;
+    admin
+        .batch_execute("CREATE TABLE tcc_log_transactions (id integer, note text)")
+        .await
+        .unwrap();
+    let pool = pglog::pool(cluster, &foreign, 2);
+    let error = PostgresLog::migrate(&pool).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Schema);
+    assert!(
+        error.to_string().contains("not the transaction log's"),
+        "{error}"
+    );
+    // Left as it was: the migration rolled back whole.
+    let tables: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+            &[&foreign],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1);
+    admin
+        .batch_execute(
+            "CREATE TABLE tcc_log_schema (singleton boolean PRIMARY KEY, version integer);
+             INSERT INTO tcc_log_schema VALUES (true, 1)",
+        )
+        .await
+        .unwrap();
+    let error = PostgresLog::open(pool).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Schema);
+    assert!(
+        error.to_string().contains("not the transaction log's"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_mid_batch_loses_nothing_acknowledged() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "killed").await;
+    let log = Arc::new(PostgresLog::open(pool).await.unwrap());
+    let mut acknowledged = Vec::new();
+    for _ in 0..20 {
+        let intent = intent(2);
+        let lease = log.begin(&intent).await.unwrap();
+        log.decide(&lease, Decision::Confirm).await.unwrap();
+        acknowledged.push((intent.id, Status::Decided(Decision::Confirm)));
+    }
+    // Hold the writer's next batch inside its database transaction: it
+    // waits on a lock the test holds, and its backend is killed there.
+    let mut admin = cluster.connect(&schema).await;
+    let blocker = admin.transaction().await.unwrap();
+    blocker
+        .batch_execute("LOCK TABLE tcc_log_transactions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let in_flight: Vec<_> = (0..8)
+        .map(|_| {
+            let log = log.clone();
+            let intent = intent(1);
+            let id = intent.id;
+            (id, tokio::spawn(async move { log.begin(&intent).await }))
+        })
+        .collect();
+    let killer = cluster.connect(&schema).await;
+    let mut killed = false;
+    for _ in 0..200 {
+        let row = killer
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = 'tcc-log' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 1 {
+            killed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(killed, "the writer's backend was never seen waiting");
+    blocker.rollback().await.unwrap();
+    // Those of the killed batch fail; any sent after it was taken went into
+    // the next batch, on a new connection, and are acknowledged.
+    let mut failed = 0;
+    for (id, begin) in in_flight {
+        match begin.await.unwrap() {
+            Ok(_) => acknowledged.push((id, Status::Undecided)),
+            Err(error) => {
+                assert_eq!(error.kind(), LogErrorKind::Io, "{id}: {error}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0, "the killed batch failed its callers");
+    // The next calls reconnect; what was acknowledged is all there.
+    for _ in 0..5 {
+        let intent = intent(1);
+        let lease = log.begin(&intent).await.unwrap();
+        log.decide(&lease, Decision::Cancel).await.unwrap();
+        acknowledged.push((intent.id, Status::Decided(Decision::Cancel)));
+    }
+    for (id, status) in &acknowledged {
+        let record = log.get(*id).await.unwrap().expect("acknowledged, so kept");
+        assert_eq!(record.status, *status, "{id}");
+    }
+    // The killed batch was rolled back whole: none of its begins landed.
+    assert_eq!(
+        log.unfinished_count().await.unwrap(),
+        acknowledged.len() as u64
+    );
+}
+
+/// The application's resource for the end-to-end test: one balance.
+#[derive(Clone, Default)]
+struct Bank(Arc<AtomicI64>);
+
+/// One debit; its amount is its data.
+struct Debit {
+    bank: Bank,
+    amount: i64,
+}
+
+#[tcc_service(name = "debit")]
+impl Debit {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    #[confirm]
+    async fn take(&self) -> Result<(), BoxError> {
+        self.bank.0.fetch_sub(self.amount, Ordering::SeqCst);
+        Ok(())
+    }
+    #[cancel]
+    async fn release(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl Recoverable for Debit {
+    const KIND: &'static str = "debit";
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.amount.to_le_bytes().to_vec())
+    }
+    fn rebuild(data: &[u8], resources: &Resources) -> Result<Self, BoxError> {
+        let amount = i64::from_le_bytes(data.try_into()?);
+        Ok(Debit {
+            bank: resources.get::<Bank>()?.clone(),
+            amount,
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_log_on_postgres_runs_and_recovers_transactions() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "engine").await;
+    let bank = Bank::default();
+    let log = TransactionLog::postgres(pool).await.unwrap();
+    log.provide(bank.clone())
+        .and_then(|log| log.register::<Debit>())
+        .expect("one resource and one kind");
+    let report = tcc::tcc! {
+        log = &log;
+        Debit { bank: bank.clone(), amount: 30 },
+    }
+    .await
+    .unwrap();
+    assert_eq!(bank.0.load(Ordering::SeqCst), -30);
+    let state = log.status(report.transaction_id()).await.unwrap().unwrap();
+    assert_eq!(state.status, Status::Done(Decision::Confirm));
+
+    // A coordinator decides to confirm and dies before phase 2 (its log is
+    // dropped: nothing released). Another one's recovery takes it over once
+    // the lease expired on the database's clock.
+    let ttl = Duration::from_millis(200);
+    let dead = coordinators(cluster, &schema, 1, ttl).await.pop().unwrap();
+    let debit = Debit {
+        bank: bank.clone(),
+        amount: 12,
+    };
+    let orphan = Intent {
+        id: TransactionId::generate(),
+        participants: vec![ParticipantEntry {
+            name: "debit".into(),
+            kind: "debit".into(),
+            data: debit.save().unwrap(),
+        }],
+    };
+    let lease = dead.begin(&orphan).await.unwrap();
+    dead.decide(&lease, Decision::Confirm).await.unwrap();
+    drop(dead);
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, 0, "still leased by the dead one");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, 1);
+    assert_eq!(bank.0.load(Ordering::SeqCst), -42);
+    assert_eq!(
+        log.status(orphan.id).await.unwrap().unwrap().status,
+        Status::Done(Decision::Confirm)
+    );
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+}
+
+/// Calls of the slow service, for the renewal tests.
+#[derive(Default)]
+struct Calls {
+    tries: AtomicI64,
+    confirms: AtomicI64,
+    cancels: AtomicI64,
+}
+
+/// A service whose Try takes its data's milliseconds.
+struct Slow {
+    calls: Arc<Calls>,
+    millis: u64,
+}
+
+#[tcc_service(name = "slow")]
+impl Slow {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), BoxError> {
+        self.calls.tries.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        Ok(())
+    }
+    #[confirm]
+    async fn take(&self) -> Result<(), BoxError> {
+        self.calls.confirms.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    #[cancel]
+    async fn release(&self) -> Result<(), BoxError> {
+        self.calls.cancels.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Recoverable for Slow {
+    const KIND: &'static str = "slow";
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.millis.to_le_bytes().to_vec())
+    }
+    fn rebuild(data: &[u8], resources: &Resources) -> Result<Self, BoxError> {
+        Ok(Slow {
+            calls: resources.get::<Arc<Calls>>()?.clone(),
+            millis: u64::from_le_bytes(data.try_into()?),
+        })
+    }
+}
+
+/// A coordinator's transaction log on `schema` with leases of `ttl`, that
+/// can rebuild [`Slow`].
+async fn slow_coordinator(
+    cluster: &Cluster,
+    schema: &str,
+    ttl: Duration,
+    calls: &Arc<Calls>,
+) -> TransactionLog {
+    let log = coordinators(cluster, schema, 1, ttl).await.pop().unwrap();
+    let log = TransactionLog::new(log);
+    log.provide(calls.clone())
+        .and_then(|log| log.register::<Slow>())
+        .expect("one resource and one kind");
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_try_keeps_its_lease_by_renewing_it() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "renewing").await;
+    let ttl = Duration::from_millis(300);
+    let calls = Arc::new(Calls::default());
+    let log = slow_coordinator(cluster, &schema, ttl, &calls).await;
+    let other = coordinators(cluster, &schema, 1, ttl).await.pop().unwrap();
+    let running = tokio::spawn({
+        let calls = calls.clone();
+        async move {
+            tcc::tcc! {
+                log = &log;
+                Slow { calls, millis: 1200 },
+            }
+            .await
+        }
+    });
+    // Four lease lengths: the lease is renewed all along, so another
+    // coordinator never claims the transaction.
+    while !running.is_finished() {
+        assert!(other.claim_unfinished(10).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.await.unwrap().unwrap();
+    assert_eq!(calls.confirms.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.cancels.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_lease_was_taken_stops_before_its_next_phase() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "taken").await;
+    let ttl = Duration::from_millis(300);
+    let calls = Arc::new(Calls::default());
+    let log = slow_coordinator(cluster, &schema, ttl, &calls).await;
+    let running = tokio::spawn({
+        let calls = calls.clone();
+        async move {
+            tcc::tcc! {
+                log = &log;
+                Slow { calls, millis: 1000 },
+            }
+            .await
+        }
+    });
+    // While the Try runs, the epoch moves, as a claim by a coordinator that
+    // saw the lease expired would move it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let admin = pool.get().await.unwrap();
+    let moved = admin
+        .execute("UPDATE tcc_log_transactions SET epoch = epoch + 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let error = running.await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), tcc::ErrorKind::LogFailed);
+    assert!(error.to_string().contains("lease"), "{error}");
+    assert!(error.to_string().contains("before its next"), "{error}");
+    // Stopped in its Try: no Confirm, and no Cancel either (the new owner's
+    // to make).
+    assert_eq!(calls.tries.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.confirms.load(Ordering::SeqCst), 0);
+    assert_eq!(calls.cancels.load(Ordering::SeqCst), 0);
+    let row = admin
+        .query_one("SELECT status FROM tcc_log_transactions", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i16>(0), 0, "still undecided");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_names_data_and_errors_are_kept_exactly() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let log = pglog::open(cluster, PostgresLog::options()).await;
+    let awkward = [
+        "",
+        "NULL",
+        "null",
+        "a,b",
+        "{braces}",
+        "\"quoted\"",
+        "back\\slash\\",
+        "\\x00",
+        " spaces ",
+        "line\nbreak\ttab",
+        "ünïcødé ✓",
+    ];
+    let intent = Intent {
+        id: TransactionId::generate(),
+        participants: awkward
+            .iter()
+            .enumerate()
+            .map(|(i, text)| ParticipantEntry {
+                name: format!("{text}{i}"),
+                kind: (*text).to_owned(),
+                data: match i {
+                    0 => Vec::new(),
+                    1 => (0..=255).collect(),
+                    _ => text.as_bytes().to_vec(),
+                },
+            })
+            .collect(),
+    };
+    let lease = log.begin(&intent).await.unwrap();
+    for (i, text) in awkward.iter().enumerate() {
+        let error = (i % 2 == 0).then(|| (*text).to_owned());
+        let progress = PhaseProgress {
+            attempts: u32::MAX - i as u32,
+            succeeded: i % 3 == 0,
+            last_error: error,
+        };
+        log.note(&lease, i as u32, Phase::Cancel, progress);
+    }
+    let record = log.get(intent.id).await.unwrap().unwrap();
+    assert_eq!(record.intent, intent);
+    for (i, text) in awkward.iter().enumerate() {
+        let progress = record.phase_progress(i, Phase::Cancel).unwrap();
+        assert_eq!(progress.attempts, u32::MAX - i as u32);
+        assert_eq!(progress.succeeded, i % 3 == 0);
+        assert_eq!(
+            progress.last_error.as_deref(),
+            (i % 2 == 0).then_some(*text)
+        );
+        assert_eq!(
+            record.phase_progress(i, Phase::Try),
+            Some(&PhaseProgress::default())
+        );
+    }
+}
+
+/// Confirms and cancels per transaction, for the recovery race.
+#[derive(Default)]
+struct Tally {
+    confirms: Mutex<HashMap<TransactionId, u32>>,
+    cancels: Mutex<HashMap<TransactionId, u32>>,
+}
+
+/// A service that counts its phase 2 calls per transaction.
+struct Counted {
+    tally: Arc<Tally>,
+}
+
+impl Counted {
+    fn count(map: &Mutex<HashMap<TransactionId, u32>>) {
+        let id = tcc::Context::current()
+            .expect("inside a phase")
+            .transaction_id();
+        *map.lock().unwrap().entry(id).or_default() += 1;
+    }
+}
+
+#[tcc_service(name = "counted")]
+impl Counted {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    #[confirm]
+    async fn take(&self) -> Result<(), BoxError> {
+        Counted::count(&self.tally.confirms);
+        Ok(())
+    }
+    #[cancel]
+    async fn release(&self) -> Result<(), BoxError> {
+        Counted::count(&self.tally.cancels);
+        Ok(())
+    }
+}
+
+impl Recoverable for Counted {
+    const KIND: &'static str = "counted";
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(Vec::new())
+    }
+    fn rebuild(_: &[u8], resources: &Resources) -> Result<Self, BoxError> {
+        Ok(Counted {
+            tally: resources.get::<Arc<Tally>>()?.clone(),
+        })
+    }
+}
+
+/// Hmily #71: clustered recovery ran one transaction twice. Here four
+/// coordinators recover at once what a dead one left: each transaction is
+/// carried out by exactly one of them, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_recovering_at_once_finish_each_transaction_once() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "recovery").await;
+    let ttl = Duration::from_millis(200);
+    let dead = coordinators(cluster, &schema, 1, ttl).await.pop().unwrap();
+    let participant = ParticipantEntry {
+        name: "counted".into(),
+        kind: "counted".into(),
+        data: Vec::new(),
+    };
+    let mut expected = HashMap::new();
+    for i in 0..60 {
+        let intent = Intent {
+            id: TransactionId::generate(),
+            participants: vec![participant.clone()],
+        };
+        let lease = dead.begin(&intent).await.unwrap();
+        // A third left undecided: presumed abort.
+        let decision = if i % 3 == 0 {
+            Decision::Cancel
+        } else {
+            dead.decide(&lease, Decision::Confirm).await.unwrap()
+        };
+        expected.insert(intent.id, decision);
+    }
+    drop(dead);
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+
+    let tally = Arc::new(Tally::default());
+    let mut recovering = tokio::task::JoinSet::new();
+    for log in coordinators(cluster, &schema, 4, Duration::from_secs(30)).await {
+        let log = TransactionLog::new(log);
+        log.provide(tally.clone())
+            .and_then(|log| log.register::<Counted>())
+            .expect("one resource and one kind");
+        recovering.spawn(async move { log.recover().await.unwrap().finished });
+    }
+    let mut finished = 0;
+    while let Some(joined) = recovering.join_next().await {
+        finished += joined.unwrap();
+    }
+    assert_eq!(finished, expected.len());
+    let confirms = tally.confirms.lock().unwrap();
+    let cancels = tally.cancels.lock().unwrap();
+    for (id, decision) in &expected {
+        let (confirmed, cancelled) = (confirms.get(id), cancels.get(id));
+        match decision {
+            Decision::Confirm => assert_eq!((confirmed, cancelled), (Some(&1), None), "{id}"),
+            Decision::Cancel => assert_eq!((confirmed, cancelled), (None, Some(&1)), "{id}"),
+        }
+    }
+}
