@@ -852,3 +852,37 @@ async fn coordinators_recovering_at_once_finish_each_transaction_once() {
         }
     }
 }
+
+/// Connections that commit without waiting for the WAL flush could lose an
+/// acknowledged decision in a crash of the database: refused at open,
+/// saying what to set. So is a lease of no length.
+#[tokio::test]
+async fn open_refuses_commits_that_may_not_reach_the_disk_and_leases_of_no_length() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "unsynced").await;
+    let mut config = cluster.config(&schema);
+    config.options(format!("-c search_path={schema} -c synchronous_commit=off"));
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    let unsynced = deadpool_postgres::Pool::builder(manager)
+        .max_size(1)
+        .build()
+        .unwrap();
+    let error = PostgresLog::open(unsynced).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Schema);
+    assert!(error.to_string().contains("synchronous_commit"), "{error}");
+
+    let error = PostgresLog::options()
+        .lease_ttl(Duration::ZERO)
+        .open(pool.clone())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("lease TTL of zero"), "{error}");
+    // The same pool, as it is: opens.
+    PostgresLog::open(pool).await.unwrap();
+}

@@ -28,8 +28,8 @@ use tracing::Instrument;
 use crate::attempt::{Attempts, Outcome, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
-    Decision, End, Intent, LeaseGuard, Log, LogErrorKind, MAX_INTENT_BYTES, ParticipantEntry,
-    PhaseProgress, TransactionRecord,
+    Decision, End, Intent, Lease, LeaseGuard, Log, LogError, LogErrorKind, MAX_INTENT_BYTES,
+    ParticipantEntry, PhaseProgress, TransactionRecord,
 };
 use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
@@ -141,6 +141,7 @@ impl Ledger {
             id: self.id,
             participants: save.participants,
         };
+        let sent = tokio::time::Instant::now();
         let lease = log.store.begin(&intent).await.map_err(|error| {
             if error.kind() == LogErrorKind::Duplicate {
                 let detail = format!(
@@ -155,7 +156,7 @@ impl Ledger {
             );
             Error::refused(ErrorKind::LogFailed, None, detail)
         })?;
-        self.durable = Some(LeaseGuard::new(log.store.clone(), lease));
+        self.durable = Some(LeaseGuard::new(log.store.clone(), lease, sent));
         Ok(())
     }
 
@@ -185,8 +186,14 @@ impl Ledger {
         let Some(durable) = &mut self.durable else {
             return Ok(decision);
         };
+        let sent = tokio::time::Instant::now();
         match durable.log().decide(durable.lease(), decision).await {
-            Ok(in_force) => Ok(in_force),
+            Ok(in_force) => {
+                // A store whose leases expire extends the lease with the
+                // decision (see `Log::decide`).
+                durable.extended(sent);
+                Ok(in_force)
+            }
             Err(error) => {
                 // Left to recovery: the lease goes back (on drop). The Try
                 // round ran, so the error keeps its failures and report.
@@ -252,14 +259,16 @@ impl Ledger {
         };
     }
 
-    /// The log and lease to renew while phases run, and how often: when the
-    /// transaction has a log whose leases expire.
-    fn renewal(&self) -> Option<(Arc<dyn Log>, crate::durable::Lease, std::time::Duration)> {
+    /// The lease to renew while phases run, when the transaction has a log
+    /// whose leases expire.
+    fn expiring_lease(&self) -> Option<ExpiringLease> {
         let durable = self.durable.as_ref()?;
-        let ttl = durable.log().lease_ttl()?;
-        // At least a millisecond apart, whatever the TTL.
-        let every = (ttl / 3).max(std::time::Duration::from_millis(1));
-        Some((durable.log().clone(), durable.lease().clone(), every))
+        Some(ExpiringLease {
+            ttl: durable.log().lease_ttl()?,
+            log: durable.log().clone(),
+            lease: durable.lease().clone(),
+            taken: durable.taken(),
+        })
     }
 
     /// Ends the transaction in the log, when it has one; then
@@ -331,6 +340,16 @@ fn oversized(participants: &[ParticipantEntry], limit: usize) -> Option<Error> {
 fn sorted(mut failures: Vec<(usize, Failure)>) -> Vec<Failure> {
     failures.sort_by_key(|(index, failure)| (failure.phase().severity(), *index));
     failures.into_iter().map(|(_, f)| f).collect()
+}
+
+/// A transaction's lease on a log whose leases expire
+/// ([`Log::lease_ttl`]), renewed while its phases run.
+struct ExpiringLease {
+    log: Arc<dyn Log>,
+    lease: Lease,
+    ttl: std::time::Duration,
+    /// When the request that took or last extended it was sent.
+    taken: tokio::time::Instant,
 }
 
 /// One service of a running transaction: its run of the current phase, and
@@ -624,28 +643,81 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
     }
 
     /// Runs the round begun, renewing the lease meanwhile when the log's
-    /// leases expire. A renewal that fails (another coordinator claimed the
-    /// transaction, or the log cannot be reached) stops the round at once:
-    /// the phase calls running are dropped, none is made after, nothing more
-    /// is written under the lease, and the transaction ends with
-    /// [`ErrorKind::LogFailed`], left to the coordinator that holds it or to
-    /// recovery once the lease expires.
+    /// leases expire, and calling phases only while the lease is trusted:
+    /// until two thirds of its TTL after the request that took or last
+    /// renewed it was sent. (The lease runs a whole TTL from the store's
+    /// clock at that request, which is later; the third left covers a slow
+    /// answer and clocks that run at different rates.) Past that, the round
+    /// waits, starting no call, until a renewal succeeds.
+    ///
+    /// A renewal the store refuses (another coordinator claimed the
+    /// transaction: `Fenced`), or one that keeps failing until the lease
+    /// has surely expired, stops the round: the calls running are dropped,
+    /// none is made after, nothing more is written under the lease, and the
+    /// transaction ends with [`ErrorKind::LogFailed`], left to the
+    /// coordinator that holds it or to recovery once the lease expires.
     async fn run_round(&mut self) -> Result<(), Error> {
-        let Some((log, lease, every)) = self.ledger.renewal() else {
+        let Some(ExpiringLease {
+            log,
+            lease,
+            ttl,
+            taken,
+        }) = self.ledger.expiring_lease()
+        else {
             poll_fn(|cx| self.poll_rounds(cx, false)).await;
             return Ok(());
         };
-        let renewals = async move {
+        let trust = ttl * 2 / 3;
+        // At least a millisecond apart, whatever the TTL.
+        let every = (ttl / 3).max(std::time::Duration::from_millis(1));
+        let trusted_until = std::sync::Mutex::new(taken + trust);
+        let trusted = || *trusted_until.lock().unwrap_or_else(|e| e.into_inner());
+        let renewals = async {
+            let mut due = taken + every;
             loop {
-                tokio::time::sleep(every).await;
-                if let Err(error) = log.renew(&lease).await {
-                    return error;
+                tokio::time::sleep_until(due).await;
+                let sent = tokio::time::Instant::now();
+                let failure = match tokio::time::timeout(ttl, log.renew(&lease)).await {
+                    Ok(Ok(())) => {
+                        *trusted_until.lock().unwrap_or_else(|e| e.into_inner()) = sent + trust;
+                        due = sent + every;
+                        continue;
+                    }
+                    Ok(Err(error))
+                        if matches!(
+                            error.kind(),
+                            LogErrorKind::Fenced | LogErrorKind::NotFound
+                        ) =>
+                    {
+                        return error;
+                    }
+                    Ok(Err(error)) => error,
+                    Err(_) => LogError::new(
+                        LogErrorKind::Io,
+                        format!("a renewal of the lease took longer than the lease ({ttl:?})"),
+                    ),
+                };
+                // The store unreachable for a while (a connection killed, a
+                // restart): tried again until the lease has surely expired.
+                if tokio::time::Instant::now() >= trusted() + ttl {
+                    return failure;
                 }
+                tracing::debug!(error = %failure, "lease renewal failed; trying again");
+                due = tokio::time::Instant::now() + every / 4;
             }
         };
+        let rounds = poll_fn(|cx| {
+            if tokio::time::Instant::now() >= trusted() {
+                // Woken again by the renewal's end, which either trusts the
+                // lease anew or stops the round.
+                return Poll::Pending;
+            }
+            self.poll_rounds(cx, false)
+        });
         tokio::select! {
+            // The renewal first: a lease found lost stops the round before
+            // the same wake-up could start another call.
             biased;
-            () = poll_fn(|cx| self.poll_rounds(cx, false)) => Ok(()),
             error = renewals => {
                 let detail = format!(
                     "transaction {} was stopped before its next {} call: its lease on the transaction log could not be renewed ({error}); the coordinator that took it over, or recovery once the lease expires, finishes it",
@@ -654,6 +726,7 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
                 self.span.in_scope(|| tracing::warn!(%error, "lease lost; transaction stopped"));
                 Err(self.ledger.cut_short(self.phase, detail))
             }
+            () = rounds => Ok(()),
         }
     }
 

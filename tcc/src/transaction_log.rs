@@ -437,6 +437,7 @@ impl TransactionLog {
                     }
                 }
             }
+            let claimed_at = tokio::time::Instant::now();
             let claimed = self.inner.store.claim_unfinished(CLAIM_BATCH).await?;
             if claimed.is_empty() {
                 break;
@@ -458,7 +459,7 @@ impl TransactionLog {
                 // Guarded at once: from here on, dropping this pass gives
                 // every claim it holds back to the log.
                 let parked = Parked {
-                    lease: LeaseGuard::new(self.inner.store.clone(), lease),
+                    lease: LeaseGuard::new(self.inner.store.clone(), lease, claimed_at),
                     record,
                 };
                 if seen.contains(&parked.record.intent.id) {
@@ -554,6 +555,7 @@ impl TransactionLog {
             let detail = format!("transaction {id} could not be re-driven: {error}");
             Error::refused(ErrorKind::LogFailed, None, detail)
         };
+        let reopened_at = tokio::time::Instant::now();
         let Some((lease, mut record)) = self.inner.store.reopen(id).await.map_err(log_failed)?
         else {
             let detail = format!("transaction {id} does not need repair");
@@ -561,7 +563,7 @@ impl TransactionLog {
         };
         // Given back if this call ends, or is dropped, before the
         // transaction does: it is decided again, so recovery finishes it.
-        let lease = LeaseGuard::new(self.inner.store.clone(), lease);
+        let lease = LeaseGuard::new(self.inner.store.clone(), lease, reopened_at);
         let services = match self.rebuild_all(&record) {
             Ok(services) => services,
             Err(why) => {

@@ -24,9 +24,12 @@ pub fn fresh_schema(prefix: &str) -> String {
 }
 
 /// A pool of up to `size` connections whose `search_path` is `schema`,
-/// named `tcc-log` in `pg_stat_activity`.
+/// named `tcc-log` in `pg_stat_activity`. They commit with
+/// `synchronous_commit` on, which the log requires (the test cluster has
+/// it off for the barrier's tests, and fsync off, so it costs nothing).
 pub fn pool(cluster: &Cluster, schema: &str, size: usize) -> Pool {
     let mut config = cluster.config(schema);
+    config.options(format!("-c search_path={schema} -c synchronous_commit=on"));
     config.application_name("tcc-log");
     let manager = Manager::from_config(
         config,

@@ -249,17 +249,32 @@ pub struct Lease {
 pub(crate) struct LeaseGuard {
     log: Arc<dyn Log>,
     lease: Lease,
+    /// When the request that took the lease, or last extended it, was sent:
+    /// a lease that expires ([`Log::lease_ttl`]) runs from the store's clock
+    /// at that request, which is later.
+    taken: tokio::time::Instant,
     ended: bool,
 }
 
 impl LeaseGuard {
-    /// Holds `lease`, taken from `log`.
-    pub(crate) fn new(log: Arc<dyn Log>, lease: Lease) -> Self {
+    /// Holds `lease`, taken from `log` by a request sent at `taken`.
+    pub(crate) fn new(log: Arc<dyn Log>, lease: Lease, taken: tokio::time::Instant) -> Self {
         LeaseGuard {
             log,
             lease,
+            taken,
             ended: false,
         }
+    }
+
+    /// When the request that took the lease, or last extended it, was sent.
+    pub(crate) fn taken(&self) -> tokio::time::Instant {
+        self.taken
+    }
+
+    /// A request sent at `at` extended the lease (a decision written).
+    pub(crate) fn extended(&mut self, at: tokio::time::Instant) {
+        self.taken = at;
     }
 
     pub(crate) fn log(&self) -> &Arc<dyn Log> {
@@ -416,7 +431,9 @@ pub trait Log: Send + Sync + 'static {
 
     /// Compare-and-set of the decision, durable before it resolves: sets
     /// `decision` if the transaction has none and returns it; if one is
-    /// already there, returns that one (never two decisions).
+    /// already there, returns that one (never two decisions). A store whose
+    /// leases expire ([`lease_ttl`](Log::lease_ttl)) extends the lease with
+    /// it, as [`renew`](Log::renew) does.
     fn decide(&self, lease: &Lease, decision: Decision) -> LogFuture<'_, Decision>;
 
     /// A participant's phase progress. Not synced on its own and not awaited:
@@ -524,7 +541,8 @@ pub enum LogErrorKind {
     /// A failure injected by [`FaultyLog`].
     Injected,
     /// The database has no log tables, older ones, or tables that are not
-    /// the log's: the message says what to run.
+    /// the log's, or settings the log cannot be durable with: the message
+    /// says what to run or change.
     Schema,
 }
 

@@ -190,7 +190,9 @@ impl PostgresOptions {
 /// resolves (before any Confirm or Cancel); notes and `finish(Done)` are
 /// committed with `synchronous_commit` off, and reach the disk with the next
 /// durable commit (PostgreSQL writes its WAL in order). Durable commits use
-/// the connections' own `synchronous_commit`, which must not be `off`.
+/// the connections' own `synchronous_commit`, which must not be `off`:
+/// [`open`](PostgresLog::open) refuses a database whose connections have it
+/// off, since an acknowledged decision could then be lost.
 ///
 /// Leases: [`begin`](Log::begin), [`claim_unfinished`](Log::claim_unfinished)
 /// and [`reopen`](Log::reopen) set the row's owner, bump its epoch (begin:
@@ -346,7 +348,14 @@ impl PostgresLog {
     }
 
     async fn open_with(pool: Pool, options: PostgresOptions) -> Result<PostgresLog, LogError> {
+        if options.lease_ttl.is_zero() {
+            return Err(LogError::new(
+                LogErrorKind::Schema,
+                "a lease TTL of zero would let any coordinator claim every transaction at once: give `PostgresOptions::lease_ttl` a length longer than a transaction's phases take",
+            ));
+        }
         check_schema(&pool).await?;
+        check_durability(&pool).await?;
         let owner: Arc<str> = match options.owner {
             Some(owner) => owner.into(),
             None => format!(
@@ -1037,6 +1046,23 @@ const UNDECIDED: i16 = 0;
 const DECIDED: i16 = 1;
 const NEEDS_REPAIR: i16 = 2;
 
+/// The compare-and-set of a decision on a row this writer holds: the one
+/// already there, if any, else `decision`.
+fn decide(row: &mut RowState, decision: Decision) -> Result<Decision, LogError> {
+    match row.decision {
+        Some(existing) if row.status != UNDECIDED => decision_of(existing),
+        _ => {
+            // The decision (durable: the batch is). A crash before the
+            // commit: still undecided, so recovery cancels; no phase 2 ran,
+            // as the caller waits for the commit. After: recovery drives
+            // this decision to its end, never the other one.
+            row.status = DECIDED;
+            row.decision = Some(decision_code(decision));
+            Ok(decision)
+        }
+    }
+}
+
 fn decision_code(decision: Decision) -> i16 {
     match decision {
         Decision::Confirm => 0,
@@ -1180,19 +1206,12 @@ impl Rows {
                 hold(&mut replies.held, reply, result);
             }
             Request::Decide(lease, decision, reply) => {
-                let result = self.held(&lease).and_then(|row| match row.decision {
-                    Some(existing) if row.status != UNDECIDED => decision_of(existing),
-                    _ => {
-                        // The decision (durable: the batch is). A crash
-                        // before the commit: still undecided, so recovery
-                        // cancels; no phase 2 ran, as the caller waits for
-                        // the commit. After: recovery drives this decision
-                        // to its end, never the other one.
-                        row.status = DECIDED;
-                        row.decision = Some(decision_code(decision));
-                        row.changed = true;
-                        Ok(decision)
-                    }
+                let result = self.held(&lease).and_then(|row| {
+                    // The lease runs a whole TTL from the decision: the
+                    // engine calls phase 2 at once, before its next renewal.
+                    row.expiry = Expiry::Extend;
+                    row.changed = true;
+                    decide(row, decision)
                 });
                 hold(&mut replies.held, reply, result);
             }
@@ -1768,6 +1787,27 @@ fn read_error(error: tokio_postgres::Error) -> LogError {
 
 fn write_error(error: tokio_postgres::Error) -> LogError {
     sql_error("cannot write the log", error)
+}
+
+/// Refuses connections that commit without waiting for the WAL flush
+/// (`synchronous_commit = off`, set for the server, the database or the
+/// role): a decision acknowledged by such a commit can be lost in a crash
+/// of the database, and the other coordinators would then cancel a
+/// transaction whose Confirms ran.
+async fn check_durability(pool: &Pool) -> Result<(), LogError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let row = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .map_err(read_error)?;
+    let setting: String = row.try_get(0).map_err(read_error)?;
+    if setting == "off" {
+        return Err(LogError::new(
+            LogErrorKind::Schema,
+            "the log's database connections have `synchronous_commit = off`, so a commit the log waits for (an intent, a decision) could be lost in a crash of the database: set it to `on` for the log's role (`ALTER ROLE ... SET synchronous_commit = on`) or database",
+        ));
+    }
+    Ok(())
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> LogError {
