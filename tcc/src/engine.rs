@@ -1004,12 +1004,4 @@ mod tests {
         let alone = [participant("a", 1000), participant("b", 0)];
         assert_eq!(oversized(&alone, 100).unwrap().service_name(), "a");
     }
-
-    #[test]
-    fn the_intent_limit_keeps_records_within_what_the_file_store_writes() {
-        // Field lengths are written in 32 bits, and redb keeps no value
-        // above 3 GiB.
-        const { assert!(MAX_INTENT_BYTES < 3 << 30) };
-        assert!(u32::try_from(MAX_INTENT_BYTES).is_ok());
-    }
 }

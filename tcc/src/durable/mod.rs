@@ -111,6 +111,10 @@ pub use redb::{CommitStats, RedbLog, RedbOptions};
 /// over more is refused at its start, before anything is written or run.
 pub(crate) const MAX_INTENT_BYTES: usize = 2 << 30;
 
+// Checked where it is defined, at compile time: within redb's 3 GiB, and
+// each length fits the codec's 32 bits.
+const _: () = assert!(MAX_INTENT_BYTES < 3 << 30 && MAX_INTENT_BYTES <= u32::MAX as usize);
+
 /// What a [`Log`] call returns: a boxed future, so that [`Log`] is object
 /// safe (`Arc<dyn Log>`).
 pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send + 'a>>;
