@@ -39,6 +39,8 @@ struct Expiring {
     inner: MemoryLog,
     renewal: Mutex<Renewal>,
     renewals: AtomicU32,
+    /// The `limit` of each claim.
+    claims: Mutex<Vec<usize>>,
 }
 
 impl Expiring {
@@ -47,6 +49,7 @@ impl Expiring {
             inner: MemoryLog::new(),
             renewal: Mutex::new(renewal),
             renewals: AtomicU32::new(0),
+            claims: Mutex::default(),
         })
     }
 }
@@ -65,6 +68,7 @@ impl Log for Expiring {
         self.inner.finish(lease, end)
     }
     fn claim_unfinished(&self, limit: usize) -> LogFuture<'_, Vec<(Lease, TransactionRecord)>> {
+        self.claims.lock().unwrap().push(limit);
         self.inner.claim_unfinished(limit)
     }
     fn release(&self, lease: &Lease) {
@@ -243,4 +247,34 @@ async fn renewed_leases_keep_the_calls_going() {
     assert_eq!(attempts.0.lock().unwrap().len(), 101);
     assert!(Instant::now() - started > TTL * 5);
     assert!(store.renewals.load(Ordering::SeqCst) > 5);
+}
+
+/// Recovery claims only what it can start at once from a store whose
+/// leases expire: a lease claimed and left in its queue would age,
+/// unrenewed, while the others run.
+#[tokio::test(start_paused = true)]
+async fn recovery_claims_only_what_it_starts_at_once() {
+    let store = Expiring::new(Renewal::Succeeds);
+    for _ in 0..600 {
+        let intent = Intent {
+            id: TransactionId::generate(),
+            participants: vec![tcc::durable::ParticipantEntry {
+                name: "stubborn".into(),
+                kind: Stubborn::KIND.into(),
+                data: Vec::new(),
+            }],
+        };
+        // Begun by a coordinator that then died: its lease given back.
+        let lease = store.inner.begin(&intent).await.unwrap();
+        store.inner.release(&lease);
+    }
+    let log = TransactionLog::from_store(store.clone());
+    log.provide(Arc::new(Attempts::default()))
+        .and_then(|log| log.register::<Stubborn>())
+        .expect("one resource and one kind");
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, 600);
+    let claims = store.claims.lock().unwrap().clone();
+    assert!(claims.iter().all(|&limit| limit <= 256), "{claims:?}");
+    assert!(claims.len() >= 3, "{claims:?}");
 }

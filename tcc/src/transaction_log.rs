@@ -437,8 +437,23 @@ impl TransactionLog {
                     }
                 }
             }
+            // A store whose leases expire: claim only what starts at once,
+            // so that no claimed lease ages in the queue, unrenewed, while
+            // the others run; and wait for half the slots to be free, so
+            // that claims stay batches.
+            let limit = match self.inner.store.lease_ttl() {
+                Some(_) => {
+                    while running.len() > IN_FLIGHT / 2 {
+                        if let Some(outcome) = running.next().await {
+                            tally(&mut summary, outcome);
+                        }
+                    }
+                    IN_FLIGHT - running.len()
+                }
+                None => CLAIM_BATCH,
+            };
             let claimed_at = tokio::time::Instant::now();
-            let claimed = self.inner.store.claim_unfinished(CLAIM_BATCH).await?;
+            let claimed = self.inner.store.claim_unfinished(limit).await?;
             if claimed.is_empty() {
                 break;
             }
