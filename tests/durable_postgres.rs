@@ -21,6 +21,8 @@
 //!    unicode and every byte value come back exactly.
 //! 8. A row the log cannot read is set aside as unreadable while the others
 //!    are recovered, and fails only the writes to it.
+//! 9. Two coordinators beginning the same id: begun once, the other begins
+//!    are `Duplicate`, the rest of their batches goes through.
 //!
 //! Against the throwaway cluster of `tests/pglog` (one per test binary, a
 //! schema per test). Without PostgreSQL server binaries these tests print
@@ -1014,4 +1016,56 @@ async fn a_write_to_an_unreadable_row_fails_alone() {
     assert_eq!(error.kind(), LogErrorKind::Corrupt, "{error}");
     assert!(error.to_string().contains(&a.id.to_string()), "{error}");
     assert_eq!(to_b.unwrap(), Decision::Confirm);
+}
+
+/// Two coordinators beginning the same caller-chosen ids at once: each id
+/// is begun exactly once, every other begin of it is a `Duplicate` (never
+/// an I/O error), and the begins of other ids in the same batches go
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_begins_of_one_id_on_two_coordinators_begin_it_once() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "duplicates").await;
+    let logs: Vec<Arc<PostgresLog>> = coordinators(cluster, &schema, 2, Duration::from_secs(30))
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let shared: Vec<Intent> = (0..40).map(|_| intent(1)).collect();
+    let mut begins = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        for log in &logs {
+            for intent in &shared {
+                let (log, intent) = (log.clone(), intent.clone());
+                begins.spawn(async move { (intent.id, log.begin(&intent).await) });
+            }
+            // And one id of its own each time, in the same batches.
+            let (log, own) = (log.clone(), intent(1));
+            begins.spawn(async move { (own.id, log.begin(&own).await) });
+        }
+    }
+    let mut begun: HashMap<TransactionId, u32> = HashMap::new();
+    let mut duplicates = 0;
+    while let Some(joined) = begins.join_next().await {
+        let (id, result) = joined.unwrap();
+        match result {
+            Ok(_) => *begun.entry(id).or_default() += 1,
+            Err(error) => {
+                assert_eq!(error.kind(), LogErrorKind::Duplicate, "{error}");
+                duplicates += 1;
+            }
+        }
+    }
+    for intent in &shared {
+        assert_eq!(begun.get(&intent.id), Some(&1), "{}", intent.id);
+    }
+    assert_eq!(begun.len(), shared.len() + 6, "every own id begun");
+    assert!(begun.values().all(|&n| n == 1));
+    assert_eq!(duplicates, shared.len() * 5);
+    assert_eq!(
+        logs[0].unfinished_count().await.unwrap(),
+        shared.len() as u64 + 6
+    );
 }

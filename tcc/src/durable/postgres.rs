@@ -13,7 +13,10 @@
 //! before.
 //!
 //! Each transaction is one row; a batch's writes are, per segment of the
-//! batch: one `INSERT ... SELECT FROM unnest(...)` of the begun rows, one
+//! batch: one `INSERT ... SELECT FROM unnest(...)` of the begun rows
+//! (`ON CONFLICT DO NOTHING`: a begin of an id another coordinator began
+//! meanwhile is a [`Duplicate`](LogErrorKind::Duplicate), the rest of the
+//! batch goes through), one
 //! `UPDATE ... FROM unnest(...)` of the rows decided, noted, released,
 //! renewed or ended in repair, one `DELETE` of the finished, one `INSERT`
 //! of their outcomes and one pruning `DELETE`, sent pipelined. A segment is
@@ -774,7 +777,25 @@ impl Writer {
                 None => rows.apply(request, replies),
             }
         }
-        rows.write(tx, self).await?;
+        let begins = std::mem::take(&mut rows.begins);
+        let inserted = match rows.write(tx, self).await {
+            Ok(inserted) => inserted,
+            Err(error) => {
+                for (_, reply, _) in begins {
+                    let _ = reply.send(Err(echo(&error)));
+                }
+                return Err(error);
+            }
+        };
+        for (id, reply, result) in begins {
+            // Not inserted: another coordinator began the same id (or has
+            // its outcome) since this segment read the rows.
+            let result = result.and_then(|lease| match inserted.contains(&id) {
+                true => Ok(lease),
+                false => Err(duplicate(id)),
+            });
+            hold(&mut replies.held, reply, result);
+        }
         for reply in replies.early.drain(..) {
             // Lazy, so its caller need not wait for the commit: it hears
             // back once the end is written in the transaction. Were the
@@ -1100,6 +1121,9 @@ struct Rows {
     rows: HashMap<TransactionId, RowState>,
     /// Rows that cannot be read: the requests to them fail with this.
     damaged: HashMap<TransactionId, LogError>,
+    /// The begins of the segment, answered once the insert says which rows
+    /// it wrote.
+    begins: Vec<(TransactionId, Reply<Lease>, Result<Lease, LogError>)>,
     /// Ids with an outcome (a begin of one is a duplicate).
     finished: HashSet<TransactionId>,
     /// Rows deleted that the database has.
@@ -1262,6 +1286,7 @@ impl Rows {
         Ok(Rows {
             rows,
             damaged,
+            begins: Vec::new(),
             finished,
             deleted: Vec::new(),
             outcomes: Vec::new(),
@@ -1296,7 +1321,7 @@ impl Rows {
                 {
                     self.release(lease);
                 }
-                hold(&mut replies.held, reply, result);
+                self.begins.push((intent.id, reply, result));
             }
             Request::Decide(lease, decision, reply) => {
                 let result = self.held(&lease).and_then(|row| {
@@ -1391,10 +1416,7 @@ impl Rows {
     fn begin(&mut self, intent: &Intent) -> Result<Lease, LogError> {
         let id = intent.id;
         if self.rows.contains_key(&id) || self.finished.contains(&id) {
-            return Err(LogError::new(
-                LogErrorKind::Duplicate,
-                format!("transaction {id} is already in the log"),
-            ));
+            return Err(duplicate(id));
         }
         // The intent (durable: the batch is). A crash before the commit: no
         // Try ran, nothing to undo. After: an undecided row, which recovery
@@ -1419,13 +1441,26 @@ impl Rows {
     }
 
     /// Writes what the segment changed: new rows, changed rows (their
-    /// decisions, leases and notes), removed rows, outcomes.
-    async fn write(self, tx: &Transaction<'_>, writer: &Writer) -> Result<(), LogError> {
+    /// decisions, leases and notes), removed rows, outcomes. Returns the ids
+    /// of the rows it inserted.
+    async fn write(
+        self,
+        tx: &Transaction<'_>,
+        writer: &Writer,
+    ) -> Result<HashSet<TransactionId>, LogError> {
         let mut inserted = RowParams::default();
         let mut updated = RowParams::default();
         // The intents of the inserted rows, in PostgreSQL's text form.
         let (mut names, mut kinds, mut data) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, row) in &self.rows {
+        // In id order, as the rows are locked: two coordinators inserting
+        // the same ids wait on each other's in one order, never in a cycle.
+        let mut rows: Vec<(String, &TransactionId, &RowState)> = self
+            .rows
+            .iter()
+            .map(|(id, row)| (id.to_string(), id, row))
+            .collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (_, id, row) in rows {
             if row.new {
                 inserted.push(*id, row, Some(&writer.owner));
                 names.push(text_array(row.intent.iter().map(|p| Some(p.name.as_str()))));
@@ -1436,7 +1471,12 @@ impl Rows {
             }
         }
         let mut pipeline = Pipeline::default();
-        if !inserted.ids.is_empty() {
+        let inserting = !inserted.ids.is_empty();
+        if inserting {
+            // A row that does not exist yet cannot be locked, so another
+            // coordinator may begin the same id meanwhile: its row (waited
+            // for until its batch commits) or its outcome wins, and this
+            // begin is a duplicate, without failing the rest of the batch.
             pipeline.push(
                 "INSERT INTO tcc_log_transactions
                      (id, status, decision, epoch, owner, expires, started_at,
@@ -1450,7 +1490,10 @@ impl Rows {
                              $5::text[], $6::smallint[], $7::text[], $8::text[], $9::text[],
                              $10::text[], $11::text[], $12::text[])
                      AS u(id, status, decision, epoch, owner, expiry, names, kinds, data,
-                          attempts, succeeded, errors)",
+                          attempts, succeeded, errors)
+                 WHERE NOT EXISTS (SELECT 1 FROM tcc_log_outcomes o WHERE o.id = u.id)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id",
                 vec![
                     Box::new(inserted.ids),
                     Box::new(inserted.status),
@@ -1507,7 +1550,14 @@ impl Rows {
             );
         }
         writer.add_outcomes(&mut pipeline, &self.outcomes);
-        pipeline.run(tx).await
+        let answers = pipeline.run(tx).await?;
+        let mut begun = HashSet::new();
+        if inserting {
+            for row in &answers[0] {
+                begun.insert(parse_id(row.try_get(0).map_err(write_error)?)?);
+            }
+        }
+        Ok(begun)
     }
 }
 
@@ -1528,7 +1578,8 @@ impl<'a> Pipeline<'a> {
         self.statements.push((sql, params));
     }
 
-    async fn run(self, tx: &Transaction<'_>) -> Result<(), LogError> {
+    /// Runs the statements; returns the rows each returned, in order.
+    async fn run(self, tx: &Transaction<'_>) -> Result<Vec<Vec<tokio_postgres::Row>>, LogError> {
         let mut prepared = Vec::with_capacity(self.statements.len());
         for (sql, _) in &self.statements {
             // A round trip the first time a connection sees a statement.
@@ -1542,10 +1593,9 @@ impl<'a> Pipeline<'a> {
         let runs = prepared
             .iter()
             .zip(&params)
-            .map(|(statement, params)| tx.execute(statement, params));
+            .map(|(statement, params)| tx.query(statement, params));
         futures_util::future::try_join_all(runs)
             .await
-            .map(drop)
             .map_err(write_error)
     }
 }
@@ -1694,6 +1744,13 @@ fn progress_of(
             })
         })
         .collect())
+}
+
+fn duplicate(id: TransactionId) -> LogError {
+    LogError::new(
+        LogErrorKind::Duplicate,
+        format!("transaction {id} is already in the log"),
+    )
 }
 
 fn corrupt(id: TransactionId, what: &str) -> LogError {
