@@ -19,6 +19,10 @@
 //!    lease was taken stops before its next phase call.
 //! 7. Names, data and errors with quotes, backslashes, braces, "NULL",
 //!    unicode and every byte value come back exactly.
+//! 8. A row the log cannot read is set aside as unreadable while the others
+//!    are recovered, and fails only the writes to it.
+//! 9. Two coordinators beginning the same id: begun once, the other begins
+//!    are `Duplicate`, the rest of their batches goes through.
 //!
 //! Against the throwaway cluster of `tests/pglog` (one per test binary, a
 //! schema per test). Without PostgreSQL server binaries these tests print
@@ -885,4 +889,183 @@ async fn open_refuses_commits_that_may_not_reach_the_disk_and_leases_of_no_lengt
     assert!(error.to_string().contains("lease TTL of zero"), "{error}");
     // The same pool, as it is: opens.
     PostgresLog::open(pool).await.unwrap();
+}
+
+/// One row the log cannot read (its participants' arrays differ in
+///    length) among good unfinished ones: recovery finishes the good ones
+///    and sets the bad one aside, listed by `needs_repair` and `get` as
+///    unreadable with the reason, until `resolve` removes it; a write of the
+///    batch that does not touch it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unreadable_row_is_set_aside_and_the_others_are_recovered() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "unreadable").await;
+    let ttl = Duration::from_millis(200);
+    let dead = coordinators(cluster, &schema, 1, ttl).await.pop().unwrap();
+    let participant = ParticipantEntry {
+        name: "counted".into(),
+        kind: "counted".into(),
+        data: Vec::new(),
+    };
+    let mut good = Vec::new();
+    let mut bad = None;
+    for i in 0..6 {
+        let intent = Intent {
+            id: TransactionId::generate(),
+            participants: vec![participant.clone(), participant.clone()],
+        };
+        let lease = dead.begin(&intent).await.unwrap();
+        dead.decide(&lease, Decision::Confirm).await.unwrap();
+        if i == 2 {
+            bad = Some(intent.id);
+        } else {
+            good.push(intent.id);
+        }
+    }
+    let bad = bad.unwrap();
+    drop(dead);
+    let client = pool.get().await.unwrap();
+    let changed = client
+        .execute(
+            "UPDATE tcc_log_transactions SET kinds = kinds[1:1] WHERE id = $1",
+            &[&bad.to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+
+    let tally = Arc::new(Tally::default());
+    let recovering = coordinators(cluster, &schema, 1, Duration::from_secs(30))
+        .await
+        .pop()
+        .unwrap();
+    let log = TransactionLog::new(recovering);
+    let raw = log.store().clone();
+    log.provide(tally.clone())
+        .and_then(|log| log.register::<Counted>())
+        .expect("one resource and one kind");
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, good.len());
+    assert_eq!(summary.unreadable.len(), 1, "{summary:?}");
+    assert_eq!(summary.unreadable[0].0, bad);
+    assert!(
+        summary.unreadable[0].1.contains(&bad.to_string()),
+        "{}",
+        summary.unreadable[0].1
+    );
+    let confirms = tally.confirms.lock().unwrap().clone();
+    for id in &good {
+        assert_eq!(confirms.get(id), Some(&2), "{id}");
+    }
+    assert_eq!(confirms.get(&bad), None);
+
+    let repair = raw.needs_repair(10).await.unwrap();
+    assert_eq!(repair.len(), 1);
+    assert_eq!(repair[0].intent.id, bad);
+    assert_eq!(repair[0].status, Status::Unreadable);
+    assert!(
+        repair[0]
+            .damage
+            .as_deref()
+            .unwrap()
+            .contains("differ in length")
+    );
+    let record = raw.get(bad).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Unreadable);
+    assert!(raw.reopen(bad).await.unwrap().is_none());
+    // Recovery again: nothing claimable is left, the bad row stays aside.
+    let summary = log.recover().await.unwrap();
+    assert_eq!((summary.finished, summary.unreadable.len()), (0, 0));
+    assert!(raw.resolve(bad).await.unwrap());
+    assert!(raw.get(bad).await.unwrap().is_none(), "no outcome kept");
+    assert_eq!(raw.unfinished_count().await.unwrap(), 0);
+}
+
+/// A row that cannot be read fails only the writes to it: a write of the
+/// same batch to another row goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_an_unreadable_row_fails_alone() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "unreadable_write").await;
+    let log = coordinators(cluster, &schema, 1, Duration::from_secs(30))
+        .await
+        .pop()
+        .unwrap();
+    let (a, b) = (intent(2), intent(2));
+    let lease_a = log.begin(&a).await.unwrap();
+    let lease_b = log.begin(&b).await.unwrap();
+    let client = pool.get().await.unwrap();
+    // A NULL where a number belongs.
+    client
+        .execute(
+            "UPDATE tcc_log_transactions SET attempts[1] = NULL WHERE id = $1",
+            &[&a.id.to_string()],
+        )
+        .await
+        .unwrap();
+    let (to_a, to_b) = tokio::join!(
+        log.decide(&lease_a, Decision::Confirm),
+        log.decide(&lease_b, Decision::Confirm)
+    );
+    let error = to_a.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Corrupt, "{error}");
+    assert!(error.to_string().contains(&a.id.to_string()), "{error}");
+    assert_eq!(to_b.unwrap(), Decision::Confirm);
+}
+
+/// Two coordinators beginning the same caller-chosen ids at once: each id
+/// is begun exactly once, every other begin of it is a `Duplicate` (never
+/// an I/O error), and the begins of other ids in the same batches go
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_begins_of_one_id_on_two_coordinators_begin_it_once() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "duplicates").await;
+    let logs: Vec<Arc<PostgresLog>> = coordinators(cluster, &schema, 2, Duration::from_secs(30))
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let shared: Vec<Intent> = (0..40).map(|_| intent(1)).collect();
+    let mut begins = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        for log in &logs {
+            for intent in &shared {
+                let (log, intent) = (log.clone(), intent.clone());
+                begins.spawn(async move { (intent.id, log.begin(&intent).await) });
+            }
+            // And one id of its own each time, in the same batches.
+            let (log, own) = (log.clone(), intent(1));
+            begins.spawn(async move { (own.id, log.begin(&own).await) });
+        }
+    }
+    let mut begun: HashMap<TransactionId, u32> = HashMap::new();
+    let mut duplicates = 0;
+    while let Some(joined) = begins.join_next().await {
+        let (id, result) = joined.unwrap();
+        match result {
+            Ok(_) => *begun.entry(id).or_default() += 1,
+            Err(error) => {
+                assert_eq!(error.kind(), LogErrorKind::Duplicate, "{error}");
+                duplicates += 1;
+            }
+        }
+    }
+    for intent in &shared {
+        assert_eq!(begun.get(&intent.id), Some(&1), "{}", intent.id);
+    }
+    assert_eq!(begun.len(), shared.len() + 6, "every own id begun");
+    assert!(begun.values().all(|&n| n == 1));
+    assert_eq!(duplicates, shared.len() * 5);
+    assert_eq!(
+        logs[0].unfinished_count().await.unwrap(),
+        shared.len() as u64 + 6
+    );
 }

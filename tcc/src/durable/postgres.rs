@@ -13,7 +13,10 @@
 //! before.
 //!
 //! Each transaction is one row; a batch's writes are, per segment of the
-//! batch: one `INSERT ... SELECT FROM unnest(...)` of the begun rows, one
+//! batch: one `INSERT ... SELECT FROM unnest(...)` of the begun rows
+//! (`ON CONFLICT DO NOTHING`: a begin of an id another coordinator began
+//! meanwhile is a [`Duplicate`](LogErrorKind::Duplicate), the rest of the
+//! batch goes through), one
 //! `UPDATE ... FROM unnest(...)` of the rows decided, noted, released,
 //! renewed or ended in repair, one `DELETE` of the finished, one `INSERT`
 //! of their outcomes and one pruning `DELETE`, sent pipelined. A segment is
@@ -38,6 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::state::Unreadable;
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, ParticipantEntry,
     PhaseProgress, Status, TransactionRecord, Unread,
@@ -64,7 +68,10 @@ CREATE TABLE tcc_log_transactions (
     -- 3 * (i - 1) + p.
     attempts   bigint[]    NOT NULL,
     succeeded  boolean[]   NOT NULL,
-    errors     text[]      NOT NULL
+    errors     text[]      NOT NULL,
+    -- Why the row cannot be read, once a claim set it aside (status 2):
+    -- then nothing else in it is trusted.
+    damage     text
 -- Room in each page, so that decisions and notes update rows in place (HOT).
 ) WITH (fillfactor = 70);
 -- For claims. No index names status or progress: a decision or a note then
@@ -84,7 +91,7 @@ CREATE INDEX tcc_log_outcomes_seq ON tcc_log_outcomes (seq);
 /// The columns a record is read from, in the order [`record_of`] reads them.
 macro_rules! record_columns {
     () => {
-        "id, status, decision, started_at, epoch, names, kinds, data, attempts, succeeded, errors"
+        "id, status, decision, started_at, epoch, names, kinds, data, attempts, succeeded, errors, damage"
     };
 }
 
@@ -239,7 +246,14 @@ impl PostgresOptions {
 ///   confirm, 1 cancel), the lease (`epoch`, `owner`, `expires`),
 ///   `started_at`, the intent (`names`, `kinds`, `data`, one element per
 ///   participant) and the progress (`attempts`, `succeeded`, `errors`: three
-///   elements per participant, Try, Confirm, Cancel).
+///   elements per participant, Try, Confirm, Cancel); `damage`, for a row
+///   the log could not read, says why.
+///
+/// A row the log cannot read (edited by hand, say) fails only the calls
+/// that touch it, with [`Corrupt`](LogErrorKind::Corrupt) naming its id. A
+/// claim that picks one sets it aside (status 2, `damage` set) and returns
+/// it once as [`Status::Unreadable`]; `needs_repair` and `get` show it so,
+/// and `resolve` removes it, keeping no outcome.
 /// - `tcc_log_outcomes`: `id`, `decision`, `started_at`, `finished_at` of
 ///   finished transactions, the oldest pruned beyond the retention.
 /// - `tcc_log_schema`: the schema's version.
@@ -758,9 +772,30 @@ impl Writer {
             }
         };
         for request in requests {
-            rows.apply(request, replies);
+            match rows.unreadable(&request) {
+                Some(error) => request.abandon(&error),
+                None => rows.apply(request, replies),
+            }
         }
-        rows.write(tx, self).await?;
+        let begins = std::mem::take(&mut rows.begins);
+        let inserted = match rows.write(tx, self).await {
+            Ok(inserted) => inserted,
+            Err(error) => {
+                for (_, reply, _) in begins {
+                    let _ = reply.send(Err(echo(&error)));
+                }
+                return Err(error);
+            }
+        };
+        for (id, reply, result) in begins {
+            // Not inserted: another coordinator began the same id (or has
+            // its outcome) since this segment read the rows.
+            let result = result.and_then(|lease| match inserted.contains(&id) {
+                true => Ok(lease),
+                false => Err(duplicate(id)),
+            });
+            hold(&mut replies.held, reply, result);
+        }
         for reply in replies.early.drain(..) {
             // Lazy, so its caller need not wait for the commit: it hears
             // back once the end is written in the transaction. Were the
@@ -827,15 +862,27 @@ impl Writer {
             concat!(
                 "SELECT ",
                 record_columns!(),
-                " FROM tcc_log_transactions WHERE status = 2 ORDER BY started_at, id LIMIT $1"
+                // Damaged rows first (false sorts before true).
+                " FROM tcc_log_transactions WHERE status = 2
+                  ORDER BY damage IS NULL, started_at, id LIMIT $1"
             ),
             &[&limit_param(limit)],
             read_error,
         )
         .await?;
-        rows.iter()
-            .map(|row| record_of(row).map(|(_, record)| record))
-            .collect()
+        // A row that cannot be read is listed as unreadable, never fails
+        // the listing.
+        Ok(rows
+            .iter()
+            .filter_map(|row| match record_of(row) {
+                Ok((_, record)) => Some(record),
+                Err((Some(id), error)) => Some(unreadable(id, &error)),
+                Err((None, error)) => {
+                    tracing::error!(%error, "a row needing repair has no transaction id");
+                    None
+                }
+            })
+            .collect())
     }
 
     async fn reopen(
@@ -849,17 +896,21 @@ impl Writer {
         // once the lease expires if this process dies.
         let rows = query(
             tx,
-            "UPDATE tcc_log_transactions
+            concat!(
+                "UPDATE tcc_log_transactions
              SET status = 1, epoch = epoch + 1, owner = $2,
                  expires = now() + make_interval(secs => $3)
-             WHERE id = $1 AND status = 2
-             RETURNING id, status, decision, started_at, epoch, names, kinds, data,
-                       attempts, succeeded, errors",
+             WHERE id = $1 AND status = 2 AND damage IS NULL
+             RETURNING ",
+                record_columns!()
+            ),
             &[&id.to_string(), &self.owner, &self.ttl_secs],
             write_error,
         )
         .await?;
-        rows.first().map(record_of).transpose()
+        rows.first()
+            .map(|row| record_of(row).map_err(|(_, error)| error))
+            .transpose()
     }
 
     async fn resolve(&self, tx: &Transaction<'_>, id: TransactionId) -> Result<bool, LogError> {
@@ -868,12 +919,14 @@ impl Writer {
         let rows = query(
             tx,
             "DELETE FROM tcc_log_transactions WHERE id = $1 AND status = 2
-             RETURNING decision, started_at",
+             RETURNING decision, started_at, damage IS NOT NULL",
             &[&id.to_string()],
             write_error,
         )
         .await?;
         Ok(match rows.first() {
+            // Set aside unreadable: no outcome, its decision is unknown.
+            Some(row) if row.try_get(2).map_err(read_error)? => true,
             Some(row) => {
                 let outcome = OutcomeRow {
                     id: id.to_string(),
@@ -916,12 +969,50 @@ impl Writer {
              FROM picked
              WHERE t.id = picked.id
              RETURNING t.id, t.status, t.decision, t.started_at, t.epoch, t.names, t.kinds,
-                       t.data, t.attempts, t.succeeded, t.errors",
+                       t.data, t.attempts, t.succeeded, t.errors, t.damage",
             &[&limit_param(limit), &self.owner, &self.ttl_secs],
             write_error,
         )
         .await?;
-        rows.iter().map(record_of).collect()
+        // Each row on its own: one that cannot be read is set aside, never
+        // fails the claim (the next claim would pick it first again).
+        let mut claimed = Vec::with_capacity(rows.len());
+        let (mut damaged, mut reasons) = (Vec::new(), Vec::new());
+        for row in &rows {
+            match record_of(row) {
+                Ok(taken) => claimed.push(taken),
+                Err((id, error)) => {
+                    tracing::error!(%error, "an unreadable row is set aside as needing repair");
+                    let Ok(raw) = row.try_get::<_, String>(0) else {
+                        continue;
+                    };
+                    damaged.push(raw);
+                    reasons.push(error.to_string());
+                    // Epoch 0 is no row's: every write under it is fenced.
+                    if let Some(id) = id {
+                        claimed.push((Lease { id, epoch: 0 }, unreadable(id, &error)));
+                    }
+                }
+            }
+        }
+        if !damaged.is_empty() {
+            // Durable (the batch is). A crash before the commit: still
+            // unfinished, and the next claim sets it aside again. After:
+            // listed by needs_repair, never driven (its decision cannot be
+            // trusted); the epoch moves, so no lease on it writes again.
+            query(
+                tx,
+                "UPDATE tcc_log_transactions t
+                 SET status = 2, owner = NULL, epoch = t.epoch + 1, expires = now(),
+                     damage = u.reason
+                 FROM unnest($1::text[], $2::text[]) AS u(id, reason)
+                 WHERE t.id = u.id",
+                &[&damaged, &reasons],
+                write_error,
+            )
+            .await?;
+        }
+        Ok(claimed)
     }
 
     /// Keeps the outcomes of finished transactions, then prunes the oldest
@@ -1028,6 +1119,11 @@ struct RowState {
 /// written.
 struct Rows {
     rows: HashMap<TransactionId, RowState>,
+    /// Rows that cannot be read: the requests to them fail with this.
+    damaged: HashMap<TransactionId, LogError>,
+    /// The begins of the segment, answered once the insert says which rows
+    /// it wrote.
+    begins: Vec<(TransactionId, Reply<Lease>, Result<Lease, LogError>)>,
     /// Ids with an outcome (a begin of one is a duplicate).
     finished: HashSet<TransactionId>,
     /// Rows deleted that the database has.
@@ -1109,6 +1205,25 @@ fn limit_param(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// A row as [`Rows::load`] reads it (columns `status, decision, epoch,
+/// owner, started_at, attempts, succeeded, errors` from 1).
+fn row_state(id: TransactionId, row: &tokio_postgres::Row) -> Result<RowState, LogError> {
+    let column = |e| from_sql(id, e);
+    Ok(RowState {
+        status: row.try_get(1).map_err(column)?,
+        decision: row.try_get(2).map_err(column)?,
+        epoch: row.try_get(3).map_err(column)?,
+        owner: row.try_get(4).map_err(column)?,
+        started_at: Some(row.try_get(5).map_err(column)?),
+        progress: progress_of(id, row, 6)?,
+        intent: Vec::new(),
+        expiry: Expiry::Keep,
+        new: false,
+        changed: false,
+        noted: false,
+    })
+}
+
 impl Rows {
     /// Locks and reads the rows `requests` touch, and which of the begun ids
     /// have an outcome.
@@ -1150,24 +1265,19 @@ impl Rows {
         )
         .await?;
         let mut rows = HashMap::with_capacity(found.len());
+        let mut damaged = HashMap::new();
         for row in &found {
+            // Its id is one of `ids`, so it parses.
             let id = parse_id(row.try_get(0).map_err(read_error)?)?;
-            rows.insert(
-                id,
-                RowState {
-                    status: row.try_get(1).map_err(read_error)?,
-                    decision: row.try_get(2).map_err(read_error)?,
-                    epoch: row.try_get(3).map_err(read_error)?,
-                    owner: row.try_get(4).map_err(read_error)?,
-                    started_at: Some(row.try_get(5).map_err(read_error)?),
-                    progress: progress_of(id, row, 6)?,
-                    intent: Vec::new(),
-                    expiry: Expiry::Keep,
-                    new: false,
-                    changed: false,
-                    noted: false,
-                },
-            );
+            // A row that cannot be read fails the requests to it alone.
+            match row_state(id, row) {
+                Ok(state) => {
+                    rows.insert(id, state);
+                }
+                Err(error) => {
+                    damaged.insert(id, error);
+                }
+            }
         }
         let mut finished = HashSet::new();
         for row in &outcomes {
@@ -1175,10 +1285,18 @@ impl Rows {
         }
         Ok(Rows {
             rows,
+            damaged,
+            begins: Vec::new(),
             finished,
             deleted: Vec::new(),
             outcomes: Vec::new(),
         })
+    }
+
+    /// Why a request cannot be applied to its row, if the row cannot be
+    /// read.
+    fn unreadable(&self, request: &Request) -> Option<LogError> {
+        request.row().and_then(|id| self.damaged.get(&id)).map(echo)
     }
 
     /// The row a write under `lease` may change, or why it may not: the row
@@ -1203,7 +1321,7 @@ impl Rows {
                 {
                     self.release(lease);
                 }
-                hold(&mut replies.held, reply, result);
+                self.begins.push((intent.id, reply, result));
             }
             Request::Decide(lease, decision, reply) => {
                 let result = self.held(&lease).and_then(|row| {
@@ -1298,10 +1416,7 @@ impl Rows {
     fn begin(&mut self, intent: &Intent) -> Result<Lease, LogError> {
         let id = intent.id;
         if self.rows.contains_key(&id) || self.finished.contains(&id) {
-            return Err(LogError::new(
-                LogErrorKind::Duplicate,
-                format!("transaction {id} is already in the log"),
-            ));
+            return Err(duplicate(id));
         }
         // The intent (durable: the batch is). A crash before the commit: no
         // Try ran, nothing to undo. After: an undecided row, which recovery
@@ -1326,13 +1441,26 @@ impl Rows {
     }
 
     /// Writes what the segment changed: new rows, changed rows (their
-    /// decisions, leases and notes), removed rows, outcomes.
-    async fn write(self, tx: &Transaction<'_>, writer: &Writer) -> Result<(), LogError> {
+    /// decisions, leases and notes), removed rows, outcomes. Returns the ids
+    /// of the rows it inserted.
+    async fn write(
+        self,
+        tx: &Transaction<'_>,
+        writer: &Writer,
+    ) -> Result<HashSet<TransactionId>, LogError> {
         let mut inserted = RowParams::default();
         let mut updated = RowParams::default();
         // The intents of the inserted rows, in PostgreSQL's text form.
         let (mut names, mut kinds, mut data) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, row) in &self.rows {
+        // In id order, as the rows are locked: two coordinators inserting
+        // the same ids wait on each other's in one order, never in a cycle.
+        let mut rows: Vec<(String, &TransactionId, &RowState)> = self
+            .rows
+            .iter()
+            .map(|(id, row)| (id.to_string(), id, row))
+            .collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (_, id, row) in rows {
             if row.new {
                 inserted.push(*id, row, Some(&writer.owner));
                 names.push(text_array(row.intent.iter().map(|p| Some(p.name.as_str()))));
@@ -1343,7 +1471,12 @@ impl Rows {
             }
         }
         let mut pipeline = Pipeline::default();
-        if !inserted.ids.is_empty() {
+        let inserting = !inserted.ids.is_empty();
+        if inserting {
+            // A row that does not exist yet cannot be locked, so another
+            // coordinator may begin the same id meanwhile: its row (waited
+            // for until its batch commits) or its outcome wins, and this
+            // begin is a duplicate, without failing the rest of the batch.
             pipeline.push(
                 "INSERT INTO tcc_log_transactions
                      (id, status, decision, epoch, owner, expires, started_at,
@@ -1357,7 +1490,10 @@ impl Rows {
                              $5::text[], $6::smallint[], $7::text[], $8::text[], $9::text[],
                              $10::text[], $11::text[], $12::text[])
                      AS u(id, status, decision, epoch, owner, expiry, names, kinds, data,
-                          attempts, succeeded, errors)",
+                          attempts, succeeded, errors)
+                 WHERE NOT EXISTS (SELECT 1 FROM tcc_log_outcomes o WHERE o.id = u.id)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id",
                 vec![
                     Box::new(inserted.ids),
                     Box::new(inserted.status),
@@ -1414,7 +1550,14 @@ impl Rows {
             );
         }
         writer.add_outcomes(&mut pipeline, &self.outcomes);
-        pipeline.run(tx).await
+        let answers = pipeline.run(tx).await?;
+        let mut begun = HashSet::new();
+        if inserting {
+            for row in &answers[0] {
+                begun.insert(parse_id(row.try_get(0).map_err(write_error)?)?);
+            }
+        }
+        Ok(begun)
     }
 }
 
@@ -1435,7 +1578,8 @@ impl<'a> Pipeline<'a> {
         self.statements.push((sql, params));
     }
 
-    async fn run(self, tx: &Transaction<'_>) -> Result<(), LogError> {
+    /// Runs the statements; returns the rows each returned, in order.
+    async fn run(self, tx: &Transaction<'_>) -> Result<Vec<Vec<tokio_postgres::Row>>, LogError> {
         let mut prepared = Vec::with_capacity(self.statements.len());
         for (sql, _) in &self.statements {
             // A round trip the first time a connection sees a statement.
@@ -1449,10 +1593,9 @@ impl<'a> Pipeline<'a> {
         let runs = prepared
             .iter()
             .zip(&params)
-            .map(|(statement, params)| tx.execute(statement, params));
+            .map(|(statement, params)| tx.query(statement, params));
         futures_util::future::try_join_all(runs)
             .await
-            .map(drop)
             .map_err(write_error)
     }
 }
@@ -1508,18 +1651,42 @@ async fn query(
 }
 
 /// A record, and its lease when the row was just claimed, from the
-/// columns of [`record_columns!`].
-fn record_of(row: &tokio_postgres::Row) -> Result<(Lease, TransactionRecord), LogError> {
-    let id = parse_id(row.try_get(0).map_err(read_error)?)?;
+/// columns of [`record_columns!`]; a row set aside as damaged is
+/// [`Status::Unreadable`], under a lease that writes nothing. A row that
+/// cannot be read fails with [`Corrupt`](LogErrorKind::Corrupt), and with
+/// its id if that can be read.
+fn record_of(
+    row: &tokio_postgres::Row,
+) -> Result<(Lease, TransactionRecord), (Option<TransactionId>, LogError)> {
+    let id = row
+        .try_get(0)
+        .map_err(read_error)
+        .and_then(parse_id)
+        .map_err(|error| (None, error))?;
+    let damage: Option<String> = row.try_get(11).map_err(|e| (Some(id), from_sql(id, e)))?;
+    if let Some(reason) = damage {
+        let record = Unreadable { id, reason }.record();
+        return Ok((Lease { id, epoch: 0 }, record));
+    }
+    read_record(id, row).map_err(|error| (Some(id), error))
+}
+
+/// The record in a row that is not set aside.
+fn read_record(
+    id: TransactionId,
+    row: &tokio_postgres::Row,
+) -> Result<(Lease, TransactionRecord), LogError> {
+    let column = |e| from_sql(id, e);
     let status = status_of(
-        row.try_get(1).map_err(read_error)?,
-        row.try_get(2).map_err(read_error)?,
-    )?;
-    let started_at: SystemTime = row.try_get(3).map_err(read_error)?;
-    let epoch: i64 = row.try_get(4).map_err(read_error)?;
-    let names: Vec<String> = row.try_get(5).map_err(read_error)?;
-    let kinds: Vec<String> = row.try_get(6).map_err(read_error)?;
-    let data: Vec<Vec<u8>> = row.try_get(7).map_err(read_error)?;
+        row.try_get(1).map_err(column)?,
+        row.try_get(2).map_err(column)?,
+    )
+    .map_err(|e| corrupt(id, &e.to_string()))?;
+    let started_at: SystemTime = row.try_get(3).map_err(column)?;
+    let epoch: i64 = row.try_get(4).map_err(column)?;
+    let names: Vec<String> = row.try_get(5).map_err(column)?;
+    let kinds: Vec<String> = row.try_get(6).map_err(column)?;
+    let data: Vec<Vec<u8>> = row.try_get(7).map_err(column)?;
     let progress = progress_of(id, row, 8)?;
     if kinds.len() != names.len() || data.len() != names.len() || progress.len() != names.len() {
         return Err(corrupt(id, "its participants' columns differ in length"));
@@ -1552,9 +1719,10 @@ fn progress_of(
     row: &tokio_postgres::Row,
     first: usize,
 ) -> Result<Vec<[PhaseProgress; 3]>, LogError> {
-    let attempts: Vec<i64> = row.try_get(first).map_err(read_error)?;
-    let succeeded: Vec<bool> = row.try_get(first + 1).map_err(read_error)?;
-    let errors: Vec<Option<String>> = row.try_get(first + 2).map_err(read_error)?;
+    let column = |e| from_sql(id, e);
+    let attempts: Vec<i64> = row.try_get(first).map_err(column)?;
+    let succeeded: Vec<bool> = row.try_get(first + 1).map_err(column)?;
+    let errors: Vec<Option<String>> = row.try_get(first + 2).map_err(column)?;
     if !attempts.len().is_multiple_of(3)
         || succeeded.len() != attempts.len()
         || errors.len() != attempts.len()
@@ -1578,11 +1746,34 @@ fn progress_of(
         .collect())
 }
 
+fn duplicate(id: TransactionId) -> LogError {
+    LogError::new(
+        LogErrorKind::Duplicate,
+        format!("transaction {id} is already in the log"),
+    )
+}
+
 fn corrupt(id: TransactionId, what: &str) -> LogError {
     LogError::new(
         LogErrorKind::Corrupt,
         format!("the log's row of transaction {id} is damaged: {what}"),
     )
+}
+
+/// A column of the row of `id` does not hold what the log wrote (a NULL,
+/// another type).
+fn from_sql(id: TransactionId, error: tokio_postgres::Error) -> LogError {
+    corrupt(id, "a column cannot be read").with_source(error)
+}
+
+/// How a row that cannot be read is listed: [`Status::Unreadable`], with
+/// the reason.
+fn unreadable(id: TransactionId, error: &LogError) -> TransactionRecord {
+    Unreadable {
+        id,
+        reason: error.to_string(),
+    }
+    .record()
 }
 
 /// The text form of a PostgreSQL array of text (`None`: NULL), for a
@@ -1663,7 +1854,9 @@ async fn get(
     )
     .await?;
     if let Some(row) = rows.first() {
-        return record_of(row).map(|(_, record)| Some(record));
+        return record_of(row)
+            .map(|(_, record)| Some(record))
+            .map_err(|(_, error)| error);
     }
     outcomes
         .first()
@@ -1726,7 +1919,7 @@ async fn check_schema(pool: &Pool) -> Result<(), LogError> {
     client
         .batch_execute(
             "SELECT id, status, decision, epoch, owner, expires, started_at, names, kinds,
-                    data, attempts, succeeded, errors
+                    data, attempts, succeeded, errors, damage
                  FROM tcc_log_transactions LIMIT 0;
              SELECT id, decision, started_at, finished_at, seq FROM tcc_log_outcomes LIMIT 0;",
         )

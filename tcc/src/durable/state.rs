@@ -47,7 +47,7 @@ pub(crate) struct Unreadable {
 impl Unreadable {
     /// How [`Log::needs_repair`](super::Log::needs_repair) and
     /// [`Log::claim_unfinished`](super::Log::claim_unfinished) show it.
-    fn record(self) -> TransactionRecord {
+    pub(crate) fn record(self) -> TransactionRecord {
         TransactionRecord {
             intent: Intent {
                 id: self.id,
