@@ -452,6 +452,82 @@ async fn a_backend_killed_mid_batch_loses_nothing_acknowledged() {
     );
 }
 
+/// A `finish(Done)` is answered before its batch commits (it is lazy). If
+/// that commit then fails, the row is back, decided, under a lease its
+/// caller no longer holds: the log gives it back at once, so the next claim
+/// takes it instead of waiting out the lease.
+#[tokio::test]
+async fn an_end_answered_before_a_failed_commit_is_given_back_at_once() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, pool) = pglog::migrated(cluster, "early_end").await;
+    let log = PostgresLog::open(pool).await.unwrap();
+    let done = intent(1);
+    let lease = log.begin(&done).await.unwrap();
+    log.decide(&lease, Decision::Confirm).await.unwrap();
+    let repair = intent(1);
+    let repair_lease = log.begin(&repair).await.unwrap();
+    log.decide(&repair_lease, Decision::Cancel).await.unwrap();
+    log.finish(&repair_lease, End::NeedsRepair).await.unwrap();
+    // The repair's row locked by another session: a `resolve` of it, after
+    // the finish in one batch, waits there, and its backend is killed.
+    let mut admin = cluster.connect(&schema).await;
+    let blocker = admin.transaction().await.unwrap();
+    blocker
+        .query(
+            "SELECT 1 FROM tcc_log_transactions WHERE id = $1 FOR UPDATE",
+            &[&repair.id.to_string()],
+        )
+        .await
+        .unwrap();
+    // Both sent before the writer runs (this runtime has one thread): one
+    // batch.
+    let finish = log.finish(&lease, End::Done);
+    let resolve = log.resolve(repair.id);
+    let killer = cluster.connect(&schema).await;
+    let kill = async {
+        for _ in 0..500 {
+            let row = killer
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE application_name = 'tcc-log' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == 1 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    let (finished, resolved, killed) = tokio::join!(finish, resolve, kill);
+    assert!(killed, "the writer's backend was never seen waiting");
+    finished.expect("answered before the commit");
+    resolved.expect_err("its batch failed");
+    blocker.rollback().await.unwrap();
+    // Rolled back: decided again. (The first call after the kill may get
+    // the killed connection back from the pool: it costs a retry.)
+    let mut record = log.get(done.id).await;
+    for _ in 0..5 {
+        if record.is_ok() {
+            break;
+        }
+        record = log.get(done.id).await;
+    }
+    assert_eq!(
+        record.unwrap().unwrap().status,
+        Status::Decided(Decision::Confirm)
+    );
+    // The next claim takes it, long before its lease (60 s) would have run
+    // out.
+    let claimed = log.claim_unfinished(10).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|(lease, _)| lease.id).collect();
+    assert_eq!(ids, [done.id]);
+}
+
 /// The application's resource for the end-to-end test: one balance.
 #[derive(Clone, Default)]
 struct Bank(Arc<AtomicI64>);

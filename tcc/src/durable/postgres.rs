@@ -657,6 +657,9 @@ struct Replies {
     held: Vec<Pending>,
     /// `finish(Done)`: sent once its statements ran, before the commit.
     early: Vec<Reply<()>>,
+    /// The leases those `finish(Done)` ended: if the batch then fails, the
+    /// rows are back, decided, under leases their callers no longer hold.
+    ended: Vec<Lease>,
 }
 
 impl Replies {
@@ -686,7 +689,8 @@ impl Writer {
         let mut orphans = Vec::new();
         // Ends once every handle is dropped and every request sent applied.
         while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            batch.splice(0..0, orphans.drain(..).map(Request::Release));
+            let giving_back: Vec<Lease> = std::mem::take(&mut orphans);
+            batch.splice(0..0, giving_back.iter().cloned().map(Request::Release));
             let durable = batch.iter().any(Request::durable);
             let mut requests = batch.drain(..);
             let mut replies = Replies::default();
@@ -699,6 +703,16 @@ impl Writer {
                 Err(error) => {
                     tracing::error!(%error, "a batch of the PostgreSQL log failed");
                     requests.for_each(|r| r.abandon(&error));
+                    // Ends told before a commit that failed: the rows are
+                    // back, decided, held by no one. Given back at once, so
+                    // that recovery finishes them without waiting out their
+                    // leases. (A release that finds the epoch moved, its
+                    // caller having given the lease back itself, does
+                    // nothing.)
+                    orphans.append(&mut replies.ended);
+                    // And what this batch was giving back, rolled back with
+                    // it: tried again with the next.
+                    orphans.extend(giving_back);
                     replies.fail(&error);
                 }
             }
@@ -1367,6 +1381,7 @@ impl Rows {
                         started_at,
                     });
                     replies.early.push(reply);
+                    replies.ended.push(lease);
                 }
                 Err(error) => {
                     let _ = reply.send(Err(error));
