@@ -402,24 +402,10 @@ async fn a_backend_killed_mid_batch_loses_nothing_acknowledged() {
             (id, tokio::spawn(async move { log.begin(&intent).await }))
         })
         .collect();
-    let killer = cluster.connect(&schema).await;
-    let mut killed = false;
-    for _ in 0..200 {
-        let row = killer
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                 WHERE application_name = 'tcc-log' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap();
-        if row.get::<_, i64>(0) == 1 {
-            killed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(killed, "the writer's backend was never seen waiting");
+    assert!(
+        kill_the_waiting_writer(cluster, &schema).await,
+        "the writer's backend was never seen waiting"
+    );
     blocker.rollback().await.unwrap();
     // Those of the killed batch fail; any sent after it was taken went into
     // the next batch, on a new connection, and are acknowledged.
@@ -450,6 +436,27 @@ async fn a_backend_killed_mid_batch_loses_nothing_acknowledged() {
         log.unfinished_count().await.unwrap(),
         acknowledged.len() as u64
     );
+}
+
+/// Kills the log's backend once it is seen waiting on a lock (the test
+/// holds one), within 5 s; whether it was.
+async fn kill_the_waiting_writer(cluster: &Cluster, schema: &str) -> bool {
+    let killer = cluster.connect(schema).await;
+    for _ in 0..500 {
+        let row = killer
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = 'tcc-log' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
 }
 
 /// A `finish(Done)` is answered before its batch commits (it is lazy). If
@@ -485,24 +492,7 @@ async fn an_end_answered_before_a_failed_commit_is_given_back_at_once() {
     // batch.
     let finish = log.finish(&lease, End::Done);
     let resolve = log.resolve(repair.id);
-    let killer = cluster.connect(&schema).await;
-    let kill = async {
-        for _ in 0..500 {
-            let row = killer
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                     WHERE application_name = 'tcc-log' AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap();
-            if row.get::<_, i64>(0) == 1 {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    };
+    let kill = kill_the_waiting_writer(cluster, &schema);
     let (finished, resolved, killed) = tokio::join!(finish, resolve, kill);
     assert!(killed, "the writer's backend was never seen waiting");
     finished.expect("answered before the commit");
@@ -967,11 +957,11 @@ async fn open_refuses_commits_that_may_not_reach_the_disk_and_leases_of_no_lengt
     PostgresLog::open(pool).await.unwrap();
 }
 
-/// One row the log cannot read (its participants' arrays differ in
-///    length) among good unfinished ones: recovery finishes the good ones
-///    and sets the bad one aside, listed by `needs_repair` and `get` as
-///    unreadable with the reason, until `resolve` removes it; a write of the
-///    batch that does not touch it goes through.
+/// One row the log cannot read (its participants' arrays differ in length)
+/// among good unfinished ones: recovery finishes the good ones and sets the
+/// bad one aside, listed by `needs_repair` and `get` as unreadable with the
+/// reason, until `resolve` removes it; a write of the batch that does not
+/// touch it goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_unreadable_row_is_set_aside_and_the_others_are_recovered() {
     let Some(cluster) = Cluster::get() else {

@@ -151,10 +151,13 @@ impl Recoverable for Stubborn {
     }
 }
 
-/// Runs one transaction of [`Stubborn`] on a log whose renewals do as
-/// `renewal` says; returns the error, when the decision was written, and
-/// when each Confirm attempt started.
-async fn confirm_under(renewal: Renewal) -> (tcc::Error, Instant, Vec<Instant>, Arc<Expiring>) {
+/// Runs one transaction of [`Stubborn`], its Confirm retried `retries`
+/// times, on a log whose renewals do as `renewal` says; returns the error,
+/// when the decision was written, and when each Confirm attempt started.
+async fn confirm_under(
+    renewal: Renewal,
+    retries: u32,
+) -> (tcc::Error, Instant, Vec<Instant>, Arc<Expiring>) {
     let store = Expiring::new(renewal);
     let log = TransactionLog::from_store(store.clone());
     let attempts = Arc::new(Attempts::default());
@@ -165,7 +168,7 @@ async fn confirm_under(renewal: Renewal) -> (tcc::Error, Instant, Vec<Instant>, 
         .with_initial_interval(Duration::from_millis(20))
         .with_multiplier(1.0)
         .with_jitter(0.0)
-        .with_max_retries(1000);
+        .with_max_retries(retries);
     let started = Instant::now();
     let error = tcc! {
         log = &log;
@@ -180,7 +183,7 @@ async fn confirm_under(renewal: Renewal) -> (tcc::Error, Instant, Vec<Instant>, 
 
 #[tokio::test(start_paused = true)]
 async fn a_renewal_that_hangs_stops_the_calls_once_the_lease_is_not_trusted() {
-    let (error, started, attempts, store) = confirm_under(Renewal::Hangs).await;
+    let (error, started, attempts, store) = confirm_under(Renewal::Hangs, 1000).await;
     assert_eq!(error.kind(), ErrorKind::LogFailed, "{error}");
     assert!(error.to_string().contains("lease"), "{error}");
     // Trusted for two thirds of the TTL from the decision (the paused
@@ -208,7 +211,7 @@ async fn a_renewal_that_hangs_stops_the_calls_once_the_lease_is_not_trusted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_renewal_refused_stops_the_transaction_before_its_next_call() {
-    let (error, started, attempts, store) = confirm_under(Renewal::Fenced).await;
+    let (error, started, attempts, store) = confirm_under(Renewal::Fenced, 1000).await;
     assert_eq!(error.kind(), ErrorKind::LogFailed, "{error}");
     assert!(error.to_string().contains("claimed by another"), "{error}");
     // The first renewal, a third of the TTL in, is refused: no attempt
@@ -222,29 +225,11 @@ async fn a_renewal_refused_stops_the_transaction_before_its_next_call() {
 
 #[tokio::test(start_paused = true)]
 async fn renewed_leases_keep_the_calls_going() {
-    let store = Expiring::new(Renewal::Succeeds);
-    let log = TransactionLog::from_store(store.clone());
-    let attempts = Arc::new(Attempts::default());
-    log.provide(attempts.clone())
-        .and_then(|log| log.register::<Stubborn>())
-        .expect("one resource and one kind");
-    let policy = RetryPolicy::default()
-        .with_initial_interval(Duration::from_millis(20))
-        .with_multiplier(1.0)
-        .with_jitter(0.0)
-        .with_max_retries(100);
-    let started = Instant::now();
-    let error = tcc! {
-        log = &log;
-        retry = policy;
-        Stubborn { attempts: attempts.clone() },
-    }
-    .await
-    .expect_err("the Confirm never succeeds");
+    let (error, started, attempts, store) = confirm_under(Renewal::Succeeds, 100).await;
     // Every retry ran, for far longer than one lease, and then the
     // transaction needs repair as usual.
     assert!(error.needs_repair(), "{error}");
-    assert_eq!(attempts.0.lock().unwrap().len(), 101);
+    assert_eq!(attempts.len(), 101);
     assert!(Instant::now() - started > TTL * 5);
     assert!(store.renewals.load(Ordering::SeqCst) > 5);
 }
