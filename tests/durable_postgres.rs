@@ -370,6 +370,22 @@ async fn migrate_is_idempotent_and_open_refuses_a_schema_it_cannot_use() {
         error.to_string().contains("not the transaction log's"),
         "{error}"
     );
+
+    // The log's tables with a column of another type (changed by hand):
+    // refused at open, naming the column, before anything is written.
+    let (schema, pool) = pglog::migrated(cluster, "retyped").await;
+    let admin = cluster.connect(&schema).await;
+    admin
+        .batch_execute("ALTER TABLE tcc_log_transactions ALTER COLUMN epoch TYPE text")
+        .await
+        .unwrap();
+    let error = PostgresLog::open(pool).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Schema);
+    let text = error.to_string();
+    assert!(
+        text.contains("column `epoch` is `text`, the log's is `bigint`"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1929,18 +1929,85 @@ async fn check_schema(pool: &Pool) -> Result<(), LogError> {
             ));
         }
     }
-    // Tables of the same names made by something else: refused before any
-    // write, naming what is wrong.
-    client
-        .batch_execute(
-            "SELECT id, status, decision, epoch, owner, expires, started_at, names, kinds,
-                    data, attempts, succeeded, errors, damage
-                 FROM tcc_log_transactions LIMIT 0;
-             SELECT id, decision, started_at, finished_at, seq FROM tcc_log_outcomes LIMIT 0;",
+    // Tables of the same names made by something else, or changed by hand:
+    // refused before any write, naming the column.
+    let rows = client
+        .query(
+            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod)
+               FROM pg_attribute a JOIN pg_class c ON a.attrelid = c.oid
+              WHERE c.relnamespace = current_schema()::regnamespace
+                AND c.relname IN ('tcc_log_transactions', 'tcc_log_outcomes')
+                AND a.attnum > 0 AND NOT a.attisdropped",
+            &[],
         )
         .await
-        .map_err(|e| foreign_or(e, "cannot read the log's tables"))
+        .map_err(|e| foreign_or(e, "cannot read the log's tables"))?;
+    let mut found = HashMap::new();
+    for row in &rows {
+        let (table, column, kind): (String, String, String) = (
+            row.try_get(0).map_err(read_error)?,
+            row.try_get(1).map_err(read_error)?,
+            row.try_get(2).map_err(read_error)?,
+        );
+        found.insert((table, column), kind);
+    }
+    for (table, column, kind) in COLUMNS {
+        match found.get(&(table.to_string(), column.to_string())) {
+            Some(found) if found == kind => {}
+            found => {
+                let what = match found {
+                    Some(found) => {
+                        format!("its column `{column}` is `{found}`, the log's is `{kind}`")
+                    }
+                    None => format!("it has no column `{column}`"),
+                };
+                return Err(LogError::new(
+                    LogErrorKind::Schema,
+                    format!(
+                        "the table {table} in schema {schema} is not the transaction log's: {what}; move it away, or give the log a schema of its own (its `search_path`), then {MIGRATE_HINT}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
+
+/// Every column the log reads and writes, with its type as `format_type`
+/// names it.
+const COLUMNS: [(&str, &str, &str); 19] = [
+    ("tcc_log_transactions", "id", "text"),
+    ("tcc_log_transactions", "status", "smallint"),
+    ("tcc_log_transactions", "decision", "smallint"),
+    ("tcc_log_transactions", "epoch", "bigint"),
+    ("tcc_log_transactions", "owner", "text"),
+    (
+        "tcc_log_transactions",
+        "expires",
+        "timestamp with time zone",
+    ),
+    (
+        "tcc_log_transactions",
+        "started_at",
+        "timestamp with time zone",
+    ),
+    ("tcc_log_transactions", "names", "text[]"),
+    ("tcc_log_transactions", "kinds", "text[]"),
+    ("tcc_log_transactions", "data", "bytea[]"),
+    ("tcc_log_transactions", "attempts", "bigint[]"),
+    ("tcc_log_transactions", "succeeded", "boolean[]"),
+    ("tcc_log_transactions", "errors", "text[]"),
+    ("tcc_log_transactions", "damage", "text"),
+    ("tcc_log_outcomes", "id", "text"),
+    ("tcc_log_outcomes", "decision", "smallint"),
+    ("tcc_log_outcomes", "started_at", "timestamp with time zone"),
+    (
+        "tcc_log_outcomes",
+        "finished_at",
+        "timestamp with time zone",
+    ),
+    ("tcc_log_outcomes", "seq", "bigint"),
+];
 
 fn newer(version: i32) -> LogError {
     LogError::new(
