@@ -461,7 +461,8 @@ pub trait Log: Send + Sync + 'static {
     /// (epoch bumped).
     ///
     /// A record among them that the store cannot read is not claimed: it is
-    /// moved to "needs repair", untouched, and returned once, with
+    /// moved to "needs repair" (its contents kept as they are, for an
+    /// operator), and returned once, with
     /// [`Status::Unreadable`] and its reason in
     /// [`damage`](TransactionRecord::damage), under a lease that writes
     /// nothing (every write under it is [`Fenced`](LogErrorKind::Fenced)).
