@@ -880,6 +880,29 @@ impl Recoverable for Counted {
     }
 }
 
+/// A transaction of `participants` [`Counted`] services, as a coordinator
+/// that then died would have begun it.
+fn counted_intent(participants: usize) -> Intent {
+    let participant = ParticipantEntry {
+        name: "counted".into(),
+        kind: "counted".into(),
+        data: Vec::new(),
+    };
+    Intent {
+        id: TransactionId::generate(),
+        participants: vec![participant; participants],
+    }
+}
+
+/// A coordinator on `log` that rebuilds [`Counted`] with `tally`.
+fn counting(log: PostgresLog, tally: &Arc<Tally>) -> TransactionLog {
+    let log = TransactionLog::new(log);
+    log.provide(tally.clone())
+        .and_then(|log| log.register::<Counted>())
+        .expect("one resource and one kind");
+    log
+}
+
 /// Hmily #71: clustered recovery ran one transaction twice. Here four
 /// coordinators recover at once what a dead one left: each transaction is
 /// carried out by exactly one of them, once.
@@ -891,17 +914,9 @@ async fn coordinators_recovering_at_once_finish_each_transaction_once() {
     let (schema, _) = pglog::migrated(cluster, "recovery").await;
     let ttl = Duration::from_millis(200);
     let dead = coordinators(cluster, &schema, 1, ttl).await.pop().unwrap();
-    let participant = ParticipantEntry {
-        name: "counted".into(),
-        kind: "counted".into(),
-        data: Vec::new(),
-    };
     let mut expected = HashMap::new();
     for i in 0..60 {
-        let intent = Intent {
-            id: TransactionId::generate(),
-            participants: vec![participant.clone()],
-        };
+        let intent = counted_intent(1);
         let lease = dead.begin(&intent).await.unwrap();
         // A third left undecided: presumed abort.
         let decision = if i % 3 == 0 {
@@ -917,10 +932,7 @@ async fn coordinators_recovering_at_once_finish_each_transaction_once() {
     let tally = Arc::new(Tally::default());
     let mut recovering = tokio::task::JoinSet::new();
     for log in coordinators(cluster, &schema, 4, Duration::from_secs(30)).await {
-        let log = TransactionLog::new(log);
-        log.provide(tally.clone())
-            .and_then(|log| log.register::<Counted>())
-            .expect("one resource and one kind");
+        let log = counting(log, &tally);
         recovering.spawn(async move { log.recover().await.unwrap().finished });
     }
     let mut finished = 0;
@@ -986,18 +998,10 @@ async fn one_unreadable_row_is_set_aside_and_the_others_are_recovered() {
     let (schema, pool) = pglog::migrated(cluster, "unreadable").await;
     let ttl = Duration::from_millis(200);
     let dead = coordinators(cluster, &schema, 1, ttl).await.pop().unwrap();
-    let participant = ParticipantEntry {
-        name: "counted".into(),
-        kind: "counted".into(),
-        data: Vec::new(),
-    };
     let mut good = Vec::new();
     let mut bad = None;
     for i in 0..6 {
-        let intent = Intent {
-            id: TransactionId::generate(),
-            participants: vec![participant.clone(), participant.clone()],
-        };
+        let intent = counted_intent(2);
         let lease = dead.begin(&intent).await.unwrap();
         dead.decide(&lease, Decision::Confirm).await.unwrap();
         if i == 2 {
@@ -1024,11 +1028,8 @@ async fn one_unreadable_row_is_set_aside_and_the_others_are_recovered() {
         .await
         .pop()
         .unwrap();
-    let log = TransactionLog::new(recovering);
+    let log = counting(recovering, &tally);
     let raw = log.store().clone();
-    log.provide(tally.clone())
-        .and_then(|log| log.register::<Counted>())
-        .expect("one resource and one kind");
     let summary = log.recover().await.unwrap();
     assert_eq!(summary.finished, good.len());
     assert_eq!(summary.unreadable.len(), 1, "{summary:?}");
