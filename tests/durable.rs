@@ -478,8 +478,10 @@ async fn an_unregistered_kind_is_left_untouched_and_finished_once_registered() {
     assert!(bank.of(id).iter().all(|(_, b)| b.confirmed && !b.held));
 }
 
-#[tokio::test(start_paused = true)]
-async fn retries_resume_from_the_attempts_in_the_log_then_need_repair() {
+/// A transfer whose payee's Confirm fails every time (until the test
+/// says otherwise), run until its retries are spent: its bank, log, id and
+/// error kind.
+async fn payee_never_confirms() -> (Arc<Bank>, TransactionLog, TransactionId, ErrorKind) {
     let durable = Arc::new(MemoryLog::new());
     let bank = Bank::new(durable.clone());
     bank.confirm_failures
@@ -490,7 +492,12 @@ async fn retries_resume_from_the_attempts_in_the_log_then_need_repair() {
     let (id, kind) = transfer(Front::Orchestrator, &log, &bank, false)
         .await
         .unwrap_err();
-    let id = id.unwrap();
+    (bank, log, id.unwrap(), kind)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_resume_from_the_attempts_in_the_log_then_need_repair() {
+    let (bank, log, id, kind) = payee_never_confirms().await;
     assert_eq!(kind, ErrorKind::ConfirmFailed);
     // Three attempts (a limit of 2 retries), then "needs repair", durable.
     let listed = log.needs_repair(10).await.unwrap();
@@ -1091,17 +1098,7 @@ async fn a_failed_decision_write_keeps_the_try_failures() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_redrive_gives_its_claim_back() {
-    let durable = Arc::new(MemoryLog::new());
-    let bank = Bank::new(durable.clone());
-    bank.confirm_failures
-        .lock()
-        .unwrap()
-        .insert("payee".into(), 100);
-    let log = coordinator(durable.clone(), &bank);
-    let (id, _) = transfer(Front::Orchestrator, &log, &bank, false)
-        .await
-        .unwrap_err();
-    let id = id.unwrap();
+    let (bank, log, id, _) = payee_never_confirms().await;
     assert_eq!(log.needs_repair(10).await.unwrap().len(), 1);
     // Re-driven, the payee fails once more and waits a minute to retry:
     // the caller gives up before.
