@@ -23,6 +23,9 @@
 //!    are recovered, and fails only the writes to it.
 //! 9. Two coordinators beginning the same id: begun once, the other begins
 //!    are `Duplicate`, the rest of their batches goes through.
+//! 10. Opening by URL: a URL that does not parse is `Config` (and the
+//!     message does not repeat its password), one that does not connect is
+//!     `Io`, an unmigrated schema is refused unless `migrate(true)` asks.
 //!
 //! Against the throwaway cluster of `tests/pglog` (one per test binary, a
 //! schema per test). Without PostgreSQL server binaries these tests print
@@ -951,6 +954,43 @@ async fn coordinators_recovering_at_once_finish_each_transaction_once() {
     }
 }
 
+#[tokio::test]
+async fn a_log_opened_by_url_says_what_is_wrong_with_the_url() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let error = TransactionLog::postgres_url("postgres://tcc:s3cret@host:notaport/db")
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Config, "{error}");
+    assert!(!error.to_string().contains("s3cret"), "{error}");
+
+    // A socket directory with no server in it.
+    let nowhere = "postgresql://postgres@%2Fnonexistent-tcc:5432/postgres";
+    let error = TransactionLog::postgres_url(nowhere).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Io, "{error}");
+
+    let schema = pglog::fresh_schema("url");
+    cluster.connect(&schema).await;
+    let url = cluster.url(&schema);
+    let error = TransactionLog::postgres_url(&url).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Schema, "{error}");
+    assert!(error.to_string().contains("migrate(true)"), "{error}");
+
+    let store = PostgresLog::options()
+        .migrate(true)
+        .owner("by-url")
+        .connect(&url)
+        .await
+        .expect("migrated and opened by URL");
+    let log = TransactionLog::new(store);
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    // Opened again, without migrating: the tables are there now.
+    TransactionLog::postgres_url(&url)
+        .await
+        .expect("opened by URL");
+}
+
 /// Connections that commit without waiting for the WAL flush could lose an
 /// acknowledged decision in a crash of the database: refused at open,
 /// saying what to set. So is a lease of no length.
@@ -980,6 +1020,7 @@ async fn open_refuses_commits_that_may_not_reach_the_disk_and_leases_of_no_lengt
         .open(pool.clone())
         .await
         .unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Config);
     assert!(error.to_string().contains("lease TTL of zero"), "{error}");
     // The same pool, as it is: opens.
     PostgresLog::open(pool).await.unwrap();

@@ -247,6 +247,18 @@ impl TransactionLog {
             .map(TransactionLog::new)
     }
 
+    /// The log in PostgreSQL tables of the database at `url`
+    /// (`postgres://user:password@host/db`), on a pool of its own: see
+    /// [`PostgresOptions::connect`](crate::durable::PostgresOptions::connect),
+    /// which also takes options (a lease length, running the migration).
+    /// Cargo feature `postgres-log`.
+    #[cfg(feature = "postgres-log")]
+    pub async fn postgres_url(url: &str) -> Result<Self, LogError> {
+        crate::durable::PostgresLog::connect(url)
+            .await
+            .map(TransactionLog::new)
+    }
+
     /// The store underneath.
     pub fn store(&self) -> &Arc<dyn Log> {
         &self.inner.store

@@ -549,6 +549,9 @@ pub enum LogErrorKind {
     /// the log's, or settings the log cannot be durable with: the message
     /// says what to run or change.
     Schema,
+    /// The address or options given to open the log are not valid: a
+    /// PostgreSQL URL that does not parse, a lease of zero.
+    Config,
 }
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;

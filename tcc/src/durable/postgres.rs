@@ -99,7 +99,7 @@ macro_rules! record_columns {
 const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// What to run, in every error about a missing or old schema.
-const MIGRATE_HINT: &str = "run `PostgresLog::migrate(&pool)` (tcc::durable::PostgresLog) once, with the same `search_path`";
+const MIGRATE_HINT: &str = "run `PostgresLog::migrate(&pool)` (tcc::durable::PostgresLog) once, with the same `search_path`, or open with `PostgresLog::options().migrate(true)`";
 
 /// How many requests one database transaction takes at most.
 const MAX_BATCH: usize = 4096;
@@ -122,6 +122,7 @@ pub struct PostgresOptions {
     retention: u64,
     owner: Option<String>,
     writers: usize,
+    migrate: bool,
 }
 
 impl Default for PostgresOptions {
@@ -131,6 +132,7 @@ impl Default for PostgresOptions {
             retention: DEFAULT_RETENTION,
             owner: None,
             writers: 1,
+            migrate: false,
         }
     }
 }
@@ -175,9 +177,60 @@ impl PostgresOptions {
         self
     }
 
+    /// Whether opening runs [`PostgresLog::migrate`] first (default
+    /// false: an application that owns its schema changes runs it apart).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
     /// Opens the log on `pool`; see [`PostgresLog::open`].
     pub async fn open(self, pool: Pool) -> Result<PostgresLog, LogError> {
         PostgresLog::open_with(pool, self).await
+    }
+
+    /// Opens the log on a pool of its own, of one connection per writer and
+    /// one more, to the database at `url`: a URL
+    /// (`postgres://user:password@host:port/db?options=-csearch_path%3Dtcc`)
+    /// or a `key=value` string, as [`tokio_postgres::Config`] parses them.
+    /// The connections use no TLS (build a pool with a TLS connector and
+    /// [`open`](PostgresOptions::open) it for that), give up connecting
+    /// after 10 s unless the URL says otherwise, and are named `tcc-log` in
+    /// `pg_stat_activity` unless it names them.
+    ///
+    /// Fails with [`Config`](LogErrorKind::Config) if `url` does not parse
+    /// (the message does not repeat it: it may hold a password), with
+    /// [`Io`](LogErrorKind::Io) if the database cannot be reached, and as
+    /// [`open`](PostgresOptions::open) does.
+    pub async fn connect(self, url: &str) -> Result<PostgresLog, LogError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|error| {
+            LogError::new(
+                LogErrorKind::Config,
+                "the log's address is neither a `postgres://` URL nor a `key=value` connection string",
+            )
+            .with_source(error)
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("tcc-log");
+        }
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.writers + 1)
+            .build()
+            .map_err(|error| {
+                LogError::new(LogErrorKind::Config, "cannot build the log's pool")
+                    .with_source(error)
+            })?;
+        self.open(pool).await
     }
 }
 
@@ -351,7 +404,14 @@ impl PostgresLog {
         PostgresLog::open_with(pool, PostgresOptions::default()).await
     }
 
-    /// Options for [`PostgresOptions::open`].
+    /// Opens the log at `url` with the default options, on a pool of its
+    /// own: see [`PostgresOptions::connect`].
+    pub async fn connect(url: &str) -> Result<PostgresLog, LogError> {
+        PostgresOptions::default().connect(url).await
+    }
+
+    /// Options for [`PostgresOptions::open`] and
+    /// [`connect`](PostgresOptions::connect).
     pub fn options() -> PostgresOptions {
         PostgresOptions::default()
     }
@@ -364,9 +424,12 @@ impl PostgresLog {
     async fn open_with(pool: Pool, options: PostgresOptions) -> Result<PostgresLog, LogError> {
         if options.lease_ttl.is_zero() {
             return Err(LogError::new(
-                LogErrorKind::Schema,
+                LogErrorKind::Config,
                 "a lease TTL of zero would let any coordinator claim every transaction at once: give `PostgresOptions::lease_ttl` a length longer than a transaction's phases take",
             ));
+        }
+        if options.migrate {
+            PostgresLog::migrate(&pool).await?;
         }
         check_schema(&pool).await?;
         check_durability(&pool).await?;
@@ -375,7 +438,7 @@ impl PostgresLog {
             None => format!(
                 "pid-{}-{:08x}",
                 std::process::id(),
-                TransactionId::generate().as_u128() as u32
+                (TransactionId::generate().as_u128() >> 64) as u32
             )
             .into(),
         };
