@@ -8,14 +8,25 @@
 //! cargo run --example bank_transfer    # a demo: run, kill -9, recover, audit
 //! ```
 //!
+//! Each command also takes `--log postgres://...`: the transaction log is
+//! then in PostgreSQL tables ([`tcc::durable::PostgresLog`]) instead of
+//! `DIR/transactions.redb`, and several `run` processes may share it and
+//! `DIR/bank.sqlite` (on one machine: SQLite's locks are local). Each
+//! holds a lease on the transfers it runs, `--lease SECONDS` long (default
+//! 10); when one dies, another's recovery finishes its transfers once their
+//! leases expire. `recover` then waits for the leases of the dead to expire.
+//!
 //! - `run` creates `DIR/bank.sqlite` (N accounts, default 20, of 1000 each)
 //!   and the transaction log `DIR/transactions.redb` for a new `DIR` (where
 //!   the bank exists, a missing or emptied log is refused, never made anew),
 //!   finishes what the log left unfinished, then runs random transfers of 1 to 200
 //!   with W at a time (default 16) until T are done (default: until killed).
 //!   For each transfer that succeeded it prints `confirmed <id>` on stdout
-//!   at once.
-//! - `recover` finishes every unfinished transaction.
+//!   at once. With `--log postgres://...`, the log's tables are made (or
+//!   upgraded) for a new `DIR` only, as the file is; and what the log left
+//!   unfinished is finished by whichever `run` claims it first.
+//! - `recover` finishes every unfinished transaction (with a PostgreSQL
+//!   log, run it once every `run` has stopped).
 //! - `audit` prints one JSON line: `accounts`, `total`, `frozen`,
 //!   `unfinished` (transactions the log holds unfinished) and checks.
 //!
@@ -82,8 +93,8 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
-use tcc::barrier::{BarrierError, Branch, Outcome, sqlite as barrier};
-use tcc::durable::LogErrorKind;
+use tcc::barrier::{BarrierError, BarrierErrorKind, Branch, Outcome, sqlite as barrier};
+use tcc::durable::{LogErrorKind, PostgresLog};
 use tcc::{BoxError, ErrorKind, RetryPolicy, TransactionId, TransactionLog};
 use tcc::{tcc, tcc_service};
 use tokio::sync::oneshot;
@@ -94,6 +105,9 @@ const OPENING_BALANCE: i64 = 1000;
 const BANK_FILE: &str = "bank.sqlite";
 /// The transaction log, in the data directory.
 const LOG_FILE: &str = "transactions.redb";
+/// How long a `run` holds the transfers it runs, with a PostgreSQL log,
+/// unless `--lease` says otherwise.
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// The business tables. The barrier's table is created next to them
 /// ([`barrier::migrate`]), in the same file: its rows commit with the
@@ -212,7 +226,21 @@ impl Bank {
     /// with its branch's barrier row and whatever `body` does (given the
     /// transaction id as the journal spells it), committed together.
     /// `body` runs only the first time the phase reaches the database.
-    async fn phase<T, F>(&self, mut body: F) -> Result<Outcome<T>, BankError>
+    async fn phase<T, F>(&self, body: F) -> Result<Outcome<T>, BankError>
+    where
+        T: Send + 'static,
+        F: FnMut(&Transaction<'_>, &str) -> Result<T, BankError> + Send + 'static,
+    {
+        self.phase_pausing(None, body).await
+    }
+
+    /// [`phase`](Bank::phase), pausing on the database thread at named
+    /// point `pause` first ([`pause_in_bank`]).
+    async fn phase_pausing<T, F>(
+        &self,
+        pause: Option<&'static str>,
+        mut body: F,
+    ) -> Result<Outcome<T>, BankError>
     where
         T: Send + 'static,
         F: FnMut(&Transaction<'_>, &str) -> Result<T, BankError> + Send + 'static,
@@ -220,8 +248,23 @@ impl Bank {
         // Read here: the database thread runs no phase, so has no context.
         let branch = Branch::current()?;
         let id = branch.transaction_id().to_string();
-        self.call(move |connection| barrier::run_branch(connection, &branch, |tx| body(tx, &id)))
-            .await
+        self.call(move |connection| {
+            if let Some(point) = pause {
+                pause_in_bank(point, &id);
+            }
+            let outcome = barrier::run_branch(connection, &branch, |tx| body(tx, &id));
+            // Said here, where the barrier answered, even if the phase was
+            // dropped meanwhile: a Try that arrived after its transaction
+            // was cancelled (this process paused past its lease, and
+            // another cancelled the transfer) reserved nothing.
+            if let Err(BankError::Barrier(refused)) = &outcome
+                && refused.kind() == BarrierErrorKind::TryAfterCancel
+            {
+                eprintln!("late try refused by the barrier: {id}");
+            }
+            outcome
+        })
+        .await
     }
 
     /// The names of every account.
@@ -277,7 +320,7 @@ impl Debit {
         let (account, amount) = (self.account.clone(), self.amount);
         let outcome = self
             .bank
-            .phase(move |tx, _| {
+            .phase_pausing(Some(TRY_IN_BANK), move |tx, _| {
                 let (balance, frozen) = account_row(tx, &account)?;
                 if balance - frozen < amount {
                     return Err(BankError::InsufficientFunds {
@@ -426,6 +469,9 @@ async fn transfer(
 /// In the payer's Try, before it reaches the database: the intent is
 /// written, the payer's Try never runs.
 const BEFORE_TRY: &str = "before-try";
+/// In the payer's Try, on the database thread before the barrier: the Try
+/// was handed to the bank, as a request is sent to a remote participant.
+const TRY_IN_BANK: &str = "try-in-bank";
 /// In the payer's Try, just after it froze the money.
 const AFTER_TRY: &str = "after-try";
 /// In a Confirm, before it reaches the database: the decision is written,
@@ -440,17 +486,44 @@ const BEFORE_ACK: &str = "before-ack";
 
 /// With `TCC_BANK_PAUSE_AT=<point>` in the environment, the first transfer
 /// to reach `point` prints `paused at <point> <id>` and stalls there for
-/// good, so that a test kills the process exactly there. Does nothing
-/// otherwise.
+/// good, so that a test kills the process exactly there; with
+/// `TCC_BANK_PAUSE_FOR=<ms>` too, for that long only (a test stops the
+/// process meanwhile, and lets it go on later). Does nothing otherwise.
 async fn pause_at(point: &str, id: TransactionId) {
+    match pausing(point, &id.to_string()) {
+        None => {}
+        Some(Some(pause)) => tokio::time::sleep(pause).await,
+        Some(None) => std::future::pending::<()>().await,
+    }
+}
+
+/// [`pause_at`] on the database thread, which it blocks.
+fn pause_in_bank(point: &str, id: &str) {
+    match pausing(point, id) {
+        None => {}
+        Some(Some(pause)) => std::thread::sleep(pause),
+        Some(None) => loop {
+            std::thread::park();
+        },
+    }
+}
+
+/// Whether the transfer `id` at `point` is the one to pause (printing so),
+/// and for how long: `Some(None)` for good.
+fn pausing(point: &str, id: &str) -> Option<Option<Duration>> {
     static PAUSE_AT: OnceLock<Option<String>> = OnceLock::new();
     static PAUSED: AtomicBool = AtomicBool::new(false);
     let wanted = PAUSE_AT.get_or_init(|| std::env::var("TCC_BANK_PAUSE_AT").ok());
     if wanted.as_deref() != Some(point) || PAUSED.swap(true, Ordering::SeqCst) {
-        return;
+        return None;
     }
     say(&format!("paused at {point} {id}"));
-    std::future::pending::<()>().await;
+    let pause = std::env::var("TCC_BANK_PAUSE_FOR").ok();
+    Some(
+        pause
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis),
+    )
 }
 
 /// [`pause_at`] inside a phase, for the transaction it runs in.
@@ -479,9 +552,23 @@ fn say(line: &str) {
 // ---------------------------------------------------------------------------
 // The commands.
 
+/// Where the transaction log is.
+#[derive(Clone)]
+enum LogAt {
+    /// `DIR/transactions.redb`, held by one process at a time.
+    File,
+    /// PostgreSQL tables, shared by every `run`: the URL, and the lease.
+    Postgres { url: String, lease: Duration },
+}
+
 /// Opens the log and the bank of `data`, in that order: the log's file lock
-/// keeps a second process out before it touches the bank.
-fn open(data: &Path, create: Option<usize>) -> Result<(TransactionLog, Arc<Bank>), BoxError> {
+/// keeps a second process out before it touches the bank (a PostgreSQL log
+/// lets several in).
+async fn open(
+    data: &Path,
+    create: Option<usize>,
+    at: &LogAt,
+) -> Result<(TransactionLog, Arc<Bank>), BoxError> {
     let log_path = data.join(LOG_FILE);
     let bank_path = data.join(BANK_FILE);
     if create.is_none() && !bank_path.exists() {
@@ -497,28 +584,31 @@ fn open(data: &Path, create: Option<usize>) -> Result<(TransactionLog, Arc<Bank>
     // missing or emptied log is refused: a new one would hold none of the
     // transfers whose money is still frozen, and nothing would release it.
     let new = create.is_some() && !bank_path.exists();
-    let log = if new {
-        match TransactionLog::create(&log_path) {
+    let log = match at {
+        LogAt::File if new => match TransactionLog::create(&log_path) {
             // A first `run` killed after it made the log, before the bank.
             Err(error) if error.kind() == LogErrorKind::Exists => TransactionLog::open(&log_path),
             made => made,
-        }
-    } else {
-        TransactionLog::open(&log_path)
+        },
+        LogAt::File => TransactionLog::open(&log_path),
+        // Several `run`s of a new bank may all migrate: it is idempotent.
+        LogAt::Postgres { url, lease } => PostgresLog::options()
+            .lease_ttl(*lease)
+            .migrate(new)
+            .connect(url)
+            .await
+            .map(TransactionLog::new),
     };
     let log = log.map_err(|error| match error.kind() {
         LogErrorKind::AlreadyOpen => format!(
             "{error}\n(is a `run` or `recover` of {} still running?)",
             data.display()
         ),
-        LogErrorKind::Missing => format!(
+        LogErrorKind::Missing | LogErrorKind::Schema if !new => format!(
             "{error}\n(the bank {} exists: its log must be restored, not made anew)",
             bank_path.display()
         ),
-        _ => format!(
-            "cannot open the transaction log {}: {error}",
-            log_path.display()
-        ),
+        _ => format!("cannot open the transaction log: {error}"),
     })?;
     let bank = Bank::open(&bank_path, create)
         .map_err(|error| format!("cannot open the bank {}: {error}", bank_path.display()))?;
@@ -536,7 +626,9 @@ fn open(data: &Path, create: Option<usize>) -> Result<(TransactionLog, Arc<Bank>
 /// a phase 2 only gives up for a passing cause (the database was busy for
 /// long); an application whose participants can fail for good would list
 /// those for an operator instead (`needs_repair`, `resolve`).
-async fn finish_unfinished(log: &TransactionLog) -> Result<(), BoxError> {
+/// Returns how many are left: needing repair still, or (with a PostgreSQL
+/// log) held by a lease.
+async fn finish_unfinished(log: &TransactionLog) -> Result<u64, BoxError> {
     let summary = log.recover().await?;
     let mut redriven = 0;
     for record in log.needs_repair(usize::MAX).await? {
@@ -555,20 +647,53 @@ async fn finish_unfinished(log: &TransactionLog) -> Result<(), BoxError> {
     for (id, why) in summary.left.iter().chain(&summary.unreadable) {
         eprintln!("transaction {id} left unfinished: {why}");
     }
-    match log.unfinished_count().await? {
-        0 => Ok(()),
-        left => Err(format!("{left} transactions are still unfinished").into()),
+    Ok(log.unfinished_count().await?)
+}
+
+/// [`finish_unfinished`] until nothing is unfinished. With a PostgreSQL
+/// log, the transfers of a `run` that died are held by its leases until
+/// they expire: this waits for them, up to twice the lease.
+async fn finish_all(log: &TransactionLog, at: &LogAt) -> Result<(), BoxError> {
+    let patience = match at {
+        LogAt::File => Duration::ZERO,
+        LogAt::Postgres { lease, .. } => *lease * 2 + Duration::from_secs(5),
+    };
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut waiting = false;
+    loop {
+        let left = finish_unfinished(log).await?;
+        if left == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("{left} transactions are still unfinished").into());
+        }
+        if !waiting {
+            eprintln!("waiting for the leases of {left} transactions to expire");
+            waiting = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// `run`: finishes what the log left, then transfers until `transfers` are
 /// done, or forever.
 async fn run(options: RunOptions) -> Result<(), BoxError> {
-    let (log, bank) = open(&options.data, Some(options.accounts))?;
-    finish_unfinished(&log).await?;
+    let (log, bank) = open(&options.data, Some(options.accounts), &options.log).await?;
+    let left = finish_unfinished(&log).await?;
     // From now on, a transfer this process could not finish (its log write
-    // failed) is finished by a recovery pass every few seconds.
-    let recovery = log.spawn_recovery(Duration::from_secs(5));
+    // failed) is finished by a recovery pass every few seconds; with a
+    // PostgreSQL log, so are those of other `run`s that died, once their
+    // leases expire.
+    let every = match &options.log {
+        LogAt::File if left > 0 => {
+            return Err(format!("{left} transactions are still unfinished").into());
+        }
+        LogAt::File => Duration::from_secs(5),
+        // Others' transfers in flight, or held by a lease not expired yet.
+        LogAt::Postgres { lease, .. } => (*lease / 2).min(Duration::from_secs(5)),
+    };
+    let recovery = log.spawn_recovery(every);
     let names = Arc::new(bank.account_names().await?);
     if names.len() < 2 {
         return Err("a transfer needs two accounts: --accounts must be 2 or more".into());
@@ -618,14 +743,14 @@ async fn run(options: RunOptions) -> Result<(), BoxError> {
 }
 
 /// `recover`: finishes every unfinished transaction.
-async fn recover(data: &Path) -> Result<(), BoxError> {
-    let (log, _bank) = open(data, None)?;
-    finish_unfinished(&log).await
+async fn recover(data: &Path, at: &LogAt) -> Result<(), BoxError> {
+    let (log, _bank) = open(data, None, at).await?;
+    finish_all(&log, at).await
 }
 
 /// `audit`: one JSON line saying what the bank and the log hold, with the
 /// checks an auditor would make.
-async fn audit(data: &Path) -> Result<(), BoxError> {
+async fn audit(data: &Path, at: &LogAt) -> Result<(), BoxError> {
     let bank_path = data.join(BANK_FILE);
     let db = Connection::open_with_flags(&bank_path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|error| format!("cannot open the bank {}: {error}", bank_path.display()))?;
@@ -648,11 +773,17 @@ async fn audit(data: &Path) -> Result<(), BoxError> {
                                HAVING count(*) <> 2 OR sum(amount) <> 0)",
     )?;
     let log_path = data.join(LOG_FILE);
-    let unfinished = if log_path.exists() {
-        let log = TransactionLog::open(&log_path)?;
-        log.unfinished_count().await?
-    } else {
-        0
+    let unfinished = match at {
+        LogAt::File if log_path.exists() => {
+            TransactionLog::open(&log_path)?.unfinished_count().await?
+        }
+        LogAt::File => 0,
+        LogAt::Postgres { url, .. } => {
+            TransactionLog::postgres_url(url)
+                .await?
+                .unfinished_count()
+                .await?
+        }
     };
     let report = serde_json::json!({
         "accounts": accounts,
@@ -740,6 +871,7 @@ fn demo() -> Result<(), BoxError> {
 /// `run`'s options.
 struct RunOptions {
     data: PathBuf,
+    log: LogAt,
     accounts: usize,
     workers: usize,
     transfers: Option<u64>,
@@ -749,15 +881,16 @@ struct RunOptions {
 enum Command {
     Demo,
     Run(RunOptions),
-    Recover(PathBuf),
-    Audit(PathBuf),
+    Recover(PathBuf, LogAt),
+    Audit(PathBuf, LogAt),
 }
 
 const USAGE: &str = "usage:
-  bank_transfer run --data DIR [--accounts N] [--workers W] [--transfers T] [--seed S]
-  bank_transfer recover --data DIR
-  bank_transfer audit --data DIR
-  bank_transfer            (a demo in a temporary directory)";
+  bank_transfer run --data DIR [--log URL] [--lease SECONDS] [--accounts N] [--workers W] [--transfers T] [--seed S]
+  bank_transfer recover --data DIR [--log URL] [--lease SECONDS]
+  bank_transfer audit --data DIR [--log URL]
+  bank_transfer            (a demo in a temporary directory)
+--log postgres://...: the transaction log in PostgreSQL, shared by several `run`s";
 
 fn parse(args: &[String]) -> Result<Command, String> {
     let Some((command, flags)) = args.split_first() else {
@@ -766,9 +899,10 @@ fn parse(args: &[String]) -> Result<Command, String> {
     if !["run", "recover", "audit"].contains(&command.as_str()) {
         return Err(format!("unknown command `{command}`"));
     }
-    let mut data = None;
+    let (mut data, mut url, mut lease) = (None, None, None);
     let mut run = RunOptions {
         data: PathBuf::new(),
+        log: LogAt::File,
         accounts: 20,
         workers: 16,
         transfers: None,
@@ -787,6 +921,26 @@ fn parse(args: &[String]) -> Result<Command, String> {
         };
         match (command.as_str(), flag.as_str()) {
             (_, "--data") => data = Some(PathBuf::from(value)),
+            (_, "--log")
+                if value.starts_with("postgres://") || value.starts_with("postgresql://") =>
+            {
+                url = Some(value.clone());
+            }
+            (_, "--log") => {
+                return Err(format!(
+                    "--log takes a `postgres://` URL (without it, the log is DIR/{LOG_FILE})"
+                ));
+            }
+            ("run" | "recover", "--lease") => {
+                let seconds = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                    .ok_or_else(|| {
+                        format!("--lease takes a number of seconds above 0, not `{value}`")
+                    })?;
+                lease = Some(Duration::from_secs_f64(seconds));
+            }
             ("run", "--accounts") if number()? < 2 => {
                 return Err("a transfer needs two accounts: --accounts must be 2 or more".into());
             }
@@ -798,10 +952,18 @@ fn parse(args: &[String]) -> Result<Command, String> {
         }
     }
     let data = data.ok_or_else(|| format!("`{command}` needs --data DIR"))?;
+    let log = match (url, lease) {
+        (Some(url), lease) => LogAt::Postgres {
+            url,
+            lease: lease.unwrap_or(DEFAULT_LEASE),
+        },
+        (None, Some(_)) => return Err("--lease is for a PostgreSQL log: give --log too".into()),
+        (None, None) => LogAt::File,
+    };
     match command.as_str() {
-        "run" => Ok(Command::Run(RunOptions { data, ..run })),
-        "recover" => Ok(Command::Recover(data)),
-        _ => Ok(Command::Audit(data)),
+        "run" => Ok(Command::Run(RunOptions { data, log, ..run })),
+        "recover" => Ok(Command::Recover(data, log)),
+        _ => Ok(Command::Audit(data, log)),
     }
 }
 
@@ -818,8 +980,8 @@ fn main() -> ExitCode {
     let outcome = match command {
         Command::Demo => demo(),
         Command::Run(options) => runtime().block_on(run(options)),
-        Command::Recover(data) => runtime().block_on(recover(&data)),
-        Command::Audit(data) => runtime().block_on(audit(&data)),
+        Command::Recover(data, log) => runtime().block_on(recover(&data, &log)),
+        Command::Audit(data, log) => runtime().block_on(audit(&data, &log)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

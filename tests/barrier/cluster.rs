@@ -196,6 +196,17 @@ impl Cluster {
         .expect("a valid connection string")
     }
 
+    /// A `postgres://` URL of the cluster whose connections have
+    /// `search_path` set to `schema` and `synchronous_commit` on, as a
+    /// PostgreSQL log needs (the cluster has it off).
+    pub fn url(&self, schema: &str) -> String {
+        let socket = self.dir.to_string_lossy().replace('/', "%2F");
+        format!(
+            "postgresql://postgres@{socket}:{}/postgres?options=-c%20search_path%3D{schema}%20-c%20synchronous_commit%3Don",
+            self.port
+        )
+    }
+
     /// A new connection whose `search_path` is `schema`, created if needed.
     /// Its connection task runs on the caller's runtime.
     pub async fn connect(&self, schema: &str) -> Client {
