@@ -661,17 +661,30 @@ async fn data_saved_by_an_older_version_is_rebuilt_by_a_newer_one() {
     assert_eq!(*seen.lock().unwrap(), ["alice (none)"]);
 }
 
+/// A crash just after the decision reached the log (write 4: the intent,
+/// two Try notes, the decision), before any Confirm: only recovery can
+/// confirm the transfer, and the periodic pass does.
 #[tokio::test(start_paused = true)]
 async fn periodic_recovery_finishes_what_a_crash_left() {
     let durable = Arc::new(MemoryLog::new());
     let bank = Bank::new(durable.clone());
-    let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(5, Fault::Crash));
+    let faulty = Arc::new(FaultyLog::new(durable.clone()).with_fault(4, Fault::CrashAfterWrite));
     let log = coordinator(faulty, &bank);
     let (id, _) = transfer(Front::Orchestrator, &log, &bank, false)
         .await
-        .map(|id| (Some(id), ErrorKind::TryFailed))
-        .unwrap_or_else(|e| e);
+        .unwrap_err();
     let id = id.unwrap();
+    let record = durable
+        .get(id)
+        .await
+        .unwrap()
+        .expect("the transfer is logged");
+    assert_eq!(record.status, Status::Decided(Decision::Confirm));
+    assert!(
+        bank.of(id).iter().all(|(_, b)| b.held && !b.confirmed),
+        "no Confirm ran before the crash: {:?}",
+        bank.of(id)
+    );
     let log = coordinator(durable.clone(), &bank);
     let task = log.spawn_recovery(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(1)).await;

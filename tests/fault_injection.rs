@@ -516,10 +516,18 @@ fn macro_case() -> impl Strategy<Value = Case> {
 /// may yield), delays are zero, nothing hangs and the caller keeps the
 /// future, so no case waits on the clock.
 fn threaded_case() -> impl Strategy<Value = Case> {
+    // Retries a few milliseconds apart, with jitter: real waits whose lower
+    // bounds the checks hold exactly.
     let instant = |spec: &mut RetrySpec| {
         spec.policy = spec.policy.map(|p| match p {
             PolicySpec::Invalid { .. } => p,
-            _ => PolicySpec::Immediate(p.max_retries()),
+            _ => PolicySpec::Custom {
+                max_retries: p.max_retries(),
+                initial_ms: 2,
+                multiplier: 2.0,
+                max_interval_ms: 8,
+                jitter: 0.5,
+            },
         });
     };
     raw_case().prop_map(move |mut case| {
@@ -837,7 +845,6 @@ impl std::error::Error for Injected {
 
 struct Probe {
     name: String,
-    clock: Clock,
     behaviours: [Behaviour; 3],
     origin: Instant,
     second_round: Arc<AtomicBool>,
@@ -856,10 +863,7 @@ impl Probe {
     }
 
     fn now(&self) -> Duration {
-        match self.clock {
-            Clock::Paused => self.origin.elapsed(),
-            Clock::Real => Duration::ZERO,
-        }
+        self.origin.elapsed()
     }
 
     fn service(self: &Arc<Self>) -> Service {
@@ -1133,10 +1137,18 @@ enum Clock {
     /// A current-thread runtime with paused time: instants are exact.
     Paused,
     /// A multi-thread runtime in real time, for cases where every phase
-    /// ends at once and every delay is zero: every instant counts as zero,
-    /// so the checks of time hold trivially and the rest still bite.
+    /// ends at once and retries wait a few milliseconds: instants are read
+    /// from the real clock, so only what real time cannot blur is checked
+    /// exactly (a retry never starts before its backoff's lower bound);
+    /// every upper bound gets [`REAL_SLACK`], and the instants the model
+    /// predicts to the tick (a Try's end, the start of phase 2) are not
+    /// compared.
     Real,
 }
+
+/// How late a real-clock instant may be past the model's bound: a loaded
+/// two-core machine may not schedule a woken task for a while.
+const REAL_SLACK: Duration = Duration::from_secs(2);
 
 fn run_case(case: &Case, api: Api, clock: Clock) -> Result<(), TestCaseError> {
     let runtime = match clock {
@@ -1150,10 +1162,7 @@ fn run_case(case: &Case, api: Api, clock: Clock) -> Result<(), TestCaseError> {
             .build(),
     }
     .expect("a runtime");
-    let elapsed = |origin: Instant| match clock {
-        Clock::Paused => origin.elapsed(),
-        Clock::Real => Duration::ZERO,
-    };
+    let elapsed = |origin: Instant| origin.elapsed();
     runtime.block_on(async {
         let origin = Instant::now();
         let second_round = Arc::new(AtomicBool::new(false));
@@ -1164,7 +1173,6 @@ fn run_case(case: &Case, api: Api, clock: Clock) -> Result<(), TestCaseError> {
             .map(|(i, spec)| {
                 Arc::new(Probe {
                     name: format!("s{i}"),
-                    clock,
                     behaviours: spec.behaviours,
                     origin,
                     second_round: second_round.clone(),
@@ -1213,7 +1221,16 @@ fn run_case(case: &Case, api: Api, clock: Clock) -> Result<(), TestCaseError> {
             tokio::time::sleep_until(origin + model.bound + Duration::from_secs(1)).await;
         }
         let logs: Vec<ServiceLog> = probes.iter().map(|p| p.log().clone()).collect();
-        check(case, &model, &logs, &names, services.as_deref(), &caller).map_err(|problem| {
+        let checked = check(
+            case,
+            &model,
+            &logs,
+            &names,
+            services.as_deref(),
+            &caller,
+            clock,
+        );
+        checked.map_err(|problem| {
             let when = match &caller {
                 Caller::Returned { at, .. } => format!("returned at {at:?}"),
                 Caller::Dropped { at } => format!("dropped by the caller at {at:?}"),
@@ -1401,7 +1418,12 @@ fn check(
     names: &[String],
     services: Option<&[Service]>,
     caller: &Caller,
+    clock: Clock,
 ) -> Result<(), String> {
+    // Whether instants are the model's to the tick (paused time), and how
+    // far past an upper bound one may be.
+    let exact = clock == Clock::Paused;
+    let slack = if exact { TICK } else { REAL_SLACK };
     let fail_fast = case.orchestrator.fail_fast;
     let name = |i: usize| names[i].as_str();
     for (i, log) in logs.iter().enumerate() {
@@ -1454,7 +1476,7 @@ fn check(
             continue;
         };
         ensure!(
-            attempt.started.is_zero(),
+            attempt.started.is_zero() || !exact,
             "semantics 1: the Try of `{}` started at {:?}, not with the others",
             name(i),
             attempt.started
@@ -1462,8 +1484,9 @@ fn check(
         let (end, at) = attempt
             .ended
             .ok_or_else(|| format!("the Try of `{}` never ended", name(i)))?;
-        let timed_out = predicted.act.is_none() && at == predicted.at;
-        let dropped_by_fail_fast = fail_fast && at == decided_at && predicted.at >= decided_at;
+        let timed_out = predicted.act.is_none() && (at == predicted.at || !exact);
+        let dropped_by_fail_fast =
+            fail_fast && (at == decided_at || !exact) && predicted.at >= decided_at;
         match end {
             End::Dropped => ensure!(
                 timed_out || dropped_by_fail_fast,
@@ -1480,12 +1503,12 @@ fn check(
                         | (End::Panic, Some(Act::Panic | Act::EagerPanic))
                 );
                 ensure!(
-                    at == predicted.at && as_predicted,
+                    (at == predicted.at || !exact) && as_predicted,
                     "the Try of `{}` ended {end:?} at {at:?}; predicted {predicted:?}",
                     name(i)
                 );
                 ensure!(
-                    at <= decided_at,
+                    at <= decided_at || !exact,
                     "the Try of `{}` ended at {at:?}, after the Try phase ended at \
                      {decided_at:?}",
                     name(i)
@@ -1573,7 +1596,7 @@ fn check(
         // Semantics 3/4: every service starts at once, when the Try phase
         // ends, and waits only its own backoff between attempts.
         ensure!(
-            attempts[0].started == decided_at,
+            attempts[0].started == decided_at || !exact,
             "inv 6: `{}` started {settle} at {:?}, not when the Try phase ended at \
              {decided_at:?}",
             name(i),
@@ -1584,7 +1607,7 @@ fn check(
             let waited = pair[1].started.saturating_sub(ended);
             let (low, high) = model.settings[i].policy.delay_range(k as u32 + 1);
             ensure!(
-                low <= waited && waited <= high + TICK,
+                low <= waited && waited <= high + slack,
                 "`{}` waited {waited:?} before {settle} retry {}; the policy allows \
                  {low:?}..={high:?}",
                 name(i),
@@ -1602,7 +1625,7 @@ fn check(
         .max()
         .unwrap_or_default();
     ensure!(
-        last_event <= longest,
+        last_event <= longest + slack - TICK,
         "inv 6: the last phase ended at {last_event:?}, after the bound {longest:?}"
     );
     if let Caller::Returned { at, .. } = caller {
@@ -1611,7 +1634,7 @@ fn check(
             "the orchestration returned at {at:?}, but a phase ran until {last_event:?}"
         );
         ensure!(
-            shortest <= *at && *at <= longest,
+            shortest <= *at && *at <= longest + slack - TICK,
             "inv 6: the orchestration returned at {at:?}, outside {shortest:?}..={longest:?}"
         );
     }
@@ -1635,14 +1658,19 @@ fn check(
         );
     }
 
-    // Every phase of one orchestration saw the same transaction id.
+    // Every phase of one orchestration saw the same transaction id: one, if
+    // any phase ran (a phase with no Context is a problem of its own, above).
     let ids: HashSet<TransactionId> = logs
         .iter()
         .flat_map(|l| l.transaction_ids.iter().copied())
         .collect();
+    let any_ran = logs
+        .iter()
+        .any(|l| l.attempts.iter().any(|attempts| !attempts.is_empty()));
     ensure!(
-        ids.len() <= 1,
-        "the phases saw several transaction ids: {ids:?}"
+        ids.len() == usize::from(any_ran),
+        "the phases saw {} transaction ids ({ids:?}); a phase ran: {any_ran}",
+        ids.len()
     );
 
     let Caller::Returned { result, .. } = caller else {
