@@ -23,6 +23,10 @@
 //!    are recovered, and fails only the writes to it.
 //! 9. Two coordinators beginning the same id: begun once, the other begins
 //!    are `Duplicate`, the rest of their batches goes through.
+//! 10. PostgreSQL restarted (`-m immediate`, a crash) or every backend of
+//!     the logs terminated under the load of two coordinators: they
+//!     reconnect by themselves, every outcome acknowledged before stands,
+//!     and recovery finishes the rest one way everywhere.
 //!
 //! Against the throwaway cluster of `tests/pglog` (one per test binary, a
 //! schema per test). Without PostgreSQL server binaries these tests print
@@ -40,7 +44,9 @@ use tcc::durable::{
     Decision, End, Intent, Lease, Log, LogErrorKind, ParticipantEntry, PhaseProgress, PostgresLog,
     Status,
 };
-use tcc::{BoxError, Phase, Recoverable, Resources, TransactionId, TransactionLog, tcc_service};
+use tcc::{
+    BoxError, Phase, Recoverable, Resources, TccService, TransactionId, TransactionLog, tcc_service,
+};
 
 fn intent(n: usize) -> Intent {
     Intent {
@@ -1151,4 +1157,260 @@ async fn concurrent_begins_of_one_id_on_two_coordinators_begin_it_once() {
         logs[0].unfinished_count().await.unwrap(),
         shared.len() as u64 + 6
     );
+}
+
+/// Each branch's phase calls, per transaction and branch, for the tests
+/// under load.
+#[derive(Default)]
+struct Phases {
+    calls: Mutex<HashMap<(TransactionId, String), [u32; 3]>>,
+}
+
+impl Phases {
+    fn count(&self, branch: &str, phase: Phase) {
+        let id = tcc::Context::current()
+            .expect("inside a phase")
+            .transaction_id();
+        let mut calls = self.calls.lock().unwrap();
+        calls.entry((id, branch.to_owned())).or_default()[phase as usize] += 1;
+    }
+
+    /// The Try, Confirm and Cancel calls of `branch` in `id`.
+    fn of(&self, id: TransactionId, branch: &str) -> [u32; 3] {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .get(&(id, branch.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// One branch of a transaction under load: `branch` names it, `refuse`
+/// fails its Try.
+#[derive(Recoverable)]
+#[recoverable(kind = "branch")]
+struct Branch {
+    #[recoverable(resource)]
+    phases: Arc<Phases>,
+    branch: String,
+    refuse: bool,
+}
+
+impl TccService for Branch {
+    fn service_name(&self) -> &str {
+        &self.branch
+    }
+
+    async fn try_phase(&self) -> Result<(), BoxError> {
+        self.phases.count(&self.branch, Phase::Try);
+        if self.refuse {
+            return Err(tcc::Permanent::new("refused").into());
+        }
+        // Long enough that many transactions are in flight at any moment.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(())
+    }
+
+    async fn confirm(&self) -> Result<(), BoxError> {
+        self.phases.count(&self.branch, Phase::Confirm);
+        Ok(())
+    }
+
+    async fn cancel(&self) -> Result<(), BoxError> {
+        self.phases.count(&self.branch, Phase::Cancel);
+        Ok(())
+    }
+}
+
+/// What happens to PostgreSQL in the middle of the load.
+#[derive(Clone, Copy, Debug)]
+enum Interruption {
+    /// `pg_ctl restart -m immediate`: the server crashes and comes back.
+    Restart,
+    /// `pg_terminate_backend` of every connection of the logs, three times.
+    TerminateBackends,
+}
+
+/// What one caller saw of one transaction.
+struct Call {
+    id: TransactionId,
+    /// Begun once the database was back.
+    after: bool,
+    result: Result<(), tcc::ErrorKind>,
+}
+
+/// Two coordinators, each with many concurrent callers of durable
+/// transactions of two branches (a quarter of them refused in their Try),
+/// while PostgreSQL is interrupted: they reconnect by themselves (no call
+/// made once the database is back fails); recovery then leaves nothing
+/// unfinished, every acknowledged outcome stands (`Ok`: both branches
+/// confirmed, neither cancelled; a Try failure: nothing confirmed, the
+/// branch that held cancelled), and every other transaction ended one way
+/// everywhere, the way its log says.
+async fn coordinators_ride_out(interruption: Interruption) {
+    // Its own cluster: the interruption would break every other test's
+    // connections on the shared one.
+    let Some(cluster) = Cluster::private().map(Arc::new) else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(&cluster, "interrupted").await;
+    let ttl = Duration::from_secs(1);
+    let phases = Arc::new(Phases::default());
+    let logs: Vec<Arc<TransactionLog>> = coordinators(&cluster, &schema, 2, ttl)
+        .await
+        .into_iter()
+        .map(|log| {
+            let log = TransactionLog::new(log);
+            log.provide(phases.clone())
+                .and_then(|log| log.register::<Branch>())
+                .expect("one resource and one kind");
+            Arc::new(log)
+        })
+        .collect();
+    let back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..32 {
+        let log = logs[caller % 2].clone();
+        let (phases, back, stop) = (phases.clone(), back.clone(), stop.clone());
+        callers.spawn(async move {
+            let mut calls = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let id = TransactionId::generate();
+                let after = back.load(Ordering::SeqCst);
+                let branch = |name: &str, refuse| Branch {
+                    phases: phases.clone(),
+                    branch: name.to_owned(),
+                    refuse,
+                };
+                let result = tcc::tcc! {
+                    log = &*log;
+                    id = id;
+                    branch("a", false),
+                    branch("b", n % 4 == 0),
+                }
+                .await;
+                let result = result.map(|_| ()).map_err(|e| e.kind());
+                calls.push(Call { id, after, result });
+                if calls.last().is_some_and(|c| c.result.is_err()) {
+                    // Not a busy loop while the database is down.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            calls
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match interruption {
+        Interruption::Restart => {
+            let cluster = cluster.clone();
+            tokio::task::spawn_blocking(move || cluster.restart_immediate())
+                .await
+                .unwrap()
+        }
+        Interruption::TerminateBackends => {
+            let killer = cluster.connect(&schema).await;
+            for _ in 0..3 {
+                // Waits (up to 5 s) for each backend to be gone.
+                killer
+                    .execute(
+                        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                         WHERE application_name = 'tcc-log'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // A pooled connection broken a moment ago may not know it yet: the
+    // callers begin their next transactions a little later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    back.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut calls = Vec::new();
+    while let Some(joined) = callers.join_next().await {
+        calls.extend(joined.unwrap());
+    }
+
+    // Recovery, again until nothing is unfinished: transactions the
+    // interruption stopped are claimable once their leases expired.
+    let log = &logs[0];
+    for round in 0.. {
+        let summary = log.recover().await.unwrap();
+        assert_eq!(summary.needs_repair, 0, "{summary:?}");
+        if log.unfinished_count().await.unwrap() == 0 {
+            break;
+        }
+        assert!(round < 20, "still unfinished after 20 recoveries");
+        tokio::time::sleep(ttl / 2).await;
+    }
+
+    let interrupted = calls
+        .iter()
+        .filter(|c| !c.after && c.result.is_err())
+        .count();
+    assert!(
+        interrupted > 0,
+        "{interruption:?} failed no transaction: it did not hit the load"
+    );
+    let after: Vec<&Call> = calls.iter().filter(|c| c.after).collect();
+    assert!(
+        after.iter().filter(|c| c.result.is_ok()).count() >= 20,
+        "few transactions confirmed after the {interruption:?}"
+    );
+    for call in &calls {
+        let id = call.id;
+        let (a, b) = (phases.of(id, "a"), phases.of(id, "b"));
+        let [confirm, cancel] = [Phase::Confirm, Phase::Cancel].map(|p| p as usize);
+        // Never both ways, in any transaction.
+        assert!(
+            a[confirm] + b[confirm] == 0 || a[cancel] + b[cancel] == 0,
+            "{id}: confirmed and cancelled: a {a:?}, b {b:?}"
+        );
+        let status = log.status(id).await.unwrap().map(|record| record.status);
+        match call.result {
+            Ok(()) => {
+                assert!(a[confirm] >= 1 && b[confirm] >= 1, "{id}: a {a:?}, b {b:?}");
+                assert_eq!(status, Some(Status::Done(Decision::Confirm)), "{id}");
+            }
+            Err(tcc::ErrorKind::TryFailed) => {
+                assert_eq!(a[confirm] + b[confirm], 0, "{id}");
+                assert!(a[cancel] >= 1, "{id}: the held branch not cancelled");
+                assert_eq!(status, Some(Status::Done(Decision::Cancel)), "{id}");
+            }
+            Err(kind) => {
+                assert!(
+                    !call.after,
+                    "{id} began after the {interruption:?} and failed: {kind:?}"
+                );
+                // Unknown to its caller: the log's outcome is carried out
+                // everywhere, or it never began and nothing ran.
+                match status {
+                    Some(Status::Done(Decision::Confirm)) => {
+                        assert!(a[confirm] >= 1 && b[confirm] >= 1, "{id}: a {a:?}, b {b:?}")
+                    }
+                    Some(Status::Done(Decision::Cancel)) => {
+                        assert_eq!(a[confirm] + b[confirm], 0, "{id}")
+                    }
+                    None => assert_eq!(a, [0; 3], "{id}: never begun, yet a Try ran"),
+                    other => panic!("{id} left {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_ride_out_a_restart_of_postgres_under_load() {
+    coordinators_ride_out(Interruption::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_ride_out_their_backends_terminated_under_load() {
+    coordinators_ride_out(Interruption::TerminateBackends).await;
 }
