@@ -27,6 +27,10 @@
 //!     the logs terminated under the load of two coordinators: they
 //!     reconnect by themselves, every outcome acknowledged before stands,
 //!     and recovery finishes the rest one way everywhere.
+//! 11. Deadlocks and serialization failures: two batches writing the same
+//!     rows in opposite orders (a read between the writes) wait in turn,
+//!     never abort with 40P01; a default isolation above READ COMMITTED
+//!     fails no batch with 40001.
 //!
 //! Against the throwaway cluster of `tests/pglog` (one per test binary, a
 //! schema per test). Without PostgreSQL server binaries these tests print
@@ -495,30 +499,34 @@ async fn an_end_answered_before_a_failed_commit_is_given_back_at_once() {
     let done = intent(1);
     let lease = log.begin(&done).await.unwrap();
     log.decide(&lease, Decision::Confirm).await.unwrap();
-    let repair = intent(1);
-    let repair_lease = log.begin(&repair).await.unwrap();
-    log.decide(&repair_lease, Decision::Cancel).await.unwrap();
-    log.finish(&repair_lease, End::NeedsRepair).await.unwrap();
-    // The repair's row locked by another session: a `resolve` of it, after
-    // the finish in one batch, waits there, and its backend is killed.
+    // A row inserted by another session, not committed: a begin of its
+    // id, after the finish (and a read, so in a segment of its own) in one
+    // batch, waits there, and its backend is killed. (Every row there is
+    // is locked at the batch's start, so a row lock would stop the batch
+    // before the finish.)
+    let taken = intent(1);
     let mut admin = cluster.connect(&schema).await;
     let blocker = admin.transaction().await.unwrap();
     blocker
-        .query(
-            "SELECT 1 FROM tcc_log_transactions WHERE id = $1 FOR UPDATE",
-            &[&repair.id.to_string()],
+        .execute(
+            "INSERT INTO tcc_log_transactions
+                 (id, status, epoch, expires, started_at, names, kinds, data,
+                  attempts, succeeded, errors)
+             VALUES ($1, 0, 1, now(), now(), '{}', '{}', '{}', '{}', '{}', '{}')",
+            &[&taken.id.to_string()],
         )
         .await
         .unwrap();
-    // Both sent before the writer runs (this runtime has one thread): one
+    // All sent before the writer runs (this runtime has one thread): one
     // batch.
     let finish = log.finish(&lease, End::Done);
-    let resolve = log.resolve(repair.id);
+    let read = log.get(done.id);
+    let begin = log.begin(&taken);
     let kill = kill_the_waiting_writer(cluster, &schema);
-    let (finished, resolved, killed) = tokio::join!(finish, resolve, kill);
+    let (finished, _, begun, killed) = tokio::join!(finish, read, begin, kill);
     assert!(killed, "the writer's backend was never seen waiting");
     finished.expect("answered before the commit");
-    resolved.expect_err("its batch failed");
+    begun.expect_err("its batch failed");
     blocker.rollback().await.unwrap();
     // Rolled back: decided again. (The first call after the kill may get
     // the killed connection back from the pool: it costs a retry.)
@@ -1413,4 +1421,129 @@ async fn coordinators_ride_out_a_restart_of_postgres_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinators_ride_out_their_backends_terminated_under_load() {
     coordinators_ride_out(Interruption::TerminateBackends).await;
+}
+
+/// Whether `n` backends named `name` wait on a lock, within 5 s.
+async fn waiting(cluster: &Cluster, schema: &str, name: &str, n: i64) -> bool {
+    let observer = cluster.connect(schema).await;
+    for _ in 0..500 {
+        let row = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Two coordinators' batches write the same two rows in opposite orders,
+/// with a read between the writes (a read or a claim splits a batch into
+/// segments, each of which reads and locks its rows when it comes). Were
+/// each segment to lock its rows only then, each batch would hold its
+/// first row and wait for its second, which the other holds, and
+/// PostgreSQL would abort one with 40P01 (deadlock detected), failing its
+/// every call. The rows of a batch are locked up front, in one order, so
+/// the batches wait on each other in turn.
+#[tokio::test]
+async fn batches_writing_the_same_rows_in_opposite_orders_do_not_deadlock() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "deadlock").await;
+    let mut logs = Vec::new();
+    for owner in ["a", "b"] {
+        let pool = pglog::pool_with(cluster, &schema, 2, "tcc-log-deadlock", "");
+        let log = PostgresLog::options().owner(owner).open(pool).await;
+        logs.push(log.unwrap());
+    }
+    let (a, b) = (&logs[0], &logs[1]);
+    let (x, y) = (intent(1), intent(1));
+    let (x_lease, y_lease) = (a.begin(&x).await.unwrap(), a.begin(&y).await.unwrap());
+    // B's leases are stale: its writes are fenced, once they have locked
+    // the rows as every write does.
+    let stale = |lease: &Lease| Lease {
+        id: lease.id,
+        epoch: lease.epoch + 7,
+    };
+    // Both rows locked by another session, so that both batches are sent
+    // and started before either takes a row.
+    let mut admin = cluster.connect(&schema).await;
+    let blocker = admin.transaction().await.unwrap();
+    blocker
+        .query("SELECT 1 FROM tcc_log_transactions FOR UPDATE", &[])
+        .await
+        .unwrap();
+    // A batch each (the writers run once this task awaits, on this
+    // runtime's one thread): a write, a read, a write; A's x then y, B's y
+    // then x.
+    let a_calls = (a.renew(&x_lease), a.get(x.id), a.renew(&y_lease));
+    let b_calls = (
+        b.renew(&stale(&y_lease)),
+        b.get(y.id),
+        b.renew(&stale(&x_lease)),
+    );
+    assert!(
+        waiting(cluster, &schema, "tcc-log-deadlock", 2).await,
+        "both writers waiting"
+    );
+    blocker.rollback().await.unwrap();
+    let ((a_x, a_read, a_y), (b_y, b_read, b_x)) = tokio::join!(
+        async { tokio::join!(a_calls.0, a_calls.1, a_calls.2) },
+        async { tokio::join!(b_calls.0, b_calls.1, b_calls.2) }
+    );
+    a_x.unwrap();
+    a_y.unwrap();
+    assert!(a_read.unwrap().is_some());
+    assert!(b_read.unwrap().is_some());
+    for fenced in [b_y, b_x] {
+        assert_eq!(fenced.unwrap_err().kind(), LogErrorKind::Fenced);
+    }
+}
+
+/// A database or role whose default isolation is REPEATABLE READ or
+/// SERIALIZABLE: a batch that waited for a row another session changed
+/// would fail with 40001 (could not serialize) at those levels. Fencing
+/// rests on row locks, which READ COMMITTED gives (a write waits, then
+/// reads the row as committed), so the log's transactions run at READ
+/// COMMITTED whatever the default.
+#[tokio::test]
+async fn a_default_isolation_above_read_committed_fails_no_batch() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    for isolation in ["repeatable\\ read", "serializable"] {
+        let (schema, _) = pglog::migrated(cluster, "isolation").await;
+        let setting = format!("-c default_transaction_isolation={isolation}");
+        let pool = pglog::pool_with(cluster, &schema, 2, "tcc-log-isolation", &setting);
+        let log = PostgresLog::open(pool).await.unwrap();
+        let intent = intent(1);
+        let lease = log.begin(&intent).await.unwrap();
+        // The row changed by another session, which commits while the
+        // renewal waits for it.
+        let mut admin = cluster.connect(&schema).await;
+        let other = admin.transaction().await.unwrap();
+        other
+            .execute("UPDATE tcc_log_transactions SET owner = owner", &[])
+            .await
+            .unwrap();
+        let renewal = log.renew(&lease);
+        let decision = log.decide(&lease, Decision::Confirm);
+        assert!(
+            waiting(cluster, &schema, "tcc-log-isolation", 1).await,
+            "the writer waiting on the other session"
+        );
+        other.commit().await.unwrap();
+        renewal.await.unwrap();
+        assert_eq!(decision.await.unwrap(), Decision::Confirm, "{isolation}");
+        log.finish(&lease, End::Done).await.unwrap();
+        let claims = log.claim_unfinished(10).await.unwrap();
+        assert!(claims.is_empty(), "{isolation}");
+    }
 }
