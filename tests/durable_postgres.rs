@@ -31,6 +31,9 @@
 //!     rows in opposite orders (a read between the writes) wait in turn,
 //!     never abort with 40P01; a default isolation above READ COMMITTED
 //!     fails no batch with 40001.
+//! 12. Clock skew: with the database's clock an hour off the coordinators'
+//!     (and their sessions in other time zones), a lease lasts its TTL on
+//!     the database's clock and is claimed just after it passes, not before.
 //!
 //! Against the throwaway cluster of `tests/pglog` (one per test binary, a
 //! schema per test). Without PostgreSQL server binaries these tests print
@@ -1545,5 +1548,103 @@ async fn a_default_isolation_above_read_committed_fails_no_batch() {
         log.finish(&lease, End::Done).await.unwrap();
         let claims = log.claim_unfinished(10).await.unwrap();
         assert!(claims.is_empty(), "{isolation}");
+    }
+}
+
+/// Lease expiry is judged on the database's clock alone, never a
+/// coordinator's: with the database's clock an hour behind the
+/// coordinators' or an hour ahead (and each coordinator's session in
+/// another time zone), a lease still lasts its TTL on the database's
+/// clock, from its begin and from its renewal, and a claim takes it only
+/// once that clock has passed its expiry: the clock is moved (to just
+/// before, then just after) while only milliseconds pass for the
+/// coordinators. Any coordinator-side time in an expiry or in a claim's
+/// comparison would be an hour off.
+///
+/// The database's clock, for the log's sessions: a `now()` in the test's
+/// schema, ahead of `pg_catalog` in their `search_path`, that adds an
+/// offset kept in a table (`pg_catalog.now()` plus `offset_secs`).
+#[tokio::test]
+async fn lease_expiry_follows_the_database_clock_not_the_coordinators() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "clock").await;
+    let clocked = |name: &str, zone: &str| {
+        let settings = format!("-c search_path={schema},pg_catalog -c TimeZone={zone}");
+        pglog::pool_with(cluster, &schema, 2, name, &settings)
+    };
+    let admin = clocked("tcc-clock-admin", "UTC").get().await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE tcc_test_clock (offset_secs float8 NOT NULL);
+             INSERT INTO tcc_test_clock VALUES (0);
+             CREATE FUNCTION now() RETURNS timestamptz LANGUAGE sql STABLE AS $$
+                 SELECT pg_catalog.now() + make_interval(secs => offset_secs)
+                 FROM tcc_test_clock
+             $$;",
+        )
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(60);
+    let open = |pool| PostgresLog::options().lease_ttl(ttl).open(pool);
+    let a = open(clocked("tcc-clock-a", "Pacific/Kiritimati"))
+        .await
+        .unwrap();
+    let b = open(clocked("tcc-clock-b", "Etc/GMT+12")).await.unwrap();
+    // Seconds from the database's now to the expiry of `id`'s lease.
+    let left = async |id: TransactionId| -> f64 {
+        admin
+            .query_one(
+                "SELECT extract(epoch FROM expires - now())::float8
+                 FROM tcc_log_transactions WHERE id = $1",
+                &[&id.to_string()],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    // Moves the database's clock to `secs` from the expiry of `id`'s lease.
+    let set_clock = async |id: TransactionId, secs: f64| {
+        admin
+            .execute(
+                "UPDATE tcc_test_clock SET offset_secs = offset_secs + $2 + (
+                     SELECT extract(epoch FROM expires - now())::float8
+                     FROM tcc_log_transactions WHERE id = $1)",
+                &[&id.to_string(), &secs],
+            )
+            .await
+            .unwrap();
+    };
+    let lasts_a_ttl = |left: f64| left > ttl.as_secs_f64() - 5.0 && left <= ttl.as_secs_f64();
+    for offset in [-3600.0_f64, 3600.0] {
+        admin
+            .execute("UPDATE tcc_test_clock SET offset_secs = $1", &[&offset])
+            .await
+            .unwrap();
+        let intent = intent(1);
+        let lease = a.begin(&intent).await.unwrap();
+        let id = intent.id;
+        assert!(lasts_a_ttl(left(id).await), "{offset}: {}", left(id).await);
+        assert!(b.claim_unfinished(10).await.unwrap().is_empty(), "{offset}");
+        // Just before the expiry: not claimable. A renewal there runs a
+        // TTL from the database's now.
+        set_clock(id, -2.0).await;
+        assert!(b.claim_unfinished(10).await.unwrap().is_empty(), "{offset}");
+        a.renew(&lease).await.unwrap();
+        assert!(lasts_a_ttl(left(id).await), "{offset}: {}", left(id).await);
+        // Past the expiry the renewal replaced: still A's.
+        set_clock(id, -ttl.as_secs_f64() + 3.0).await;
+        assert!(b.claim_unfinished(10).await.unwrap().is_empty(), "{offset}");
+        // Just past the renewed expiry: claimed.
+        set_clock(id, 1.0).await;
+        let claimed = b.claim_unfinished(10).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|(lease, _)| lease.id).collect();
+        assert_eq!(ids, [id], "{offset}");
+        assert_eq!(
+            a.renew(&lease).await.unwrap_err().kind(),
+            LogErrorKind::Fenced
+        );
+        b.finish(&claimed[0].0, End::Done).await.unwrap();
     }
 }
