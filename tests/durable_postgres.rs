@@ -1648,3 +1648,30 @@ async fn lease_expiry_follows_the_database_clock_not_the_coordinators() {
         b.finish(&claimed[0].0, End::Done).await.unwrap();
     }
 }
+
+/// Migrations racing on a database whose default isolation is above READ
+/// COMMITTED: each takes the lock in turn and then sees what the one
+/// before committed (a snapshot from before the lock would find no
+/// version, create the tables again, and fail as if they were foreign).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_at_a_stricter_default_isolation_all_succeed() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    for isolation in ["repeatable\\ read", "serializable"] {
+        let schema = pglog::fresh_schema("migrate_isolation");
+        cluster.connect(&schema).await;
+        let setting = format!("-c default_transaction_isolation={isolation}");
+        let racing: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = pglog::pool_with(cluster, &schema, 1, "tcc-log-migrate", &setting);
+                tokio::spawn(async move { PostgresLog::migrate(&pool).await })
+            })
+            .collect();
+        for migration in racing {
+            migration.await.unwrap().expect(isolation);
+        }
+        let pool = pglog::pool_with(cluster, &schema, 2, "tcc-log-migrate", &setting);
+        PostgresLog::open(pool).await.expect(isolation);
+    }
+}
