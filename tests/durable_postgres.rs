@@ -23,7 +23,18 @@
 //!    are recovered, and fails only the writes to it.
 //! 9. Two coordinators beginning the same id: begun once, the other begins
 //!    are `Duplicate`, the rest of their batches goes through.
-//! 10. Opening by URL: a URL that does not parse is `Config` (and the
+//! 10. PostgreSQL restarted (`-m immediate`, a crash) or every backend of
+//!     the logs terminated under the load of two coordinators: they
+//!     reconnect by themselves, every outcome acknowledged before stands,
+//!     and recovery finishes the rest one way everywhere.
+//! 11. Deadlocks and serialization failures: two batches writing the same
+//!     rows in opposite orders (a read between the writes) wait in turn,
+//!     never abort with 40P01; a default isolation above READ COMMITTED
+//!     fails no batch with 40001.
+//! 12. Clock skew: with the database's clock an hour off the coordinators'
+//!     (and their sessions in other time zones), a lease lasts its TTL on
+//!     the database's clock and is claimed just after it passes, not before.
+//! 13. Opening by URL: a URL that does not parse is `Config` (and the
 //!     message does not repeat its password), one that does not connect is
 //!     `Io`, an unmigrated schema is refused unless `migrate(true)` asks.
 //!
@@ -43,7 +54,9 @@ use tcc::durable::{
     Decision, End, Intent, Lease, Log, LogErrorKind, ParticipantEntry, PhaseProgress, PostgresLog,
     Status,
 };
-use tcc::{BoxError, Phase, Recoverable, Resources, TransactionId, TransactionLog, tcc_service};
+use tcc::{
+    BoxError, Phase, Recoverable, Resources, TccService, TransactionId, TransactionLog, tcc_service,
+};
 
 fn intent(n: usize) -> Intent {
     Intent {
@@ -492,30 +505,34 @@ async fn an_end_answered_before_a_failed_commit_is_given_back_at_once() {
     let done = intent(1);
     let lease = log.begin(&done).await.unwrap();
     log.decide(&lease, Decision::Confirm).await.unwrap();
-    let repair = intent(1);
-    let repair_lease = log.begin(&repair).await.unwrap();
-    log.decide(&repair_lease, Decision::Cancel).await.unwrap();
-    log.finish(&repair_lease, End::NeedsRepair).await.unwrap();
-    // The repair's row locked by another session: a `resolve` of it, after
-    // the finish in one batch, waits there, and its backend is killed.
+    // A row inserted by another session, not committed: a begin of its
+    // id, after the finish (and a read, so in a segment of its own) in one
+    // batch, waits there, and its backend is killed. (Every row there is
+    // is locked at the batch's start, so a row lock would stop the batch
+    // before the finish.)
+    let taken = intent(1);
     let mut admin = cluster.connect(&schema).await;
     let blocker = admin.transaction().await.unwrap();
     blocker
-        .query(
-            "SELECT 1 FROM tcc_log_transactions WHERE id = $1 FOR UPDATE",
-            &[&repair.id.to_string()],
+        .execute(
+            "INSERT INTO tcc_log_transactions
+                 (id, status, epoch, expires, started_at, names, kinds, data,
+                  attempts, succeeded, errors)
+             VALUES ($1, 0, 1, now(), now(), '{}', '{}', '{}', '{}', '{}', '{}')",
+            &[&taken.id.to_string()],
         )
         .await
         .unwrap();
-    // Both sent before the writer runs (this runtime has one thread): one
+    // All sent before the writer runs (this runtime has one thread): one
     // batch.
     let finish = log.finish(&lease, End::Done);
-    let resolve = log.resolve(repair.id);
+    let read = log.get(done.id);
+    let begin = log.begin(&taken);
     let kill = kill_the_waiting_writer(cluster, &schema);
-    let (finished, resolved, killed) = tokio::join!(finish, resolve, kill);
+    let (finished, _, begun, killed) = tokio::join!(finish, read, begin, kill);
     assert!(killed, "the writer's backend was never seen waiting");
     finished.expect("answered before the commit");
-    resolved.expect_err("its batch failed");
+    begun.expect_err("its batch failed");
     blocker.rollback().await.unwrap();
     // Rolled back: decided again. (The first call after the kill may get
     // the killed connection back from the pool: it costs a retry.)
@@ -1192,4 +1209,510 @@ async fn concurrent_begins_of_one_id_on_two_coordinators_begin_it_once() {
         logs[0].unfinished_count().await.unwrap(),
         shared.len() as u64 + 6
     );
+}
+
+/// Each branch's phase calls, per transaction and branch, for the tests
+/// under load.
+#[derive(Default)]
+struct Phases {
+    calls: Mutex<HashMap<(TransactionId, String), [u32; 3]>>,
+}
+
+impl Phases {
+    fn count(&self, branch: &str, phase: Phase) {
+        let id = tcc::Context::current()
+            .expect("inside a phase")
+            .transaction_id();
+        let mut calls = self.calls.lock().unwrap();
+        calls.entry((id, branch.to_owned())).or_default()[phase as usize] += 1;
+    }
+
+    /// The Try, Confirm and Cancel calls of `branch` in `id`.
+    fn of(&self, id: TransactionId, branch: &str) -> [u32; 3] {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .get(&(id, branch.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// One branch of a transaction under load: `branch` names it, `refuse`
+/// fails its Try.
+#[derive(Recoverable)]
+#[recoverable(kind = "branch")]
+struct Branch {
+    #[recoverable(resource)]
+    phases: Arc<Phases>,
+    branch: String,
+    refuse: bool,
+}
+
+impl TccService for Branch {
+    fn service_name(&self) -> &str {
+        &self.branch
+    }
+
+    async fn try_phase(&self) -> Result<(), BoxError> {
+        self.phases.count(&self.branch, Phase::Try);
+        if self.refuse {
+            return Err(tcc::Permanent::new("refused").into());
+        }
+        // Long enough that many transactions are in flight at any moment.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(())
+    }
+
+    async fn confirm(&self) -> Result<(), BoxError> {
+        self.phases.count(&self.branch, Phase::Confirm);
+        Ok(())
+    }
+
+    async fn cancel(&self) -> Result<(), BoxError> {
+        self.phases.count(&self.branch, Phase::Cancel);
+        Ok(())
+    }
+}
+
+/// What happens to PostgreSQL in the middle of the load.
+#[derive(Clone, Copy, Debug)]
+enum Interruption {
+    /// `pg_ctl restart -m immediate`: the server crashes and comes back.
+    Restart,
+    /// `pg_terminate_backend` of every connection of the logs, three times.
+    TerminateBackends,
+}
+
+/// What one caller saw of one transaction.
+struct Call {
+    id: TransactionId,
+    /// Begun once the database was back.
+    after: bool,
+    result: Result<(), tcc::ErrorKind>,
+}
+
+/// Two coordinators, each with many concurrent callers of durable
+/// transactions of two branches (a quarter of them refused in their Try),
+/// while PostgreSQL is interrupted: they reconnect by themselves (no call
+/// made once the database is back fails); recovery then leaves nothing
+/// unfinished, every acknowledged outcome stands (`Ok`: both branches
+/// confirmed, neither cancelled; a Try failure: nothing confirmed, the
+/// branch that held cancelled), and every other transaction ended one way
+/// everywhere, the way its log says.
+async fn coordinators_ride_out(interruption: Interruption) {
+    // Its own cluster: the interruption would break every other test's
+    // connections on the shared one.
+    let Some(cluster) = Cluster::private().map(Arc::new) else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(&cluster, "interrupted").await;
+    let ttl = Duration::from_secs(1);
+    let phases = Arc::new(Phases::default());
+    let logs: Vec<Arc<TransactionLog>> = coordinators(&cluster, &schema, 2, ttl)
+        .await
+        .into_iter()
+        .map(|log| {
+            let log = TransactionLog::new(log);
+            log.provide(phases.clone())
+                .and_then(|log| log.register::<Branch>())
+                .expect("one resource and one kind");
+            Arc::new(log)
+        })
+        .collect();
+    let back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..32 {
+        let log = logs[caller % 2].clone();
+        let (phases, back, stop) = (phases.clone(), back.clone(), stop.clone());
+        callers.spawn(async move {
+            let mut calls = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let id = TransactionId::generate();
+                let after = back.load(Ordering::SeqCst);
+                let branch = |name: &str, refuse| Branch {
+                    phases: phases.clone(),
+                    branch: name.to_owned(),
+                    refuse,
+                };
+                let result = tcc::tcc! {
+                    log = &*log;
+                    id = id;
+                    branch("a", false),
+                    branch("b", n % 4 == 0),
+                }
+                .await;
+                let result = result.map(|_| ()).map_err(|e| e.kind());
+                calls.push(Call { id, after, result });
+                if calls.last().is_some_and(|c| c.result.is_err()) {
+                    // Not a busy loop while the database is down.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            calls
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match interruption {
+        Interruption::Restart => {
+            let cluster = cluster.clone();
+            tokio::task::spawn_blocking(move || cluster.restart_immediate())
+                .await
+                .unwrap()
+        }
+        Interruption::TerminateBackends => {
+            let killer = cluster.connect(&schema).await;
+            for _ in 0..3 {
+                // Waits (up to 5 s) for each backend to be gone.
+                killer
+                    .execute(
+                        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                         WHERE application_name = 'tcc-log'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // A pooled connection broken a moment ago may not know it yet: the
+    // callers begin their next transactions a little later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    back.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut calls = Vec::new();
+    while let Some(joined) = callers.join_next().await {
+        calls.extend(joined.unwrap());
+    }
+
+    // Recovery, again until nothing is unfinished: transactions the
+    // interruption stopped are claimable once their leases expired.
+    let log = &logs[0];
+    for round in 0.. {
+        let summary = log.recover().await.unwrap();
+        assert_eq!(summary.needs_repair, 0, "{summary:?}");
+        if log.unfinished_count().await.unwrap() == 0 {
+            break;
+        }
+        assert!(round < 20, "still unfinished after 20 recoveries");
+        tokio::time::sleep(ttl / 2).await;
+    }
+
+    let interrupted = calls
+        .iter()
+        .filter(|c| !c.after && c.result.is_err())
+        .count();
+    assert!(
+        interrupted > 0,
+        "{interruption:?} failed no transaction: it did not hit the load"
+    );
+    let after: Vec<&Call> = calls.iter().filter(|c| c.after).collect();
+    assert!(
+        after.iter().filter(|c| c.result.is_ok()).count() >= 20,
+        "few transactions confirmed after the {interruption:?}"
+    );
+    for call in &calls {
+        let id = call.id;
+        let (a, b) = (phases.of(id, "a"), phases.of(id, "b"));
+        let [confirm, cancel] = [Phase::Confirm, Phase::Cancel].map(|p| p as usize);
+        // Never both ways, in any transaction.
+        assert!(
+            a[confirm] + b[confirm] == 0 || a[cancel] + b[cancel] == 0,
+            "{id}: confirmed and cancelled: a {a:?}, b {b:?}"
+        );
+        let status = log.status(id).await.unwrap().map(|record| record.status);
+        match call.result {
+            Ok(()) => {
+                assert!(a[confirm] >= 1 && b[confirm] >= 1, "{id}: a {a:?}, b {b:?}");
+                assert_eq!(status, Some(Status::Done(Decision::Confirm)), "{id}");
+            }
+            Err(tcc::ErrorKind::TryFailed) => {
+                assert_eq!(a[confirm] + b[confirm], 0, "{id}");
+                assert!(a[cancel] >= 1, "{id}: the held branch not cancelled");
+                assert_eq!(status, Some(Status::Done(Decision::Cancel)), "{id}");
+            }
+            Err(kind) => {
+                assert!(
+                    !call.after,
+                    "{id} began after the {interruption:?} and failed: {kind:?}"
+                );
+                // Unknown to its caller: the log's outcome is carried out
+                // everywhere, or it never began and nothing ran.
+                match status {
+                    Some(Status::Done(Decision::Confirm)) => {
+                        assert!(a[confirm] >= 1 && b[confirm] >= 1, "{id}: a {a:?}, b {b:?}")
+                    }
+                    Some(Status::Done(Decision::Cancel)) => {
+                        assert_eq!(a[confirm] + b[confirm], 0, "{id}")
+                    }
+                    None => assert_eq!(a, [0; 3], "{id}: never begun, yet a Try ran"),
+                    other => panic!("{id} left {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_ride_out_a_restart_of_postgres_under_load() {
+    coordinators_ride_out(Interruption::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_ride_out_their_backends_terminated_under_load() {
+    coordinators_ride_out(Interruption::TerminateBackends).await;
+}
+
+/// Whether `n` backends named `name` wait on a lock, within 5 s.
+async fn waiting(cluster: &Cluster, schema: &str, name: &str, n: i64) -> bool {
+    let observer = cluster.connect(schema).await;
+    for _ in 0..500 {
+        let row = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Two coordinators' batches write the same two rows in opposite orders,
+/// with a read between the writes (a read or a claim splits a batch into
+/// segments, each of which reads and locks its rows when it comes). Were
+/// each segment to lock its rows only then, each batch would hold its
+/// first row and wait for its second, which the other holds, and
+/// PostgreSQL would abort one with 40P01 (deadlock detected), failing its
+/// every call. The rows of a batch are locked up front, in one order, so
+/// the batches wait on each other in turn.
+#[tokio::test]
+async fn batches_writing_the_same_rows_in_opposite_orders_do_not_deadlock() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "deadlock").await;
+    let mut logs = Vec::new();
+    for owner in ["a", "b"] {
+        let pool = pglog::pool_with(cluster, &schema, 2, "tcc-log-deadlock", "");
+        let log = PostgresLog::options().owner(owner).open(pool).await;
+        logs.push(log.unwrap());
+    }
+    let (a, b) = (&logs[0], &logs[1]);
+    let (x, y) = (intent(1), intent(1));
+    let (x_lease, y_lease) = (a.begin(&x).await.unwrap(), a.begin(&y).await.unwrap());
+    // B's leases are stale: its writes are fenced, once they have locked
+    // the rows as every write does.
+    let stale = |lease: &Lease| Lease {
+        id: lease.id,
+        epoch: lease.epoch + 7,
+    };
+    // Both rows locked by another session, so that both batches are sent
+    // and started before either takes a row.
+    let mut admin = cluster.connect(&schema).await;
+    let blocker = admin.transaction().await.unwrap();
+    blocker
+        .query("SELECT 1 FROM tcc_log_transactions FOR UPDATE", &[])
+        .await
+        .unwrap();
+    // A batch each (the writers run once this task awaits, on this
+    // runtime's one thread): a write, a read, a write; A's x then y, B's y
+    // then x.
+    let a_calls = (a.renew(&x_lease), a.get(x.id), a.renew(&y_lease));
+    let b_calls = (
+        b.renew(&stale(&y_lease)),
+        b.get(y.id),
+        b.renew(&stale(&x_lease)),
+    );
+    assert!(
+        waiting(cluster, &schema, "tcc-log-deadlock", 2).await,
+        "both writers waiting"
+    );
+    blocker.rollback().await.unwrap();
+    let ((a_x, a_read, a_y), (b_y, b_read, b_x)) = tokio::join!(
+        async { tokio::join!(a_calls.0, a_calls.1, a_calls.2) },
+        async { tokio::join!(b_calls.0, b_calls.1, b_calls.2) }
+    );
+    a_x.unwrap();
+    a_y.unwrap();
+    assert!(a_read.unwrap().is_some());
+    assert!(b_read.unwrap().is_some());
+    for fenced in [b_y, b_x] {
+        assert_eq!(fenced.unwrap_err().kind(), LogErrorKind::Fenced);
+    }
+}
+
+/// A database or role whose default isolation is REPEATABLE READ or
+/// SERIALIZABLE: a batch that waited for a row another session changed
+/// would fail with 40001 (could not serialize) at those levels. Fencing
+/// rests on row locks, which READ COMMITTED gives (a write waits, then
+/// reads the row as committed), so the log's transactions run at READ
+/// COMMITTED whatever the default.
+#[tokio::test]
+async fn a_default_isolation_above_read_committed_fails_no_batch() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    for isolation in ["repeatable\\ read", "serializable"] {
+        let (schema, _) = pglog::migrated(cluster, "isolation").await;
+        let setting = format!("-c default_transaction_isolation={isolation}");
+        let pool = pglog::pool_with(cluster, &schema, 2, "tcc-log-isolation", &setting);
+        let log = PostgresLog::open(pool).await.unwrap();
+        let intent = intent(1);
+        let lease = log.begin(&intent).await.unwrap();
+        // The row changed by another session, which commits while the
+        // renewal waits for it.
+        let mut admin = cluster.connect(&schema).await;
+        let other = admin.transaction().await.unwrap();
+        other
+            .execute("UPDATE tcc_log_transactions SET owner = owner", &[])
+            .await
+            .unwrap();
+        let renewal = log.renew(&lease);
+        let decision = log.decide(&lease, Decision::Confirm);
+        assert!(
+            waiting(cluster, &schema, "tcc-log-isolation", 1).await,
+            "the writer waiting on the other session"
+        );
+        other.commit().await.unwrap();
+        renewal.await.unwrap();
+        assert_eq!(decision.await.unwrap(), Decision::Confirm, "{isolation}");
+        log.finish(&lease, End::Done).await.unwrap();
+        let claims = log.claim_unfinished(10).await.unwrap();
+        assert!(claims.is_empty(), "{isolation}");
+    }
+}
+
+/// Lease expiry is judged on the database's clock alone, never a
+/// coordinator's: with the database's clock an hour behind the
+/// coordinators' or an hour ahead (and each coordinator's session in
+/// another time zone), a lease still lasts its TTL on the database's
+/// clock, from its begin and from its renewal, and a claim takes it only
+/// once that clock has passed its expiry: the clock is moved (to just
+/// before, then just after) while only milliseconds pass for the
+/// coordinators. Any coordinator-side time in an expiry or in a claim's
+/// comparison would be an hour off.
+///
+/// The database's clock, for the log's sessions: a `now()` in the test's
+/// schema, ahead of `pg_catalog` in their `search_path`, that adds an
+/// offset kept in a table (`pg_catalog.now()` plus `offset_secs`).
+#[tokio::test]
+async fn lease_expiry_follows_the_database_clock_not_the_coordinators() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let (schema, _) = pglog::migrated(cluster, "clock").await;
+    let clocked = |name: &str, zone: &str| {
+        let settings = format!("-c search_path={schema},pg_catalog -c TimeZone={zone}");
+        pglog::pool_with(cluster, &schema, 2, name, &settings)
+    };
+    let admin = clocked("tcc-clock-admin", "UTC").get().await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE tcc_test_clock (offset_secs float8 NOT NULL);
+             INSERT INTO tcc_test_clock VALUES (0);
+             CREATE FUNCTION now() RETURNS timestamptz LANGUAGE sql STABLE AS $$
+                 SELECT pg_catalog.now() + make_interval(secs => offset_secs)
+                 FROM tcc_test_clock
+             $$;",
+        )
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(60);
+    let open = |pool| PostgresLog::options().lease_ttl(ttl).open(pool);
+    let a = open(clocked("tcc-clock-a", "Pacific/Kiritimati"))
+        .await
+        .unwrap();
+    let b = open(clocked("tcc-clock-b", "Etc/GMT+12")).await.unwrap();
+    // Seconds from the database's now to the expiry of `id`'s lease.
+    let left = async |id: TransactionId| -> f64 {
+        admin
+            .query_one(
+                "SELECT extract(epoch FROM expires - now())::float8
+                 FROM tcc_log_transactions WHERE id = $1",
+                &[&id.to_string()],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    // Moves the database's clock to `secs` from the expiry of `id`'s lease.
+    let set_clock = async |id: TransactionId, secs: f64| {
+        admin
+            .execute(
+                "UPDATE tcc_test_clock SET offset_secs = offset_secs + $2 + (
+                     SELECT extract(epoch FROM expires - now())::float8
+                     FROM tcc_log_transactions WHERE id = $1)",
+                &[&id.to_string(), &secs],
+            )
+            .await
+            .unwrap();
+    };
+    let lasts_a_ttl = |left: f64| left > ttl.as_secs_f64() - 5.0 && left <= ttl.as_secs_f64();
+    for offset in [-3600.0_f64, 3600.0] {
+        admin
+            .execute("UPDATE tcc_test_clock SET offset_secs = $1", &[&offset])
+            .await
+            .unwrap();
+        let intent = intent(1);
+        let lease = a.begin(&intent).await.unwrap();
+        let id = intent.id;
+        assert!(lasts_a_ttl(left(id).await), "{offset}: {}", left(id).await);
+        assert!(b.claim_unfinished(10).await.unwrap().is_empty(), "{offset}");
+        // Just before the expiry: not claimable. A renewal there runs a
+        // TTL from the database's now.
+        set_clock(id, -2.0).await;
+        assert!(b.claim_unfinished(10).await.unwrap().is_empty(), "{offset}");
+        a.renew(&lease).await.unwrap();
+        assert!(lasts_a_ttl(left(id).await), "{offset}: {}", left(id).await);
+        // Past the expiry the renewal replaced: still A's.
+        set_clock(id, -ttl.as_secs_f64() + 3.0).await;
+        assert!(b.claim_unfinished(10).await.unwrap().is_empty(), "{offset}");
+        // Just past the renewed expiry: claimed.
+        set_clock(id, 1.0).await;
+        let claimed = b.claim_unfinished(10).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|(lease, _)| lease.id).collect();
+        assert_eq!(ids, [id], "{offset}");
+        assert_eq!(
+            a.renew(&lease).await.unwrap_err().kind(),
+            LogErrorKind::Fenced
+        );
+        b.finish(&claimed[0].0, End::Done).await.unwrap();
+    }
+}
+
+/// Migrations racing on a database whose default isolation is above READ
+/// COMMITTED: each takes the lock in turn and then sees what the one
+/// before committed (a snapshot from before the lock would find no
+/// version, create the tables again, and fail as if they were foreign).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_at_a_stricter_default_isolation_all_succeed() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    for isolation in ["repeatable\\ read", "serializable"] {
+        let schema = pglog::fresh_schema("migrate_isolation");
+        cluster.connect(&schema).await;
+        let setting = format!("-c default_transaction_isolation={isolation}");
+        let racing: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = pglog::pool_with(cluster, &schema, 1, "tcc-log-migrate", &setting);
+                tokio::spawn(async move { PostgresLog::migrate(&pool).await })
+            })
+            .collect();
+        for migration in racing {
+            migration.await.unwrap().expect(isolation);
+        }
+        let pool = pglog::pool_with(cluster, &schema, 2, "tcc-log-migrate", &setting);
+        PostgresLog::open(pool).await.expect(isolation);
+    }
 }

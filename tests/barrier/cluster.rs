@@ -39,25 +39,31 @@ impl Cluster {
     /// The test binary's cluster, started on first use; `None` (after one
     /// line on stderr) when PostgreSQL is not installed and not required.
     pub fn get() -> Option<&'static Cluster> {
-        CLUSTER
-            .get_or_init(|| match find_bin() {
-                Some(bin) => Some(Cluster::start(bin)),
-                None if std::env::var("TCC_REQUIRE_POSTGRES").as_deref() == Ok("1") => panic!(
-                    "TCC_REQUIRE_POSTGRES=1 but no PostgreSQL server binaries were found \
-                     (initdb on PATH or in /usr/lib/postgresql/*/bin)"
-                ),
-                None => {
-                    // Straight to stderr: the test harness captures
-                    // `eprintln!` of a passing test, and this line must show.
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "PostgreSQL tests skipped: no initdb on PATH or in /usr/lib/postgresql/*/bin \
-                         (install postgresql, or set TCC_REQUIRE_POSTGRES=1 to make this a failure)"
-                    );
-                    None
-                }
-            })
-            .as_ref()
+        CLUSTER.get_or_init(Cluster::private).as_ref()
+    }
+
+    /// A cluster of the caller's own, stopped and removed when dropped: for
+    /// a test that crashes or restarts the server, which would break the
+    /// connections of every other test on the shared one. `None` as for
+    /// [`Cluster::get`].
+    pub fn private() -> Option<Cluster> {
+        match find_bin() {
+            Some(bin) => Some(Cluster::start(bin)),
+            None if std::env::var("TCC_REQUIRE_POSTGRES").as_deref() == Ok("1") => panic!(
+                "TCC_REQUIRE_POSTGRES=1 but no PostgreSQL server binaries were found \
+                 (initdb on PATH or in /usr/lib/postgresql/*/bin)"
+            ),
+            None => {
+                // Straight to stderr: the test harness captures `eprintln!`
+                // of a passing test, and this line must show.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "PostgreSQL tests skipped: no initdb on PATH or in /usr/lib/postgresql/*/bin \
+                     (install postgresql, or set TCC_REQUIRE_POSTGRES=1 to make this a failure)"
+                );
+                None
+            }
+        }
     }
 
     fn start(bin: PathBuf) -> Cluster {
@@ -183,6 +189,42 @@ impl Cluster {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+    }
+
+    /// Crashes the server and starts it again: `pg_ctl restart -m
+    /// immediate` (every server process quits at once, no checkpoint, as in
+    /// a crash), returning once it accepts connections again after its
+    /// crash recovery. Every open connection is broken.
+    ///
+    /// What survives, although the cluster runs with `fsync=off`: a process
+    /// crash is not an OS crash. A commit with `synchronous_commit=on`
+    /// (the log's pools set it) returns only after its WAL was written
+    /// (`write()`, into the kernel's page cache; `fsync=off` skips only the
+    /// flush to the device), and the kernel keeps that across the crash of
+    /// the server's processes, so crash recovery replays every such commit.
+    /// A commit with `synchronous_commit=off` may still sit in the server's
+    /// shared memory, which the crash discards: lost, as in a real crash.
+    /// (`full_page_writes=off` matters only for pages torn by a power cut,
+    /// which this is not.)
+    pub fn restart_immediate(&self) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        // The options of the first start are kept in `postmaster.opts` and
+        // used again; `-l` is not one of them, and without it the server
+        // would write to our pipe, which `run` waits on.
+        self.run(
+            "pg_ctl",
+            &[
+                "restart".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+            ],
+        );
     }
 
     /// How to connect with `search_path` set to `schema`.

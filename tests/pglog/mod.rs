@@ -28,9 +28,19 @@ pub fn fresh_schema(prefix: &str) -> String {
 /// `synchronous_commit` on, which the log requires (the test cluster has
 /// it off for the barrier's tests, and fsync off, so it costs nothing).
 pub fn pool(cluster: &Cluster, schema: &str, size: usize) -> Pool {
+    pool_with(cluster, schema, size, "tcc-log", "")
+}
+
+/// A pool as [`pool`]'s, its connections named `name` in
+/// `pg_stat_activity` (so that no other test's helper that looks for
+/// `tcc-log` picks them), with the server settings `settings` added
+/// (`-c name=value ...`).
+pub fn pool_with(cluster: &Cluster, schema: &str, size: usize, name: &str, settings: &str) -> Pool {
     let mut config = cluster.config(schema);
-    config.options(format!("-c search_path={schema} -c synchronous_commit=on"));
-    config.application_name("tcc-log");
+    config.options(format!(
+        "-c search_path={schema} -c synchronous_commit=on {settings}"
+    ));
+    config.application_name(name);
     let manager = Manager::from_config(
         config,
         tokio_postgres::NoTls,

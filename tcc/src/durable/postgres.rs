@@ -30,6 +30,19 @@
 //! only rows no one has locked (`FOR UPDATE SKIP LOCKED`), so a claim and a
 //! write of the previous owner never interleave: the write either commits
 //! before the claim sees the row, or sees the claim's epoch.
+//!
+//! Deadlocks: every row any request of a batch touches is locked at the
+//! batch's start, in one statement, in id order; the segments' reads then
+//! find them locked already. Two batches (of two coordinators) therefore
+//! wait on each other in one order, never in a cycle, however their
+//! segments interleave the same rows; a claim never waits (it skips locked
+//! rows). Locking each segment's rows only when it came would hold the
+//! first segment's rows while waiting for the next one's, and PostgreSQL
+//! would abort one of two batches writing the same rows in opposite orders
+//! (40P01), failing its every call. The batches run at READ COMMITTED
+//! whatever the database's default: fencing rests on row locks, and at
+//! REPEATABLE READ or SERIALIZABLE a batch that waited for a row another
+//! committed meanwhile would fail (40001) instead of reading it.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -38,6 +51,7 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
@@ -354,8 +368,13 @@ impl PostgresLog {
     /// reached.
     pub async fn migrate(pool: &Pool) -> Result<(), LogError> {
         let mut client = pool.get().await.map_err(pool_error)?;
+        // READ COMMITTED whatever the default: each statement sees what a
+        // migration that held the lock before committed (a snapshot taken
+        // before the lock would not, and would create its tables again).
         let tx = client
-            .transaction()
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
             .await
             .map_err(|e| sql_error("cannot migrate the log", e))?;
         let migrate_error = |e| sql_error("cannot migrate the log", e);
@@ -639,6 +658,15 @@ impl Request {
         }
     }
 
+    /// The row it locks: the row of a write under a lease or a begin, or
+    /// the row an operator's call changes.
+    fn locks(&self) -> Option<TransactionId> {
+        match self {
+            Request::Reopen(id, _) | Request::Resolve(id, _) => Some(*id),
+            other => other.row(),
+        }
+    }
+
     /// Gives a request the writer did not apply the batch's failure.
     fn abandon(self, error: &LogError) {
         fn fail<T>(reply: Reply<T>, error: &LogError) {
@@ -755,9 +783,19 @@ impl Writer {
             let giving_back: Vec<Lease> = std::mem::take(&mut orphans);
             batch.splice(0..0, giving_back.iter().cloned().map(Request::Release));
             let durable = batch.iter().any(Request::durable);
+            let mut rows: Vec<String> = batch
+                .iter()
+                .filter_map(Request::locks)
+                .map(|id| id.to_string())
+                .collect();
+            rows.sort_unstable();
+            rows.dedup();
             let mut requests = batch.drain(..);
             let mut replies = Replies::default();
-            match self.apply(&mut requests, durable, &mut replies).await {
+            match self
+                .apply(&rows, &mut requests, durable, &mut replies)
+                .await
+            {
                 Ok(()) => {
                     for reply in replies.held {
                         reply(None, &mut orphans);
@@ -782,24 +820,59 @@ impl Writer {
         }
     }
 
-    /// Applies a batch in one database transaction and commits it.
+    /// Applies a batch in one database transaction and commits it; `rows`
+    /// are the ids of the rows its requests touch, in order.
     async fn apply(
         &self,
+        rows: &[String],
         requests: &mut impl Iterator<Item = Request>,
         durable: bool,
         replies: &mut Replies,
     ) -> Result<(), LogError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await.map_err(write_error)?;
-        if !durable {
-            // Lazy writes only: committed without waiting for the WAL flush;
-            // the next durable commit carries them to disk (the WAL is
-            // written in order), a database crash before it loses them, and
-            // recovery repeats what they recorded.
-            tx.batch_execute("SET LOCAL synchronous_commit TO off")
-                .await
-                .map_err(write_error)?;
-        }
+        // READ COMMITTED, whatever the database's default (see the module's
+        // docs): a statement that waited for a row reads it as committed.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(write_error)?;
+        let lazy = async {
+            if !durable {
+                // Lazy writes only: committed without waiting for the WAL
+                // flush; the next durable commit carries them to disk (the
+                // WAL is written in order), a database crash before it loses
+                // them, and recovery repeats what they recorded.
+                tx.batch_execute("SET LOCAL synchronous_commit TO off")
+                    .await
+                    .map_err(write_error)?;
+            }
+            Ok(())
+        };
+        // Every row of the batch locked now, in one statement, in id order
+        // (see the module's docs: no deadlock between two batches). A row
+        // another coordinator begins after this is not locked here; its
+        // segment's read locks it (a duplicate begin, nothing written to
+        // it). That read, and an insert waiting for another's uncommitted
+        // insert of the same id, are the only waits left after this
+        // statement: a cycle through them needs two coordinators beginning
+        // the same ids at once, in opposite orders across segments. Sent
+        // with the setting (pipelined): one round trip.
+        let locked = async {
+            if !rows.is_empty() {
+                query(
+                    &tx,
+                    "SELECT 1 FROM tcc_log_transactions WHERE id = ANY($1)
+                     ORDER BY id FOR NO KEY UPDATE",
+                    &[&rows],
+                    write_error,
+                )
+                .await?;
+            }
+            Ok(())
+        };
+        futures_util::future::try_join(lazy, locked).await?;
         let mut segment = Segment::default();
         for request in requests.by_ref() {
             if request.row().is_some() {
@@ -1312,9 +1385,10 @@ impl Rows {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        // Locked in id order, so that two coordinators' batches never wait
-        // on each other in a cycle; until the commit, no claim can take them
-        // (claims skip locked rows), so the epochs read here stay the rows'.
+        // Locked at the batch's start already (or by a claim of this batch),
+        // bar a row begun since by another coordinator; until the commit, no
+        // claim can take them (claims skip locked rows), so the epochs read
+        // here stay the rows'.
         let begun: Vec<String> = requests
             .iter()
             .filter_map(|r| match r {
