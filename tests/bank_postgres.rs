@@ -1,8 +1,8 @@
 //! The bank example (`examples/bank_transfer.rs`) with its transaction log
 //! in PostgreSQL (`--log postgres://...`), run by several coordinator
 //! processes at once over one log and one `bank.sqlite`: killed with
-//! SIGKILL, stopped with SIGSTOP past their leases, and run with clocks
-//! minutes apart.
+//! SIGKILL, stopped with SIGSTOP past their leases, run with clocks
+//! minutes apart, and with PostgreSQL restarted under them.
 //!
 //! Beside the bank's invariants (tests/common/bank.rs: the money adds up,
 //! nothing frozen, every acknowledged transfer journalled on both sides),
@@ -49,13 +49,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// The log's schema, migrated, with a trigger that records every row
 /// written: `(seq, id, epoch, owner)` in `lease_history`.
-struct Fencing {
+struct Fencing<'a> {
     schema: String,
-    cluster: &'static Cluster,
+    cluster: &'a Cluster,
 }
 
-impl Fencing {
-    fn new(cluster: &'static Cluster) -> Self {
+impl<'a> Fencing<'a> {
+    fn new(cluster: &'a Cluster) -> Self {
         let schema = runtime().block_on(async {
             let (schema, pool) = pglog::migrated(cluster, "bank").await;
             let client = pool.get().await.expect("a connection");
@@ -404,4 +404,45 @@ fn clocks_minutes_apart_neither_steal_a_lease_early_nor_keep_one_forever() {
     assert_eq!(fencing.outcome_of(&tx), Some(1), "{tx} cancelled");
     recover_and_check(&mut bank, &BTreeSet::new());
     fencing.check_one_owner_per_epoch();
+}
+
+/// Two coordinators under load while PostgreSQL is restarted with `pg_ctl
+/// restart -m immediate` (a crash of the server; on a cluster of the test's
+/// own): the transfers in flight fail and are left to recovery, the
+/// coordinators reconnect by themselves and confirm transfers again, and
+/// once they are killed and `recover` has run, every acknowledged transfer
+/// stands and the bank adds up.
+#[test]
+fn postgres_restarted_under_two_coordinators_costs_retries_never_an_outcome() {
+    let Some(cluster) = Cluster::private() else {
+        return;
+    };
+    let fencing = Fencing::new(&cluster);
+    let mut bank = new_bank(&fencing, "6");
+    let mut running: Vec<Running> = (0..2)
+        .map(|seed| bank.start("run", &["--workers", "8", "--seed", &seed.to_string()], &[]))
+        .collect();
+    for coordinator in &mut running {
+        coordinator.wait_for("confirmed ");
+    }
+    cluster.restart_immediate();
+    for coordinator in &mut running {
+        // What was printed before the restart; then some confirmed after.
+        let before: Vec<String> = coordinator.lines.try_iter().collect();
+        coordinator.seen.extend(before);
+        for _ in 0..3 {
+            coordinator.wait_for("confirmed ");
+        }
+    }
+    let mut acknowledged = BTreeSet::new();
+    for coordinator in &mut running {
+        assert!(coordinator.kill().is_none(), "run ended by itself");
+        acknowledged.extend(confirmed(&coordinator.collect()));
+    }
+    recover_and_check(&mut bank, &acknowledged);
+    fencing.check_one_owner_per_epoch();
+    println!(
+        "{} transfers confirmed across the restart",
+        acknowledged.len()
+    );
 }
