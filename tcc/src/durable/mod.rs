@@ -47,8 +47,8 @@
 //! - `PostgresLog` (cargo feature `postgres-log`): tables in PostgreSQL,
 //!   shared by many coordinator processes, each transaction held under a
 //!   lease that expires on the database's clock; see its docs.
-//! - [`FaultyLog`]: wraps a log and fails, or "crashes", at the k-th write, for
-//!   tests of recovery.
+//! - `FaultyLog` (cargo feature `test-util`): wraps a log and fails, or
+//!   "crashes", at the k-th write, for tests of recovery, yours included.
 //!
 //! # Leases and epochs: one interface for one process or several
 //!
@@ -88,6 +88,7 @@ use crate::{Phase, TransactionId};
 
 #[cfg(feature = "redb")]
 mod codec;
+#[cfg(feature = "test-util")]
 mod faulty;
 mod memory;
 #[cfg(feature = "postgres-log")]
@@ -96,6 +97,7 @@ mod postgres;
 mod redb;
 mod state;
 
+#[cfg(feature = "test-util")]
 pub use faulty::{Fault, FaultyLog};
 pub use memory::MemoryLog;
 #[cfg(feature = "postgres-log")]
@@ -543,7 +545,7 @@ pub enum LogErrorKind {
     NotFound,
     /// The log is shut down, or stopped after an earlier failure.
     Closed,
-    /// A failure injected by [`FaultyLog`].
+    /// A failure injected by `FaultyLog` (cargo feature `test-util`).
     Injected,
     /// The database has no log tables, older ones, or tables that are not
     /// the log's, or settings the log cannot be durable with: the message
