@@ -80,15 +80,8 @@
 //! SQLite: the same columns, `WITHOUT ROWID`, with `updated_at` an
 //! `INTEGER` of milliseconds since the Unix epoch (SQLite's clock).
 //!
-//! One row with a state, rather than DTM's row per phase: a phase reads one
-//! key to know everything about its branch, so it can tell a duplicate from
-//! a refusal and say which (DTM's blocked Try reported success, #453), and
-//! a Cancel that finds nothing records `cancelled_before_try` under the
-//! same key the Try will insert, so the two meet at the primary key and one
-//! waits for the other. Most phases run a single barrier statement: an
-//! `INSERT ... ON CONFLICT DO NOTHING` (Try, Cancel) or a conditional
-//! `UPDATE` (Confirm); only when it finds the row in another state do they
-//! read it.
+//! Why one row with a state, and how that avoids the rivals' bugs (DTM #453,
+//! Seata #6679), is in `docs/design.md` (section 6) in the repository.
 //!
 //! # A Try that fails after acting outside the database (Seata #6374)
 //!
@@ -129,10 +122,9 @@
 //! `enter` and `guard` called first in the transaction), so every phase of a
 //! branch takes the row's lock before any business row: two deliveries of a
 //! branch wait for each other at the row and never deadlock on each other.
-//! PostgreSQL has no gap locks, and both backends key the row by its primary
-//! key, so Seata's MySQL deadlock (#6679) has no counterpart here. A Cancel
-//! racing a slow Try waits for the Try's transaction: if it commits, the
-//! Cancel runs its code; if it rolls back, the Cancel is an empty cancel.
+//! A Cancel racing a slow Try waits for the Try's transaction: if it
+//! commits, the Cancel runs its code; if it rolls back, the Cancel is an
+//! empty cancel.
 //!
 //! Under PostgreSQL's `REPEATABLE READ` or `SERIALIZABLE`, a race ends in a
 //! serialization failure (40001) or a deadlock report (40P01) instead of a

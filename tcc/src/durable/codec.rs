@@ -1,33 +1,9 @@
 //! How a file store writes a record as bytes.
 //!
-//! A record (format 2), little-endian:
-//!
-//! ```text
-//! u8   format = 2
-//! u32  checksum: CRC-32 of the key (the transaction id, u128) and every
-//!      byte after it
-//! u64  epoch
-//! u8   status: 0 undecided, 1 decided, 2 needs repair
-//! u8   decision: 0 confirm, 1 cancel (0 when undecided)
-//! u64  started_at, nanoseconds since the Unix epoch
-//! u32  participants, then for each:
-//!      name, kind: u32 length + UTF-8; data: u32 length + bytes
-//! ```
-//!
-//! The progress of one participant in one phase, kept apart from its record
-//! under the key (id, participant, phase) so that a note writes only that
-//! (format 2): `u8 format = 2, u32 checksum (of the key: u128 id, u32
-//! participant, u8 phase; and the rest), u32 attempts, u8 succeeded,
-//! u8 has_error, [u32 length + UTF-8 last error]`. A participant with none
-//! has made no call in that phase.
-//!
-//! An outcome (format 2): `u8 format = 2, u32 checksum (of the id and the
-//! rest), u8 decision, u64 started_at, u64 finished_at`.
-//!
-//! The checksum is checked on every read: a byte changed on disk (a
-//! `Decided(Cancel)` become `Confirm`) makes the record unreadable, never
-//! another record. It covers the key the value is stored under, so that a
-//! value found under another key is refused too. Format 1 had no checksum
+//! The layouts of a record, a progress row and an outcome (format 2) are in
+//! `docs/design.md`, section 3, with why each carries a checksum of its key
+//! and body: a byte changed on disk makes the value unreadable, never another
+//! value, and a value found under another key is refused too. Format 1 had no checksum
 //! and kept the progress inside the record; it is refused: reading it would
 //! trust what format 2 exists to check.
 //!

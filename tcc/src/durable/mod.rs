@@ -63,17 +63,13 @@
 //! The embedded store is the single-owner case: one process holds the file
 //! (locked against any other), and the leases it holds are the transactions it
 //! began or claimed and has not finished or released. A store shared by
-//! several coordinator processes (`PostgresLog`) maps the same calls onto
-//! rows: `begin` inserts the row with an owner, an epoch and an expiry;
-//! `claim_unfinished` takes rows whose lease expired, judged on the database's
-//! clock (`now()`), never the coordinators' (`UPDATE ... SET epoch = epoch + 1,
-//! owner = $me, expires = now() + $ttl WHERE expires < now() ... FOR UPDATE
-//! SKIP LOCKED RETURNING *`); every later write carries `WHERE id = $1 AND
-//! epoch = $2`, and zero rows updated is [`Fenced`](LogErrorKind::Fenced);
-//! [`renew`](Log::renew) pushes the expiry forward. A coordinator that paused
-//! past its lease is then fenced out by the one that claimed the transaction,
-//! so two processes never drive one transaction at once, and the decision, a
-//! compare-and-set on the row, is never made twice.
+//! several coordinator processes (`PostgresLog`) gives each lease an expiry on
+//! the database's clock, which [`renew`](Log::renew) pushes forward; once it
+//! has passed, another coordinator may claim the transaction, and the one that
+//! paused past it is fenced out: two processes never drive one transaction at
+//! once, and the decision is never made twice. How the calls map onto SQL,
+//! and the races tested, are in `docs/design.md` (section 4) in the
+//! repository.
 
 use std::fmt;
 use std::future::Future;
