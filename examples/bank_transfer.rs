@@ -174,7 +174,9 @@ impl Bank {
         // process, so recovery never finds a decision whose Tries were lost.
         connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.busy_timeout(Duration::from_secs(5))?;
+        // Long: with a PostgreSQL log, several `run`s write this file at
+        // once, and on a loaded machine one may wait its turn for seconds.
+        connection.busy_timeout(Duration::from_secs(30))?;
         // The tables and the accounts in one SQL transaction: a bank killed
         // while it is created has all of them or nothing.
         let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -205,7 +205,12 @@ fn three_coordinators_killed_at_random_lose_nothing_and_never_share_an_epoch() {
     // Long enough for the live ones to take over the last victim's leases.
     thread::sleep(Duration::from_secs(3));
     for coordinator in &mut running {
-        assert!(coordinator.kill().is_none(), "run ended by itself");
+        if let Some(status) = coordinator.kill() {
+            panic!(
+                "run ended by itself ({status}): {}",
+                coordinator.stderr_text()
+            );
+        }
         acknowledged.extend(confirmed(&coordinator.collect()));
     }
     recover_and_check(&mut bank, &acknowledged);
@@ -436,7 +441,12 @@ fn postgres_restarted_under_two_coordinators_costs_retries_never_an_outcome() {
     }
     let mut acknowledged = BTreeSet::new();
     for coordinator in &mut running {
-        assert!(coordinator.kill().is_none(), "run ended by itself");
+        if let Some(status) = coordinator.kill() {
+            panic!(
+                "run ended by itself ({status}): {}",
+                coordinator.stderr_text()
+            );
+        }
         acknowledged.extend(confirmed(&coordinator.collect()));
     }
     recover_and_check(&mut bank, &acknowledged);
