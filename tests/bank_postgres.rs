@@ -157,6 +157,22 @@ fn new_bank(fencing: &Fencing, accounts: &str) -> Bank {
     bank
 }
 
+/// Kills every coordinator, which must all be running still, and returns
+/// the transfers they acknowledged.
+fn kill_all(running: &mut [Running]) -> BTreeSet<String> {
+    let mut acknowledged = BTreeSet::new();
+    for coordinator in running {
+        if let Some(status) = coordinator.kill() {
+            panic!(
+                "run ended by itself ({status}): {}",
+                coordinator.stderr_text()
+            );
+        }
+        acknowledged.extend(confirmed(&coordinator.collect()));
+    }
+    acknowledged
+}
+
 /// Sends `signal` (`-STOP`, `-CONT`) to a child.
 fn signal(running: &Running, signal: &str) {
     let status = Command::new("kill")
@@ -204,15 +220,7 @@ fn three_coordinators_killed_at_random_lose_nothing_and_never_share_an_epoch() {
     }
     // Long enough for the live ones to take over the last victim's leases.
     thread::sleep(Duration::from_secs(3));
-    for coordinator in &mut running {
-        if let Some(status) = coordinator.kill() {
-            panic!(
-                "run ended by itself ({status}): {}",
-                coordinator.stderr_text()
-            );
-        }
-        acknowledged.extend(confirmed(&coordinator.collect()));
-    }
+    acknowledged.extend(kill_all(&mut running));
     recover_and_check(&mut bank, &acknowledged);
     fencing.check_one_owner_per_epoch();
     let taken_over = fencing.taken_over();
@@ -440,15 +448,7 @@ fn postgres_restarted_under_two_coordinators_costs_retries_never_an_outcome() {
         }
     }
     let mut acknowledged = BTreeSet::new();
-    for coordinator in &mut running {
-        if let Some(status) = coordinator.kill() {
-            panic!(
-                "run ended by itself ({status}): {}",
-                coordinator.stderr_text()
-            );
-        }
-        acknowledged.extend(confirmed(&coordinator.collect()));
-    }
+    acknowledged.extend(kill_all(&mut running));
     recover_and_check(&mut bank, &acknowledged);
     fencing.check_one_owner_per_epoch();
     println!(
