@@ -19,7 +19,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::state::{Outcome, Stored};
+use super::rules::{Finished, Stored};
 use super::{
     Decision, Intent, LogError, LogErrorKind, ParticipantEntry, PhaseProgress, Status,
     TransactionRecord,
@@ -254,7 +254,7 @@ pub(crate) fn decode(id: TransactionId, bytes: &[u8]) -> Result<Stored, String> 
     })
 }
 
-pub(crate) fn encode_outcome(id: TransactionId, outcome: &Outcome) -> Vec<u8> {
+pub(crate) fn encode_outcome(id: TransactionId, outcome: &Finished) -> Vec<u8> {
     let mut out = start(HEADER_LEN + 17);
     out.push(decision_byte(outcome.decision));
     out.extend_from_slice(&nanos(outcome.started_at).to_le_bytes());
@@ -262,9 +262,9 @@ pub(crate) fn encode_outcome(id: TransactionId, outcome: &Outcome) -> Vec<u8> {
     seal(Key::Transaction(id), out)
 }
 
-pub(crate) fn decode_outcome(id: TransactionId, bytes: &[u8]) -> Result<Outcome, String> {
+pub(crate) fn decode_outcome(id: TransactionId, bytes: &[u8]) -> Result<Finished, String> {
     let mut r = Reader::checked(Key::Transaction(id), bytes)?;
-    let outcome = Outcome {
+    let outcome = Finished {
         decision: r.decision()?,
         started_at: time(r.u64()?),
         finished_at: time(r.u64()?),
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn an_outcome_reads_back_as_written_and_is_checked() {
-        let outcome = Outcome {
+        let outcome = Finished {
             decision: Decision::Confirm,
             started_at: time(5),
             finished_at: time(9),

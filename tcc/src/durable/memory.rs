@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use super::state::{Found, Outcome, Rules, Stored, Tables};
+use super::rules::{Finished, Found, Place, Rules, Stored, Tables};
 use super::{
-    Decision, End, Intent, Lease, Leases, Log, LogError, LogFuture, PhaseProgress, Status,
+    Decision, End, Intent, Lease, Leases, Log, LogError, LogFuture, PhaseProgress,
     TransactionRecord,
 };
 use crate::{Phase, TransactionId};
@@ -180,10 +180,20 @@ impl Log for MemoryLog {
 struct Maps {
     unfinished: BTreeMap<TransactionId, Stored>,
     repair: BTreeMap<TransactionId, Stored>,
-    outcomes: HashMap<TransactionId, Outcome>,
+    outcomes: HashMap<TransactionId, Finished>,
     /// Finished transactions, oldest first, by the order they finished in.
     order: BTreeMap<u64, TransactionId>,
     next_order: u64,
+}
+
+impl Maps {
+    /// The map of `place`.
+    fn place(&mut self, place: Place) -> &mut BTreeMap<TransactionId, Stored> {
+        match place {
+            Place::Unfinished => &mut self.unfinished,
+            Place::NeedsRepair => &mut self.repair,
+        }
+    }
 }
 
 impl Tables for Maps {
@@ -195,18 +205,19 @@ impl Tables for Maps {
             .cloned())
     }
 
-    fn put_record(&mut self, stored: &Stored, moved: bool) -> Result<(), LogError> {
-        let needs_repair = matches!(stored.record.status, Status::NeedsRepair(_));
-        let (to, from) = if needs_repair {
-            (&mut self.repair, &mut self.unfinished)
-        } else {
-            (&mut self.unfinished, &mut self.repair)
-        };
-        if moved {
-            from.remove(&stored.id());
-        }
-        to.insert(stored.id(), stored.clone());
+    fn put_record(&mut self, stored: &Stored) -> Result<(), LogError> {
+        self.place(Place::of(stored.record.status))
+            .insert(stored.id(), stored.clone());
         Ok(())
+    }
+
+    fn move_record(&mut self, stored: &Stored) -> Result<(), LogError> {
+        let other = match Place::of(stored.record.status) {
+            Place::Unfinished => Place::NeedsRepair,
+            Place::NeedsRepair => Place::Unfinished,
+        };
+        self.place(other).remove(&stored.id());
+        self.put_record(stored)
     }
 
     fn put_progress(
@@ -226,23 +237,19 @@ impl Tables for Maps {
         Ok(())
     }
 
-    fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError> {
-        if needs_repair {
-            self.repair.remove(&id);
-        } else {
-            self.unfinished.remove(&id);
-        }
+    fn remove_record(&mut self, id: TransactionId, place: Place) -> Result<(), LogError> {
+        self.place(place).remove(&id);
         Ok(())
     }
 
-    fn outcome(&mut self, id: TransactionId) -> Result<Option<Outcome>, LogError> {
+    fn outcome(&mut self, id: TransactionId) -> Result<Option<Finished>, LogError> {
         Ok(self.outcomes.get(&id).copied())
     }
 
     fn add_outcome(
         &mut self,
         id: TransactionId,
-        outcome: Outcome,
+        outcome: Finished,
         retention: u64,
         max_pruned: usize,
     ) -> Result<(), LogError> {

@@ -91,7 +91,7 @@ mod memory;
 mod postgres;
 #[cfg(feature = "redb")]
 mod redb;
-mod state;
+mod rules;
 
 #[cfg(feature = "test-util")]
 pub use faulty::{Fault, FaultyLog};

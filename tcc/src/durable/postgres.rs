@@ -55,7 +55,7 @@ use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::state::Unreadable;
+use super::rules::Unreadable;
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, ParticipantEntry,
     PhaseProgress, Status, TransactionRecord, Unread,

@@ -21,10 +21,10 @@ use redb::{
 use tokio::sync::{oneshot, watch};
 
 use super::codec;
-use super::state::{Found, Outcome, Rules, Stored, Tables, Unreadable};
+use super::rules::{Finished, Found, Place, Rules, Stored, Tables, Unreadable};
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
-    Status, TransactionRecord, Unread,
+    TransactionRecord, Unread,
 };
 use crate::{Phase, TransactionId};
 
@@ -1214,11 +1214,10 @@ impl<'t> RedbTables<'t> {
             .map_err(|e| write_error(self.path, e))
     }
 
-    fn table(&mut self, needs_repair: bool) -> &mut Table<'t, u128, &'static [u8]> {
-        if needs_repair {
-            &mut self.repair
-        } else {
-            &mut self.unfinished
+    fn table(&mut self, place: Place) -> &mut Table<'t, u128, &'static [u8]> {
+        match place {
+            Place::Unfinished => &mut self.unfinished,
+            Place::NeedsRepair => &mut self.repair,
         }
     }
 }
@@ -1250,21 +1249,27 @@ impl Tables for RedbTables<'_> {
         Ok(None)
     }
 
-    fn put_record(&mut self, stored: &Stored, moved: bool) -> Result<(), LogError> {
-        let needs_repair = matches!(stored.record.status, Status::NeedsRepair(_));
+    fn put_record(&mut self, stored: &Stored) -> Result<(), LogError> {
         let key = stored.id().as_u128();
         let bytes = codec::encode(stored)?;
         fits(stored.id(), "record", bytes.len(), MAX_VALUE_BYTES)?;
         self.changed = true;
-        if moved {
-            let result = self.table(!needs_repair).remove(key).map(drop);
-            result.map_err(|e| write_error(self.path, e))?;
-        }
         let result = self
-            .table(needs_repair)
+            .table(Place::of(stored.record.status))
             .insert(key, bytes.as_slice())
             .map(drop);
         result.map_err(|e| write_error(self.path, e))
+    }
+
+    fn move_record(&mut self, stored: &Stored) -> Result<(), LogError> {
+        let other = match Place::of(stored.record.status) {
+            Place::Unfinished => Place::NeedsRepair,
+            Place::NeedsRepair => Place::Unfinished,
+        };
+        self.changed = true;
+        let result = self.table(other).remove(stored.id().as_u128()).map(drop);
+        result.map_err(|e| write_error(self.path, e))?;
+        self.put_record(stored)
     }
 
     fn put_progress(
@@ -1282,14 +1287,14 @@ impl Tables for RedbTables<'_> {
         result.map_err(|e| write_error(self.path, e))
     }
 
-    fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError> {
+    fn remove_record(&mut self, id: TransactionId, place: Place) -> Result<(), LogError> {
         self.changed = true;
-        let result = self.table(needs_repair).remove(id.as_u128()).map(drop);
+        let result = self.table(place).remove(id.as_u128()).map(drop);
         result.map_err(|e| write_error(self.path, e))?;
         self.remove_progress(id)
     }
 
-    fn outcome(&mut self, id: TransactionId) -> Result<Option<Outcome>, LogError> {
+    fn outcome(&mut self, id: TransactionId) -> Result<Option<Finished>, LogError> {
         match self
             .outcomes
             .get(id.as_u128())
@@ -1305,7 +1310,7 @@ impl Tables for RedbTables<'_> {
     fn add_outcome(
         &mut self,
         id: TransactionId,
-        outcome: Outcome,
+        outcome: Finished,
         retention: u64,
         max_pruned: usize,
     ) -> Result<(), LogError> {
@@ -1421,6 +1426,7 @@ impl Tables for RedbTables<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::Status;
 
     /// A directory of this test's own, removed at the end.
     struct Scratch(PathBuf);

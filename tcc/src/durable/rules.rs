@@ -28,9 +28,9 @@ impl Stored {
     }
 }
 
-/// The outcome kept for a finished transaction, for lookups.
+/// What a store keeps of a finished transaction, for lookups: its outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Outcome {
+pub(crate) struct Finished {
     pub(crate) decision: Decision,
     pub(crate) started_at: SystemTime,
     pub(crate) finished_at: SystemTime,
@@ -61,6 +61,25 @@ impl Unreadable {
     }
 }
 
+/// Where a store keeps a record: with the unfinished ones (undecided,
+/// decided), or apart with those needing repair, so that a claim never walks
+/// past the ones an operator must see to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    Unfinished,
+    NeedsRepair,
+}
+
+impl Place {
+    /// Where a record of `status` is kept.
+    pub(crate) fn of(status: Status) -> Place {
+        match status {
+            Status::NeedsRepair(_) | Status::Unreadable => Place::NeedsRepair,
+            _ => Place::Unfinished,
+        }
+    }
+}
+
 /// A record as a listing found it.
 pub(crate) type Found = Result<Stored, Unreadable>;
 
@@ -79,13 +98,16 @@ pub(crate) trait Tables {
     fn record_without_progress(&mut self, id: TransactionId) -> Result<Option<Stored>, LogError> {
         self.record(id)
     }
-    /// Writes `stored` where its status belongs; `moved`: its status moved
-    /// between unfinished and needing repair, so the other place has it.
-    /// Its progress need not be written again: only [`put_progress`]
-    /// changes it.
+    /// Writes `stored` where its status belongs ([`Place::of`]), new or
+    /// replacing the record there. Its progress need not be written again:
+    /// only [`put_progress`] changes it.
     ///
     /// [`put_progress`]: Tables::put_progress
-    fn put_record(&mut self, stored: &Stored, moved: bool) -> Result<(), LogError>;
+    fn put_record(&mut self, stored: &Stored) -> Result<(), LogError>;
+    /// Writes `stored`, whose status just moved between unfinished and
+    /// needing repair, where it now belongs, and removes it from the other
+    /// place (its progress stays, as [`put_record`](Tables::put_record)).
+    fn move_record(&mut self, stored: &Stored) -> Result<(), LogError>;
     /// Writes the progress of one participant of the record of `id` (which
     /// exists) in one phase, at a cost that does not grow with the number
     /// of participants.
@@ -96,16 +118,15 @@ pub(crate) trait Tables {
         phase: Phase,
         progress: &PhaseProgress,
     ) -> Result<(), LogError>;
-    /// Removes the record of `id` (`needs_repair`: from where it is), and its
-    /// progress.
-    fn remove_record(&mut self, id: TransactionId, needs_repair: bool) -> Result<(), LogError>;
-    fn outcome(&mut self, id: TransactionId) -> Result<Option<Outcome>, LogError>;
+    /// Removes the record of `id` from `place`, and its progress.
+    fn remove_record(&mut self, id: TransactionId, place: Place) -> Result<(), LogError>;
+    fn outcome(&mut self, id: TransactionId) -> Result<Option<Finished>, LogError>;
     /// Adds an outcome as the newest, then removes the oldest ones, at most
     /// `max_pruned` of them, while more than `retention` are kept.
     fn add_outcome(
         &mut self,
         id: TransactionId,
-        outcome: Outcome,
+        outcome: Finished,
         retention: u64,
         max_pruned: usize,
     ) -> Result<(), LogError>;
@@ -213,7 +234,7 @@ impl Rules {
         // The intent (durable). A crash before its commit: no Try ran, nothing
         // to undo. After: an undecided record, which recovery
         // (claim_unfinished) cancels everywhere, presumed abort.
-        tables.put_record(&stored, false)?;
+        tables.put_record(&stored)?;
         self.live.insert(id, Held::of(&stored));
         Ok(Lease {
             id,
@@ -236,7 +257,7 @@ impl Rules {
                 // undecided, so recovery cancels; no phase 2 ran, as the
                 // caller waits for this commit. After: recovery drives this
                 // decision to its end, never the other one.
-                tables.put_record(&stored, false)?;
+                tables.put_record(&stored)?;
                 Ok(decision)
             }
         }
@@ -286,7 +307,7 @@ impl Rules {
             End::Done => {
                 // Lazy: a crash before the next durable commit brings the
                 // decided record back, and recovery runs phase 2 again.
-                tables.remove_record(lease.id, false)?;
+                tables.remove_record(lease.id, Place::Unfinished)?;
                 self.add_outcome(tables, &stored.record, decision)?;
             }
             End::NeedsRepair => {
@@ -294,7 +315,7 @@ impl Rules {
                 // Durable. A crash before its commit: still decided, and
                 // recovery retries phase 2 (once more, then here again).
                 // After: listed by needs_repair for an operator.
-                tables.put_record(&stored, true)?;
+                tables.move_record(&stored)?;
             }
         }
         self.live.remove(&lease.id);
@@ -307,7 +328,7 @@ impl Rules {
         record: &TransactionRecord,
         decision: Decision,
     ) -> Result<(), LogError> {
-        let outcome = Outcome {
+        let outcome = Finished {
             decision,
             started_at: record.started_at,
             finished_at: SystemTime::now(),
@@ -346,7 +367,7 @@ impl Rules {
             // Lazy: a claim lost in a crash is lost with every write made
             // under it (a durable commit of one of them would have carried
             // the claim too), and the next process claims it again.
-            tables.put_record(&stored, false)?;
+            tables.put_record(&stored)?;
             let lease = Lease {
                 id: stored.id(),
                 epoch: stored.epoch,
@@ -414,7 +435,7 @@ impl Rules {
         // Durable. A crash before its commit: still needing repair, the
         // operator reopens it again. After: decided, so recovery drives it
         // if the operator's process dies.
-        tables.put_record(&stored, true)?;
+        tables.move_record(&stored)?;
         let lease = Lease {
             id,
             epoch: stored.epoch,
@@ -443,7 +464,7 @@ impl Rules {
         };
         // Durable. A crash before its commit: still needing repair. After:
         // its outcome only.
-        tables.remove_record(id, true)?;
+        tables.remove_record(id, Place::NeedsRepair)?;
         self.add_outcome(tables, &stored.record, decision)?;
         Ok(true)
     }
@@ -471,9 +492,13 @@ mod tests {
         ) -> Result<Option<Stored>, LogError> {
             Ok(Some(self.0.clone()))
         }
-        fn put_record(&mut self, stored: &Stored, _: bool) -> Result<(), LogError> {
+        fn put_record(&mut self, stored: &Stored) -> Result<(), LogError> {
             self.0 = stored.clone();
             Ok(())
+        }
+
+        fn move_record(&mut self, stored: &Stored) -> Result<(), LogError> {
+            self.put_record(stored)
         }
         fn put_progress(
             &mut self,
@@ -484,16 +509,16 @@ mod tests {
         ) -> Result<(), LogError> {
             Ok(())
         }
-        fn remove_record(&mut self, _: TransactionId, _: bool) -> Result<(), LogError> {
+        fn remove_record(&mut self, _: TransactionId, _: Place) -> Result<(), LogError> {
             Ok(())
         }
-        fn outcome(&mut self, _: TransactionId) -> Result<Option<Outcome>, LogError> {
+        fn outcome(&mut self, _: TransactionId) -> Result<Option<Finished>, LogError> {
             Ok(None)
         }
         fn add_outcome(
             &mut self,
             _: TransactionId,
-            _: Outcome,
+            _: Finished,
             _: u64,
             _: usize,
         ) -> Result<(), LogError> {
