@@ -56,7 +56,7 @@
 
 #![forbid(unsafe_code)]
 
-mod context;
+mod errors;
 mod orchestration;
 mod recoverable;
 mod service;

@@ -7,7 +7,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, LitStr, Type};
 
-use crate::context::Errors;
+use crate::errors::Errors;
 
 /// One field of the struct, as the derive reads it.
 struct Field {

@@ -8,7 +8,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 use syn::parse::{ParseStream, Parser};
 
-use crate::context::Errors;
+use crate::errors::Errors;
 
 /// The whole macro: parse (which checks as it reads), then expand.
 pub(crate) fn tcc(input: TokenStream) -> TokenStream {

@@ -19,7 +19,7 @@ use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::{Expr, Ident, LitStr, Token, braced};
 
-use crate::context::Errors;
+use crate::errors::Errors;
 use crate::suggest::nearest;
 
 /// The settings `tcc!` accepts, each an orchestrator builder method.

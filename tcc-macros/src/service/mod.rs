@@ -9,7 +9,7 @@ use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::Item;
 
-use crate::context::Errors;
+use crate::errors::Errors;
 
 /// The whole macro: parse, validate, then expand. On any error the impl block
 /// is still emitted, phase attributes stripped, with a stand-in impl of the

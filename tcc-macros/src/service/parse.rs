@@ -6,7 +6,7 @@ use quote::quote;
 use syn::parse::Parser;
 use syn::{Attribute, Expr, ImplItem, Item, ItemImpl, LitStr, Meta, Signature};
 
-use crate::context::Errors;
+use crate::errors::Errors;
 use crate::suggest::nearest;
 
 /// The arguments of `#[tcc_service(name = "...", max_retries = N)]`.

@@ -5,7 +5,7 @@ use quote::quote;
 use syn::{FnArg, GenericParam, ReturnType, Signature, Type};
 
 use super::parse::{Phase, PhaseMethod, ServiceImpl};
-use crate::context::Errors;
+use crate::errors::Errors;
 
 pub(crate) fn service(service: &ServiceImpl, errors: &mut Errors) {
     for phase in Phase::ALL {

@@ -598,6 +598,12 @@ impl LogError {
         self
     }
 
+    /// The same kind and text, without the source (which cannot be
+    /// cloned): for each caller of a batch that failed as a whole.
+    pub(crate) fn copy_for_caller(&self) -> LogError {
+        LogError::new(self.kind, self.to_string())
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> LogErrorKind {
         self.kind

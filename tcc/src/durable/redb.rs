@@ -619,7 +619,7 @@ impl Request {
             pending.push(Box::new(move |failed: Option<&LogError>| {
                 let error = failed.map_or_else(
                     || LogError::new(LogErrorKind::Closed, "the log's writer gave up"),
-                    LogError::echo,
+                    LogError::copy_for_caller,
                 );
                 let _ = reply.send(Err(error));
                 Vec::new()
@@ -677,7 +677,7 @@ fn hold<T: Leases + Send + 'static>(
 ) {
     pending.push(Box::new(move |failed: Option<&LogError>| {
         let sent = reply.send(match failed {
-            Some(error) => Err(error.echo()),
+            Some(error) => Err(error.copy_for_caller()),
             None => result,
         });
         match sent {
@@ -685,13 +685,6 @@ fn hold<T: Leases + Send + 'static>(
             _ => Vec::new(),
         }
     }));
-}
-
-impl LogError {
-    /// The same kind and text, for each caller of a failed batch.
-    fn echo(&self) -> LogError {
-        LogError::new(self.kind(), self.to_string())
-    }
 }
 
 /// Whether an error means the write transaction can no longer be trusted
@@ -916,7 +909,7 @@ fn apply_one(
         result: Result<T, LogError>,
     ) -> Result<(), LogError> {
         let failure = match &result {
-            Err(error) if is_store_failure(error) => Some(error.echo()),
+            Err(error) if is_store_failure(error) => Some(error.copy_for_caller()),
             _ => None,
         };
         hold(pending, reply, result);
