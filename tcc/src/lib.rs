@@ -149,7 +149,7 @@ pub use context::Context;
 pub use error::{BoxError, Error, ErrorKind, Failure, Panicked, Permanent, TimedOut};
 pub use id::{ParseTransactionIdError, TransactionId};
 pub use orchestrator::Orchestrator;
-pub use phase::Phase;
+pub use phase::{Decision, Phase};
 pub use recoverable::{MissingResource, Recoverable, Resources, WiringError};
 pub use report::{PhaseRecord, Report, ServiceReport, ServiceReports};
 pub use retry::{InvalidRetryPolicy, RetryPolicy};

@@ -1,4 +1,5 @@
-//! The three phases of a TCC transaction.
+//! The three phases of a TCC transaction, and the decision between the
+//! second two.
 
 use std::fmt;
 
@@ -42,5 +43,26 @@ impl Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What a transaction decided once its Tries ended: every participant is
+/// confirmed, or every participant is cancelled. A durable transaction
+/// writes it to its log before the first Confirm or Cancel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Every Try succeeded: confirm everywhere.
+    Confirm,
+    /// Some Try failed, or none was decided before a crash: cancel everywhere.
+    Cancel,
+}
+
+impl Decision {
+    /// The phase that carries the decision out.
+    pub(crate) fn phase(self) -> Phase {
+        match self {
+            Decision::Confirm => Phase::Confirm,
+            Decision::Cancel => Phase::Cancel,
+        }
     }
 }

@@ -451,9 +451,9 @@ impl From<tokio_postgres::Error> for BarrierError {
     }
 }
 
-/// What a branch's row says. Stored as its [`name`](State::name).
+/// What a branch's row says. Stored as its [`name`](RowState::name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum State {
+pub(crate) enum RowState {
     /// A Try announced effects outside the database; its transaction has not
     /// committed (yet, or ever).
     Started,
@@ -467,24 +467,24 @@ pub(crate) enum State {
     CancelledBeforeTry,
 }
 
-impl State {
+impl RowState {
     pub(crate) const fn name(self) -> &'static str {
         match self {
-            State::Started => "started",
-            State::Tried => "tried",
-            State::Confirmed => "confirmed",
-            State::Cancelled => "cancelled",
-            State::CancelledBeforeTry => "cancelled_before_try",
+            RowState::Started => "started",
+            RowState::Tried => "tried",
+            RowState::Confirmed => "confirmed",
+            RowState::Cancelled => "cancelled",
+            RowState::CancelledBeforeTry => "cancelled_before_try",
         }
     }
 
     pub(crate) fn parse(text: &str, branch: &Branch) -> Result<Self, BarrierError> {
         Ok(match text {
-            "started" => State::Started,
-            "tried" => State::Tried,
-            "confirmed" => State::Confirmed,
-            "cancelled" => State::Cancelled,
-            "cancelled_before_try" => State::CancelledBeforeTry,
+            "started" => RowState::Started,
+            "tried" => RowState::Tried,
+            "confirmed" => RowState::Confirmed,
+            "cancelled" => RowState::Cancelled,
+            "cancelled_before_try" => RowState::CancelledBeforeTry,
             other => return Err(BarrierError::unknown_state(branch, other)),
         })
     }
@@ -498,25 +498,25 @@ pub(crate) enum Step {
     Phase(Phase),
 }
 
-/// The barrier's decision: what the phase may do, and what the row becomes
+/// The barrier's ruling on a delivery: what the phase may do, and what the row becomes
 /// (`None`: unchanged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Decision {
+pub(crate) struct Ruling {
     pub(crate) entry: Entry,
-    pub(crate) next: Option<State>,
+    pub(crate) next: Option<RowState>,
 }
 
 /// The rules: the one place both backends take them from.
-pub(crate) fn decide(step: Step, prior: Option<State>) -> Result<Decision, BarrierErrorKind> {
+pub(crate) fn rule(step: Step, prior: Option<RowState>) -> Result<Ruling, BarrierErrorKind> {
     use BarrierErrorKind as K;
-    use State as S;
+    use RowState as S;
     let go = |entry, next| {
-        Ok(Decision {
+        Ok(Ruling {
             entry,
             next: Some(next),
         })
     };
-    let skip = |entry| Ok(Decision { entry, next: None });
+    let skip = |entry| Ok(Ruling { entry, next: None });
     match (step, prior) {
         (Step::Announce, None) => go(Entry::Run, S::Started),
         (Step::Phase(Phase::Try), None | Some(S::Started)) => go(Entry::Run, S::Tried),
@@ -552,19 +552,19 @@ pub(crate) fn decide(step: Step, prior: Option<State>) -> Result<Decision, Barri
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FirstWrite {
     /// Insert the row in this state unless it exists.
-    Insert(State),
+    Insert(RowState),
     /// Move the row from one state to another, if it is in the first.
-    Update { from: State, to: State },
+    Update { from: RowState, to: RowState },
 }
 
 pub(crate) fn first_write(step: Step) -> FirstWrite {
     match step {
-        Step::Announce => FirstWrite::Insert(State::Started),
-        Step::Phase(Phase::Try) => FirstWrite::Insert(State::Tried),
-        Step::Phase(Phase::Cancel) => FirstWrite::Insert(State::CancelledBeforeTry),
+        Step::Announce => FirstWrite::Insert(RowState::Started),
+        Step::Phase(Phase::Try) => FirstWrite::Insert(RowState::Tried),
+        Step::Phase(Phase::Cancel) => FirstWrite::Insert(RowState::CancelledBeforeTry),
         Step::Phase(Phase::Confirm) => FirstWrite::Update {
-            from: State::Tried,
-            to: State::Confirmed,
+            from: RowState::Tried,
+            to: RowState::Confirmed,
         },
     }
 }
@@ -575,8 +575,8 @@ pub(crate) fn first_write_entry(step: Step, write: FirstWrite) -> Entry {
         FirstWrite::Insert(_) => None,
         FirstWrite::Update { from, .. } => Some(from),
     };
-    decide(step, prior)
-        .map(|decision| decision.entry)
+    rule(step, prior)
+        .map(|ruling| ruling.entry)
         .expect("every first write is a transition the rules allow")
 }
 
@@ -608,13 +608,13 @@ pub(crate) fn in_chain<T: std::error::Error + 'static>(
 mod tests {
     use super::*;
 
-    const STATES: [Option<State>; 6] = [
+    const STATES: [Option<RowState>; 6] = [
         None,
-        Some(State::Started),
-        Some(State::Tried),
-        Some(State::Confirmed),
-        Some(State::Cancelled),
-        Some(State::CancelledBeforeTry),
+        Some(RowState::Started),
+        Some(RowState::Tried),
+        Some(RowState::Confirmed),
+        Some(RowState::Cancelled),
+        Some(RowState::CancelledBeforeTry),
     ];
     const STEPS: [Step; 4] = [
         Step::Announce,
@@ -625,16 +625,13 @@ mod tests {
 
     #[test]
     fn a_cancelled_branch_never_lets_a_try_or_confirm_run() {
-        for prior in [State::Cancelled, State::CancelledBeforeTry] {
+        for prior in [RowState::Cancelled, RowState::CancelledBeforeTry] {
             for step in [
                 Step::Announce,
                 Step::Phase(Phase::Try),
                 Step::Phase(Phase::Confirm),
             ] {
-                assert!(
-                    decide(step, Some(prior)).is_err(),
-                    "{step:?} after {prior:?}"
-                );
+                assert!(rule(step, Some(prior)).is_err(), "{step:?} after {prior:?}");
             }
         }
     }
@@ -643,21 +640,21 @@ mod tests {
     fn code_runs_only_on_a_state_change_and_terminal_states_stay() {
         for step in STEPS {
             for prior in STATES {
-                let Ok(decision) = decide(step, prior) else {
+                let Ok(ruling) = rule(step, prior) else {
                     continue;
                 };
-                let runs = matches!(decision.entry, Entry::Run | Entry::RunAfterUncommittedTry);
+                let runs = matches!(ruling.entry, Entry::Run | Entry::RunAfterUncommittedTry);
                 if runs {
                     assert!(
-                        decision.next.is_some() && decision.next != prior,
+                        ruling.next.is_some() && ruling.next != prior,
                         "{step:?} {prior:?}"
                     );
                 }
                 if matches!(
                     prior,
-                    Some(State::Confirmed | State::Cancelled | State::CancelledBeforeTry)
+                    Some(RowState::Confirmed | RowState::Cancelled | RowState::CancelledBeforeTry)
                 ) {
-                    assert_eq!(decision.next, None, "{step:?} changed a finished branch");
+                    assert_eq!(ruling.next, None, "{step:?} changed a finished branch");
                 }
             }
         }
@@ -671,7 +668,7 @@ mod tests {
                 FirstWrite::Insert(state) => (None, state),
                 FirstWrite::Update { from, to } => (Some(from), to),
             };
-            assert_eq!(decide(step, prior).unwrap().next, Some(next));
+            assert_eq!(rule(step, prior).unwrap().next, Some(next));
             let _ = first_write_entry(step, write);
         }
     }
@@ -680,9 +677,9 @@ mod tests {
     fn states_read_back() {
         let branch = Branch::new(TransactionId::from_u128(7), "s", Phase::Try);
         for state in STATES.into_iter().flatten() {
-            assert_eq!(State::parse(state.name(), &branch).unwrap(), state);
+            assert_eq!(RowState::parse(state.name(), &branch).unwrap(), state);
         }
-        let error = State::parse("frozen", &branch).unwrap_err();
+        let error = RowState::parse("frozen", &branch).unwrap_err();
         assert_eq!(error.kind(), BarrierErrorKind::UnknownState);
         assert!(error.is_permanent());
         assert!(

@@ -101,8 +101,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Transaction};
 
 use super::{
-    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, State, Step,
-    backoff, decide, first_write, first_write_entry, in_chain,
+    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, RowState, Step,
+    backoff, first_write, first_write_entry, in_chain, rule,
 };
 use crate::phase::Phase;
 
@@ -348,7 +348,7 @@ pub async fn cleanup(
 }
 
 /// One step through the barrier: the first write, and, only if it did not
-/// take effect, a locked read of the row and the rules' decision.
+/// take effect, a locked read of the row and the rules' ruling.
 async fn pass(tx: &Transaction<'_>, branch: &Branch, step: Step) -> Result<Entry, BarrierError> {
     let id = branch.transaction_id().to_string();
     let service = branch.service_name();
@@ -386,10 +386,10 @@ async fn pass(tx: &Transaction<'_>, branch: &Branch, step: Step) -> Result<Entry
     )
     .await?
     .first()
-    .map(|row| State::parse(row.get(0), branch))
+    .map(|row| RowState::parse(row.get(0), branch))
     .transpose()?;
-    let decision = decide(step, prior).map_err(|kind| BarrierError::new(kind, Some(branch)))?;
-    if let Some(next) = decision.next {
+    let ruling = rule(step, prior).map_err(|kind| BarrierError::new(kind, Some(branch)))?;
+    if let Some(next) = ruling.next {
         match prior {
             None => {
                 text_query(
@@ -410,7 +410,7 @@ async fn pass(tx: &Transaction<'_>, branch: &Branch, step: Step) -> Result<Entry
             }
         };
     }
-    Ok(decision.entry)
+    Ok(ruling.entry)
 }
 
 /// Runs a barrier statement, all of whose parameters are text, without

@@ -99,8 +99,8 @@ use rusqlite::{
 };
 
 use super::{
-    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, State, Step,
-    backoff, decide, first_write, first_write_entry, in_chain,
+    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, RowState, Step,
+    backoff, first_write, first_write_entry, in_chain, rule,
 };
 use crate::phase::Phase;
 
@@ -340,7 +340,7 @@ pub fn cleanup(
 }
 
 /// One step through the barrier: the first write, and, only if it did not
-/// take effect, a read of the row and the rules' decision.
+/// take effect, a read of the row and the rules' ruling.
 fn pass(conn: &Connection, branch: &Branch, step: Step) -> Result<Entry, BarrierError> {
     let id = branch.transaction_id().to_string();
     let service = branch.service_name();
@@ -373,10 +373,10 @@ fn pass(conn: &Connection, branch: &Branch, step: Step) -> Result<Entry, Barrier
             |row| row.get::<_, String>(0),
         )
         .optional()?
-        .map(|text| State::parse(&text, branch))
+        .map(|text| RowState::parse(&text, branch))
         .transpose()?;
-    let decision = decide(step, prior).map_err(|kind| BarrierError::new(kind, Some(branch)))?;
-    if let Some(next) = decision.next {
+    let ruling = rule(step, prior).map_err(|kind| BarrierError::new(kind, Some(branch)))?;
+    if let Some(next) = ruling.next {
         match prior {
             None => conn.execute(
                 &format!(
@@ -394,7 +394,7 @@ fn pass(conn: &Connection, branch: &Branch, step: Step) -> Result<Entry, Barrier
             )?,
         };
     }
-    Ok(decision.entry)
+    Ok(ruling.entry)
 }
 
 /// Whether `error` comes from a busy or locked database anywhere in its

@@ -93,6 +93,9 @@ mod postgres;
 mod redb;
 mod rules;
 
+/// The decision a log records; also [`tcc::Decision`](crate::Decision),
+/// since every transaction makes one, durable or not.
+pub use crate::phase::Decision;
 #[cfg(feature = "test-util")]
 pub use faulty::{Fault, FaultyLog};
 pub use memory::MemoryLog;
@@ -135,26 +138,6 @@ pub struct Intent {
     pub id: TransactionId,
     /// Every participant, in the order the engine indexes them.
     pub participants: Vec<ParticipantEntry>,
-}
-
-/// The outcome decided for a transaction: every participant is confirmed, or
-/// every participant is cancelled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Decision {
-    /// Every Try succeeded: confirm everywhere.
-    Confirm,
-    /// Some Try failed, or none was decided before a crash: cancel everywhere.
-    Cancel,
-}
-
-impl Decision {
-    /// The phase that carries the decision out.
-    pub(crate) fn phase(self) -> crate::Phase {
-        match self {
-            Decision::Confirm => crate::Phase::Confirm,
-            Decision::Cancel => crate::Phase::Cancel,
-        }
-    }
 }
 
 /// Where a transaction stands in the log.

@@ -154,7 +154,7 @@ enum Start {
 /// opened, and each record carries a checksum checked on every read. A
 /// damaged file fails to open with [`Corrupt`](LogErrorKind::Corrupt); one
 /// damaged record fails the calls that read it, and recovery sets it aside
-/// as [`Unreadable`](Status::Unreadable) for an operator and goes on with
+/// as [`Unreadable`](super::Status::Unreadable) for an operator and goes on with
 /// the others. A damaged progress row, a lazy [`note`](Log::note), is taken
 /// as lost (with a warning), as a crash may lose it. After a failure to write the file (or a panic inside the
 /// store, which becomes a `Corrupt` error naming the file), the log stops:
