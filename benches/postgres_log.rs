@@ -14,12 +14,16 @@
 //!    seconds. Beside each run, what it cost: database commits and WAL
 //!    flushes a second (`pg_stat_database`, `pg_stat_wal`), and the CPU of
 //!    the coordinator, of PostgreSQL and of the rest of the machine.
+//!    The runs share one schema in steady state: 100,000 outcomes (the
+//!    default retention, so each finish prunes), and a first run of half
+//!    the length whose figures are dropped (the tables grow to their
+//!    working size in it).
 //! 2. The floor, in the same sitting, alternating with (1): pgbench of one
 //!    `INSERT`, one epoch-conditional `UPDATE` and one asynchronous-commit
 //!    `DELETE` per transaction (three commits, as `begin`, `decide` and
 //!    `finish` are), 64 clients and one.
-//! 3. Two and three coordinator processes on one schema, 64 callers each:
-//!    the total.
+//! 3. Two and three coordinator processes on one schema (in steady state
+//!    as in (1)), 64 callers each: the total.
 //! 4. Failover: a coordinator under load is killed with SIGKILL; another
 //!    one runs `spawn_recovery` every 100 ms; the time from the kill to the
 //!    last of the killed one's transactions finished, against the lease's
@@ -49,6 +53,10 @@ use tokio::task::JoinSet;
 
 /// Concurrent callers in each coordinator.
 const CALLERS: usize = 64;
+
+/// `PostgresOptions::retention`'s default: how many outcomes a log in
+/// steady state holds.
+const RETENTION: u64 = 100_000;
 
 /// Sizes of one run: the real one, or CI's proof that the bench works.
 struct Sizes {
@@ -160,8 +168,9 @@ fn main() {
     // (1) and (2) alternating, as the machine's speed drifts.
     let pgbench = bench.pgbench_setup();
     let (mut one, mut floor64, mut floor1) = (Vec::new(), Vec::new(), Vec::new());
+    let schema = bench.steady_schema(1);
     for round in 0..sizes.runs {
-        let run = bench.coordinators(1);
+        let run = bench.coordinators(&schema, 1, sizes.run_for);
         run.print(&format!("1 coordinator, run {}", round + 1));
         one.push(run.rate);
         if let Some(script) = &pgbench {
@@ -181,8 +190,9 @@ fn main() {
     let mut shared = Vec::new();
     for n in [2, 3] {
         let mut rates = Vec::new();
+        let schema = bench.steady_schema(n);
         for round in 0..sizes.shared_runs {
-            let run = bench.coordinators(n);
+            let run = bench.coordinators(&schema, n, sizes.run_for);
             run.print(&format!("{n} coordinators, run {}", round + 1));
             rates.push(run.rate);
         }
@@ -326,14 +336,14 @@ impl Bench<'_> {
 
     /// Starts a coordinator process in `role` on `schema`, and waits until
     /// its log is open.
-    fn spawn(&self, role: &str, schema: &str, ttl: Duration) -> Coordinator {
+    fn spawn(&self, role: &str, schema: &str, ttl: Duration, run_for: Duration) -> Coordinator {
         let mut command = Command::new(std::env::current_exe().unwrap());
         command
             .env(ROLE, role)
             .env(ADDRESS, self.cluster.address())
             .env(SCHEMA, schema)
             .env(TTL_MS, ttl.as_millis().to_string())
-            .env(RUN_MS, self.sizes.run_for.as_millis().to_string())
+            .env(RUN_MS, run_for.as_millis().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -352,12 +362,32 @@ impl Bench<'_> {
         coordinator
     }
 
-    /// (1, 3) `n` coordinators on one fresh schema, started together.
-    fn coordinators(&self, n: usize) -> Run {
+    /// A schema as a log in steady state has it: as many outcomes as the
+    /// default retention keeps (so that every finish prunes one), and
+    /// tables that have grown to their working size in a first run,
+    /// whose figures are dropped.
+    fn steady_schema(&self, coordinators: usize) -> String {
         let schema = self.schema();
+        self.runtime.block_on(async {
+            self.admin
+                .batch_execute(&format!(
+                    "INSERT INTO {schema}.tcc_log_outcomes (id, decision, started_at, finished_at)
+                     SELECT md5(i::text), 0, now(), now()
+                     FROM generate_series(1, {RETENTION}) AS i;
+                     ANALYZE {schema}.tcc_log_outcomes;"
+                ))
+                .await
+                .unwrap();
+        });
+        self.coordinators(&schema, coordinators, self.sizes.run_for / 2);
+        schema
+    }
+
+    /// (1, 3) `n` coordinators on `schema`, started together, for `run_for`.
+    fn coordinators(&self, schema: &str, n: usize, run_for: Duration) -> Run {
         // Leases longer than any run: no failover here.
         let mut children: Vec<Coordinator> = (0..n)
-            .map(|_| self.spawn("load", &schema, Duration::from_secs(60)))
+            .map(|_| self.spawn("load", schema, Duration::from_secs(60), run_for))
             .collect();
         let before = self.counters();
         for child in &mut children {
@@ -422,8 +452,8 @@ impl Bench<'_> {
     fn failover(&self) -> Failover {
         let schema = self.schema();
         let ttl = self.sizes.ttl;
-        let mut rescuer = self.spawn("rescuer", &schema, ttl);
-        let mut victim = self.spawn("victim", &schema, ttl);
+        let mut rescuer = self.spawn("rescuer", &schema, ttl, Duration::ZERO);
+        let mut victim = self.spawn("victim", &schema, ttl, Duration::ZERO);
         victim.go();
         std::thread::sleep(self.sizes.run_for);
         let killed = Instant::now();
@@ -557,6 +587,9 @@ fn child(role: &str) {
             options = options.writers(writers);
         }
         let pool = pool(&var(ADDRESS), &var(SCHEMA), writers.unwrap_or(1) + 2);
+        // The bench has migrated the schema; a child started by hand (to
+        // profile one coordinator) may be the first. Idempotent.
+        PostgresLog::migrate(&pool).await.unwrap();
         let log = TransactionLog::new(options.open(pool).await.unwrap());
         log.register::<Noop>().unwrap();
         log
