@@ -200,6 +200,9 @@ fn main() {
     }
     // (4)
     let failovers: Vec<Failover> = (0..sizes.failovers).map(|_| bench.failover()).collect();
+    if let Some(script) = &pgbench {
+        let _ = std::fs::remove_file(script);
+    }
 
     println!();
     println!("| case | median |");
