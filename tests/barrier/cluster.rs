@@ -9,6 +9,11 @@
 //! (however it exits: a panic, an abort, SIGKILL) on a pipe only the test
 //! binary holds.
 //!
+//! The tests' cluster runs with fsync, `synchronous_commit` and full-page
+//! writes off ([`Disk::Volatile`]): no test cuts the machine's power under
+//! it, and it is faster. A benchmark starts one of its own that commits as
+//! a production server does ([`Cluster::start`] with [`Disk::Durable`]).
+//!
 //! Without server binaries (neither `initdb` on `PATH` nor in
 //! `/usr/lib/postgresql/*/bin`) the PostgreSQL tests print one line and
 //! pass, unless `TCC_REQUIRE_POSTGRES=1`, which makes that a failure.
@@ -33,40 +38,61 @@ pub struct Cluster {
     _watchdog: Option<(Child, ChildStdin)>,
 }
 
+/// How the server commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disk {
+    /// fsync, `synchronous_commit` and full-page writes off: a commit never
+    /// waits for the disk. For tests, which cut no power under the server.
+    Volatile,
+    /// fsync, `synchronous_commit` and full-page writes on, as the server's
+    /// defaults are: a durable commit waits for its WAL flush. For
+    /// benchmarks.
+    Durable,
+}
+
 static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
 
 impl Cluster {
-    /// The test binary's cluster, started on first use; `None` (after one
-    /// line on stderr) when PostgreSQL is not installed and not required.
+    /// The test binary's cluster ([`Disk::Volatile`]), started on first
+    /// use; `None` (after one line on stderr) when PostgreSQL is not
+    /// installed and not required.
     pub fn get() -> Option<&'static Cluster> {
-        CLUSTER.get_or_init(Cluster::private).as_ref()
+        CLUSTER
+            .get_or_init(|| Cluster::start(Disk::Volatile))
+            .as_ref()
     }
 
-    /// A cluster of the caller's own, stopped and removed when dropped: for
-    /// a test that crashes or restarts the server, which would break the
-    /// connections of every other test on the shared one. `None` as for
-    /// [`Cluster::get`].
+    /// A [`Disk::Volatile`] cluster of the caller's own: for a test that
+    /// crashes or restarts the server, which would break the connections of
+    /// every other test on the shared one. `None` as for [`Cluster::get`].
     pub fn private() -> Option<Cluster> {
+        Cluster::start(Disk::Volatile)
+    }
+
+    /// A cluster of the caller's own, stopped and removed when dropped;
+    /// `None` (after one line on stderr) when PostgreSQL is not installed
+    /// and not required.
+    pub fn start(disk: Disk) -> Option<Cluster> {
         match find_bin() {
-            Some(bin) => Some(Cluster::start(bin)),
+            Some(bin) => Some(Cluster::start_in(bin, disk)),
             None if std::env::var("TCC_REQUIRE_POSTGRES").as_deref() == Ok("1") => panic!(
                 "TCC_REQUIRE_POSTGRES=1 but no PostgreSQL server binaries were found \
-                 (initdb on PATH or in /usr/lib/postgresql/*/bin)"
+                     (initdb on PATH or in /usr/lib/postgresql/*/bin)"
             ),
             None => {
-                // Straight to stderr: the test harness captures `eprintln!`
-                // of a passing test, and this line must show.
+                // Straight to stderr: the test harness captures
+                // `eprintln!` of a passing test, and this line must show.
                 let _ = writeln!(
                     std::io::stderr(),
                     "PostgreSQL tests skipped: no initdb on PATH or in /usr/lib/postgresql/*/bin \
-                     (install postgresql, or set TCC_REQUIRE_POSTGRES=1 to make this a failure)"
+                         (install postgresql, or set TCC_REQUIRE_POSTGRES=1 to make this a failure)"
                 );
                 None
             }
         }
     }
 
-    fn start(bin: PathBuf) -> Cluster {
+    fn start_in(bin: PathBuf, disk: Disk) -> Cluster {
         static STARTS: AtomicU32 = AtomicU32::new(0);
         let as_postgres = is_root();
         let dir = std::env::temp_dir().join(format!(
@@ -112,9 +138,13 @@ impl Cluster {
                 "UTF8".as_ref(),
             ],
         );
+        let sync = match disk {
+            Disk::Volatile => "off",
+            Disk::Durable => "on",
+        };
         let options = format!(
-            "-p {port} -k {dir} -c listen_addresses='' -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+            "-p {port} -k {dir} -c listen_addresses='' -c fsync={sync} \
+             -c synchronous_commit={sync} -c full_page_writes={sync} -c max_connections=200 \
              -c deadlock_timeout=100ms",
             dir = cluster.dir.display()
         );
@@ -227,15 +257,32 @@ impl Cluster {
         );
     }
 
-    /// How to connect with `search_path` set to `schema`.
-    pub fn config(&self, schema: &str) -> tokio_postgres::Config {
+    /// Where the server listens, as a connection string: its socket's
+    /// directory, its port, the user and the database.
+    pub fn address(&self) -> String {
         format!(
-            "host={} port={} user=postgres dbname=postgres options='-c search_path={schema}'",
+            "host={} port={} user=postgres dbname=postgres",
             self.dir.display(),
             self.port
         )
-        .parse()
-        .expect("a valid connection string")
+    }
+
+    /// How to connect with `search_path` set to `schema`.
+    pub fn config(&self, schema: &str) -> tokio_postgres::Config {
+        format!("{} options='-c search_path={schema}'", self.address())
+            .parse()
+            .expect("a valid connection string")
+    }
+
+    /// The server's process id, from its `postmaster.pid`, while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let pid = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
+        pid.lines().next()?.trim().parse().ok()
+    }
+
+    /// The directory of the server's programs (`pgbench` may be there).
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// A `postgres://` URL of the cluster whose connections have

@@ -7,7 +7,10 @@
 //! write, commits it (with `synchronous_commit` off when no request needs
 //! durability), and only then replies (but to a `finish(Done)`, answered
 //! once applied). Concurrent transactions therefore share statements and
-//! commits. With several writers ([`PostgresOptions::writers`]), each has
+//! commits. While a batch commits, on its connection, the writer applies
+//! the next one on another, so that the callers of the next batch do not
+//! also wait for the previous commit's WAL flush; a claim, a read or a
+//! flush waits for it. With several writers ([`PostgresOptions::writers`]), each has
 //! the transactions whose id hashes to it, and a claim, a repair listing or
 //! a count first waits for every other writer to commit what it was sent
 //! before.
@@ -182,9 +185,10 @@ impl PostgresOptions {
     }
 
     /// How many writer tasks share the transactions (default 1), each
-    /// applying its batches on a connection of its own: a transaction's
-    /// calls all go to one writer, so their order is kept. More writers use
-    /// more of the database's cores; the pool must have a connection for
+    /// applying its batches on connections of its own (two at most: one
+    /// batch committing while the next is applied): a transaction's calls
+    /// all go to one writer, so their order is kept. More writers use more
+    /// of the database's cores; the pool should have two connections for
     /// each.
     pub fn writers(mut self, writers: usize) -> Self {
         self.writers = writers.max(1);
@@ -301,9 +305,11 @@ impl PostgresOptions {
 /// resolves just before. [`needs_repair`](Log::needs_repair) scans the
 /// unfinished transactions: meant for an operator, now and then.
 ///
-/// Each writer holds one pooled connection while it applies a batch; give
-/// the log a pool of its own (a connection per writer, and one more), or one
-/// large enough that the application cannot starve it.
+/// Each writer holds up to two pooled connections: one while it applies a
+/// batch, one while the batch before commits. Give the log a pool of its
+/// own (two connections per writer), or one large enough that the
+/// application cannot starve it; with fewer, batches wait for each other's
+/// commits (nothing deadlocks: a commit waits for nothing but the disk).
 ///
 /// # Tables
 ///
@@ -670,7 +676,7 @@ impl Request {
     /// Gives a request the writer did not apply the batch's failure.
     fn abandon(self, error: &LogError) {
         fn fail<T>(reply: Reply<T>, error: &LogError) {
-            let _ = reply.send(Err(echo(error)));
+            let _ = reply.send(Err(error.copy_for_caller()));
         }
         match self {
             Request::Begin(_, reply) => fail(reply, error),
@@ -702,7 +708,7 @@ fn hold<T: Leases + Send + 'static>(
     pending.push(Box::new(
         move |failed: Option<&LogError>, orphans: &mut Vec<Lease>| {
             let answer = match failed {
-                Some(error) => Err(echo(error)),
+                Some(error) => Err(error.copy_for_caller()),
                 None => result,
             };
             if let Err(Ok(answer)) = reply.send(answer) {
@@ -718,7 +724,7 @@ fn keep<T: Leases + Send + 'static>(
     reply: Reply<T>,
     result: Result<T, LogError>,
 ) -> Result<(), LogError> {
-    let failed = result.as_ref().err().map(echo);
+    let failed = result.as_ref().err().map(LogError::copy_for_caller);
     hold(pending, reply, result);
     failed.map_or(Ok(()), Err)
 }
@@ -736,9 +742,13 @@ async fn count(tx: &Transaction<'_>) -> Result<u64, LogError> {
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
-/// The same kind and text, for each caller of a failed batch.
-fn echo(error: &LogError) -> LogError {
-    LogError::new(error.kind(), error.to_string())
+/// The leases a finished batch task left to give back; none if it
+/// panicked (their leases then expire).
+fn joined(task: Result<Vec<Lease>, tokio::task::JoinError>) -> Vec<Lease> {
+    task.unwrap_or_else(|error| {
+        tracing::error!(%error, "a batch of the PostgreSQL log panicked");
+        Vec::new()
+    })
 }
 
 /// The replies of one batch.
@@ -756,7 +766,7 @@ struct Replies {
 impl Replies {
     fn fail(self, error: &LogError) {
         for reply in self.early {
-            let _ = reply.send(Err(echo(error)));
+            let _ = reply.send(Err(error.copy_for_caller()));
         }
         // A failed batch took no lease: nothing to give back.
         for reply in self.held {
@@ -774,15 +784,34 @@ struct Writer {
 
 impl Writer {
     async fn run(self, mut inbox: mpsc::UnboundedReceiver<Request>) {
+        let writer = Arc::new(self);
         let mut batch = Vec::new();
         // Leases of callers that went away while their batch ran: given
-        // back first thing in the next batch, before any claim in it.
+        // back first thing in a later batch, before any claim in it.
         let mut orphans = Vec::new();
+        // The batch whose statements ran and whose commit may still be
+        // under way, on a connection of its own: the next batch's
+        // statements run meanwhile, so that its callers need not wait for
+        // that commit's WAL flush as well. Their writes never depend on
+        // what it wrote: a write under a lease comes after the reply that
+        // gave the lease, sent only once its batch committed (a row it
+        // locked is waited for until then), and a request that reads or
+        // claims waits for it to commit first. Two batches at most: one
+        // committing, one running. Measured by `benches/postgres_log.rs`
+        // (issue 17): see BENCHMARKS.md.
+        let mut committing: Option<tokio::task::JoinHandle<Vec<Lease>>> = None;
         // Ends once every handle is dropped and every request sent applied.
         while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            // A claim, a read or a flush sees every write sent before it,
+            // committed; and the leases given back before a claim.
+            if batch.iter().any(|request| request.row().is_none())
+                && let Some(before) = committing.take()
+            {
+                orphans.extend(joined(before.await));
+            }
             let giving_back: Vec<Lease> = std::mem::take(&mut orphans);
             batch.splice(0..0, giving_back.iter().cloned().map(Request::Release));
-            let durable = batch.iter().any(Request::durable);
+            // Every row the batch writes, locked first in id order.
             let mut rows: Vec<String> = batch
                 .iter()
                 .filter_map(Request::locks)
@@ -790,34 +819,60 @@ impl Writer {
                 .collect();
             rows.sort_unstable();
             rows.dedup();
-            let mut requests = batch.drain(..);
-            let mut replies = Replies::default();
-            match self
-                .apply(&rows, &mut requests, durable, &mut replies)
-                .await
-            {
-                Ok(()) => {
-                    for reply in replies.held {
-                        reply(None, &mut orphans);
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "a batch of the PostgreSQL log failed");
-                    requests.for_each(|r| r.abandon(&error));
-                    // Ends told before a commit that failed: the rows are
-                    // back, decided, held by no one. Given back at once, so
-                    // that recovery finishes them without waiting out their
-                    // leases. (A release that finds the epoch moved, its
-                    // caller having given the lease back itself, does
-                    // nothing.)
-                    orphans.append(&mut replies.ended);
-                    // And what this batch was giving back, rolled back with
-                    // it: tried again with the next.
-                    orphans.extend(giving_back);
-                    replies.fail(&error);
-                }
+            let requests = std::mem::take(&mut batch);
+            let (ran, statements_ran) = oneshot::channel();
+            let task = tokio::spawn(writer.clone().batch(rows, requests, giving_back, ran));
+            // Dropped unsent if the batch failed before its commit.
+            let _ = statements_ran.await;
+            if let Some(before) = committing.replace(task) {
+                orphans.extend(joined(before.await));
             }
         }
+        if let Some(last) = committing {
+            joined(last.await);
+        }
+    }
+
+    /// Applies one batch, commits it and answers its callers; returns the
+    /// leases to give back in a later batch. Sends on `ran` once the
+    /// statements ran, before the commit.
+    async fn batch(
+        self: Arc<Self>,
+        rows: Vec<String>,
+        batch: Vec<Request>,
+        giving_back: Vec<Lease>,
+        ran: oneshot::Sender<()>,
+    ) -> Vec<Lease> {
+        let mut orphans = Vec::new();
+        let durable = batch.iter().any(Request::durable);
+        let mut requests = batch.into_iter();
+        let mut replies = Replies::default();
+        match self
+            .apply(&rows, &mut requests, durable, &mut replies, ran)
+            .await
+        {
+            Ok(()) => {
+                for reply in replies.held {
+                    reply(None, &mut orphans);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "a batch of the PostgreSQL log failed");
+                requests.for_each(|r| r.abandon(&error));
+                // Ends told before a commit that failed: the rows are
+                // back, decided, held by no one. Given back at once, so
+                // that recovery finishes them without waiting out their
+                // leases. (A release that finds the epoch moved, its
+                // caller having given the lease back itself, does
+                // nothing.)
+                orphans.append(&mut replies.ended);
+                // And what this batch was giving back, rolled back with
+                // it: tried again with the next.
+                orphans.extend(giving_back);
+                replies.fail(&error);
+            }
+        }
+        orphans
     }
 
     /// Applies a batch in one database transaction and commits it; `rows`
@@ -828,6 +883,7 @@ impl Writer {
         requests: &mut impl Iterator<Item = Request>,
         durable: bool,
         replies: &mut Replies,
+        ran: oneshot::Sender<()>,
     ) -> Result<(), LogError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         // READ COMMITTED, whatever the database's default (see the module's
@@ -890,6 +946,7 @@ impl Writer {
                 .extend(gone.into_iter().map(Request::Release));
         }
         self.flush(&tx, &mut segment, replies).await?;
+        let _ = ran.send(());
         // The commit, durable if any request of the batch needs it: every
         // intent, decision, repair state and lease change of the batch is
         // then on disk, and only then does a caller of those hear back. A
@@ -932,7 +989,7 @@ impl Writer {
             Ok(inserted) => inserted,
             Err(error) => {
                 for (_, reply, _) in begins {
-                    let _ = reply.send(Err(echo(&error)));
+                    let _ = reply.send(Err(error.copy_for_caller()));
                 }
                 return Err(error);
             }
@@ -1447,7 +1504,10 @@ impl Rows {
     /// Why a request cannot be applied to its row, if the row cannot be
     /// read.
     fn unreadable(&self, request: &Request) -> Option<LogError> {
-        request.row().and_then(|id| self.damaged.get(&id)).map(echo)
+        request
+            .row()
+            .and_then(|id| self.damaged.get(&id))
+            .map(LogError::copy_for_caller)
     }
 
     /// The row a write under `lease` may change, or why it may not: the row
