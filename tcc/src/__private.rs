@@ -1,6 +1,6 @@
 //! What the macros expand to. Not public API: it may change in any release.
 
-pub use crate::engine::{Member, Members};
+pub use crate::engine::{Member, MemberRun};
 pub use crate::typed::{
     Durable, Inline, IsNotParticipant, IsParticipant, Listed, NotAService, Participant, Plan,
     Saveable, check, check_durable, member,

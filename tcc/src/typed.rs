@@ -5,9 +5,8 @@
 //! so each phase of each service is a boxed future. A `tcc!` block knows its
 //! services' types, so it keeps each service's phase future in a slot of its
 //! own future (pinned there by the expansion) and polls the slots in turn: no
-//! handle to build, no allocation per service. The services are a list of
-//! [`Member`]s nested as `(first, (second, (..., ())))`, and [`Members`]
-//! walks it.
+//! handle to build, no allocation per service. The engine walks the block's
+//! [`Member`]s as an array of `&mut dyn MemberRun` on the block's stack.
 //!
 //! Behaviour is the `Orchestrator`'s in every respect: both run on the one
 //! engine ([`crate::engine`]); only where the attempts' futures live differs.
@@ -21,7 +20,7 @@ use std::time::Duration;
 use futures_util::future::Either;
 
 use crate::attempt::Attempts;
-use crate::engine::{self, Member, Members, Options};
+use crate::engine::{self, Member, MemberRun, Options};
 use crate::error::{BoxError, Error};
 use crate::id::TransactionId;
 use crate::name::Name;
@@ -414,7 +413,11 @@ impl Plan {
 
     /// Runs the transaction over `members`, whose names are `names`, to its
     /// end and reports it.
-    pub async fn run<L: Members>(self, names: &[&str], members: &mut L) -> Result<Report, Error> {
+    pub async fn run(
+        self,
+        names: &[&str],
+        members: &mut [&mut dyn MemberRun],
+    ) -> Result<Report, Error> {
         if let Some(twice) = engine::first_duplicate(names.iter().copied()) {
             return Err(engine::duplicate(twice));
         }
