@@ -133,11 +133,6 @@ impl<A: Attempts> PhaseRun<A> {
         self.state = State::Start;
     }
 
-    /// Attempts made so far; 0 when the run has not started.
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
     /// Ends the running attempt, if any, dropping its future where a panic
     /// in its destructor cannot take the transaction down with it.
     pub(crate) fn end_attempt(&mut self) {

@@ -383,9 +383,9 @@ pub trait MemberRun: Send {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Outcome>>;
 
-    /// After the Try round: notes whether its Try started, and ends one that
-    /// fail-fast cut short, telling whether it did.
-    fn settle_try(&mut self) -> bool;
+    /// After a Try round that fail-fast cut short: ends its Try if it is
+    /// still running, telling whether it was.
+    fn cut_short(&mut self) -> bool;
 }
 
 impl<A: Attempts + Send> MemberRun for Member<A> {
@@ -417,20 +417,21 @@ impl<A: Attempts + Send> MemberRun for Member<A> {
         if !self.active {
             return Poll::Ready(None);
         }
+        // Polled in the Try round, its Try has started: Cancel runs for it.
+        self.tried |= round.phase == Phase::Try;
         let outcome = std::task::ready!(self.run.poll_run(round, index, cx));
         self.active = false;
         Poll::Ready(Some(outcome))
     }
 
-    fn settle_try(&mut self) -> bool {
-        self.tried = self.run.attempts() > 0;
-        let cut_short = self.active && self.tried;
-        if cut_short {
+    fn cut_short(&mut self) -> bool {
+        let running = self.active && self.tried;
+        if running {
             self.run.end_attempt();
             self.run.attempt_mut().ended(Phase::Try, false);
         }
         self.active = false;
-        cut_short
+        running
     }
 }
 
@@ -460,8 +461,8 @@ impl<M: MemberRun + ?Sized> MemberRun for &mut M {
         (**self).poll(round, index, cx)
     }
 
-    fn settle_try(&mut self) -> bool {
-        (**self).settle_try()
+    fn cut_short(&mut self) -> bool {
+        (**self).cut_short()
     }
 }
 
@@ -818,13 +819,14 @@ impl<'a, M: MemberRun> Transaction<'a, M> {
                 if self.phase != Phase::Try {
                     return Poll::Ready(());
                 }
-                // Tries that fail-fast cut short started, so they will be
-                // cancelled like the rest; they are reported as started but
-                // not succeeded.
-                for (index, member) in self.members.iter_mut().enumerate() {
-                    if member.settle_try() {
-                        self.ledger.record_dropped_try(index);
-                        self.all_succeeded = false;
+                if stopped {
+                    // Tries that fail-fast cut short started, so they will
+                    // be cancelled like the rest; they are reported as
+                    // started but not succeeded.
+                    for (index, member) in self.members.iter_mut().enumerate() {
+                        if member.cut_short() {
+                            self.ledger.record_dropped_try(index);
+                        }
                     }
                 }
                 self.decision = if self.all_succeeded {
