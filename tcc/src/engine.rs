@@ -2,13 +2,14 @@
 //!
 //! Both front ends, [`Orchestrator`](crate::Orchestrator) (type-erased
 //! `Service` handles) and `tcc!` (typed services in slots pinned inside the
-//! block's future), hand their services to [`run`] as a slice of members,
-//! each a [`MemberRun`]: an `Orchestrator`'s is a `[Member<ServiceAttempts>]`,
-//! a `tcc!` block's an array of `&mut dyn MemberRun` on its own stack. A
-//! [`Member`] owns one service's [`PhaseRun`]; where its attempts' futures
-//! live is up to its [`Attempts`]. Everything else, the rounds, fail-fast,
-//! the decision, validation, logging and the [`Ledger`], is written once,
-//! here.
+//! block's future), hand their services to [`run`] as a slice of
+//! [`Member`]s, which the engine walks in order: an `Orchestrator`'s are
+//! `Member<ServiceAttempts>`s, a `tcc!` block's an array of members of
+//! `&mut dyn Attempts` on the block's own stack, each pointing at the typed
+//! slot its service's futures run in. A member owns one service's
+//! [`PhaseRun`]; where its attempts' futures live is up to its
+//! [`Attempts`]. Everything else, the rounds, fail-fast, the decision,
+//! validation, logging and the [`Ledger`], is written once, here.
 //!
 //! Every state change of a transaction goes through its [`Ledger`], which
 //! writes the transaction log when there is one: the intent before the
@@ -80,10 +81,10 @@ impl Ledger {
     /// Tries that never ran included.
     /// (`members` is borrowed mutably only so that the future is `Send`
     /// without members being `Sync`.)
-    async fn begin<M: MemberRun>(
+    async fn begin<A: Attempts + Send>(
         &mut self,
         log: &LogHandle,
-        members: &mut [M],
+        members: &mut [Member<A>],
     ) -> Result<(), Error> {
         let mut participants = Vec::with_capacity(members.len());
         for (name, member) in self.names.iter().zip(members.iter()) {
@@ -354,49 +355,22 @@ impl<A: Attempts> Member<A> {
     }
 }
 
-/// A member as the engine drives it, whatever the type of its attempts:
-/// the engine walks a slice of them. Not public API: `tcc!` expands to an
-/// array of `&mut dyn MemberRun`.
-pub trait MemberRun: Send {
+/// What the engine does with each member, in the order of a transaction.
+impl<A: Attempts> Member<A> {
     /// The kind and data of a recoverable service, for the log; `None` for
     /// one that cannot be rebuilt after a crash.
-    fn save(&self) -> Option<Saved>;
-
-    /// The service's own settings.
-    fn settings(&self) -> Settings;
-
-    /// Sets the member up to run `phase`: Try and Confirm always, Cancel
-    /// only once its Try started; after a crash, only if the log (`logged`)
-    /// does not say it succeeded, counting the attempts it logged.
-    fn begin(&mut self, phase: Phase, logged: Option<&PhaseProgress>);
-
-    /// Takes its Try as started: a transaction resumed after a crash is
-    /// cancelled everywhere, Tries that may never have run included.
-    fn assume_tried(&mut self);
-
-    /// Polls its run of `round`, as service number `index`: ready with
-    /// `None` when it has nothing (more) to run in this round.
-    fn poll(
-        &mut self,
-        round: &Round<'_>,
-        index: usize,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Outcome>>;
-
-    /// After a Try round that fail-fast cut short: ends its Try if it is
-    /// still running, telling whether it was.
-    fn cut_short(&mut self) -> bool;
-}
-
-impl<A: Attempts + Send> MemberRun for Member<A> {
     fn save(&self) -> Option<Saved> {
         self.run.attempt().save()
     }
 
+    /// The service's own settings.
     fn settings(&self) -> Settings {
         self.run.attempt().settings()
     }
 
+    /// Sets the member up to run `phase`: Try and Confirm always, Cancel
+    /// only once its Try started; after a crash, only if the log (`logged`)
+    /// does not say it succeeded, counting the attempts it logged.
     fn begin(&mut self, phase: Phase, logged: Option<&PhaseProgress>) {
         let done = logged.is_some_and(|progress| progress.succeeded);
         self.active = (phase != Phase::Cancel || self.tried) && !done;
@@ -404,10 +378,14 @@ impl<A: Attempts + Send> MemberRun for Member<A> {
             .restart(logged.map_or(0, |progress| progress.attempts));
     }
 
+    /// Takes its Try as started: a transaction resumed after a crash is
+    /// cancelled everywhere, Tries that may never have run included.
     fn assume_tried(&mut self) {
         self.tried = true;
     }
 
+    /// Polls its run of `round`, as service number `index`: ready with
+    /// `None` when it has nothing (more) to run in this round.
     fn poll(
         &mut self,
         round: &Round<'_>,
@@ -424,6 +402,8 @@ impl<A: Attempts + Send> MemberRun for Member<A> {
         Poll::Ready(Some(outcome))
     }
 
+    /// After a Try round that fail-fast cut short: ends its Try if it is
+    /// still running, telling whether it was.
     fn cut_short(&mut self) -> bool {
         let running = self.active && self.tried;
         if running {
@@ -432,37 +412,6 @@ impl<A: Attempts + Send> MemberRun for Member<A> {
         }
         self.active = false;
         running
-    }
-}
-
-impl<M: MemberRun + ?Sized> MemberRun for &mut M {
-    fn save(&self) -> Option<Saved> {
-        (**self).save()
-    }
-
-    fn settings(&self) -> Settings {
-        (**self).settings()
-    }
-
-    fn begin(&mut self, phase: Phase, logged: Option<&PhaseProgress>) {
-        (**self).begin(phase, logged)
-    }
-
-    fn assume_tried(&mut self) {
-        (**self).assume_tried()
-    }
-
-    fn poll(
-        &mut self,
-        round: &Round<'_>,
-        index: usize,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Outcome>> {
-        (**self).poll(round, index, cx)
-    }
-
-    fn cut_short(&mut self) -> bool {
-        (**self).cut_short()
     }
 }
 
@@ -519,11 +468,11 @@ impl std::fmt::Debug for Options {
 /// ends the Try round: runs still pending are dropped and runs not yet
 /// polled never start. With a log, the intent is durable before the first
 /// Try and the decision before the first Confirm or Cancel.
-pub(crate) async fn run<M: MemberRun>(
+pub(crate) async fn run<A: Attempts + Send>(
     id: TransactionId,
     options: &Options,
     names: Arc<[Name]>,
-    members: &mut [M],
+    members: &mut [Member<A>],
 ) -> Result<Report, Error> {
     validate(options, &names, members)?;
     let span = tracing::debug_span!("tcc_transaction", id = %id);
@@ -546,11 +495,11 @@ pub(crate) async fn run<M: MemberRun>(
 /// is cancelled, those whose Try may never have run included), carried out
 /// on every participant not yet done, each retry loop resumed from the
 /// attempts the log counted.
-pub(crate) async fn resume<M: MemberRun>(
+pub(crate) async fn resume<A: Attempts + Send>(
     options: &Options,
     lease: LeaseGuard,
     record: &TransactionRecord,
-    members: &mut [M],
+    members: &mut [Member<A>],
 ) -> Result<Report, Error> {
     let id = record.intent.id;
     let names: Arc<[Name]> = record
@@ -576,7 +525,11 @@ pub(crate) async fn resume<M: MemberRun>(
 
 /// The refusals a transaction can meet before any phase runs: no services,
 /// or a retry policy out of range.
-fn validate<M: MemberRun>(options: &Options, names: &[Name], members: &[M]) -> Result<(), Error> {
+fn validate<A: Attempts + Send>(
+    options: &Options,
+    names: &[Name],
+    members: &[Member<A>],
+) -> Result<(), Error> {
     if names.is_empty() {
         let detail = "orchestration refused: it has no services";
         return Err(Error::refused(
@@ -601,7 +554,7 @@ fn validate<M: MemberRun>(options: &Options, names: &[Name], members: &[M]) -> R
 }
 
 /// A transaction while it runs.
-struct Transaction<'a, M> {
+struct Transaction<'a, A: Attempts> {
     id: TransactionId,
     options: &'a Options,
     /// Entered while the transaction is polled, so its phases can read it.
@@ -609,7 +562,7 @@ struct Transaction<'a, M> {
     /// Entered while the transaction is polled, for its logs.
     span: tracing::Span,
     ledger: Ledger,
-    members: &'a mut [M],
+    members: &'a mut [Member<A>],
     /// The phase of the round running.
     phase: Phase,
     /// Whether every run of the round so far succeeded.
@@ -618,12 +571,12 @@ struct Transaction<'a, M> {
     decision: Decision,
 }
 
-impl<'a, M: MemberRun> Transaction<'a, M> {
+impl<'a, A: Attempts + Send> Transaction<'a, A> {
     fn new(
         id: TransactionId,
         options: &'a Options,
         names: Arc<[Name]>,
-        members: &'a mut [M],
+        members: &'a mut [Member<A>],
         span: tracing::Span,
     ) -> Self {
         Transaction {
@@ -850,8 +803,8 @@ impl<'a, M: MemberRun> Transaction<'a, M> {
 
 /// Sets each member up to run `phase`; after a crash, from where the log
 /// says it got to.
-fn begin_members<M: MemberRun>(
-    members: &mut [M],
+fn begin_members<A: Attempts + Send>(
+    members: &mut [Member<A>],
     phase: Phase,
     resumed: Option<&TransactionRecord>,
 ) {

@@ -42,19 +42,19 @@ use super::parse::{Inline, Orchestration, PHASES, Service};
 //             ..
 //             let __tcc_names = [::tcc::__private::Participant::name(__tcc_service_0), ..];
 //             let mut __tcc_member_0 =
-//                 ::tcc::__private::member(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
+//                 ::tcc::__private::slot(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
 //                     ::tcc::__private::Participant::phase(__tcc_service_0, __tcc_phase)
 //                 });
 //             ..
-//             let mut __tcc_members: [&mut dyn ::tcc::__private::MemberRun; 3] =
-//                 [&mut __tcc_member_0, ..];
+//             let mut __tcc_members = [::tcc::__private::member(&mut __tcc_member_0), ..];
 //             __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
 //         })
 //     }
 //
 // Each service's phase futures run in a slot pinned inside the block's own
-// future, and the engine walks the members through an array on the block's
-// stack, so a run allocates nothing per service.
+// future, and the engine walks the members, each pointing at its slot as a
+// `&mut dyn Attempts`, in an array on the block's stack: a run allocates
+// nothing per service.
 pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
     let durable = orchestration.settings.iter().any(|s| s.key == "log");
     let values = orchestration.services.iter().map(|service| match service {
@@ -108,12 +108,11 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
                 #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
                 let __tcc_names = [#(::tcc::__private::Participant::name(#services2)),*];
                 #(
-                    let mut #members = ::tcc::__private::member(#services2, #slots, move |__tcc_phase| {
+                    let mut #members = ::tcc::__private::slot(#services2, #slots, move |__tcc_phase| {
                         ::tcc::__private::Participant::phase(#services2, __tcc_phase)
                     });
                 )*
-                let mut __tcc_members: [&mut dyn ::tcc::__private::MemberRun; #count] =
-                    [#(&mut #members),*];
+                let mut __tcc_members = [#(::tcc::__private::member(&mut #members)),*];
                 __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
             })
         }
