@@ -25,7 +25,7 @@ use crate::settings::{Retries, Settings};
 
 /// How a phase of one service ended: its index in the orchestration, the
 /// attempts made, and the last attempt's result.
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub(crate) index: usize,
     pub(crate) attempts: u32,
     pub(crate) result: Result<(), BoxError>,
@@ -93,7 +93,7 @@ impl<A: Attempts + ?Sized> Attempts for &mut A {
 /// What every run of one round shares, lent to each run's
 /// [`poll_run`](PhaseRun::poll_run) rather than copied into it, so that a
 /// run holds only its own state.
-pub struct Round<'a> {
+pub(crate) struct Round<'a> {
     pub(crate) transaction_id: TransactionId,
     pub(crate) phase: Phase,
     /// The orchestration's settings; `None` for a phase run directly,

@@ -344,6 +344,7 @@ pub struct Member<A: Attempts> {
     tried: bool,
 }
 
+/// What the engine does with each member, in the order of a transaction.
 impl<A: Attempts> Member<A> {
     /// A member whose attempts are `attempts`.
     pub(crate) fn new(attempts: A) -> Self {
@@ -353,10 +354,7 @@ impl<A: Attempts> Member<A> {
             tried: false,
         }
     }
-}
 
-/// What the engine does with each member, in the order of a transaction.
-impl<A: Attempts> Member<A> {
     /// The kind and data of a recoverable service, for the log; `None` for
     /// one that cannot be rebuilt after a crash.
     fn save(&self) -> Option<Saved> {

@@ -41,12 +41,12 @@ use super::parse::{Inline, Orchestration, PHASES, Service};
 //             let __tcc_slot_0 = ::tcc::__private::pin!(::tcc::__private::Option::None);
 //             ..
 //             let __tcc_names = [::tcc::__private::Participant::name(__tcc_service_0), ..];
-//             let mut __tcc_member_0 =
+//             let mut __tcc_attempts_0 =
 //                 ::tcc::__private::slot(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
 //                     ::tcc::__private::Participant::phase(__tcc_service_0, __tcc_phase)
 //                 });
 //             ..
-//             let mut __tcc_members = [::tcc::__private::member(&mut __tcc_member_0), ..];
+//             let mut __tcc_members = [::tcc::__private::member(&mut __tcc_attempts_0), ..];
 //             __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
 //         })
 //     }
@@ -96,8 +96,8 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
         .map(|i| format_ident!("__tcc_slot_{}", i))
         .collect();
     let services2 = &services;
-    let members: Vec<_> = (0..count)
-        .map(|i| format_ident!("__tcc_member_{}", i))
+    let attempts: Vec<_> = (0..count)
+        .map(|i| format_ident!("__tcc_attempts_{}", i))
         .collect();
     quote! {
         {
@@ -108,11 +108,11 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
                 #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
                 let __tcc_names = [#(::tcc::__private::Participant::name(#services2)),*];
                 #(
-                    let mut #members = ::tcc::__private::slot(#services2, #slots, move |__tcc_phase| {
+                    let mut #attempts = ::tcc::__private::slot(#services2, #slots, move |__tcc_phase| {
                         ::tcc::__private::Participant::phase(#services2, __tcc_phase)
                     });
                 )*
-                let mut __tcc_members = [#(::tcc::__private::member(&mut #members)),*];
+                let mut __tcc_members = [#(::tcc::__private::member(&mut #attempts)),*];
                 __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
             })
         }
