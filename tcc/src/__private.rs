@@ -1,9 +1,8 @@
 //! What the macros expand to. Not public API: it may change in any release.
 
-pub use crate::engine::{Member, Members};
 pub use crate::typed::{
     Durable, Inline, IsNotParticipant, IsParticipant, Listed, NotAService, Participant, Plan,
-    Saveable, check, check_durable, member,
+    Saveable, SlotRef, check, check_durable, member, slot,
 };
 pub use crate::{BoxError, Phase, TccService};
 pub use core::future::Future;

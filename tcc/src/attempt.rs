@@ -60,6 +60,36 @@ pub trait Attempts {
     fn ended(&mut self, phase: Phase, succeeded: bool);
 }
 
+impl<A: Attempts + ?Sized> Attempts for &mut A {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn settings(&self) -> Settings {
+        (**self).settings()
+    }
+
+    fn save(&self) -> Option<Saved> {
+        (**self).save()
+    }
+
+    fn poll_attempt(
+        &mut self,
+        phase: Phase,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        (**self).poll_attempt(phase, cx)
+    }
+
+    fn end_attempt(&mut self) {
+        (**self).end_attempt()
+    }
+
+    fn ended(&mut self, phase: Phase, succeeded: bool) {
+        (**self).ended(phase, succeeded)
+    }
+}
+
 /// What every run of one round shares, lent to each run's
 /// [`poll_run`](PhaseRun::poll_run) rather than copied into it, so that a
 /// run holds only its own state.
@@ -131,11 +161,6 @@ impl<A: Attempts> PhaseRun<A> {
         }
         self.attempts = attempts;
         self.state = State::Start;
-    }
-
-    /// Attempts made so far; 0 when the run has not started.
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempts
     }
 
     /// Ends the running attempt, if any, dropping its future where a panic

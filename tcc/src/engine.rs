@@ -2,9 +2,12 @@
 //!
 //! Both front ends, [`Orchestrator`](crate::Orchestrator) (type-erased
 //! `Service` handles) and `tcc!` (typed services in slots pinned inside the
-//! block's future), hand their services to [`run`] as [`Members`]: a list of
-//! [`Member`]s that the engine walks with a [`Visit`]. A member owns one
-//! service's [`PhaseRun`]; where its attempts' futures live is up to its
+//! block's future), hand their services to [`run`] as a slice of
+//! [`Member`]s, which the engine walks in order: an `Orchestrator`'s are
+//! `Member<ServiceAttempts>`s, a `tcc!` block's an array of members of
+//! `&mut dyn Attempts` on the block's own stack, each pointing at the typed
+//! slot its service's futures run in. A member owns one service's
+//! [`PhaseRun`]; where its attempts' futures live is up to its
 //! [`Attempts`]. Everything else, the rounds, fail-fast, the decision,
 //! validation, logging and the [`Ledger`], is written once, here.
 //!
@@ -17,7 +20,6 @@
 //! poll loop.
 
 use std::future::poll_fn;
-use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::task::Poll;
@@ -35,6 +37,7 @@ use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
 use crate::name::Name;
 use crate::phase::Phase;
+use crate::recoverable::Saved;
 use crate::report::{PhaseRecord, Report};
 use crate::settings::Settings;
 
@@ -76,70 +79,49 @@ impl Ledger {
     /// Crash just before: nothing ran, nothing is written. Just after: an
     /// undecided intent, which recovery cancels everywhere (presumed abort),
     /// Tries that never ran included.
-    async fn begin<M: Members + ?Sized>(
+    /// (`members` is borrowed mutably only so that the future is `Send`
+    /// without members being `Sync`.)
+    async fn begin<A: Attempts + Send>(
         &mut self,
         log: &LogHandle,
-        members: &mut M,
+        members: &mut [Member<A>],
     ) -> Result<(), Error> {
-        struct Save<'a> {
-            names: &'a [Name],
-            kinds: &'a dyn Kinds,
-            participants: Vec<ParticipantEntry>,
-            refusal: Option<Error>,
-        }
-        impl Visit for Save<'_> {
-            fn visit<A: Attempts>(
-                &mut self,
-                index: usize,
-                member: &mut Member<A>,
-            ) -> ControlFlow<()> {
-                let name = &self.names[index];
-                let refusal = match member.run.attempt().save() {
-                    // Checked here, not first by the recovery after a crash:
-                    // a transaction its log cannot rebuild would be left
-                    // holding whatever its Tries reserved.
-                    Some((kind, _)) if !self.kinds.is_registered(kind) => format!(
-                        "orchestration refused: service `{name}` is of kind `{kind}`, which is not registered on the transaction log, so recovery could not finish the transaction after a crash; call `log.register::<T>()` at start for the type whose `Recoverable::KIND` is `{kind}`"
-                    ),
-                    Some((kind, Ok(data))) => {
-                        self.participants.push(ParticipantEntry {
-                            name: name.to_string(),
-                            kind: kind.to_owned(),
-                            data,
-                        });
-                        return ControlFlow::Continue(());
-                    }
-                    Some((kind, Err(cause))) => format!(
-                        "orchestration refused: the data of service `{name}` (kind `{kind}`) could not be saved: {}",
-                        Chain(&*cause)
-                    ),
-                    None => format!(
-                        "orchestration refused: service `{name}` cannot be rebuilt after a crash, so it cannot join a durable transaction; build it with `Service::recoverable` from a type that implements `tcc::Recoverable`"
-                    ),
-                };
-                let kind = ErrorKind::NotRecoverable;
-                self.refusal = Some(Error::refused(kind, Some(name.clone()), refusal));
-                ControlFlow::Break(())
-            }
-        }
-        let mut save = Save {
-            names: &self.names,
-            kinds: &*log.kinds,
-            participants: Vec::with_capacity(self.names.len()),
-            refusal: None,
-        };
-        let _ = members.each(0, &mut save);
-        if let Some(refusal) = save.refusal {
-            return Err(refusal);
+        let mut participants = Vec::with_capacity(members.len());
+        for (name, member) in self.names.iter().zip(members.iter()) {
+            let refusal = match member.save() {
+                // Checked here, not first by the recovery after a crash: a
+                // transaction its log cannot rebuild would be left holding
+                // whatever its Tries reserved.
+                Some((kind, _)) if !log.kinds.is_registered(kind) => format!(
+                    "orchestration refused: service `{name}` is of kind `{kind}`, which is not registered on the transaction log, so recovery could not finish the transaction after a crash; call `log.register::<T>()` at start for the type whose `Recoverable::KIND` is `{kind}`"
+                ),
+                Some((kind, Ok(data))) => {
+                    participants.push(ParticipantEntry {
+                        name: name.to_string(),
+                        kind: kind.to_owned(),
+                        data,
+                    });
+                    continue;
+                }
+                Some((kind, Err(cause))) => format!(
+                    "orchestration refused: the data of service `{name}` (kind `{kind}`) could not be saved: {}",
+                    Chain(&*cause)
+                ),
+                None => format!(
+                    "orchestration refused: service `{name}` cannot be rebuilt after a crash, so it cannot join a durable transaction; build it with `Service::recoverable` from a type that implements `tcc::Recoverable`"
+                ),
+            };
+            let kind = ErrorKind::NotRecoverable;
+            return Err(Error::refused(kind, Some(name.clone()), refusal));
         }
         // Here, not in the store: a record the store cannot write would
         // fail its writer, or the first write after a crash.
-        if let Some(refusal) = oversized(&save.participants, MAX_INTENT_BYTES) {
+        if let Some(refusal) = oversized(&participants, MAX_INTENT_BYTES) {
             return Err(refusal);
         }
         let intent = Intent {
             id: self.id,
-            participants: save.participants,
+            participants,
         };
         let sent = tokio::time::Instant::now();
         let lease = log.store.begin(&intent).await.map_err(|error| {
@@ -362,6 +344,7 @@ pub struct Member<A: Attempts> {
     tried: bool,
 }
 
+/// What the engine does with each member, in the order of a transaction.
 impl<A: Attempts> Member<A> {
     /// A member whose attempts are `attempts`.
     pub(crate) fn new(attempts: A) -> Self {
@@ -371,42 +354,62 @@ impl<A: Attempts> Member<A> {
             tried: false,
         }
     }
-}
 
-/// What the engine does to each member in turn: see [`Members::each`].
-pub trait Visit {
-    /// Visits the member at `index`; a break stops the walk.
-    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()>;
-}
+    /// The kind and data of a recoverable service, for the log; `None` for
+    /// one that cannot be rebuilt after a crash.
+    fn save(&self) -> Option<Saved> {
+        self.run.attempt().save()
+    }
 
-/// The services of one transaction, as the engine walks them: a slice of
-/// members of one type (an `Orchestrator`'s), or a list nested as
-/// `(first, (second, (..., ())))` of members of different types (`tcc!`'s).
-pub trait Members: Send {
-    /// Visits every member in order, the first being number `index`, until
-    /// `visit` breaks.
-    fn each<V: Visit>(&mut self, index: usize, visit: &mut V) -> ControlFlow<()>;
-}
+    /// The service's own settings.
+    fn settings(&self) -> Settings {
+        self.run.attempt().settings()
+    }
 
-impl<A: Attempts + Send> Members for [Member<A>] {
-    fn each<V: Visit>(&mut self, index: usize, visit: &mut V) -> ControlFlow<()> {
-        for (offset, member) in self.iter_mut().enumerate() {
-            visit.visit(index + offset, member)?;
+    /// Sets the member up to run `phase`: Try and Confirm always, Cancel
+    /// only once its Try started; after a crash, only if the log (`logged`)
+    /// does not say it succeeded, counting the attempts it logged.
+    fn begin(&mut self, phase: Phase, logged: Option<&PhaseProgress>) {
+        let done = logged.is_some_and(|progress| progress.succeeded);
+        self.active = (phase != Phase::Cancel || self.tried) && !done;
+        self.run
+            .restart(logged.map_or(0, |progress| progress.attempts));
+    }
+
+    /// Takes its Try as started: a transaction resumed after a crash is
+    /// cancelled everywhere, Tries that may never have run included.
+    fn assume_tried(&mut self) {
+        self.tried = true;
+    }
+
+    /// Polls its run of `round`, as service number `index`: ready with
+    /// `None` when it has nothing (more) to run in this round.
+    fn poll(
+        &mut self,
+        round: &Round<'_>,
+        index: usize,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Outcome>> {
+        if !self.active {
+            return Poll::Ready(None);
         }
-        ControlFlow::Continue(())
+        // Polled in the Try round, its Try has started: Cancel runs for it.
+        self.tried |= round.phase == Phase::Try;
+        let outcome = std::task::ready!(self.run.poll_run(round, index, cx));
+        self.active = false;
+        Poll::Ready(Some(outcome))
     }
-}
 
-impl Members for () {
-    fn each<V: Visit>(&mut self, _: usize, _: &mut V) -> ControlFlow<()> {
-        ControlFlow::Continue(())
-    }
-}
-
-impl<A: Attempts + Send, T: Members> Members for (Member<A>, T) {
-    fn each<V: Visit>(&mut self, index: usize, visit: &mut V) -> ControlFlow<()> {
-        visit.visit(index, &mut self.0)?;
-        self.1.each(index + 1, visit)
+    /// After a Try round that fail-fast cut short: ends its Try if it is
+    /// still running, telling whether it was.
+    fn cut_short(&mut self) -> bool {
+        let running = self.active && self.tried;
+        if running {
+            self.run.end_attempt();
+            self.run.attempt_mut().ended(Phase::Try, false);
+        }
+        self.active = false;
+        running
     }
 }
 
@@ -463,11 +466,11 @@ impl std::fmt::Debug for Options {
 /// ends the Try round: runs still pending are dropped and runs not yet
 /// polled never start. With a log, the intent is durable before the first
 /// Try and the decision before the first Confirm or Cancel.
-pub(crate) async fn run<M: Members + ?Sized>(
+pub(crate) async fn run<A: Attempts + Send>(
     id: TransactionId,
     options: &Options,
     names: Arc<[Name]>,
-    members: &mut M,
+    members: &mut [Member<A>],
 ) -> Result<Report, Error> {
     validate(options, &names, members)?;
     let span = tracing::debug_span!("tcc_transaction", id = %id);
@@ -490,11 +493,11 @@ pub(crate) async fn run<M: Members + ?Sized>(
 /// is cancelled, those whose Try may never have run included), carried out
 /// on every participant not yet done, each retry loop resumed from the
 /// attempts the log counted.
-pub(crate) async fn resume<M: Members + ?Sized>(
+pub(crate) async fn resume<A: Attempts + Send>(
     options: &Options,
     lease: LeaseGuard,
     record: &TransactionRecord,
-    members: &mut M,
+    members: &mut [Member<A>],
 ) -> Result<Report, Error> {
     let id = record.intent.id;
     let names: Arc<[Name]> = record
@@ -508,14 +511,9 @@ pub(crate) async fn resume<M: Members + ?Sized>(
     // The ledger holds the lease first, so that a refusal gives it back.
     transaction.ledger.resume(lease, record);
     validate(options, &names, transaction.members)?;
-    struct Tried;
-    impl Visit for Tried {
-        fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
-            member.tried = true;
-            ControlFlow::Continue(())
-        }
+    for member in transaction.members.iter_mut() {
+        member.assume_tried();
     }
-    let _ = transaction.members.each(0, &mut Tried);
     let decision = record.status.decision().unwrap_or(Decision::Cancel);
     transaction
         .span
@@ -525,10 +523,10 @@ pub(crate) async fn resume<M: Members + ?Sized>(
 
 /// The refusals a transaction can meet before any phase runs: no services,
 /// or a retry policy out of range.
-fn validate<M: Members + ?Sized>(
+fn validate<A: Attempts + Send>(
     options: &Options,
     names: &[Name],
-    members: &mut M,
+    members: &[Member<A>],
 ) -> Result<(), Error> {
     if names.is_empty() {
         let detail = "orchestration refused: it has no services";
@@ -538,23 +536,12 @@ fn validate<M: Members + ?Sized>(
             detail.to_owned(),
         ));
     }
-    struct Policies(Option<crate::retry::InvalidRetryPolicy>);
-    impl Visit for Policies {
-        fn visit<A: Attempts>(&mut self, _: usize, member: &mut Member<A>) -> ControlFlow<()> {
-            let own = member.run.attempt().settings();
-            self.0 = own.retry.and_then(|policy| policy.validate().err());
-            if self.0.is_some() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        }
-    }
-    let mut invalid = Policies(options.settings.retry.and_then(|p| p.validate().err()));
-    if invalid.0.is_none() {
-        let _ = members.each(0, &mut invalid);
-    }
-    match invalid.0 {
+    let policies = std::iter::once(options.settings.retry)
+        .chain(members.iter().map(|member| member.settings().retry));
+    let invalid = policies
+        .flatten()
+        .find_map(|policy| policy.validate().err());
+    match invalid {
         Some(invalid) => Err(Error::refused(
             ErrorKind::InvalidRetryPolicy,
             None,
@@ -565,7 +552,7 @@ fn validate<M: Members + ?Sized>(
 }
 
 /// A transaction while it runs.
-struct Transaction<'a, M: ?Sized> {
+struct Transaction<'a, A: Attempts> {
     id: TransactionId,
     options: &'a Options,
     /// Entered while the transaction is polled, so its phases can read it.
@@ -573,7 +560,7 @@ struct Transaction<'a, M: ?Sized> {
     /// Entered while the transaction is polled, for its logs.
     span: tracing::Span,
     ledger: Ledger,
-    members: &'a mut M,
+    members: &'a mut [Member<A>],
     /// The phase of the round running.
     phase: Phase,
     /// Whether every run of the round so far succeeded.
@@ -582,12 +569,12 @@ struct Transaction<'a, M: ?Sized> {
     decision: Decision,
 }
 
-impl<'a, M: Members + ?Sized> Transaction<'a, M> {
+impl<'a, A: Attempts + Send> Transaction<'a, A> {
     fn new(
         id: TransactionId,
         options: &'a Options,
         names: Arc<[Name]>,
-        members: &'a mut M,
+        members: &'a mut [Member<A>],
         span: tracing::Span,
     ) -> Self {
         Transaction {
@@ -740,7 +727,7 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
     /// Confirm: all; Cancel: those whose Try started; after a crash, those
     /// not yet done).
     fn begin_round(&mut self, phase: Phase, resumed: Option<&TransactionRecord>) {
-        let _ = self.members.each(0, &mut Begin { phase, resumed });
+        begin_members(self.members, phase, resumed);
         self.phase = phase;
         self.all_succeeded = true;
     }
@@ -757,29 +744,42 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
                     phase: self.phase,
                     settings: Some(&self.options.settings),
                 };
-                let mut poll = PollRuns {
-                    cx,
-                    ledger: &mut self.ledger,
-                    round: &round,
-                    stop_on_failure: self.phase == Phase::Try && self.options.fail_fast,
-                    all_succeeded: &mut self.all_succeeded,
-                    pending: false,
-                };
-                let walked = self.members.each(0, &mut poll);
-                if walked.is_continue() && poll.pending {
+                let stop_on_failure = self.phase == Phase::Try && self.options.fail_fast;
+                let mut pending = false;
+                let mut stopped = false;
+                for (index, member) in self.members.iter_mut().enumerate() {
+                    let outcome = match member.poll(&round, index, cx) {
+                        Poll::Pending => {
+                            pending = true;
+                            continue;
+                        }
+                        Poll::Ready(None) => continue,
+                        Poll::Ready(Some(outcome)) => outcome,
+                    };
+                    let failed = outcome.result.is_err();
+                    self.all_succeeded &= !failed;
+                    self.ledger.record(self.phase, outcome);
+                    if failed && stop_on_failure {
+                        stopped = true;
+                        break;
+                    }
+                }
+                if pending && !stopped {
                     return Poll::Pending;
                 }
                 if self.phase != Phase::Try {
                     return Poll::Ready(());
                 }
-                // Tries that fail-fast cut short started, so they will be
-                // cancelled like the rest; they are reported as started but
-                // not succeeded.
-                let mut settle = SettleTries {
-                    ledger: &mut self.ledger,
-                    all_succeeded: &mut self.all_succeeded,
-                };
-                let _ = self.members.each(0, &mut settle);
+                if stopped {
+                    // Tries that fail-fast cut short started, so they will
+                    // be cancelled like the rest; they are reported as
+                    // started but not succeeded.
+                    for (index, member) in self.members.iter_mut().enumerate() {
+                        if member.cut_short() {
+                            self.ledger.record_dropped_try(index);
+                        }
+                    }
+                }
                 self.decision = if self.all_succeeded {
                     tracing::debug!("every try succeeded; confirming");
                     Decision::Confirm
@@ -793,11 +793,7 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
                 // As `begin_round`, on the fields the context leaves free.
                 self.phase = self.decision.phase();
                 self.all_succeeded = true;
-                let begin = &mut Begin {
-                    phase: self.phase,
-                    resumed: None,
-                };
-                let _ = self.members.each(0, begin);
+                begin_members(self.members, self.phase, None);
             }
         })
     }
@@ -805,76 +801,14 @@ impl<'a, M: Members + ?Sized> Transaction<'a, M> {
 
 /// Sets each member up to run `phase`; after a crash, from where the log
 /// says it got to.
-struct Begin<'a> {
+fn begin_members<A: Attempts + Send>(
+    members: &mut [Member<A>],
     phase: Phase,
-    resumed: Option<&'a TransactionRecord>,
-}
-
-impl Visit for Begin<'_> {
-    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()> {
-        let logged = self
-            .resumed
-            .and_then(|record| record.phase_progress(index, self.phase));
-        let done = logged.is_some_and(|progress| progress.succeeded);
-        member.active = (self.phase != Phase::Cancel || member.tried) && !done;
-        member
-            .run
-            .restart(logged.map_or(0, |progress| progress.attempts));
-        ControlFlow::Continue(())
-    }
-}
-
-/// Polls every run still active, starting those not yet started, and
-/// records each that ends; breaks when fail-fast stops the round.
-struct PollRuns<'a, 'b> {
-    cx: &'a mut std::task::Context<'b>,
-    ledger: &'a mut Ledger,
-    round: &'a Round<'a>,
-    stop_on_failure: bool,
-    all_succeeded: &'a mut bool,
-    /// Whether a run is still pending.
-    pending: bool,
-}
-
-impl Visit for PollRuns<'_, '_> {
-    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()> {
-        if !member.active {
-            return ControlFlow::Continue(());
-        }
-        let Poll::Ready(outcome) = member.run.poll_run(self.round, index, self.cx) else {
-            self.pending = true;
-            return ControlFlow::Continue(());
-        };
-        member.active = false;
-        let failed = outcome.result.is_err();
-        *self.all_succeeded &= !failed;
-        self.ledger.record(self.round.phase, outcome);
-        if failed && self.stop_on_failure {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    }
-}
-
-/// After the Try round: notes which services' Tries started, and ends the
-/// runs that fail-fast cut short.
-struct SettleTries<'a> {
-    ledger: &'a mut Ledger,
-    all_succeeded: &'a mut bool,
-}
-
-impl Visit for SettleTries<'_> {
-    fn visit<A: Attempts>(&mut self, index: usize, member: &mut Member<A>) -> ControlFlow<()> {
-        member.tried = member.run.attempts() > 0;
-        if member.active && member.tried {
-            member.run.end_attempt();
-            member.run.attempt_mut().ended(Phase::Try, false);
-            self.ledger.record_dropped_try(index);
-            *self.all_succeeded = false;
-        }
-        member.active = false;
-        ControlFlow::Continue(())
+    resumed: Option<&TransactionRecord>,
+) {
+    for (index, member) in members.iter_mut().enumerate() {
+        let logged = resumed.and_then(|record| record.phase_progress(index, phase));
+        member.begin(phase, logged);
     }
 }
 

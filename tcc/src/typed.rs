@@ -5,9 +5,9 @@
 //! so each phase of each service is a boxed future. A `tcc!` block knows its
 //! services' types, so it keeps each service's phase future in a slot of its
 //! own future (pinned there by the expansion) and polls the slots in turn: no
-//! handle to build, no allocation per service. The services are a list of
-//! [`Member`]s nested as `(first, (second, (..., ())))`, and [`Members`]
-//! walks it.
+//! handle to build, no allocation per service. The engine walks the block's
+//! [`Member`]s, an array on the block's stack, each pointing at its
+//! service's [`Slot`] as a [`SlotRef`] (`&mut dyn Attempts`).
 //!
 //! Behaviour is the `Orchestrator`'s in every respect: both run on the one
 //! engine ([`crate::engine`]); only where the attempts' futures live differs.
@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::future::Either;
 
 use crate::attempt::Attempts;
-use crate::engine::{self, Member, Members, Options};
+use crate::engine::{self, Member, Options};
 use crate::error::{BoxError, Error};
 use crate::id::TransactionId;
 use crate::name::Name;
@@ -248,24 +248,34 @@ impl Participant for NotAService {
     }
 }
 
-/// A member of a `tcc!` block: `participant`, whose phase futures
-/// `make_phase` builds into `slot` (an empty slot pinned by the expansion).
-pub fn member<'a, P, F, M>(
+/// The attempts of a listed service of a `tcc!` block: `participant`, whose
+/// phase futures `make_phase` builds into `slot` (an empty slot pinned by
+/// the expansion).
+pub fn slot<'a, P, F, M>(
     participant: &'a P,
     slot: Pin<&'a mut Option<F>>,
     make_phase: M,
-) -> Member<Slot<'a, P, F, M>>
+) -> Slot<'a, P, F, M>
 where
     P: Participant,
     F: Future<Output = Result<(), BoxError>> + Send,
     M: Fn(Phase) -> F + Send,
 {
-    Member::new(Slot {
+    Slot {
         participant,
         slot,
         make_phase,
         status: 0,
-    })
+    }
+}
+
+/// The attempts of a listed service, whatever its type: what the engine
+/// walks a `tcc!` block's services as.
+pub type SlotRef<'a> = &'a mut (dyn Attempts + Send + 'a);
+
+/// A member of a `tcc!` block, its attempts in `slot`.
+pub fn member<'a>(slot: SlotRef<'a>) -> Member<SlotRef<'a>> {
+    Member::new(slot)
 }
 
 /// Where one member's attempts run: a pinned slot, refilled each attempt.
@@ -414,7 +424,11 @@ impl Plan {
 
     /// Runs the transaction over `members`, whose names are `names`, to its
     /// end and reports it.
-    pub async fn run<L: Members>(self, names: &[&str], members: &mut L) -> Result<Report, Error> {
+    pub async fn run(
+        self,
+        names: &[&str],
+        members: &mut [Member<SlotRef<'_>>],
+    ) -> Result<Report, Error> {
         if let Some(twice) = engine::first_duplicate(names.iter().copied()) {
             return Err(engine::duplicate(twice));
         }

@@ -41,18 +41,20 @@ use super::parse::{Inline, Orchestration, PHASES, Service};
 //             let __tcc_slot_0 = ::tcc::__private::pin!(::tcc::__private::Option::None);
 //             ..
 //             let __tcc_names = [::tcc::__private::Participant::name(__tcc_service_0), ..];
-//             let mut __tcc_members = (
-//                 ::tcc::__private::member(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
+//             let mut __tcc_attempts_0 =
+//                 ::tcc::__private::slot(__tcc_service_0, __tcc_slot_0, move |__tcc_phase| {
 //                     ::tcc::__private::Participant::phase(__tcc_service_0, __tcc_phase)
-//                 }),
-//                 (.., (.., ())),
-//             );
+//                 });
+//             ..
+//             let mut __tcc_members = [::tcc::__private::member(&mut __tcc_attempts_0), ..];
 //             __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
 //         })
 //     }
 //
 // Each service's phase futures run in a slot pinned inside the block's own
-// future, so a run allocates nothing per service.
+// future, and the engine walks the members, each pointing at its slot as a
+// `&mut dyn Attempts`, in an array on the block's stack: a run allocates
+// nothing per service.
 pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
     let durable = orchestration.settings.iter().any(|s| s.key == "log");
     let values = orchestration.services.iter().map(|service| match service {
@@ -90,23 +92,13 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
     let services: Vec<_> = (0..count)
         .map(|i| format_ident!("__tcc_service_{}", i))
         .collect();
-    let slots = (0..count).map(|i| format_ident!("__tcc_slot_{}", i));
+    let slots: Vec<_> = (0..count)
+        .map(|i| format_ident!("__tcc_slot_{}", i))
+        .collect();
     let services2 = &services;
-    let members =
-        services
-            .iter()
-            .zip(slots.clone())
-            .rev()
-            .fold(quote!(()), |rest, (service, slot)| {
-                quote! {
-                    (
-                        ::tcc::__private::member(#service, #slot, move |__tcc_phase| {
-                            ::tcc::__private::Participant::phase(#service, __tcc_phase)
-                        }),
-                        #rest,
-                    )
-                }
-            });
+    let attempts: Vec<_> = (0..count)
+        .map(|i| format_ident!("__tcc_attempts_{}", i))
+        .collect();
     quote! {
         {
             let __tcc_plan = ::tcc::__private::Plan::new() #(#settings)*;
@@ -115,7 +107,12 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
                 #(let #services = &#services;)*
                 #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
                 let __tcc_names = [#(::tcc::__private::Participant::name(#services2)),*];
-                let mut __tcc_members = #members;
+                #(
+                    let mut #attempts = ::tcc::__private::slot(#services2, #slots, move |__tcc_phase| {
+                        ::tcc::__private::Participant::phase(#services2, __tcc_phase)
+                    });
+                )*
+                let mut __tcc_members = [#(::tcc::__private::member(&mut #attempts)),*];
                 __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
             })
         }
