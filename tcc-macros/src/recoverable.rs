@@ -174,12 +174,12 @@ fn resource_name_of(value: syn::parse::ParseStream<'_>) -> syn::Result<String> {
 //     impl ::tcc::Recoverable for Debit {
 //         const KIND: &'static str = "debit";
 //         fn save(&self) -> Result<Vec<u8>, BoxError> {
-//             let mut __tcc_data = ::tcc::__private::Saved::new();
+//             let mut __tcc_data = ::tcc::__private::SavedFields::new();
 //             (&Field(&self.account)).save_into(&mut __tcc_data, "account")?;
 //             __tcc_data.finish()
 //         }
 //         fn rebuild(data: &[u8], resources: &Resources) -> Result<Self, BoxError> {
-//             let mut __tcc_data = ::tcc::__private::Saved::read(__tcc_bytes, "Debit")?;
+//             let mut __tcc_data = ::tcc::__private::SavedFields::read(__tcc_bytes, "Debit")?;
 //             Ok(Debit {
 //                 db: ::core::clone::Clone::clone(resources.get::<Pool>()?),
 //                 audit: ::core::clone::Clone::clone(resources.get_named::<Pool>("audit")?),
@@ -190,7 +190,7 @@ fn resource_name_of(value: syn::parse::ParseStream<'_>) -> syn::Result<String> {
 //     }
 //     const _: () = { fn __tcc_check() { ::tcc::__private::saved_field::<String>(); } };
 //
-// Saving and reading a field go through `Saved`, which serializes with
+// Saving and reading a field go through `SavedFields`, which serializes with
 // serde_json only when the field's type allows it (an autoref fallback
 // otherwise), so a field that cannot be saved gets exactly one error: the
 // check's, on the field's type, in the user's words.
@@ -246,7 +246,7 @@ fn expand(input: &DeriveInput, kind: &str, fields: &[Field]) -> TokenStream {
             const KIND: &'static str = #kind;
 
             fn save(&self) -> ::core::result::Result<::std::vec::Vec<u8>, ::tcc::BoxError> {
-                let mut __tcc_data = ::tcc::__private::Saved::new();
+                let mut __tcc_data = ::tcc::__private::SavedFields::new();
                 #(#puts)*
                 __tcc_data.finish()
             }
@@ -256,7 +256,7 @@ fn expand(input: &DeriveInput, kind: &str, fields: &[Field]) -> TokenStream {
                 __tcc_resources: &::tcc::Resources,
             ) -> ::core::result::Result<Self, ::tcc::BoxError> {
                 #[allow(unused_mut, unused_variables)]
-                let mut __tcc_data = ::tcc::__private::Saved::read(__tcc_bytes, #type_name)?;
+                let mut __tcc_data = ::tcc::__private::SavedFields::read(__tcc_bytes, #type_name)?;
                 ::core::result::Result::Ok(#name { #(#inits,)* })
             }
         }

@@ -1,7 +1,7 @@
 //! What the macros expand to. Not public API: it may change in any release.
 
 pub use crate::typed::{
-    Durable, Inline, IsNotParticipant, IsParticipant, Listed, NotAService, Participant, Plan,
+    Block, Durable, Inline, IsNotParticipant, IsParticipant, Listed, NotAService, Participant,
     Saveable, SlotRef, check, check_durable, member, slot,
 };
 pub use crate::{BoxError, Phase, TccService};
@@ -12,12 +12,12 @@ pub use core::result::Result;
 pub use futures_util::future::Either;
 
 /// A `#[tcc_service]` method's future, its error converted on failure.
-pub fn erase<F, E>(future: F) -> impl Future<Output = Result<(), BoxError>> + Send
+pub fn with_boxed_error<F, E>(future: F) -> impl Future<Output = Result<(), BoxError>> + Send
 where
     F: Future<Output = Result<(), E>> + Send,
     E: Into<BoxError> + 'static,
 {
-    crate::service::erase(future)
+    crate::service::with_boxed_error(future)
 }
 
 /// An inline phase's future, its error converted on failure. It may
@@ -28,7 +28,7 @@ where
     F: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    crate::service::erase(future)
+    crate::service::with_boxed_error(future)
 }
 
 // The checks below give each misuse of a phase one error, in the user's
@@ -155,7 +155,7 @@ where
     E: Into<BoxError> + 'static,
 {
     fn service_phase(self) -> impl Future<Output = Result<(), BoxError>> + Send {
-        erase(self.0)
+        with_boxed_error(self.0)
     }
 }
 
@@ -237,7 +237,8 @@ pub fn not_a_phase() -> NotAPhase {
 }
 
 pub use derive_support::{
-    CanLoad, CanSave, CannotLoad, CannotSave, Field, Load, Saved, SavedField, missing, saved_field,
+    CanLoad, CanSave, CannotLoad, CannotSave, Field, Load, SavedField, SavedFields, missing,
+    saved_field,
 };
 
 /// What `#[derive(Recoverable)]` expands to: a service's data fields saved
@@ -252,13 +253,13 @@ mod derive_support {
     use crate::BoxError;
 
     /// The saved data of one service.
-    pub struct Saved(Map<String, Value>);
+    pub struct SavedFields(Map<String, Value>);
 
-    impl Saved {
+    impl SavedFields {
         /// No fields yet.
         #[allow(clippy::new_without_default)]
         pub fn new() -> Self {
-            Saved(Map::new())
+            SavedFields(Map::new())
         }
 
         /// The bytes the log keeps.
@@ -268,9 +269,11 @@ mod derive_support {
 
         /// The fields saved for a service of type `type_name`.
         pub fn read(bytes: &[u8], type_name: &str) -> Result<Self, BoxError> {
-            serde_json::from_slice(bytes).map(Saved).map_err(|error| {
-                format!("the saved data of `{type_name}` is not a JSON object: {error}").into()
-            })
+            serde_json::from_slice(bytes)
+                .map(SavedFields)
+                .map_err(|error| {
+                    format!("the saved data of `{type_name}` is not a JSON object: {error}").into()
+                })
         }
     }
 
@@ -280,11 +283,11 @@ mod derive_support {
     /// Saves a field whose type serde can serialize.
     pub trait CanSave {
         /// Saves the field under `key`.
-        fn save_into(&self, data: &mut Saved, key: &str) -> Result<(), BoxError>;
+        fn save_into(&self, data: &mut SavedFields, key: &str) -> Result<(), BoxError>;
     }
 
     impl<T: Serialize> CanSave for Field<'_, T> {
-        fn save_into(&self, data: &mut Saved, key: &str) -> Result<(), BoxError> {
+        fn save_into(&self, data: &mut SavedFields, key: &str) -> Result<(), BoxError> {
             data.0.insert(key.to_owned(), serde_json::to_value(self.0)?);
             Ok(())
         }
@@ -294,7 +297,7 @@ mod derive_support {
     /// not compile anyway ([`saved_field`] gives its one error).
     pub trait CannotSave {
         /// Fails.
-        fn save_into(&self, _: &mut Saved, key: &str) -> Result<(), BoxError> {
+        fn save_into(&self, _: &mut SavedFields, key: &str) -> Result<(), BoxError> {
             Err(format!("field `{key}` cannot be saved").into())
         }
     }
@@ -316,11 +319,11 @@ mod derive_support {
     pub trait CanLoad<T> {
         /// The field under `key`; `None` when older data lacks it (a
         /// missing field reads as `null` first, so an `Option` is `None`).
-        fn load_from(&self, data: &mut Saved, key: &str) -> Result<Option<T>, BoxError>;
+        fn load_from(&self, data: &mut SavedFields, key: &str) -> Result<Option<T>, BoxError>;
     }
 
     impl<T: DeserializeOwned> CanLoad<T> for Load<T> {
-        fn load_from(&self, data: &mut Saved, key: &str) -> Result<Option<T>, BoxError> {
+        fn load_from(&self, data: &mut SavedFields, key: &str) -> Result<Option<T>, BoxError> {
             match data.0.remove(key) {
                 Some(value) => serde_json::from_value(value)
                     .map(Some)
@@ -333,7 +336,7 @@ mod derive_support {
     /// What a field that cannot be read back falls back to.
     pub trait CannotLoad<T> {
         /// Fails.
-        fn load_from(&self, _: &mut Saved, key: &str) -> Result<Option<T>, BoxError> {
+        fn load_from(&self, _: &mut SavedFields, key: &str) -> Result<Option<T>, BoxError> {
             Err(format!("field `{key}` cannot be read back").into())
         }
     }

@@ -19,13 +19,13 @@ use crate::context::Context;
 use crate::error::{BoxError, Chain, Panicked, Permanent, TimedOut};
 use crate::id::TransactionId;
 use crate::phase::Phase;
-use crate::recoverable::Saved;
+use crate::recoverable::LogEntry;
 use crate::retry::{mix, name_hash};
 use crate::settings::{Retries, Settings};
 
 /// How a phase of one service ended: its index in the orchestration, the
 /// attempts made, and the last attempt's result.
-pub(crate) struct Outcome {
+pub(crate) struct PhaseEnd {
     pub(crate) index: usize,
     pub(crate) attempts: u32,
     pub(crate) result: Result<(), BoxError>,
@@ -43,7 +43,7 @@ pub trait Attempts {
 
     /// The kind and data of a recoverable service, for the log; `None` for
     /// one that cannot be rebuilt after a crash.
-    fn save(&self) -> Option<Saved>;
+    fn log_entry(&self) -> Option<LogEntry>;
 
     /// Polls the current attempt at `phase`, building its future first when
     /// there is none. Called inside the context and the panic guard.
@@ -69,8 +69,8 @@ impl<A: Attempts + ?Sized> Attempts for &mut A {
         (**self).settings()
     }
 
-    fn save(&self) -> Option<Saved> {
-        (**self).save()
+    fn log_entry(&self) -> Option<LogEntry> {
+        (**self).log_entry()
     }
 
     fn poll_attempt(
@@ -116,11 +116,11 @@ impl Round<'_> {
 /// One phase of one service, from its first attempt to its last.
 pub(crate) struct PhaseRun<A: Attempts> {
     attempts: u32,
-    state: State,
-    attempt: A,
+    stage: Stage,
+    service: A,
 }
 
-enum State {
+enum Stage {
     /// The next poll starts the next attempt.
     Start,
     /// An attempt is running; its future is built on its first poll, inside
@@ -132,22 +132,22 @@ enum State {
 }
 
 impl<A: Attempts> PhaseRun<A> {
-    /// A run of `attempt`'s phases, not started.
-    pub(crate) fn new(attempt: A) -> Self {
+    /// A run of `service`'s phase, not started.
+    pub(crate) fn new(service: A) -> Self {
         PhaseRun {
             attempts: 0,
-            state: State::Start,
-            attempt,
+            stage: Stage::Start,
+            service,
         }
     }
 
-    /// The attempts' owner.
-    pub(crate) fn attempt(&self) -> &A {
-        &self.attempt
+    /// The service whose attempts this run makes.
+    pub(crate) fn service(&self) -> &A {
+        &self.service
     }
 
-    pub(crate) fn attempt_mut(&mut self) -> &mut A {
-        &mut self.attempt
+    pub(crate) fn service_mut(&mut self) -> &mut A {
+        &mut self.service
     }
 
     /// Makes the run start over, as a new run would, counting `attempts`
@@ -156,17 +156,17 @@ impl<A: Attempts> PhaseRun<A> {
         // Only a run cut short in an attempt (a Try that fail-fast gave up
         // on) still holds one; every other run ended its last attempt, so
         // it skips the panic guard.
-        if let State::Running { .. } = self.state {
+        if let Stage::Running { .. } = self.stage {
             self.end_attempt();
         }
         self.attempts = attempts;
-        self.state = State::Start;
+        self.stage = Stage::Start;
     }
 
     /// Ends the running attempt, if any, dropping its future where a panic
     /// in its destructor cannot take the transaction down with it.
     pub(crate) fn end_attempt(&mut self) {
-        if catch_unwind(AssertUnwindSafe(|| self.attempt.end_attempt())).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| self.service.end_attempt())).is_err() {
             tracing::warn!("a phase's future panicked while it was dropped");
         }
     }
@@ -180,8 +180,8 @@ impl<A: Attempts> PhaseRun<A> {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Result<(), BoxError>> {
         Context::focus(index, phase, self.attempts);
-        let attempt = &mut self.attempt;
-        match catch_unwind(AssertUnwindSafe(|| attempt.poll_attempt(phase, cx))) {
+        let service = &mut self.service;
+        match catch_unwind(AssertUnwindSafe(|| service.poll_attempt(phase, cx))) {
             Ok(poll) => poll,
             Err(payload) => Poll::Ready(Err(Box::new(Panicked::from_payload(&*payload)))),
         }
@@ -190,7 +190,7 @@ impl<A: Attempts> PhaseRun<A> {
     /// The jitter seed: the same for a given transaction and service.
     fn seed(&self, transaction_id: TransactionId) -> u64 {
         let id = transaction_id.as_u128();
-        mix((id as u64) ^ ((id >> 64) as u64)) ^ name_hash(self.attempt.name())
+        mix((id as u64) ^ ((id >> 64) as u64)) ^ name_hash(self.service.name())
     }
 
     fn finish(
@@ -198,9 +198,9 @@ impl<A: Attempts> PhaseRun<A> {
         index: usize,
         phase: Phase,
         result: Result<(), BoxError>,
-    ) -> Poll<Outcome> {
-        self.attempt.ended(phase, result.is_ok());
-        Poll::Ready(Outcome {
+    ) -> Poll<PhaseEnd> {
+        self.service.ended(phase, result.is_ok());
+        Poll::Ready(PhaseEnd {
             index,
             attempts: self.attempts,
             result,
@@ -216,7 +216,7 @@ impl<A: Attempts> Drop for PhaseRun<A> {
         // Only a run cut short in an attempt (a Try that fail-fast gave up
         // on) still holds one; every other run ended its last attempt, so
         // it skips the panic guard.
-        if let State::Running { .. } = self.state {
+        if let Stage::Running { .. } = self.stage {
             self.end_attempt();
         }
     }
@@ -240,20 +240,20 @@ impl<A: Attempts> PhaseRun<A> {
         round: &Round<'_>,
         index: usize,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Outcome> {
+    ) -> Poll<PhaseEnd> {
         let this = self;
         let phase = round.phase;
         loop {
-            match &mut this.state {
-                State::Start => {
+            match &mut this.stage {
+                Stage::Start => {
                     this.attempts = this.attempts.saturating_add(1);
-                    this.state = State::Running { deadline: None };
+                    this.stage = Stage::Running { deadline: None };
                 }
-                State::Backoff(sleep) => {
+                Stage::Backoff(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
-                    this.state = State::Start;
+                    this.stage = Stage::Start;
                 }
-                State::Running { deadline } => {
+                Stage::Running { deadline } => {
                     let mut deadline = deadline.take();
                     let result = match this.poll_attempt(index, phase, cx) {
                         Poll::Ready(result) => result,
@@ -264,45 +264,45 @@ impl<A: Attempts> PhaseRun<A> {
                             // timer (the first poll is synchronous, so the
                             // limit starts at most one poll late).
                             if deadline.is_none() {
-                                let (_, timeout) = round.limits(&this.attempt.settings());
+                                let (_, timeout) = round.limits(&this.service.settings());
                                 deadline = timeout.map(|limit| Box::pin(tokio::time::sleep(limit)));
                             }
                             let timed_out = deadline
                                 .as_mut()
                                 .is_some_and(|d| d.as_mut().poll(cx).is_ready());
                             if !timed_out {
-                                this.state = State::Running { deadline };
+                                this.stage = Stage::Running { deadline };
                                 return Poll::Pending;
                             }
-                            let (_, limit) = round.limits(&this.attempt.settings());
+                            let (_, limit) = round.limits(&this.service.settings());
                             let limit = limit.unwrap_or_default();
                             Err(Box::new(TimedOut { phase, limit }) as BoxError)
                         }
                     };
                     // The attempt is over (a timed-out one is cancelled by
                     // this drop).
-                    this.state = State::Start;
+                    this.stage = Stage::Start;
                     this.end_attempt();
                     let error = match result {
                         Ok(()) => return this.finish(index, phase, Ok(())),
                         Err(error) => error,
                     };
-                    let (retries, _) = round.limits(&this.attempt.settings());
+                    let (retries, _) = round.limits(&this.service.settings());
                     if this.attempts > retries.limit || is_permanent(&*error) {
                         return this.finish(index, phase, Err(error));
                     }
-                    this.attempt.ended(phase, false);
+                    this.service.ended(phase, false);
                     let seed = this.seed(round.transaction_id);
                     let delay = retries.policy.delay(this.attempts, seed);
                     tracing::warn!(
-                        service = this.attempt.name(),
+                        service = this.service.name(),
                         phase = %phase,
                         attempt = this.attempts,
                         error = %Chain(&*error),
                         retry_in = ?delay,
                         "phase failed; retrying"
                     );
-                    this.state = State::Backoff(Box::pin(tokio::time::sleep(delay)));
+                    this.stage = Stage::Backoff(Box::pin(tokio::time::sleep(delay)));
                 }
             }
         }

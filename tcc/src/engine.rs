@@ -27,7 +27,7 @@ use std::task::Poll;
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
-use crate::attempt::{Attempts, Outcome, PhaseRun, Round};
+use crate::attempt::{Attempts, PhaseEnd, PhaseRun, Round};
 use crate::context::Context;
 use crate::durable::{
     Decision, End, Intent, Lease, LeaseGuard, Log, LogError, LogErrorKind, MAX_INTENT_BYTES,
@@ -37,7 +37,7 @@ use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
 use crate::name::Name;
 use crate::phase::Phase;
-use crate::recoverable::Saved;
+use crate::recoverable::LogEntry;
 use crate::report::{PhaseRecord, Report};
 use crate::settings::Settings;
 
@@ -88,7 +88,7 @@ impl Ledger {
     ) -> Result<(), Error> {
         let mut participants = Vec::with_capacity(members.len());
         for (name, member) in self.names.iter().zip(members.iter()) {
-            let refusal = match member.save() {
+            let refusal = match member.log_entry() {
                 // Checked here, not first by the recovery after a crash: a
                 // transaction its log cannot rebuild would be left holding
                 // whatever its Tries reserved.
@@ -197,8 +197,8 @@ impl Ledger {
     }
 
     /// Records how `phase` of one service ended.
-    fn record(&mut self, phase: Phase, outcome: Outcome) {
-        let Outcome {
+    fn record(&mut self, phase: Phase, outcome: PhaseEnd) {
+        let PhaseEnd {
             index,
             attempts,
             result,
@@ -357,13 +357,13 @@ impl<A: Attempts> Member<A> {
 
     /// The kind and data of a recoverable service, for the log; `None` for
     /// one that cannot be rebuilt after a crash.
-    fn save(&self) -> Option<Saved> {
-        self.run.attempt().save()
+    fn log_entry(&self) -> Option<LogEntry> {
+        self.run.service().log_entry()
     }
 
     /// The service's own settings.
     fn settings(&self) -> Settings {
-        self.run.attempt().settings()
+        self.run.service().settings()
     }
 
     /// Sets the member up to run `phase`: Try and Confirm always, Cancel
@@ -389,7 +389,7 @@ impl<A: Attempts> Member<A> {
         round: &Round<'_>,
         index: usize,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Outcome>> {
+    ) -> Poll<Option<PhaseEnd>> {
         if !self.active {
             return Poll::Ready(None);
         }
@@ -406,7 +406,7 @@ impl<A: Attempts> Member<A> {
         let running = self.active && self.tried;
         if running {
             self.run.end_attempt();
-            self.run.attempt_mut().ended(Phase::Try, false);
+            self.run.service_mut().ended(Phase::Try, false);
         }
         self.active = false;
         running
@@ -484,7 +484,7 @@ pub(crate) async fn run<A: Attempts + Send>(
     // Nothing to write between the rounds: the decision's round begins in
     // the poll that ends the Try round.
     transaction.begin_round(Phase::Try, None);
-    poll_fn(|cx| transaction.poll_rounds(cx, true)).await;
+    poll_fn(|cx| transaction.poll_rounds(cx, AtDecision::GoOn)).await;
     transaction.conclude()
 }
 
@@ -651,7 +651,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
             taken,
         }) = self.ledger.expiring_lease()
         else {
-            poll_fn(|cx| self.poll_rounds(cx, false)).await;
+            poll_fn(|cx| self.poll_rounds(cx, AtDecision::Return)).await;
             return Ok(());
         };
         let trust = ttl * 2 / 3;
@@ -699,7 +699,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
                 // lease anew or stops the round.
                 return Poll::Pending;
             }
-            self.poll_rounds(cx, false)
+            self.poll_rounds(cx, AtDecision::Return)
         });
         tokio::select! {
             // The renewal first: a lease found lost stops the round before
@@ -733,9 +733,13 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
     }
 
     /// Polls the round running, every run at once; when the Try round ends,
-    /// comes to the decision and, with `carry_on`, begins its round at
-    /// once. Ready when a round ends that it does not carry on from.
-    fn poll_rounds(&mut self, cx: &mut std::task::Context<'_>, carry_on: bool) -> Poll<()> {
+    /// comes to the decision and does what `at_decision` says. Ready when a
+    /// round ends that it does not go on from.
+    fn poll_rounds(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        at_decision: AtDecision,
+    ) -> Poll<()> {
         let _entered = self.span.enter();
         Context::enter(&mut self.context, || {
             loop {
@@ -787,7 +791,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
                     tracing::debug!("a try failed; cancelling every started service");
                     Decision::Cancel
                 };
-                if !carry_on {
+                if at_decision == AtDecision::Return {
                     return Poll::Ready(());
                 }
                 // As `begin_round`, on the fields the context leaves free.
@@ -828,7 +832,7 @@ pub(crate) async fn drive(
     runtime: tokio::runtime::Handle,
     future: BoxFuture<'static, Result<Report, Error>>,
 ) -> Result<Report, Error> {
-    let mut running = Detached {
+    let mut running = RunToEnd {
         future: Some(future),
         runtime,
     };
@@ -858,14 +862,25 @@ fn interrupted(id: TransactionId, why: &str) -> Error {
     )
 }
 
+/// What [`Transaction::poll_rounds`] does once the Try round has come to
+/// its decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AtDecision {
+    /// Returns: a durable transaction writes its decision before its next
+    /// round.
+    Return,
+    /// Begins the decision's round at once: nothing to write in between.
+    GoOn,
+}
+
 /// A running transaction that moves to a task of its own when the future
 /// polling it is dropped before its end.
-struct Detached {
+struct RunToEnd {
     future: Option<BoxFuture<'static, Result<Report, Error>>>,
     runtime: tokio::runtime::Handle,
 }
 
-impl Drop for Detached {
+impl Drop for RunToEnd {
     fn drop(&mut self) {
         if let Some(future) = self.future.take() {
             tracing::debug!("caller went away; the transaction goes on in its own task");

@@ -103,7 +103,7 @@ impl<T: Recoverable> Recoverable for Arc<T> {
 }
 
 /// A recoverable service's kind and its data (or why saving it failed).
-pub(crate) type Saved = (&'static str, Result<Vec<u8>, BoxError>);
+pub(crate) type LogEntry = (&'static str, Result<Vec<u8>, BoxError>);
 
 /// The application's own resources (connection pools, clients), which
 /// recoverable services are rebuilt with. They are never written to the log.

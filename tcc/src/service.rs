@@ -17,7 +17,7 @@ use crate::error::{BoxError, Failure};
 use crate::id::TransactionId;
 use crate::name::Name;
 use crate::phase::Phase;
-use crate::recoverable::{Recoverable, Saved};
+use crate::recoverable::{LogEntry, Recoverable};
 use crate::retry::RetryPolicy;
 use crate::settings::Settings;
 use crate::tcc_service::TccService;
@@ -30,7 +30,7 @@ pub(crate) trait Phases: Send + Sync + 'static {
 
     /// The kind and data of a [`Recoverable`] service, for the log; `None`
     /// for a service that cannot be rebuilt after a crash.
-    fn save(&self) -> Option<Saved> {
+    fn log_entry(&self) -> Option<LogEntry> {
         None
     }
 }
@@ -55,9 +55,9 @@ where
 {
     fn run(&self, phase: Phase) -> BoxFuture<'_, Result<(), BoxError>> {
         match phase {
-            Phase::Try => Box::pin(erase((self.try_fn)())),
-            Phase::Confirm => Box::pin(erase((self.confirm_fn)())),
-            Phase::Cancel => Box::pin(erase((self.cancel_fn)())),
+            Phase::Try => Box::pin(with_boxed_error((self.try_fn)())),
+            Phase::Confirm => Box::pin(with_boxed_error((self.confirm_fn)())),
+            Phase::Cancel => Box::pin(with_boxed_error((self.cancel_fn)())),
         }
     }
 }
@@ -83,14 +83,14 @@ impl<S: Recoverable> Phases for RecoverablePhases<S> {
         self.0.run(phase)
     }
 
-    fn save(&self) -> Option<Saved> {
+    fn log_entry(&self) -> Option<LogEntry> {
         Some((S::KIND, self.0.0.save()))
     }
 }
 
 /// Converts a phase's own error type into [`BoxError`], only on failure: a
 /// plain combinator, lighter to build and poll than an `async` wrapper.
-pub(crate) fn erase<F, E>(future: F) -> impl Future<Output = Result<(), BoxError>>
+pub(crate) fn with_boxed_error<F, E>(future: F) -> impl Future<Output = Result<(), BoxError>>
 where
     F: Future<Output = Result<(), E>>,
     E: Into<BoxError>,
@@ -212,8 +212,8 @@ impl Service {
     }
 
     /// The kind and data of a recoverable service, for the log.
-    pub(crate) fn save(&self) -> Option<Saved> {
-        self.shared.phases.save()
+    pub(crate) fn log_entry(&self) -> Option<LogEntry> {
+        self.shared.phases.log_entry()
     }
 
     pub(crate) fn from_phases(name: Name, phases: impl Phases, settings: Settings) -> Self {
@@ -384,8 +384,8 @@ impl Attempts for ServiceAttempts<'_> {
         *self.service.settings()
     }
 
-    fn save(&self) -> Option<Saved> {
-        self.service.save()
+    fn log_entry(&self) -> Option<LogEntry> {
+        self.service.log_entry()
     }
 
     fn poll_attempt(

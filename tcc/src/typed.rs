@@ -26,7 +26,7 @@ use crate::error::{BoxError, Error};
 use crate::id::TransactionId;
 use crate::name::Name;
 use crate::phase::Phase;
-use crate::recoverable::{Recoverable, Saved};
+use crate::recoverable::{LogEntry, Recoverable};
 use crate::report::Report;
 use crate::retry::RetryPolicy;
 use crate::service::Service;
@@ -59,7 +59,7 @@ pub trait Participant: Send + Sync + 'static {
 
     /// The kind and data of a participant the log can rebuild; `None` for
     /// one it cannot (a durable transaction refuses it).
-    fn save(&self) -> Option<Saved> {
+    fn log_entry(&self) -> Option<LogEntry> {
         None
     }
 }
@@ -99,8 +99,8 @@ impl Participant for Service {
         Some(self)
     }
 
-    fn save(&self) -> Option<Saved> {
-        Service::save(self)
+    fn log_entry(&self) -> Option<LogEntry> {
+        Service::log_entry(self)
     }
 }
 
@@ -114,18 +114,18 @@ impl Participant for Service {
 )]
 pub trait Saveable {
     /// Its kind and data, for the log.
-    fn save_for_log(&self) -> Option<Saved>;
+    fn log_entry(&self) -> Option<LogEntry>;
 }
 
 impl<S: Recoverable> Saveable for S {
-    fn save_for_log(&self) -> Option<Saved> {
+    fn log_entry(&self) -> Option<LogEntry> {
         Some((S::KIND, self.save()))
     }
 }
 
 impl Saveable for Service {
-    fn save_for_log(&self) -> Option<Saved> {
-        self.save()
+    fn log_entry(&self) -> Option<LogEntry> {
+        Service::log_entry(self)
     }
 }
 
@@ -154,8 +154,8 @@ impl<P: Participant + Saveable> Participant for Durable<P> {
         self.0.as_service()
     }
 
-    fn save(&self) -> Option<Saved> {
-        self.0.save_for_log()
+    fn log_entry(&self) -> Option<LogEntry> {
+        Saveable::log_entry(&self.0)
     }
 }
 
@@ -297,8 +297,8 @@ where
         self.participant.name()
     }
 
-    fn save(&self) -> Option<Saved> {
-        self.participant.save()
+    fn log_entry(&self) -> Option<LogEntry> {
+        self.participant.log_entry()
     }
 
     fn settings(&self) -> Settings {
@@ -339,16 +339,16 @@ where
 /// The settings of a `tcc!` block, with the `Orchestrator`'s builder
 /// methods, and the runner of its transaction.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub struct Block {
     id: TransactionId,
     options: Options,
 }
 
-impl Plan {
+impl Block {
     /// Default settings, and the id of the transaction to come.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Plan {
+        Block {
             id: TransactionId::generate(),
             options: Options::DEFAULT,
         }
@@ -405,7 +405,7 @@ impl Plan {
     }
 
     /// Runs `transaction` (the block's future, which ends in
-    /// [`run`](Plan::run)) as `Orchestrator::orchestrate` runs its own: in
+    /// [`run`](Block::run)) as `Orchestrator::orchestrate` runs its own: in
     /// the caller's future, moved to a task of its own if the caller drops
     /// it before the end, refused outside a tokio runtime.
     ///
