@@ -35,13 +35,17 @@
 //! `cargo test --benches` (CI) passes no `--bench`: a tiny run of each, in
 //! seconds, that only proves the bench works.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tcc::durable::{Decision, End, Intent, Lease, Log, ParticipantEntry, PhaseProgress, RedbLog};
-use tcc::{BoxError, Phase, Recoverable, TccService, TransactionId, TransactionLog, tcc};
+use tcc::{Phase, TransactionId, TransactionLog, tcc};
 use tokio::task::JoinSet;
+
+use common::RecoverableNoop;
 
 /// Sizes of one run: the real one, or CI's proof that the bench works.
 struct Sizes {
@@ -84,35 +88,13 @@ fn intent() -> Intent {
     }
 }
 
-/// A participant that does nothing, and can be rebuilt after a crash.
-#[derive(Recoverable)]
-#[recoverable(kind = "noop")]
-struct Noop {
-    name: String,
-}
-
-impl TccService for Noop {
-    fn service_name(&self) -> &str {
-        &self.name
-    }
-    async fn try_phase(&self) -> Result<(), BoxError> {
-        Ok(())
-    }
-    async fn confirm(&self) -> Result<(), BoxError> {
-        Ok(())
-    }
-    async fn cancel(&self) -> Result<(), BoxError> {
-        Ok(())
-    }
-}
-
 /// (5, 6) one durable transaction of two no-op services.
 async fn durable_transaction(log: &TransactionLog) -> Duration {
     let start = Instant::now();
     tcc! {
         log = log;
-        Noop { name: "payer".into() },
-        Noop { name: "payee".into() },
+        RecoverableNoop { name: "payer".into() },
+        RecoverableNoop { name: "payee".into() },
     }
     .await
     .unwrap();
@@ -149,7 +131,7 @@ async fn engine_recovery(dir: &Path, count: usize) -> f64 {
         join(writers).await;
     }
     let log = TransactionLog::open(&path).unwrap();
-    log.register::<Noop>().unwrap();
+    log.register::<RecoverableNoop>().unwrap();
     let start = Instant::now();
     let summary = log.recover().await.unwrap();
     assert_eq!(summary.finished, count);
@@ -483,7 +465,7 @@ fn main() {
             let engine = runtime.block_on(async {
                 let path = dir.path().join(format!("engine-concurrent-{round}.redb"));
                 let log = TransactionLog::create(path).unwrap();
-                log.register::<Noop>().unwrap();
+                log.register::<RecoverableNoop>().unwrap();
                 let run = concurrent(log, sizes.concurrent_for / 2, |log| async move {
                     durable_transaction(&log).await;
                 });
@@ -508,7 +490,7 @@ fn main() {
     let log = RedbLog::create(dir.path().join("latency.redb")).unwrap();
     let bare = redb::Database::create(dir.path().join("bare.redb")).unwrap();
     let engine_log = TransactionLog::create(dir.path().join("engine-latency.redb")).unwrap();
-    engine_log.register::<Noop>().unwrap();
+    engine_log.register::<RecoverableNoop>().unwrap();
     let (mut samples, mut bare_samples, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
     let mut engine_samples = Vec::new();
     runtime.block_on(transaction(&log)); // the first commit creates the file's pages

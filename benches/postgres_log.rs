@@ -40,6 +40,7 @@
 #[path = "../tests/barrier/cluster.rs"]
 #[allow(dead_code)]
 mod cluster;
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -48,8 +49,10 @@ use std::time::{Duration, Instant};
 use cluster::{Cluster, Disk};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tcc::durable::PostgresLog;
-use tcc::{BoxError, Recoverable, TccService, TransactionLog, tcc};
+use tcc::{TransactionLog, tcc};
 use tokio::task::JoinSet;
+
+use common::RecoverableNoop;
 
 /// Concurrent callers in each coordinator.
 const CALLERS: usize = 64;
@@ -103,28 +106,6 @@ const SCHEMA: &str = "TCC_BENCH_PG_SCHEMA";
 const TTL_MS: &str = "TCC_BENCH_PG_TTL_MS";
 const RUN_MS: &str = "TCC_BENCH_PG_RUN_MS";
 const WRITERS: &str = "TCC_BENCH_PG_WRITERS";
-
-/// A participant that does nothing, and can be rebuilt after a crash.
-#[derive(Recoverable)]
-#[recoverable(kind = "noop")]
-struct Noop {
-    name: String,
-}
-
-impl TccService for Noop {
-    fn service_name(&self) -> &str {
-        &self.name
-    }
-    async fn try_phase(&self) -> Result<(), BoxError> {
-        Ok(())
-    }
-    async fn confirm(&self) -> Result<(), BoxError> {
-        Ok(())
-    }
-    async fn cancel(&self) -> Result<(), BoxError> {
-        Ok(())
-    }
-}
 
 fn main() {
     if let Ok(role) = std::env::var(ROLE) {
@@ -591,7 +572,7 @@ fn child(role: &str) {
         // profile one coordinator) may be the first. Idempotent.
         PostgresLog::migrate(&pool).await.unwrap();
         let log = TransactionLog::new(options.open(pool).await.unwrap());
-        log.register::<Noop>().unwrap();
+        log.register::<RecoverableNoop>().unwrap();
         log
     });
     let mut go = String::new();
@@ -636,8 +617,8 @@ async fn load(log: &TransactionLog, run_for: Option<Duration>) -> u64 {
             while run_for.is_none_or(|run_for| start.elapsed() < run_for) {
                 tcc! {
                     log = &log;
-                    Noop { name: "payer".into() },
-                    Noop { name: "payee".into() },
+                    RecoverableNoop { name: "payer".into() },
+                    RecoverableNoop { name: "payee".into() },
                 }
                 .await
                 .unwrap();

@@ -42,3 +42,26 @@ impl TccService for Noop {
         ready(Ok(()))
     }
 }
+
+/// A participant that does nothing, and can be rebuilt after a crash: for
+/// durable transactions.
+#[derive(tcc::Recoverable)]
+#[recoverable(kind = "noop")]
+pub struct RecoverableNoop {
+    pub name: String,
+}
+
+impl TccService for RecoverableNoop {
+    fn service_name(&self) -> &str {
+        &self.name
+    }
+    async fn try_phase(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn confirm(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn cancel(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
