@@ -16,7 +16,7 @@ use super::parse::{Inline, Orchestration, PHASES, Service};
 //
 // Output:
 //     {
-//         let __tcc_plan = ::tcc::__private::Block::new().max_retries(3);
+//         let __tcc_block = ::tcc::__private::Block::new().max_retries(3);
 //         let __tcc_service_0 = {
 //             let __tcc_value = flights;
 //             ::tcc::__private::check(&__tcc_value); // "not a TCC service"
@@ -36,7 +36,7 @@ use super::parse::{Inline, Orchestration, PHASES, Service};
 //                 ..
 //             })
 //         };
-//         ::tcc::__private::Block::start(__tcc_plan.clone(), async move {
+//         ::tcc::__private::Block::start(__tcc_block.clone(), async move {
 //             let __tcc_service_0 = &__tcc_service_0;
 //             let __tcc_slot_0 = ::tcc::__private::pin!(::tcc::__private::Option::None);
 //             ..
@@ -47,7 +47,7 @@ use super::parse::{Inline, Orchestration, PHASES, Service};
 //                 });
 //             ..
 //             let mut __tcc_members = [::tcc::__private::member(&mut __tcc_attempts_0), ..];
-//             __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
+//             __tcc_block.run(&__tcc_names, &mut __tcc_members).await
 //         })
 //     }
 //
@@ -101,9 +101,9 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
         .collect();
     quote! {
         {
-            let __tcc_plan = ::tcc::__private::Block::new() #(#settings)*;
+            let __tcc_block = ::tcc::__private::Block::new() #(#settings)*;
             #(let #services = #values;)*
-            ::tcc::__private::Block::start(::core::clone::Clone::clone(&__tcc_plan), async move {
+            ::tcc::__private::Block::start(::core::clone::Clone::clone(&__tcc_block), async move {
                 #(let #services = &#services;)*
                 #(let #slots = ::tcc::__private::pin!(::tcc::__private::Option::None);)*
                 let __tcc_names = [#(::tcc::__private::Participant::name(#services2)),*];
@@ -113,7 +113,7 @@ pub(crate) fn orchestration(orchestration: &Orchestration) -> TokenStream {
                     });
                 )*
                 let mut __tcc_members = [#(::tcc::__private::member(&mut #attempts)),*];
-                __tcc_plan.run(&__tcc_names, &mut __tcc_members).await
+                __tcc_block.run(&__tcc_names, &mut __tcc_members).await
             })
         }
     }
