@@ -823,14 +823,18 @@ fn cleanup_lets_a_phase_on_another_connection_in_between_batches() {
     let (deleted, total) = cleanup.join().unwrap();
     assert_eq!(deleted, ROWS as u64);
     // Cleanup takes 30 batches and as many pauses (about 0.3 + 0.3 s in a
-    // debug build), and phases ran all along, each waiting a batch or two
-    // at most (under 30 ms); before, the first one waited for all of it.
-    // The bound is loose, for a loaded machine.
-    let longest = waits.iter().max().copied().unwrap_or_default();
+    // debug build), and phases ran all along, most waiting a batch or two
+    // (under 30 ms); before, the first one waited for all of it, so the
+    // loop above ran one phase. On a loaded machine one phase may miss a
+    // few pauses, and SQLite's busy handler then sleeps longer each time:
+    // so the bound is on the median wait, not the longest.
     assert!(waits.len() >= 3, "phases ran during cleanup: {waits:?}");
+    let mut sorted = waits.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
     assert!(
-        longest < total / 4,
-        "a phase waited {longest:?} of cleanup's {total:?}: {waits:?}"
+        median < total / 4,
+        "the median phase waited {median:?} of cleanup's {total:?}: {waits:?}"
     );
 }
 
