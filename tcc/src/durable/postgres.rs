@@ -35,8 +35,9 @@
 //! before the claim sees the row, or sees the claim's epoch.
 //!
 //! Deadlocks: every row any request of a batch touches is locked at the
-//! batch's start, in one statement, in id order; the segments' reads then
-//! find them locked already. Two batches (of two coordinators) therefore
+//! batch's start, in one statement, in id order (a batch of one segment
+//! locks them so when it loads them, which is the same statement); the
+//! segments' reads then find them locked already. Two batches (of two coordinators) therefore
 //! wait on each other in one order, never in a cycle, however their
 //! segments interleave the same rows; a claim never waits (it skips locked
 //! rows). Locking each segment's rows only when it came would hold the
