@@ -316,7 +316,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn read(bank: &Bank) -> Self {
-        let db = bank.database();
+        let mut connection = bank.database();
+        // One read transaction: one snapshot for the three tables, even
+        // while other processes write (several coordinators on one bank).
+        let db = connection.transaction().expect("a read transaction");
         let mut accounts = BTreeMap::new();
         let mut statement = db
             .prepare("SELECT name, balance, frozen FROM accounts")
