@@ -492,7 +492,7 @@ const BEFORE_ACK: &str = "before-ack";
 /// `TCC_BANK_PAUSE_FOR=<ms>` too, for that long only (a test stops the
 /// process meanwhile, and lets it go on later). Does nothing otherwise.
 async fn pause_at(point: &str, id: TransactionId) {
-    match pausing(point, &id.to_string()) {
+    match pausing(point, &id) {
         None => {}
         Some(Some(pause)) => tokio::time::sleep(pause).await,
         Some(None) => std::future::pending::<()>().await,
@@ -501,7 +501,7 @@ async fn pause_at(point: &str, id: TransactionId) {
 
 /// [`pause_at`] on the database thread, which it blocks.
 fn pause_in_bank(point: &str, id: &str) {
-    match pausing(point, id) {
+    match pausing(point, &id) {
         None => {}
         Some(Some(pause)) => std::thread::sleep(pause),
         Some(None) => loop {
@@ -512,7 +512,7 @@ fn pause_in_bank(point: &str, id: &str) {
 
 /// Whether the transfer `id` at `point` is the one to pause (printing so),
 /// and for how long: `Some(None)` for good.
-fn pausing(point: &str, id: &str) -> Option<Option<Duration>> {
+fn pausing(point: &str, id: &dyn std::fmt::Display) -> Option<Option<Duration>> {
     static PAUSE_AT: OnceLock<Option<String>> = OnceLock::new();
     static PAUSED: AtomicBool = AtomicBool::new(false);
     let wanted = PAUSE_AT.get_or_init(|| std::env::var("TCC_BANK_PAUSE_AT").ok());
