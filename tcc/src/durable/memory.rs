@@ -212,10 +212,7 @@ impl Tables for Maps {
     }
 
     fn move_record(&mut self, stored: &Stored) -> Result<(), LogError> {
-        let other = match Place::of(stored.record.status) {
-            Place::Unfinished => Place::NeedsRepair,
-            Place::NeedsRepair => Place::Unfinished,
-        };
+        let other = Place::before_moving(stored.record.status);
         self.place(other).remove(&stored.id());
         self.put_record(stored)
     }

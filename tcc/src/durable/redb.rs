@@ -1255,10 +1255,7 @@ impl Tables for RedbTables<'_> {
     }
 
     fn move_record(&mut self, stored: &Stored) -> Result<(), LogError> {
-        let other = match Place::of(stored.record.status) {
-            Place::Unfinished => Place::NeedsRepair,
-            Place::NeedsRepair => Place::Unfinished,
-        };
+        let other = Place::before_moving(stored.record.status);
         self.changed = true;
         let result = self.table(other).remove(stored.id().as_u128()).map(drop);
         result.map_err(|e| write_error(self.path, e))?;

@@ -78,6 +78,14 @@ impl Place {
             _ => Place::Unfinished,
         }
     }
+
+    /// The place a record of `status` just moved from: the other one.
+    pub(crate) fn before_moving(status: Status) -> Place {
+        match Place::of(status) {
+            Place::Unfinished => Place::NeedsRepair,
+            Place::NeedsRepair => Place::Unfinished,
+        }
+    }
 }
 
 /// A record as a listing found it.
