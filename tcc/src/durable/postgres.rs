@@ -818,14 +818,17 @@ impl Writer {
             // loads them, and this statement would only cost a round trip
             // (about 15 % of the throughput of benches/postgres_log.rs).
             let one_segment = batch.iter().all(|request| request.row().is_some());
-            let mut rows: Vec<String> = batch
-                .iter()
-                .filter(|_| !one_segment)
-                .filter_map(Request::locks)
-                .map(|id| id.to_string())
-                .collect();
-            rows.sort_unstable();
-            rows.dedup();
+            let mut rows = Vec::new();
+            if !one_segment {
+                rows.extend(
+                    batch
+                        .iter()
+                        .filter_map(Request::locks)
+                        .map(|id| id.to_string()),
+                );
+                rows.sort_unstable();
+                rows.dedup();
+            }
             let requests = std::mem::take(&mut batch);
             let (ran, statements_ran) = oneshot::channel();
             let task = tokio::spawn(writer.clone().batch(rows, requests, giving_back, ran));
