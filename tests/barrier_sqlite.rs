@@ -297,6 +297,11 @@ fn hold_write_lock(db: &Db) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
     (release, handle)
 }
 
+/// The lock held for [`a_busy_database_is_tried_again`], given up by the
+/// first busy attempt: its release, and the thread that commits then.
+type HeldLock = (mpsc::Sender<()>, thread::JoinHandle<()>);
+static HELD: Mutex<Option<HeldLock>> = Mutex::new(None);
+
 #[test]
 fn a_busy_database_is_tried_again() {
     let db = Db::new();
@@ -308,10 +313,19 @@ fn a_busy_database_is_tried_again() {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .unwrap_err();
     assert!(sqlite::is_busy(&busy), "{busy}");
-    let releaser = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(15));
-        release.send(()).unwrap();
-    });
+    // The first attempt that finds the database busy releases the lock and
+    // waits for its holder to commit, then fails busy all the same: the
+    // attempt after it, and only a retry, finds the database free. (A
+    // release timed by a sleep raced the random backoff.)
+    *HELD.lock().unwrap() = Some((release, holder));
+    conn.busy_handler(Some(|_| {
+        if let Some((release, holder)) = HELD.lock().unwrap().take() {
+            release.send(()).unwrap();
+            holder.join().unwrap();
+        }
+        false
+    }))
+    .unwrap();
     let id = TransactionId::generate();
     let calls = AtomicU32::new(0);
     let outcome = sqlite::run_branch(&mut conn, &branch(id, Phase::Try), |tx| {
@@ -320,8 +334,10 @@ fn a_busy_database_is_tried_again() {
     });
     assert_eq!(outcome.unwrap(), Outcome::Ran(1));
     assert_eq!(calls.load(Ordering::Relaxed), 1);
-    releaser.join().unwrap();
-    holder.join().unwrap();
+    assert!(
+        HELD.lock().unwrap().is_none(),
+        "the database was found busy"
+    );
 }
 
 #[test]
