@@ -805,7 +805,9 @@ fn an_announced_try_overtaken_by_its_cancel_is_refused() {
 // Real time: SQLite's busy handler sleeps on the real clock.
 #[test]
 fn cleanup_lets_a_phase_on_another_connection_in_between_batches() {
-    const ROWS: i64 = 30_000;
+    // Enough batches (100) that a phase on a loaded machine, whose busy
+    // handler sleeps up to 100 ms between tries, wakes in a pause often.
+    const ROWS: i64 = 100_000;
     const BATCH: usize = 1_000;
     let db = Db::new();
     let mut conn = db.open();
@@ -838,7 +840,7 @@ fn cleanup_lets_a_phase_on_another_connection_in_between_batches() {
     }
     let (deleted, total) = cleanup.join().unwrap();
     assert_eq!(deleted, ROWS as u64);
-    // Cleanup takes 30 batches and as many pauses (about 0.3 + 0.3 s in a
+    // Cleanup takes 100 batches and as many pauses (about 1 + 1 s in a
     // debug build), and phases ran all along, most waiting a batch or two
     // (under 30 ms); before, the first one waited for all of it, so the
     // loop above ran one phase. On a loaded machine one phase may miss a
