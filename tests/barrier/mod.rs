@@ -1,7 +1,8 @@
 //! The suite every barrier backend passes: property tests over deliveries of
 //! Try, Confirm and Cancel with duplicates, reordering and concurrent
-//! delivery. `tests/barrier_sqlite.rs` and `tests/barrier_postgres.rs` run
-//! it, each with its [`Backend`].
+//! delivery. `tests/barrier_sqlite.rs`, `tests/barrier_postgres.rs` and
+//! `tests/barrier_sqlx.rs` (both databases) run it, each with its
+//! [`Backend`].
 //!
 //! The model is the rules, written here independently of the
 //! library's table:
@@ -48,6 +49,8 @@ pub enum TestError {
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
 }
 
 /// A barrier backend under test, with a business table `effects

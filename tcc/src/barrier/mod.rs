@@ -9,12 +9,14 @@
 //! commit or roll back together. It never opens a connection of its own.
 //!
 //! Backends, each behind a cargo feature of `tcc` (off by default):
-//! [`sqlite`] (rusqlite, feature `sqlite`) and [`postgres`] (tokio-postgres,
-//! feature `postgres`; a connection from deadpool-postgres works too).
+//! [`sqlite`] (rusqlite, feature `sqlite`), [`postgres`] (tokio-postgres,
+//! feature `postgres`; a connection from deadpool-postgres works too), and
+//! [`sqlx`](mod@sqlx) for either database (features `sqlx-postgres` and
+//! `sqlx-sqlite`).
 //!
 //! ```toml
 //! [dependencies]
-//! tcc = { version = "0.1", features = ["postgres"] }  # or "sqlite"
+//! tcc = { version = "0.1", features = ["postgres"] }  # or "sqlite", "sqlx-postgres", "sqlx-sqlite"
 //! ```
 //!
 //! Each backend's page shows a `#[tcc_service]` whose phases wrap their SQL
@@ -164,6 +166,12 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
+#[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite")))
+)]
+pub mod sqlx;
 
 /// How many times the `run` helpers try a transaction that hit a
 /// serialization failure, a deadlock report, or a busy database.
@@ -346,7 +354,12 @@ impl BarrierError {
     /// The table is missing, as `cause` says; `migrate` is the function
     /// that creates it. Permanent: a phase that meets it is not retried, so
     /// the mistake shows at once, not after the retries run out.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[cfg(any(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "sqlx-postgres",
+        feature = "sqlx-sqlite"
+    ))]
     fn missing_table(migrate: &'static str, cause: impl Into<BoxError>) -> Self {
         BarrierError {
             kind: BarrierErrorKind::MissingTable,
@@ -447,6 +460,29 @@ impl From<tokio_postgres::Error> for BarrierError {
         if postgres::is_missing_table(&error) {
             return BarrierError::missing_table("tcc::barrier::postgres::migrate", error);
         }
+        BarrierError::database(error)
+    }
+}
+
+#[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
+impl From<::sqlx::Error> for BarrierError {
+    fn from(error: ::sqlx::Error) -> Self {
+        let database = error.as_database_error();
+        #[cfg(feature = "sqlx-postgres")]
+        if database
+            .and_then(|db| db.try_downcast_ref::<::sqlx::postgres::PgDatabaseError>())
+            .is_some_and(sqlx::postgres::is_missing_table)
+        {
+            return BarrierError::missing_table("tcc::barrier::sqlx::postgres::migrate", error);
+        }
+        #[cfg(feature = "sqlx-sqlite")]
+        if database
+            .and_then(|db| db.try_downcast_ref::<::sqlx_sqlite::SqliteError>())
+            .is_some_and(sqlx::sqlite::is_missing_table)
+        {
+            return BarrierError::missing_table("tcc::barrier::sqlx::sqlite::migrate", error);
+        }
+        let _ = database;
         BarrierError::database(error)
     }
 }
