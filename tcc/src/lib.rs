@@ -158,9 +158,31 @@ pub use settings::DEFAULT_ATTEMPT_TIMEOUT;
 pub use tcc_service::TccService;
 pub use transaction_log::{RecoverySummary, TransactionLog};
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "sqlx-postgres",
+    feature = "sqlx-sqlite",
+    feature = "http-server"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "sqlx-postgres",
+        feature = "sqlx-sqlite",
+        feature = "http-server"
+    )))
+)]
 pub mod barrier;
+
+#[cfg(any(feature = "http-server", feature = "http-client"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "http-server", feature = "http-client")))
+)]
+pub mod http;
 
 // The macros, each documented on its own page: `#[tcc_service]`, its phase
 // attributes `#[try_phase]`, `#[confirm]` and `#[cancel]`, `tcc!` and

@@ -153,6 +153,18 @@
 //! deleted is refused ([`ConfirmWithoutTry`](BarrierErrorKind::ConfirmWithoutTry)),
 //! and a Cancel is taken for an empty cancel. Neither runs its code twice.
 
+// With `http-server` alone, only `Branch` (its extractor) is used: the
+// rules wait for a backend.
+#![cfg_attr(
+    not(any(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "sqlx-postgres",
+        feature = "sqlx-sqlite"
+    )),
+    allow(dead_code)
+)]
+
 use std::fmt;
 use std::time::Duration;
 
