@@ -26,6 +26,12 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// The example's binary: `target/<profile>/examples/bank_transfer`, next to
 /// `target/<profile>/deps/` where this test runs from.
 pub fn example() -> PathBuf {
+    example_named("bank_transfer")
+}
+
+/// The binary of the example `name`, built by `cargo test`; a clear panic
+/// when it is missing or older than its source.
+pub fn example_named(name: &str) -> PathBuf {
     let test = std::env::current_exe().expect("the test's own path");
     let profile = test
         .parent()
@@ -33,18 +39,18 @@ pub fn example() -> PathBuf {
         .expect("the test runs from target/<profile>/deps");
     let binary = profile
         .join("examples")
-        .join(format!("bank_transfer{}", std::env::consts::EXE_SUFFIX));
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bank_transfer.rs");
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
     let modified = |path: &Path| path.metadata().and_then(|m| m.modified()).ok();
     match (modified(&binary), modified(&source)) {
         (None, _) => panic!(
             "the example's binary is not at {}: run the tests with `cargo test` (which builds \
-             examples), or `cargo build --example bank_transfer` first",
+             examples), or `cargo build --example {name}` first",
             binary.display()
         ),
         (Some(built), Some(edited)) if built < edited => panic!(
             "the example's binary {} is older than its source: `cargo build --example \
-             bank_transfer` (plain `cargo test` builds it)",
+             {name}` (plain `cargo test` builds it)",
             binary.display()
         ),
         _ => binary,
