@@ -67,7 +67,7 @@ pub const CUSTOMERS: [(&str, i64); 2] = [("ada", 1_000_000), ("bob", 1_000)];
 
 /// Opens (making it if missing) a SQLite database: WAL, and a busy timeout
 /// long enough for a coordinator's burst.
-async fn open(file: &str) -> Result<SqlitePool, BoxError> {
+pub async fn open(file: &str) -> Result<SqlitePool, BoxError> {
     let options = SqliteConnectOptions::from_str(file)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -86,7 +86,7 @@ struct Books {
     quantity: i64,
 }
 
-async fn stock(db: SqlitePool) -> Result<Router, BoxError> {
+pub async fn stock(db: SqlitePool) -> Result<Router, BoxError> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS stock (free INTEGER NOT NULL, held INTEGER NOT NULL,
                                            initial INTEGER NOT NULL);
@@ -148,7 +148,7 @@ struct Payment {
     amount: i64,
 }
 
-async fn payments(db: SqlitePool) -> Result<Router, BoxError> {
+pub async fn payments(db: SqlitePool) -> Result<Router, BoxError> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS wallets (customer TEXT PRIMARY KEY, balance INTEGER NOT NULL,
                                              frozen INTEGER NOT NULL, initial INTEGER NOT NULL);
@@ -289,7 +289,11 @@ async fn order(
     }
 }
 
-async fn coordinator(log_file: &str, stock: String, payments: String) -> Result<Router, BoxError> {
+pub async fn coordinator(
+    log_file: &str,
+    stock: String,
+    payments: String,
+) -> Result<Router, BoxError> {
     let log = match TransactionLog::create(log_file) {
         Err(error) if error.kind() == LogErrorKind::Exists => TransactionLog::open(log_file)?,
         other => other?,
@@ -399,7 +403,7 @@ pub async fn audit(stock_file: &str, payments_file: &str) -> Result<Vec<String>,
 // The commands.
 
 /// Serves `router` on `listen`, printing where once it does.
-async fn serve(listen: &str, router: Router) -> Result<(), BoxError> {
+pub async fn serve(listen: &str, router: Router) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, router).await?;
