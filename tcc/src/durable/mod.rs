@@ -491,6 +491,15 @@ pub trait Log: Send + Sync + 'static {
     /// How many transactions are unfinished (Undecided, Decided or
     /// NeedsRepair): for audits and metrics.
     fn unfinished_count(&self) -> LogFuture<'_, u64>;
+
+    /// How many transactions are in NeedsRepair, unreadable records set
+    /// aside included: what [`needs_repair`](Log::needs_repair) would list
+    /// with no limit: for audits and metrics. The default counts that list,
+    /// reading every record; the stores here count without reading them,
+    /// and a store of your own should too.
+    fn needs_repair_count(&self) -> LogFuture<'_, u64> {
+        Box::pin(async move { Ok(self.needs_repair(usize::MAX).await?.len() as u64) })
+    }
 }
 
 /// What kind of thing went wrong in a [`Log`]; see [`LogError::kind`].
