@@ -122,7 +122,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The modules, from the leaves up (each imports only modules before it):
-// id, name, phase; retry, report, error; context, tcc_service, recoverable;
+// id, name, phase; retry, report, error; metrics; context, tcc_service, recoverable;
 // attempt (one phase of one service), settings; durable (the log's stores);
 // engine (the one life of a transaction); service (the type-erased handle);
 // transaction_log (recovery and repair); orchestrator and typed, the two
@@ -133,6 +133,7 @@ pub mod durable;
 mod engine;
 mod error;
 mod id;
+pub mod metrics;
 mod name;
 mod orchestrator;
 mod phase;

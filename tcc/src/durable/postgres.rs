@@ -857,6 +857,7 @@ impl Writer {
     ) -> Vec<Lease> {
         let mut orphans = Vec::new();
         let durable = batch.iter().any(Request::durable);
+        let (started, size) = (std::time::Instant::now(), batch.len());
         let mut requests = batch.into_iter();
         let mut replies = Replies::default();
         match self
@@ -864,6 +865,7 @@ impl Writer {
             .await
         {
             Ok(()) => {
+                crate::metrics::log_committed("postgres", started.elapsed(), size);
                 for reply in replies.held {
                     reply(None, &mut orphans);
                 }

@@ -840,6 +840,7 @@ impl Writer {
     ) -> Result<(), LogError> {
         let path = self.path.clone();
         let redb_error = |what: &str, e: redb::Error| from_redb(&path, what, e);
+        let (started, requests) = (Instant::now(), batch.len());
         let mut txn = self
             .db
             .begin_write()
@@ -877,6 +878,7 @@ impl Writer {
         // recovery (see the module docs).
         txn.commit()
             .map_err(|e| redb_error("cannot commit to the log", e.into()))?;
+        crate::metrics::log_committed("redb", started.elapsed(), requests);
         self.lazy_commits = if durable { 0 } else { self.lazy_commits + 1 };
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         if durable {

@@ -488,7 +488,11 @@ impl Rules {
         Ok(true)
     }
 
-    pub(crate) fn count(&self, tables: &mut impl Tables, counted: Counted) -> Result<u64, LogError> {
+    pub(crate) fn count(
+        &self,
+        tables: &mut impl Tables,
+        counted: Counted,
+    ) -> Result<u64, LogError> {
         match counted {
             Counted::Unfinished => tables.count(),
             Counted::NeedsRepair => tables.repair_count(),
