@@ -116,6 +116,15 @@
 //!   to start.
 //!
 //! The example on [`TransactionLog`] shows it whole.
+//!
+//! # Metrics
+//!
+//! Transactions by outcome, phase attempts by service, phase and result,
+//! retries, recoveries, transactions in flight and needing repair, and the
+//! durations of transactions, phases and the log's commits go through the
+//! [`metrics`](https://docs.rs/metrics) facade to whatever recorder the
+//! application installs (none: nothing is recorded). The [`metrics`]
+//! module lists every one, with its labels and when it is recorded.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
