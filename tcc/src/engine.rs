@@ -35,7 +35,7 @@ use crate::durable::{
 };
 use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
-use crate::metrics::{Origin, Outcome, Watch};
+use crate::metrics::{Ending, Origin, TransactionMetrics};
 use crate::name::Name;
 use crate::phase::Phase;
 use crate::recoverable::LogEntry;
@@ -60,11 +60,11 @@ pub(crate) struct Ledger {
     durable: Option<LeaseGuard>,
     /// Its metrics, when a recorder is in force: recorded as the ledger
     /// records, and how it ended when the ledger is dropped.
-    watch: Watch,
+    metrics: TransactionMetrics,
 }
 
 impl Ledger {
-    fn new(id: TransactionId, names: Arc<[Name]>, watch: Watch) -> Self {
+    fn new(id: TransactionId, names: Arc<[Name]>, metrics: TransactionMetrics) -> Self {
         let records = names.iter().map(|_| [PhaseRecord::default(); 3]).collect();
         Ledger {
             id,
@@ -72,18 +72,18 @@ impl Ledger {
             records,
             failures: Vec::new(),
             durable: None,
-            watch,
+            metrics,
         }
     }
 
     /// The transaction was refused before any phase ran.
     fn refused(&mut self) {
-        self.watch.end(Outcome::Refused);
+        self.metrics.end(Ending::Refused);
     }
 
     /// A round of phases begins.
     fn round_begun(&mut self) {
-        self.watch.round_begun();
+        self.metrics.round_begun();
     }
 
     /// Writes the transaction's intent, every participant with its data,
@@ -219,7 +219,7 @@ impl Ledger {
             result,
         } = outcome;
         self.set(index, phase, attempts, result.is_ok());
-        self.watch.phase_ended(&self.names[index], phase);
+        self.metrics.phase_ended(&self.names[index], phase);
         if let Some(durable) = &self.durable {
             // Not synced on its own: a lost note only makes recovery call a
             // participant again, and phases are idempotent.
@@ -283,7 +283,7 @@ impl Ledger {
                 .any(|(_, failure)| failure.phase() != Phase::Try);
             let end = if repair { End::NeedsRepair } else { End::Done };
             match durable.log().finish(durable.lease(), end).await {
-                Ok(()) if end == End::NeedsRepair && self.watch.recording() => {
+                Ok(()) if end == End::NeedsRepair && self.metrics.recording() => {
                     durable.ended();
                     crate::durable::publish_needing_repair(&**durable.log()).await;
                 }
@@ -302,14 +302,14 @@ impl Ledger {
     fn conclude(mut self, decision: Decision) -> Result<Report, Error> {
         let durable = self.durable.take();
         drop(durable);
-        let outcome = if self.failures.iter().any(|(_, f)| f.phase() != Phase::Try) {
-            Outcome::NeedsRepair
+        let ending = if self.failures.iter().any(|(_, f)| f.phase() != Phase::Try) {
+            Ending::NeedsRepair
         } else if decision == Decision::Confirm {
-            Outcome::Confirmed
+            Ending::Confirmed
         } else {
-            Outcome::Cancelled
+            Ending::Cancelled
         };
-        self.watch.end(outcome);
+        self.metrics.end(ending);
         let report = Report::new(self.id, self.names, self.records);
         if self.failures.is_empty() {
             return Ok(report);
@@ -501,13 +501,13 @@ pub(crate) async fn run<A: Attempts + Send>(
     names: Arc<[Name]>,
     members: &mut [Member<A>],
 ) -> Result<Report, Error> {
-    let mut watch = Watch::start(Origin::Started);
+    let mut metrics = TransactionMetrics::start(Origin::Started);
     if let Err(refusal) = validate(options, &names, members) {
-        watch.end(Outcome::Refused);
+        metrics.end(Ending::Refused);
         return Err(refusal);
     }
     let span = tracing::debug_span!("tcc_transaction", id = %id);
-    let mut transaction = Transaction::new(id, options, names, members, span, watch);
+    let mut transaction = Transaction::new(id, options, names, members, span, metrics);
     if let Some(log) = &options.log {
         // Boxed: the states of its awaits would make the future of every
         // transaction, durable or not, larger (an Orchestrator's: 1104
@@ -541,8 +541,8 @@ pub(crate) async fn resume<A: Attempts + Send>(
         .map(|p| crate::name::name(&p.name))
         .collect();
     let span = tracing::info_span!("tcc_recovery", id = %id);
-    let watch = Watch::start(origin);
-    let mut transaction = Transaction::new(id, options, names.clone(), members, span, watch);
+    let metrics = TransactionMetrics::start(origin);
+    let mut transaction = Transaction::new(id, options, names.clone(), members, span, metrics);
     // The ledger holds the lease first, so that a refusal gives it back.
     transaction.ledger.resume(lease, record);
     if let Err(refusal) = validate(options, &names, transaction.members) {
@@ -614,14 +614,14 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
         names: Arc<[Name]>,
         members: &'a mut [Member<A>],
         span: tracing::Span,
-        watch: Watch,
+        metrics: TransactionMetrics,
     ) -> Self {
         Transaction {
             id,
             options,
             context: Some(Context::new(id, names.clone())),
             span,
-            ledger: Ledger::new(id, names, watch),
+            ledger: Ledger::new(id, names, metrics),
             members,
             phase: Phase::Try,
             all_succeeded: true,
@@ -789,7 +789,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
                     transaction_id: self.id,
                     phase: self.phase,
                     settings: Some(&self.options.settings),
-                    recording: self.ledger.watch.recording(),
+                    recording: self.ledger.metrics.recording(),
                 };
                 let stop_on_failure = self.phase == Phase::Try && self.options.fail_fast;
                 let mut pending = false;
@@ -860,7 +860,8 @@ fn begin_members<A: Attempts + Send>(
     }
 }
 
-/// The runtime an orchestration runs on, or the error that says there is none.
+/// The runtime an orchestration runs on, or the error that says there is
+/// none (counted as a refused transaction).
 pub(crate) fn runtime() -> Result<tokio::runtime::Handle, Error> {
     tokio::runtime::Handle::try_current().map_err(|_| {
         crate::metrics::refused();
@@ -934,7 +935,8 @@ impl Drop for RunToEnd {
     }
 }
 
-/// The refusal of an orchestration in which two services are named `twice`.
+/// The refusal of an orchestration in which two services are named `twice`
+/// (counted as a refused transaction).
 pub(crate) fn duplicate(twice: &str) -> Error {
     crate::metrics::refused();
     Error::refused(

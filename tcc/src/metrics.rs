@@ -212,8 +212,9 @@ pub(crate) fn recording() -> bool {
 }
 
 /// How a transaction ended, as `outcome` and recovery's `result` name it.
+/// (Not `Outcome`: that is the barrier's.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Ending {
     Confirmed,
     Cancelled,
     NeedsRepair,
@@ -221,14 +222,14 @@ pub(crate) enum Outcome {
     Refused,
 }
 
-impl Outcome {
+impl Ending {
     fn as_str(self) -> &'static str {
         match self {
-            Outcome::Confirmed => "confirmed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::NeedsRepair => "needs_repair",
-            Outcome::Interrupted => "interrupted",
-            Outcome::Refused => "refused",
+            Ending::Confirmed => "confirmed",
+            Ending::Cancelled => "cancelled",
+            Ending::NeedsRepair => "needs_repair",
+            Ending::Interrupted => "interrupted",
+            Ending::Refused => "refused",
         }
     }
 }
@@ -245,31 +246,33 @@ pub(crate) enum Origin {
 }
 
 /// One transaction's metrics while it runs, when a recorder is in force:
-/// it is in flight from [`start`](Watch::start) until the watch is dropped,
-/// which records how it ended ([`end`](Watch::end); interrupted if nothing
-/// said otherwise, as when its future is dropped half-way).
-pub(crate) struct Watch(Option<Watching>);
+/// it is in flight from [`start`](TransactionMetrics::start) until this is
+/// dropped, which records how it ended ([`end`](TransactionMetrics::end);
+/// interrupted if nothing said otherwise, as when its future is dropped
+/// half-way).
+pub(crate) struct TransactionMetrics(Option<Running>);
 
-struct Watching {
+/// What a recorded transaction's metrics need to know.
+struct Running {
     origin: Origin,
     started: Instant,
     round_started: Instant,
-    outcome: Outcome,
+    outcome: Ending,
 }
 
-impl Watch {
-    /// Starts watching a transaction, if a recorder is in force.
-    pub(crate) fn start(origin: Origin) -> Watch {
+impl TransactionMetrics {
+    /// Starts recording a transaction, if a recorder is in force.
+    pub(crate) fn start(origin: Origin) -> TransactionMetrics {
         if !recording() {
-            return Watch(None);
+            return TransactionMetrics(None);
         }
         ::metrics::gauge!(TRANSACTIONS_IN_FLIGHT).increment(1.0);
         let now = Instant::now();
-        Watch(Some(Watching {
+        TransactionMetrics(Some(Running {
             origin,
             started: now,
             round_started: now,
-            outcome: Outcome::Interrupted,
+            outcome: Ending::Interrupted,
         }))
     }
 
@@ -280,47 +283,47 @@ impl Watch {
 
     /// A round of phases begins now.
     pub(crate) fn round_begun(&mut self) {
-        if let Some(watching) = &mut self.0 {
-            watching.round_started = Instant::now();
+        if let Some(running) = &mut self.0 {
+            running.round_started = Instant::now();
         }
     }
 
     /// `service`'s `phase` ended (after its last attempt).
     pub(crate) fn phase_ended(&self, service: &str, phase: Phase) {
-        if let Some(watching) = &self.0 {
+        if let Some(running) = &self.0 {
             ::metrics::histogram!(
                 PHASE_DURATION_SECONDS,
                 "service" => service.to_owned(),
                 "phase" => phase.as_str()
             )
-            .record(watching.round_started.elapsed());
+            .record(running.round_started.elapsed());
         }
     }
 
-    /// The transaction ended so: recorded when the watch is dropped.
-    pub(crate) fn end(&mut self, outcome: Outcome) {
-        if let Some(watching) = &mut self.0 {
-            watching.outcome = outcome;
+    /// The transaction ended so: recorded when this is dropped.
+    pub(crate) fn end(&mut self, outcome: Ending) {
+        if let Some(running) = &mut self.0 {
+            running.outcome = outcome;
         }
     }
 }
 
-impl Drop for Watch {
+impl Drop for TransactionMetrics {
     fn drop(&mut self) {
-        let Some(watching) = &self.0 else {
+        let Some(running) = &self.0 else {
             return;
         };
         ::metrics::gauge!(TRANSACTIONS_IN_FLIGHT).decrement(1.0);
-        let outcome = watching.outcome;
-        match watching.origin {
+        let outcome = running.outcome;
+        match running.origin {
             Origin::Started => {
                 ::metrics::counter!(TRANSACTIONS_TOTAL, "outcome" => outcome.as_str()).increment(1);
-                if outcome != Outcome::Refused {
+                if outcome != Ending::Refused {
                     ::metrics::histogram!(
                         TRANSACTION_DURATION_SECONDS,
                         "outcome" => outcome.as_str()
                     )
-                    .record(watching.started.elapsed());
+                    .record(running.started.elapsed());
                 }
             }
             Origin::Recovered => recovered(outcome.as_str()),

@@ -413,6 +413,10 @@ impl TransactionLog {
     /// [`left`](RecoverySummary::left), not an error: at start, log it or
     /// fail when it is not empty (`recover().await?` alone drops it).
     ///
+    /// Each transaction a pass meets counts in `tcc_recoveries_total`, and
+    /// the pass ends by setting `tcc_transactions_needing_repair` from the
+    /// log (see [`tcc::metrics`](crate::metrics)).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future half-way (a `select!`, a timeout, an aborted
@@ -575,6 +579,11 @@ impl TransactionLog {
     /// is fixed), with a fresh retry budget, and reports it as
     /// `orchestrate` does; it goes back to "needs repair" if it fails again.
     ///
+    /// Its phases count in the metrics, the transaction itself in neither
+    /// `tcc_transactions_total` nor `tcc_recoveries_total`; then
+    /// `tcc_transactions_needing_repair` is set from the log (see
+    /// [`tcc::metrics`](crate::metrics)).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future gives the transaction back and drops its phases
@@ -622,6 +631,9 @@ impl TransactionLog {
     /// Marks a transaction in "needs repair" as resolved by hand: it is
     /// finished, and recovery leaves it alone. False when it was not in
     /// "needs repair".
+    ///
+    /// Once it is resolved, `tcc_transactions_needing_repair` is set from
+    /// the log (see [`tcc::metrics`](crate::metrics)).
     ///
     /// # Cancel safety
     ///
