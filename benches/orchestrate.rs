@@ -186,27 +186,8 @@ criterion_group!(
     throughput
 );
 
-/// Installs the recorder `TCC_BENCH_RECORDER` names, if any.
-fn install_recorder() {
-    match std::env::var("TCC_BENCH_RECORDER").as_deref() {
-        Err(_) => {}
-        Ok("prometheus") => {
-            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .expect("no other recorder is installed");
-            std::thread::spawn(move || {
-                loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                    handle.run_upkeep();
-                }
-            });
-        }
-        Ok(other) => panic!("TCC_BENCH_RECORDER={other}: the recorder is `prometheus` or none"),
-    }
-}
-
 fn main() {
-    install_recorder();
+    common::install_recorder();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }
