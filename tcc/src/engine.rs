@@ -219,7 +219,9 @@ impl Ledger {
             result,
         } = outcome;
         self.set(index, phase, attempts, result.is_ok());
-        self.metrics.phase_ended(&self.names[index], phase);
+        if self.metrics.recording() {
+            self.metrics.phase_ended(&self.names[index], phase);
+        }
         if let Some(durable) = &self.durable {
             // Not synced on its own: a lost note only makes recovery call a
             // participant again, and phases are idempotent.
