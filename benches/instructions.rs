@@ -10,7 +10,8 @@
 //! `Orchestrator`), `fail` (B, the last Try fails), `macro` (`tcc!`, N = 2 or
 //! 10). Instructions per run: the difference between two counts (say 10 and
 //! 110 runs) divided by the difference in runs, so that setup cancels out.
-//! With no case (`cargo test --benches`), every case runs once.
+//! With no case (`cargo test --benches`), every case runs once. With
+//! `TCC_BENCH_RECORDER=prometheus`, tcc's metrics are recorded.
 
 mod common;
 
@@ -48,6 +49,7 @@ async fn run(case: &str, names: &[String], reused: &Orchestrator) {
 }
 
 fn main() {
+    common::install_recorder();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| !arg.starts_with("--"))

@@ -2,6 +2,11 @@
 //!
 //! `cargo bench --bench orchestrate`; one group with
 //! `cargo bench --bench orchestrate -- success`.
+//!
+//! With `TCC_BENCH_RECORDER=prometheus`, every case runs with
+//! `metrics-exporter-prometheus`'s recorder installed (its upkeep run every
+//! second, as a server's would), so that `tcc`'s metrics are recorded: the
+//! difference from a run without it is what recording costs.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -9,7 +14,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{Noop, names, services};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use tcc::{Orchestrator, Service, tcc};
 use tokio::runtime::{Builder, Runtime};
 
@@ -180,4 +185,9 @@ criterion_group!(
     latency,
     throughput
 );
-criterion_main!(benches);
+
+fn main() {
+    common::install_recorder();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

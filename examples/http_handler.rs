@@ -18,6 +18,11 @@
 //! [`SLOW_TRY`], time for a client to hang up) or a hotel whose Confirm is
 //! down: demo knobs that a real API would not have.
 //!
+//! `GET /metrics` serves `tcc`'s metrics (transactions by outcome, phase
+//! attempts, retries, durations: see `tcc::metrics`) in Prometheus' text
+//! format, from `metrics-exporter-prometheus`'s recorder, installed once for
+//! the process ([`prometheus`]).
+//!
 //! Run it with `cargo run --example http_handler`: it starts the server on
 //! an ephemeral port of 127.0.0.1, sends it a few requests, prints the
 //! answers and exits. `tests/http_handler.rs` sends it hundreds.
@@ -25,16 +30,17 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Request, StatusCode, header};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use tcc::{BoxError, Context, ErrorKind, RetryPolicy, TransactionId, tcc};
 use tokio::net::{TcpSocket, TcpStream};
@@ -186,12 +192,42 @@ impl Inventory {
     }
 }
 
+/// The process's Prometheus recorder, installed on first use (a process
+/// has one recorder): what `GET /metrics` renders. Durations get histogram
+/// buckets from half a millisecond to ten seconds, batch sizes powers of
+/// two; without buckets the exporter renders summaries.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            let sizes: Vec<f64> = (0..11).map(|n| f64::from(1 << n)).collect();
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &seconds)
+                .and_then(|builder| {
+                    let batch = Matcher::Full(tcc::metrics::LOG_BATCH_SIZE.to_owned());
+                    builder.set_buckets_for_metric(batch, &sizes)
+                })
+                .and_then(PrometheusBuilder::install_recorder)
+                .expect("the buckets are not empty, and no other recorder is installed");
+            // The `# HELP` lines.
+            tcc::metrics::describe();
+            handle
+        })
+        .clone()
+}
+
 /// The server's state.
 pub struct AppState {
     pub flights: Arc<Inventory>,
     pub hotel: Arc<Inventory>,
     /// Requests whose client hung up before their transaction ended.
     pub abandoned: AtomicU32,
+    /// What `GET /metrics` renders.
+    pub metrics: PrometheusHandle,
 }
 
 impl AppState {
@@ -200,6 +236,7 @@ impl AppState {
             flights: Arc::new(Inventory::new("flight", seats)),
             hotel: Arc::new(Inventory::new("hotel", rooms)),
             abandoned: AtomicU32::new(0),
+            metrics: prometheus(),
         })
     }
 }
@@ -226,7 +263,14 @@ impl Drop for Watch<'_> {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/bookings", post(create_booking))
+        .route("/metrics", get(render_metrics))
         .with_state(state)
+}
+
+/// `GET /metrics`: every metric recorded so far, in Prometheus' text format.
+async fn render_metrics(State(state): State<Arc<AppState>>) -> impl axum::response::IntoResponse {
+    let text = "text/plain; version=0.0.4; charset=utf-8";
+    ([(header::CONTENT_TYPE, text)], state.metrics.render())
 }
 
 /// `POST /bookings`: a seat and a room, or neither.
@@ -312,6 +356,18 @@ pub async fn serve(state: Arc<AppState>) -> std::io::Result<SocketAddr> {
     // for a SYN retransmit (a second or more).
     let listener = socket.listen(1024)?;
     let address = listener.local_addr()?;
+    // The recorder drains its histograms when it renders, and here every
+    // few seconds as well, so that they do not grow between scrapes (a
+    // recorder installed without the exporter's own listener leaves that
+    // to the application).
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            upkeep.tick().await;
+            metrics.run_upkeep();
+        }
+    });
     tokio::spawn(async move {
         axum::serve(listener, router(state))
             .await
@@ -339,6 +395,31 @@ pub async fn post_booking(
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, serde_json::from_slice(&body)?))
+    };
+    tokio::select! {
+        answer = exchange => answer,
+        closed = connection => Err(match closed {
+            Ok(()) => "the server closed the connection".into(),
+            Err(error) => error.into(),
+        }),
+    }
+}
+
+/// Sends `GET /metrics` and returns the text.
+pub async fn get_metrics(server: SocketAddr) -> Result<String, BoxError> {
+    let stream = TcpStream::connect(server).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let request = Request::get("/metrics")
+        .header(header::HOST, server.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let exchange = async {
+        let response = sender.send_request(request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("GET /metrics answered {}", response.status()).into());
+        }
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8(body.to_vec())?)
     };
     tokio::select! {
         answer = exchange => answer,
@@ -418,5 +499,13 @@ async fn main() -> Result<(), BoxError> {
 
     println!("\nfinally (dee's room stays held for repair):");
     print_stock(&state);
+
+    println!("\nGET /metrics (the transactions and retries):");
+    for line in get_metrics(server).await?.lines() {
+        if line.starts_with("tcc_transactions_total") || line.starts_with("tcc_phase_retries_total")
+        {
+            println!("  {line}");
+        }
+    }
     Ok(())
 }

@@ -431,6 +431,7 @@ async fn one_unreadable_record_among_13_good_ones_does_not_stop_recovery() {
     assert_eq!(repair[0].status, Status::Unreadable);
     assert_eq!(repair[0].damage.as_deref(), Some(reason.as_str()));
     assert_eq!(log.unfinished_count().await.unwrap(), 1);
+    assert_eq!(log.store().needs_repair_count().await.unwrap(), 1);
     // A later pass does not report it again as newly found, nor touch it.
     let again = log.recover().await.unwrap();
     assert_eq!(again.finished, 0);

@@ -313,6 +313,7 @@ mod cases {
             Some(&progress(5, false, Some("down")))
         );
         assert_eq!(log.unfinished_count().await.unwrap(), 1);
+        assert_eq!(log.needs_repair_count().await.unwrap(), 1);
         assert_eq!(log.needs_repair(10).await.unwrap(), vec![record]);
         // Not claimed: an operator's, not recovery's.
         assert!(log.claim_unfinished(10).await.unwrap().is_empty());
@@ -438,6 +439,7 @@ mod cases {
         let running = self::intent(1);
         log.begin(&running).await.unwrap();
         assert_eq!(log.unfinished_count().await.unwrap(), 2);
+        assert_eq!(log.needs_repair_count().await.unwrap(), 1);
         assert!(!log.resolve(running.id).await.unwrap());
         assert!(!log.resolve(TransactionId::generate()).await.unwrap());
         assert!(log.resolve(intent.id).await.unwrap());
@@ -447,6 +449,7 @@ mod cases {
         );
         assert!(!log.resolve(intent.id).await.unwrap());
         assert_eq!(log.unfinished_count().await.unwrap(), 1);
+        assert_eq!(log.needs_repair_count().await.unwrap(), 0);
         assert!(log.needs_repair(10).await.unwrap().is_empty());
     }
 
@@ -466,6 +469,7 @@ mod cases {
             .map(|r| r.intent.id)
             .collect();
         assert_eq!(listed, ids[..3]);
+        assert_eq!(log.needs_repair_count().await.unwrap(), 4);
     }
 
     pub async fn outcomes_beyond_the_retention_are_pruned<L: Log>(open: Open<L>) {

@@ -5,12 +5,15 @@
 //! room must be booked by a 201 (or by a transaction whose client hung up,
 //! in both inventories or in neither), held for repair by a 500, or back in
 //! stock.
+//!
+//! And `GET /metrics`: after a few requests of known outcome, the counters
+//! moved by exactly what those requests did.
 
 #[allow(dead_code)]
 #[path = "../examples/http_handler.rs"]
 mod http_handler;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,6 +25,10 @@ use tcc::TransactionId;
 const SEATS: u32 = 250;
 const ROOMS: u32 = 250;
 const REQUESTS: usize = 300;
+
+/// Held by each test for its whole run: the metrics' recorder is the
+/// process's, so a test that counts what its requests did runs alone.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How a request ended, seen from its client.
 #[derive(Debug)]
@@ -113,6 +120,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_bookings_conserve_seats_and_rooms() {
+    let _alone = ALONE.lock().await;
     let state = AppState::new(SEATS, ROOMS);
     let server = http_handler::serve(state.clone()).await.unwrap();
     let requests = requests();
@@ -276,5 +284,178 @@ async fn concurrent_bookings_conserve_seats_and_rooms() {
     ];
     for outcome in expected {
         assert!(seen.contains(outcome), "no {outcome} among {seen:?}");
+    }
+}
+
+/// Every `tcc_` counter and gauge of a `GET /metrics` text, by its name and
+/// labels (sorted by name, so the order the exporter writes them in does
+/// not matter), with its value.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut series = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (key, value) = line.rsplit_once(' ').expect("a series and its value");
+        let value: f64 = value.parse().expect("a number");
+        let (name, labels) = match key.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}').expect("labels end in }")),
+            None => (key, ""),
+        };
+        let mut labels: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+        labels.sort_unstable();
+        for label in &labels {
+            let (_, value) = label.split_once('=').expect("a label is name=\"value\"");
+            assert!(value.starts_with('"') && value.ends_with('"'), "{line}");
+        }
+        let key = match labels.is_empty() {
+            true => name.to_owned(),
+            false => format!("{name}{{{}}}", labels.join(",")),
+        };
+        assert!(series.insert(key, value).is_none(), "{line} twice");
+    }
+    series
+}
+
+/// What moved between two scrapes: the `tcc_` series whose value changed,
+/// by how much. Histograms' buckets and sums are left out; their counts
+/// stay in.
+fn moved(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter(|(key, _)| key.starts_with("tcc_"))
+        .filter(|(key, _)| !key.contains("_bucket") && !key.contains("_sum"))
+        .map(|(key, value)| (key.clone(), value - before.get(key).copied().unwrap_or(0.0)))
+        .filter(|(_, delta)| *delta != 0.0)
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_requests_did() {
+    let _alone = ALONE.lock().await;
+    let state = AppState::new(4, 3);
+    let server = http_handler::serve(state.clone()).await.unwrap();
+    let booking = |reference: &str, seats, rooms, simulate| BookingRequest {
+        reference: reference.to_owned(),
+        seats,
+        rooms,
+        simulate,
+    };
+    // A transaction of another test that outlived it (a client hung up)
+    // ends first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let before = parse(&http_handler::get_metrics(server).await.unwrap());
+        if before
+            .get("tcc_transactions_in_flight")
+            .copied()
+            .unwrap_or(0.0)
+            == 0.0
+        {
+            break before;
+        }
+        assert!(Instant::now() < deadline, "a transaction never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Confirmed; cancelled in the hotel (the flight's seat goes back);
+    // cancelled in the flight (fail-fast: the hotel's Try never starts);
+    // its hotel Confirm down (four attempts, three retries): needs repair;
+    // a bad request, refused before any transaction.
+    let requests = [
+        (booking("ada", 1, 1, None), StatusCode::CREATED),
+        (booking("bob", 2, 5, None), StatusCode::CONFLICT),
+        (booking("cy", 9, 1, None), StatusCode::CONFLICT),
+        (
+            booking("dee", 1, 1, Some(Simulate::HotelConfirmDown)),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ),
+        (booking("eve", 0, 1, None), StatusCode::BAD_REQUEST),
+    ];
+    let mut ids = Vec::new();
+    for (request, status) in &requests {
+        let (answered, reply) = http_handler::post_booking(server, request).await.unwrap();
+        assert_eq!(answered, *status, "{request:?}: {reply:?}");
+        ids.extend(reply.transaction_id);
+    }
+    assert_eq!(ids.len(), 4, "four transactions ran");
+    let text = http_handler::get_metrics(server).await.unwrap();
+    let after = parse(&text);
+    let attempts = |service: &str, phase: &str, result: &str| {
+        format!(
+            "tcc_phase_attempts_total{{phase=\"{phase}\",result=\"{result}\",service=\"{service}\"}}"
+        )
+    };
+    let expected: BTreeMap<String, f64> = [
+        (
+            "tcc_transactions_total{outcome=\"confirmed\"}".to_owned(),
+            1.0,
+        ),
+        (
+            "tcc_transactions_total{outcome=\"cancelled\"}".to_owned(),
+            2.0,
+        ),
+        (
+            "tcc_transactions_total{outcome=\"needs_repair\"}".to_owned(),
+            1.0,
+        ),
+        (attempts("flight", "try", "ok"), 3.0),
+        (attempts("flight", "try", "error"), 1.0),
+        (attempts("hotel", "try", "ok"), 2.0),
+        (attempts("hotel", "try", "error"), 1.0),
+        (attempts("flight", "confirm", "ok"), 2.0),
+        (attempts("hotel", "confirm", "ok"), 1.0),
+        (attempts("hotel", "confirm", "error"), 4.0),
+        (attempts("flight", "cancel", "ok"), 2.0),
+        (attempts("hotel", "cancel", "ok"), 1.0),
+        (
+            "tcc_phase_retries_total{phase=\"confirm\",service=\"hotel\"}".to_owned(),
+            3.0,
+        ),
+        // Histograms: one sample a transaction, one a phase of a service.
+        (
+            "tcc_transaction_duration_seconds_count{outcome=\"confirmed\"}".to_owned(),
+            1.0,
+        ),
+        (
+            "tcc_transaction_duration_seconds_count{outcome=\"cancelled\"}".to_owned(),
+            2.0,
+        ),
+        (
+            "tcc_transaction_duration_seconds_count{outcome=\"needs_repair\"}".to_owned(),
+            1.0,
+        ),
+        (
+            "tcc_phase_duration_seconds_count{phase=\"try\",service=\"flight\"}".to_owned(),
+            4.0,
+        ),
+        (
+            "tcc_phase_duration_seconds_count{phase=\"try\",service=\"hotel\"}".to_owned(),
+            3.0,
+        ),
+        (
+            "tcc_phase_duration_seconds_count{phase=\"confirm\",service=\"flight\"}".to_owned(),
+            2.0,
+        ),
+        (
+            "tcc_phase_duration_seconds_count{phase=\"confirm\",service=\"hotel\"}".to_owned(),
+            2.0,
+        ),
+        (
+            "tcc_phase_duration_seconds_count{phase=\"cancel\",service=\"flight\"}".to_owned(),
+            2.0,
+        ),
+        (
+            "tcc_phase_duration_seconds_count{phase=\"cancel\",service=\"hotel\"}".to_owned(),
+            1.0,
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(moved(&before, &after), expected, "{text}");
+    // Every transaction ended before its answer was sent.
+    assert_eq!(after["tcc_transactions_in_flight"], 0.0, "{text}");
+    // No label names a transaction.
+    for id in &ids {
+        assert!(!text.contains(id.as_str()), "{id} in {text}");
     }
 }

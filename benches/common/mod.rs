@@ -65,3 +65,24 @@ impl TccService for RecoverableNoop {
         Ok(())
     }
 }
+
+/// Installs the recorder `TCC_BENCH_RECORDER` names, if any: with
+/// `prometheus`, `metrics-exporter-prometheus`'s (its upkeep run every
+/// second, as a server's would), so that `tcc`'s metrics are recorded.
+pub fn install_recorder() {
+    match std::env::var("TCC_BENCH_RECORDER").as_deref() {
+        Err(_) => {}
+        Ok("prometheus") => {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other recorder is installed");
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    handle.run_upkeep();
+                }
+            });
+        }
+        Ok(other) => panic!("TCC_BENCH_RECORDER={other}: the recorder is `prometheus` or none"),
+    }
+}

@@ -99,6 +99,9 @@ pub(crate) struct Round<'a> {
     /// The orchestration's settings; `None` for a phase run directly,
     /// outside any orchestration: one attempt, no time limit.
     pub(crate) settings: Option<&'a Settings>,
+    /// Whether the attempts are counted (`tcc::metrics`): a recorder was in
+    /// force when the transaction started.
+    pub(crate) recording: bool,
 }
 
 impl Round<'_> {
@@ -247,6 +250,9 @@ impl<A: Attempts> PhaseRun<A> {
             match &mut this.stage {
                 Stage::Start => {
                     this.attempts = this.attempts.saturating_add(1);
+                    if round.recording && this.attempts > 1 {
+                        crate::metrics::retry(this.service.name(), phase);
+                    }
                     this.stage = Stage::Running { deadline: None };
                 }
                 Stage::Backoff(sleep) => {
@@ -283,6 +289,9 @@ impl<A: Attempts> PhaseRun<A> {
                     // this drop).
                     this.stage = Stage::Start;
                     this.end_attempt();
+                    if round.recording {
+                        crate::metrics::attempt_ended(this.service.name(), phase, &result);
+                    }
                     let error = match result {
                         Ok(()) => return this.finish(index, phase, Ok(())),
                         Err(error) => error,

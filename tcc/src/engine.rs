@@ -35,6 +35,7 @@ use crate::durable::{
 };
 use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
+use crate::metrics::{Ending, Origin, TransactionMetrics};
 use crate::name::Name;
 use crate::phase::Phase;
 use crate::recoverable::LogEntry;
@@ -57,10 +58,13 @@ pub(crate) struct Ledger {
     /// before the record is finished (a runtime shutting down) gives it
     /// back, so recovery takes the transaction over.
     durable: Option<LeaseGuard>,
+    /// Its metrics, when a recorder is in force: recorded as the ledger
+    /// records, and how it ended when the ledger is dropped.
+    metrics: TransactionMetrics,
 }
 
 impl Ledger {
-    fn new(id: TransactionId, names: Arc<[Name]>) -> Self {
+    fn new(id: TransactionId, names: Arc<[Name]>, metrics: TransactionMetrics) -> Self {
         let records = names.iter().map(|_| [PhaseRecord::default(); 3]).collect();
         Ledger {
             id,
@@ -68,7 +72,18 @@ impl Ledger {
             records,
             failures: Vec::new(),
             durable: None,
+            metrics,
         }
+    }
+
+    /// The transaction was refused before any phase ran.
+    fn refused(&mut self) {
+        self.metrics.end(Ending::Refused);
+    }
+
+    /// A round of phases begins.
+    fn round_begun(&mut self) {
+        self.metrics.round_begun();
     }
 
     /// Writes the transaction's intent, every participant with its data,
@@ -204,6 +219,9 @@ impl Ledger {
             result,
         } = outcome;
         self.set(index, phase, attempts, result.is_ok());
+        if self.metrics.recording() {
+            self.metrics.phase_ended(&self.names[index], phase);
+        }
         if let Some(durable) = &self.durable {
             // Not synced on its own: a lost note only makes recovery call a
             // participant again, and phases are idempotent.
@@ -267,6 +285,10 @@ impl Ledger {
                 .any(|(_, failure)| failure.phase() != Phase::Try);
             let end = if repair { End::NeedsRepair } else { End::Done };
             match durable.log().finish(durable.lease(), end).await {
+                Ok(()) if end == End::NeedsRepair && self.metrics.recording() => {
+                    durable.ended();
+                    crate::durable::publish_needing_repair(&**durable.log()).await;
+                }
                 Ok(()) => durable.ended(),
                 // The lease goes back (on drop), so recovery ends it.
                 Err(error) => tracing::warn!(
@@ -277,10 +299,19 @@ impl Ledger {
         }
     }
 
-    /// The transaction's report, or its error when a phase failed.
-    fn conclude(mut self) -> Result<Report, Error> {
+    /// The transaction's report, or its error when a phase failed; its
+    /// decision was `decision`.
+    fn conclude(mut self, decision: Decision) -> Result<Report, Error> {
         let durable = self.durable.take();
         drop(durable);
+        let ending = if self.failures.iter().any(|(_, f)| f.phase() != Phase::Try) {
+            Ending::NeedsRepair
+        } else if decision == Decision::Confirm {
+            Ending::Confirmed
+        } else {
+            Ending::Cancelled
+        };
+        self.metrics.end(ending);
         let report = Report::new(self.id, self.names, self.records);
         if self.failures.is_empty() {
             return Ok(report);
@@ -472,9 +503,13 @@ pub(crate) async fn run<A: Attempts + Send>(
     names: Arc<[Name]>,
     members: &mut [Member<A>],
 ) -> Result<Report, Error> {
-    validate(options, &names, members)?;
+    let mut metrics = TransactionMetrics::start(Origin::Started);
+    if let Err(refusal) = validate(options, &names, members) {
+        metrics.end(Ending::Refused);
+        return Err(refusal);
+    }
     let span = tracing::debug_span!("tcc_transaction", id = %id);
-    let mut transaction = Transaction::new(id, options, names, members, span);
+    let mut transaction = Transaction::new(id, options, names, members, span, metrics);
     if let Some(log) = &options.log {
         // Boxed: the states of its awaits would make the future of every
         // transaction, durable or not, larger (an Orchestrator's: 1104
@@ -492,8 +527,9 @@ pub(crate) async fn run<A: Attempts + Send>(
 /// decision, or Cancel when it has none (presumed abort: every participant
 /// is cancelled, those whose Try may never have run included), carried out
 /// on every participant not yet done, each retry loop resumed from the
-/// attempts the log counted.
+/// attempts the log counted. `origin` says what its end counts in.
 pub(crate) async fn resume<A: Attempts + Send>(
+    origin: Origin,
     options: &Options,
     lease: LeaseGuard,
     record: &TransactionRecord,
@@ -507,10 +543,14 @@ pub(crate) async fn resume<A: Attempts + Send>(
         .map(|p| crate::name::name(&p.name))
         .collect();
     let span = tracing::info_span!("tcc_recovery", id = %id);
-    let mut transaction = Transaction::new(id, options, names.clone(), members, span);
+    let metrics = TransactionMetrics::start(origin);
+    let mut transaction = Transaction::new(id, options, names.clone(), members, span, metrics);
     // The ledger holds the lease first, so that a refusal gives it back.
     transaction.ledger.resume(lease, record);
-    validate(options, &names, transaction.members)?;
+    if let Err(refusal) = validate(options, &names, transaction.members) {
+        transaction.ledger.refused();
+        return Err(refusal);
+    }
     for member in transaction.members.iter_mut() {
         member.assume_tried();
     }
@@ -576,13 +616,14 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
         names: Arc<[Name]>,
         members: &'a mut [Member<A>],
         span: tracing::Span,
+        metrics: TransactionMetrics,
     ) -> Self {
         Transaction {
             id,
             options,
             context: Some(Context::new(id, names.clone())),
             span,
-            ledger: Ledger::new(id, names),
+            ledger: Ledger::new(id, names, metrics),
             members,
             phase: Phase::Try,
             all_succeeded: true,
@@ -594,10 +635,11 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
     /// Try round, then [`carry_out`](Transaction::carry_out).
     async fn run_durable(mut self, log: &LogHandle) -> Result<Report, Error> {
         let span = self.span.clone();
-        self.ledger
-            .begin(log, self.members)
-            .instrument(span)
-            .await?;
+        let begun = self.ledger.begin(log, self.members).instrument(span).await;
+        if let Err(refusal) = begun {
+            self.ledger.refused();
+            return Err(refusal);
+        }
         self.begin_round(Phase::Try, None);
         self.run_round().await?;
         let decision = self.decision;
@@ -623,6 +665,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
                     .await?
             }
         };
+        self.decision = decision;
         self.begin_round(decision.phase(), resumed);
         self.run_round().await?;
         self.ledger.finish().instrument(span).await;
@@ -720,7 +763,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
     /// The transaction's report, or its error.
     fn conclude(self) -> Result<Report, Error> {
         let _entered = self.span.enter();
-        self.ledger.conclude()
+        self.ledger.conclude(self.decision)
     }
 
     /// Sets up the round of `phase` on every member it applies to (Try and
@@ -730,6 +773,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
         begin_members(self.members, phase, resumed);
         self.phase = phase;
         self.all_succeeded = true;
+        self.ledger.round_begun();
     }
 
     /// Polls the round running, every run at once; when the Try round ends,
@@ -747,6 +791,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
                     transaction_id: self.id,
                     phase: self.phase,
                     settings: Some(&self.options.settings),
+                    recording: self.ledger.metrics.recording(),
                 };
                 let stop_on_failure = self.phase == Phase::Try && self.options.fail_fast;
                 let mut pending = false;
@@ -797,6 +842,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
                 // As `begin_round`, on the fields the context leaves free.
                 self.phase = self.decision.phase();
                 self.all_succeeded = true;
+                self.ledger.round_begun();
                 begin_members(self.members, self.phase, None);
             }
         })
@@ -816,9 +862,11 @@ fn begin_members<A: Attempts + Send>(
     }
 }
 
-/// The runtime an orchestration runs on, or the error that says there is none.
+/// The runtime an orchestration runs on, or the error that says there is
+/// none (counted as a refused transaction).
 pub(crate) fn runtime() -> Result<tokio::runtime::Handle, Error> {
     tokio::runtime::Handle::try_current().map_err(|_| {
+        crate::metrics::refused();
         let detail = "orchestration refused: `orchestrate` must run inside a tokio runtime";
         Error::refused(ErrorKind::NoRuntime, None, detail.to_owned())
     })
@@ -889,8 +937,10 @@ impl Drop for RunToEnd {
     }
 }
 
-/// The refusal of an orchestration in which two services are named `twice`.
+/// The refusal of an orchestration in which two services are named `twice`
+/// (counted as a refused transaction).
 pub(crate) fn duplicate(twice: &str) -> Error {
+    crate::metrics::refused();
     Error::refused(
         ErrorKind::DuplicateService,
         Some(crate::name::name(twice)),

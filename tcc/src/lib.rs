@@ -116,13 +116,22 @@
 //!   to start.
 //!
 //! The example on [`TransactionLog`] shows it whole.
+//!
+//! # Metrics
+//!
+//! Transactions by outcome, phase attempts by service, phase and result,
+//! retries, recoveries, transactions in flight and needing repair, and the
+//! durations of transactions, phases and the log's commits go through the
+//! [`metrics`](https://docs.rs/metrics) facade to whatever recorder the
+//! application installs (none: nothing is recorded). The [`metrics`]
+//! module lists every one, with its labels and when it is recorded.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The modules, from the leaves up (each imports only modules before it):
-// id, name, phase; retry, report, error; context, tcc_service, recoverable;
+// id, name, phase; retry, report, error; metrics; context, tcc_service, recoverable;
 // attempt (one phase of one service), settings; durable (the log's stores);
 // engine (the one life of a transaction); service (the type-erased handle);
 // transaction_log (recovery and repair); orchestrator and typed, the two
@@ -133,6 +142,7 @@ pub mod durable;
 mod engine;
 mod error;
 mod id;
+pub mod metrics;
 mod name;
 mod orchestrator;
 mod phase;

@@ -329,6 +329,7 @@ impl Service {
             transaction_id: id,
             phase,
             settings: None,
+            recording: false,
         };
         let outcome =
             poll_fn(|cx| Context::enter(&mut context, || run.poll_run(&round, 0, cx))).await;

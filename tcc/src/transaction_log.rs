@@ -15,6 +15,7 @@ use crate::durable::{LeaseGuard, Log, LogError, Status, TransactionRecord};
 use crate::engine::{self, Kinds, LogHandle, Member, Options};
 use crate::error::{BoxError, Chain, Error, ErrorKind};
 use crate::id::TransactionId;
+use crate::metrics::Origin;
 use crate::recoverable::{Recoverable, Resources, WiringError};
 use crate::report::Report;
 use crate::retry::RetryPolicy;
@@ -412,6 +413,10 @@ impl TransactionLog {
     /// [`left`](RecoverySummary::left), not an error: at start, log it or
     /// fail when it is not empty (`recover().await?` alone drops it).
     ///
+    /// Each transaction a pass meets counts in `tcc_recoveries_total`, and
+    /// the pass ends by setting `tcc_transactions_needing_repair` from the
+    /// log (see [`tcc::metrics`](crate::metrics)).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future half-way (a `select!`, a timeout, an aborted
@@ -437,6 +442,7 @@ impl TransactionLog {
                     Ok(services) => running.push(self.finish_one(lease, record, services)),
                     Err(why) => {
                         tracing::warn!(id = %record.intent.id, %why, "transaction left untouched");
+                        crate::metrics::recovered("left");
                         summary.left.push((record.intent.id, why));
                         let mut parked =
                             self.inner.parked.lock().unwrap_or_else(|e| e.into_inner());
@@ -478,6 +484,7 @@ impl TransactionLog {
                     if seen.insert(id) {
                         let reason = record.damage.unwrap_or_default();
                         tracing::error!(%id, %reason, "unreadable record set aside");
+                        crate::metrics::recovered("unreadable");
                         summary.unreadable.push((id, reason));
                         set_aside = true;
                     }
@@ -505,6 +512,9 @@ impl TransactionLog {
         }
         while let Some(outcome) = running.next().await {
             tally(&mut summary, outcome);
+        }
+        if crate::metrics::recording() {
+            crate::durable::publish_needing_repair(&*self.inner.store).await;
         }
         if summary != RecoverySummary::default() {
             tracing::info!(
@@ -569,6 +579,11 @@ impl TransactionLog {
     /// is fixed), with a fresh retry budget, and reports it as
     /// `orchestrate` does; it goes back to "needs repair" if it fails again.
     ///
+    /// Its phases count in the metrics, the transaction itself in neither
+    /// `tcc_transactions_total` nor `tcc_recoveries_total`; then
+    /// `tcc_transactions_needing_repair` is set from the log (see
+    /// [`tcc::metrics`](crate::metrics)).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future gives the transaction back and drops its phases
@@ -606,12 +621,19 @@ impl TransactionLog {
                 phase.attempts = 0;
             }
         }
-        self.run(lease, &record, &services).await
+        let result = self.run(Origin::Redriven, lease, &record, &services).await;
+        if crate::metrics::recording() {
+            crate::durable::publish_needing_repair(&*self.inner.store).await;
+        }
+        result
     }
 
     /// Marks a transaction in "needs repair" as resolved by hand: it is
     /// finished, and recovery leaves it alone. False when it was not in
     /// "needs repair".
+    ///
+    /// Once it is resolved, `tcc_transactions_needing_repair` is set from
+    /// the log (see [`tcc::metrics`](crate::metrics)).
     ///
     /// # Cancel safety
     ///
@@ -619,7 +641,11 @@ impl TransactionLog {
     /// (the request may have reached the log already); nothing is left
     /// half-done. [`status`](TransactionLog::status) tells which.
     pub async fn resolve(&self, id: TransactionId) -> Result<bool, LogError> {
-        self.inner.store.resolve(id).await
+        let resolved = self.inner.store.resolve(id).await?;
+        if resolved && crate::metrics::recording() {
+            crate::durable::publish_needing_repair(&*self.inner.store).await;
+        }
+        Ok(resolved)
     }
 
     /// How many transactions are unfinished (needing repair included).
@@ -668,11 +694,12 @@ impl TransactionLog {
         record: TransactionRecord,
         services: Vec<Service>,
     ) -> Result<Report, Error> {
-        self.run(lease, &record, &services).await
+        self.run(Origin::Recovered, lease, &record, &services).await
     }
 
     async fn run(
         &self,
+        origin: Origin,
         lease: LeaseGuard,
         record: &TransactionRecord,
         services: &[Service],
@@ -682,7 +709,7 @@ impl TransactionLog {
             .map(|service| Member::new(ServiceAttempts::new(service)))
             .collect();
         let options = self.options().clone();
-        engine::resume(&options, lease, record, &mut members[..]).await
+        engine::resume(origin, &options, lease, record, &mut members[..]).await
     }
 }
 

@@ -446,6 +446,10 @@ impl<L: Log + ?Sized> Log for FaultyLog<L> {
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
         self.read(|| self.inner.unfinished_count())
     }
+
+    fn needs_repair_count(&self) -> LogFuture<'_, u64> {
+        self.read(|| self.inner.needs_repair_count())
+    }
 }
 
 /// Awaits the finishes passed on late: their caller was answered already, so

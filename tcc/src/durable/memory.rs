@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use super::rules::{Finished, Found, Place, Rules, Stored, Tables};
+use super::rules::{Counted, Finished, Found, Place, Rules, Stored, Tables};
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogFuture, PhaseProgress,
     TransactionRecord,
@@ -171,7 +171,11 @@ impl Log for MemoryLog {
     }
 
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
-        self.run(|rules, maps| rules.unfinished_count(maps))
+        self.run(|rules, maps| rules.count(maps, Counted::Unfinished))
+    }
+
+    fn needs_repair_count(&self) -> LogFuture<'_, u64> {
+        self.run(|rules, maps| rules.count(maps, Counted::NeedsRepair))
     }
 }
 
@@ -294,5 +298,9 @@ impl Tables for Maps {
 
     fn count(&mut self) -> Result<u64, LogError> {
         Ok((self.unfinished.len() + self.repair.len()) as u64)
+    }
+
+    fn repair_count(&mut self) -> Result<u64, LogError> {
+        Ok(self.repair.len() as u64)
     }
 }

@@ -491,6 +491,27 @@ pub trait Log: Send + Sync + 'static {
     /// How many transactions are unfinished (Undecided, Decided or
     /// NeedsRepair): for audits and metrics.
     fn unfinished_count(&self) -> LogFuture<'_, u64>;
+
+    /// How many transactions are in NeedsRepair, unreadable records set
+    /// aside included: what [`needs_repair`](Log::needs_repair) would list
+    /// with no limit. The `tcc_transactions_needing_repair` gauge
+    /// ([`tcc::metrics`](crate::metrics)) is set from it. The default
+    /// counts that list, reading every record; the stores here count
+    /// without reading them, and a store of your own should too.
+    fn needs_repair_count(&self) -> LogFuture<'_, u64> {
+        Box::pin(async move { Ok(self.needs_repair(usize::MAX).await?.len() as u64) })
+    }
+}
+
+/// Sets the `tcc_transactions_needing_repair` gauge from `log`; a log that
+/// fails to count leaves it as it was.
+pub(crate) async fn publish_needing_repair(log: &dyn Log) {
+    match log.needs_repair_count().await {
+        Ok(count) => crate::metrics::needing_repair(count),
+        Err(error) => {
+            tracing::debug!(%error, "the log could not count the transactions needing repair")
+        }
+    }
 }
 
 /// What kind of thing went wrong in a [`Log`]; see [`LogError::kind`].

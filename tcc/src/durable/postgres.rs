@@ -59,7 +59,7 @@ use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::rules::Unreadable;
+use super::rules::{Counted, Unreadable};
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, ParticipantEntry,
     PhaseProgress, Status, TransactionRecord, Unread,
@@ -608,7 +608,11 @@ impl Log for PostgresLog {
     }
 
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
-        self.call_after_all(Request::Count)
+        self.call_after_all(|reply| Request::Count(Counted::Unfinished, reply))
+    }
+
+    fn needs_repair_count(&self) -> LogFuture<'_, u64> {
+        self.call_after_all(|reply| Request::Count(Counted::NeedsRepair, reply))
     }
 }
 
@@ -627,7 +631,7 @@ enum Request {
     NeedsRepair(usize, Reply<Vec<TransactionRecord>>),
     Reopen(TransactionId, Reply<Option<(Lease, TransactionRecord)>>),
     Resolve(TransactionId, Reply<bool>),
-    Count(Reply<u64>),
+    Count(Counted, Reply<u64>),
     /// Answered once everything sent before it is committed.
     Flush(Reply<()>),
 }
@@ -688,7 +692,7 @@ impl Request {
             Request::NeedsRepair(_, reply) => fail(reply, error),
             Request::Reopen(_, reply) => fail(reply, error),
             Request::Resolve(_, reply) => fail(reply, error),
-            Request::Count(reply) => fail(reply, error),
+            Request::Count(_, reply) => fail(reply, error),
             Request::Flush(reply) => fail(reply, error),
             Request::Note(..) | Request::Release(_) => {}
         }
@@ -730,15 +734,13 @@ fn keep<T: Leases + Send + 'static>(
     failed.map_or(Ok(()), Err)
 }
 
-/// How many transactions are unfinished or need repair.
-async fn count(tx: &Transaction<'_>) -> Result<u64, LogError> {
-    let rows = query(
-        tx,
-        "SELECT count(*) FROM tcc_log_transactions",
-        &[],
-        read_error,
-    )
-    .await?;
+/// How many transactions are unfinished or need repair, or need repair.
+async fn count(tx: &Transaction<'_>, counted: Counted) -> Result<u64, LogError> {
+    let statement = match counted {
+        Counted::Unfinished => "SELECT count(*) FROM tcc_log_transactions",
+        Counted::NeedsRepair => "SELECT count(*) FROM tcc_log_transactions WHERE status = 2",
+    };
+    let rows = query(tx, statement, &[], read_error).await?;
     let count: i64 = rows[0].try_get(0).map_err(read_error)?;
     Ok(u64::try_from(count).unwrap_or(0))
 }
@@ -855,6 +857,7 @@ impl Writer {
     ) -> Vec<Lease> {
         let mut orphans = Vec::new();
         let durable = batch.iter().any(Request::durable);
+        let (started, size) = (std::time::Instant::now(), batch.len());
         let mut requests = batch.into_iter();
         let mut replies = Replies::default();
         match self
@@ -862,6 +865,7 @@ impl Writer {
             .await
         {
             Ok(()) => {
+                crate::metrics::log_committed("postgres", started.elapsed(), size);
                 for reply in replies.held {
                     reply(None, &mut orphans);
                 }
@@ -1060,8 +1064,8 @@ impl Writer {
                 let result = self.resolve(tx, id).await;
                 keep(held, reply, result).map(|()| Vec::new())
             }
-            Request::Count(reply) => {
-                let result = count(tx).await;
+            Request::Count(counted, reply) => {
+                let result = count(tx, counted).await;
                 keep(held, reply, result).map(|()| Vec::new())
             }
             Request::Flush(reply) => keep(held, reply, Ok(())).map(|()| Vec::new()),
@@ -1278,7 +1282,8 @@ impl Request {
             Request::NeedsRepair(..) => "needs_repair",
             Request::Reopen(..) => "reopen",
             Request::Resolve(..) => "resolve",
-            Request::Count(..) => "unfinished_count",
+            Request::Count(Counted::Unfinished, _) => "unfinished_count",
+            Request::Count(Counted::NeedsRepair, _) => "needs_repair_count",
             Request::Flush(..) => "flush",
         }
     }

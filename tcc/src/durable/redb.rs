@@ -21,7 +21,7 @@ use redb::{
 use tokio::sync::{oneshot, watch};
 
 use super::codec;
-use super::rules::{Finished, Found, Place, Rules, Stored, Tables, Unreadable};
+use super::rules::{Counted, Finished, Found, Place, Rules, Stored, Tables, Unreadable};
 use super::{
     Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
     TransactionRecord, Unread,
@@ -564,7 +564,11 @@ impl Log for RedbLog {
     }
 
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
-        self.call(Request::Count)
+        self.call(|reply| Request::Count(Counted::Unfinished, reply))
+    }
+
+    fn needs_repair_count(&self) -> LogFuture<'_, u64> {
+        self.call(|reply| Request::Count(Counted::NeedsRepair, reply))
     }
 }
 
@@ -582,7 +586,7 @@ enum Request {
     NeedsRepair(usize, Reply<Vec<TransactionRecord>>),
     Reopen(TransactionId, Reply<Option<(Lease, TransactionRecord)>>),
     Resolve(TransactionId, Reply<bool>),
-    Count(Reply<u64>),
+    Count(Counted, Reply<u64>),
     /// Panics in the writer, as a bug of redb's or ours would.
     #[cfg(test)]
     Panic(Reply<()>),
@@ -634,7 +638,7 @@ impl Request {
             Request::NeedsRepair(_, reply) => fail(pending, reply),
             Request::Reopen(_, reply) => fail(pending, reply),
             Request::Resolve(_, reply) => fail(pending, reply),
-            Request::Count(reply) => fail(pending, reply),
+            Request::Count(_, reply) => fail(pending, reply),
             #[cfg(test)]
             Request::Panic(reply) => fail(pending, reply),
             Request::Note(..) | Request::Release(_) => {}
@@ -836,6 +840,7 @@ impl Writer {
     ) -> Result<(), LogError> {
         let path = self.path.clone();
         let redb_error = |what: &str, e: redb::Error| from_redb(&path, what, e);
+        let (started, requests) = (Instant::now(), batch.len());
         let mut txn = self
             .db
             .begin_write()
@@ -873,6 +878,7 @@ impl Writer {
         // recovery (see the module docs).
         txn.commit()
             .map_err(|e| redb_error("cannot commit to the log", e.into()))?;
+        crate::metrics::log_committed("redb", started.elapsed(), requests);
         self.lazy_commits = if durable { 0 } else { self.lazy_commits + 1 };
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         if durable {
@@ -970,7 +976,7 @@ fn apply_one(
             keep(pending, reply, result)
         }
         Request::Resolve(id, reply) => keep(pending, reply, rules.resolve(tables, id)),
-        Request::Count(reply) => keep(pending, reply, rules.unfinished_count(tables)),
+        Request::Count(counted, reply) => keep(pending, reply, rules.count(tables, counted)),
         #[cfg(test)]
         Request::Panic(_) => panic!("a panic injected by a test"),
     }
@@ -1408,8 +1414,11 @@ impl Tables for RedbTables<'_> {
             .unfinished
             .len()
             .map_err(|e| read_error(self.path, e))?;
-        let repair = self.repair.len().map_err(|e| read_error(self.path, e))?;
-        Ok(unfinished + repair)
+        Ok(unfinished + self.repair_count()?)
+    }
+
+    fn repair_count(&mut self) -> Result<u64, LogError> {
+        self.repair.len().map_err(|e| read_error(self.path, e))
     }
 }
 

@@ -155,6 +155,17 @@ pub(crate) trait Tables {
     fn discard_unreadable(&mut self, id: TransactionId) -> Result<bool, LogError>;
     /// Unfinished and needing repair, together.
     fn count(&mut self) -> Result<u64, LogError>;
+    /// Needing repair, readable or not.
+    fn repair_count(&mut self) -> Result<u64, LogError>;
+}
+
+/// What a count of a log's transactions counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Counted {
+    /// Unfinished and needing repair, together ([`Log::unfinished_count`](super::Log::unfinished_count)).
+    Unfinished,
+    /// Needing repair ([`Log::needs_repair_count`](super::Log::needs_repair_count)).
+    NeedsRepair,
 }
 
 /// How many old outcomes one `Done` may prune: more than one, so that a
@@ -477,8 +488,15 @@ impl Rules {
         Ok(true)
     }
 
-    pub(crate) fn unfinished_count(&self, tables: &mut impl Tables) -> Result<u64, LogError> {
-        tables.count()
+    pub(crate) fn count(
+        &self,
+        tables: &mut impl Tables,
+        counted: Counted,
+    ) -> Result<u64, LogError> {
+        match counted {
+            Counted::Unfinished => tables.count(),
+            Counted::NeedsRepair => tables.repair_count(),
+        }
     }
 }
 
@@ -550,6 +568,9 @@ mod tests {
         }
         fn count(&mut self) -> Result<u64, LogError> {
             Ok(1)
+        }
+        fn repair_count(&mut self) -> Result<u64, LogError> {
+            Ok(0)
         }
     }
 
