@@ -143,7 +143,9 @@ async fn a_request_that_is_not_the_protocols_is_refused_with_400_naming_what_is_
     let (base, counts) = counted().await;
     let client = reqwest::Client::new();
     let id = TransactionId::generate().to_string();
-    let cases: [(&[(&str, &str)], &str, &str); 6] = [
+    // The headers sent, the path, and what the answer must say.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 6] = [
         (
             &[("TCC-Service", "stock"), ("TCC-Phase", "try")],
             "try",
