@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tcc::durable::{
-    Decision, End, Fault, FaultyLog, Intent, Lease, Log, LogFuture, MemoryLog, PhaseProgress,
-    Status, TransactionRecord,
+    Decision, End, Fault, FaultyLog, Filter, Intent, Lease, Log, LogFuture, LogSummary, MemoryLog,
+    PhaseProgress, Resolution, Status, TransactionRecord,
 };
 use tcc::{
     BoxError, ErrorKind, Orchestrator, Phase, Recoverable, Resources, Service, TccService,
@@ -542,8 +542,9 @@ async fn a_transaction_resolved_by_hand_is_left_alone() {
         .await
         .unwrap_err();
     let id = id.unwrap();
-    assert!(log.resolve(id).await.unwrap());
-    assert!(!log.resolve(id).await.unwrap(), "only once");
+    let by_hand = Resolution::new("ada", "confirmed by hand");
+    assert!(log.resolve(id, by_hand.clone()).await.unwrap());
+    assert!(!log.resolve(id, by_hand).await.unwrap(), "only once");
     assert!(log.needs_repair(10).await.unwrap().is_empty());
     assert_eq!(log.unfinished_count().await.unwrap(), 0);
     let error = log.redrive(id).await.unwrap_err();
@@ -979,11 +980,20 @@ impl Log for StalledClaims {
     fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>> {
         self.inner.reopen(id)
     }
-    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
-        self.inner.resolve(id)
+    fn requeue(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.inner.requeue(id)
+    }
+    fn resolve(&self, id: TransactionId, resolution: &Resolution) -> LogFuture<'_, bool> {
+        self.inner.resolve(id, resolution)
     }
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
         self.inner.unfinished_count()
+    }
+    fn list(&self, filter: &Filter) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.inner.list(filter)
+    }
+    fn summary(&self) -> LogFuture<'_, LogSummary> {
+        self.inner.summary()
     }
 }
 
