@@ -253,6 +253,7 @@ impl TransactionRecord {
 /// ([`Log::resolve`]): kept with its outcome, so that whoever looks at it
 /// later learns who saw to it and what was done.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "admin", derive(serde::Serialize, serde::Deserialize))]
 pub struct Resolution {
     /// Who resolved it: an operator's name, as they give it.
     pub by: String,
@@ -299,6 +300,42 @@ impl StatusGroup {
             Status::Undecided | Status::Decided(_) => StatusGroup::Unfinished,
             Status::NeedsRepair(_) | Status::Unreadable => StatusGroup::NeedsRepair,
             Status::Done(_) => StatusGroup::Done,
+        }
+    }
+
+    /// Its name, as the `tcc` tool and `tcc::admin` spell it:
+    /// `unfinished`, `needs-repair`, `done`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StatusGroup::Unfinished => "unfinished",
+            StatusGroup::NeedsRepair => "needs-repair",
+            StatusGroup::Done => "done",
+        }
+    }
+}
+
+impl fmt::Display for StatusGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was not the name of a [`StatusGroup`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status group {0:?}: expected unfinished, needs-repair or done")]
+pub struct ParseStatusGroupError(String);
+
+impl std::str::FromStr for StatusGroup {
+    type Err = ParseStatusGroupError;
+
+    /// Reads what [`as_str`](StatusGroup::as_str) writes (`needs_repair`
+    /// too).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "unfinished" => Ok(StatusGroup::Unfinished),
+            "needs-repair" | "needs_repair" => Ok(StatusGroup::NeedsRepair),
+            "done" => Ok(StatusGroup::Done),
+            other => Err(ParseStatusGroupError(other.chars().take(64).collect())),
         }
     }
 }
