@@ -701,8 +701,10 @@ mod cases {
             ids(&log.list(&old).await.unwrap()),
             [old_repair.id, older.id]
         );
-        let none = Filter::new().with_older_than(Duration::from_secs(3600));
-        assert!(log.list(&none).await.unwrap().is_empty());
+        for age in [Duration::from_secs(3600), Duration::MAX] {
+            let none = Filter::new().with_older_than(age);
+            assert!(log.list(&none).await.unwrap().is_empty(), "{age:?}");
+        }
         assert_eq!(log.list(&Filter::new()).await.unwrap().len(), 5);
     }
 

@@ -152,6 +152,9 @@ const PRUNE_PER_OUTCOME: i64 = 8;
 /// How many finished transactions keep their outcome unless told otherwise.
 const DEFAULT_RETENTION: u64 = 100_000;
 
+/// The longest age a listing passes on: 1,000 years.
+const MAX_AGE_SECS: f64 = 1000.0 * 365.25 * 86_400.0;
+
 /// How long a lease lasts unless told otherwise.
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 
@@ -2229,7 +2232,12 @@ async fn requeue(tx: &Transaction<'_>, id: TransactionId) -> Result<bool, LogErr
 /// group, in the order of [`StatusGroup::ALL`].
 async fn list(tx: &Transaction<'_>, filter: &Filter) -> Result<Vec<TransactionRecord>, LogError> {
     let service = filter.service();
-    let older_than = filter.older_than().map(|age| age.as_secs_f64());
+    // now() less an age of more than a few thousand years is out of
+    // PostgreSQL's range, and no transaction is that old: any longer age
+    // lists none, as it should.
+    let older_than = filter
+        .older_than()
+        .map(|age| age.as_secs_f64().min(MAX_AGE_SECS));
     let mut listed = Vec::new();
     for group in StatusGroup::ALL {
         let left = filter.limit().saturating_sub(listed.len());
