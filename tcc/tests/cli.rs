@@ -508,6 +508,24 @@ fn bad_input_gets_one_line_and_a_non_zero_exit() {
     }
     let shown = json_lines(&ok(tcc(&["--log", file, "show", &id, "--json"])));
     assert_eq!(shown[0]["status"], "undecided");
+
+    // Its output read by a reader that went away (`tcc list | head -1`):
+    // it stops, and does not panic.
+    for args in [&["list"][..], &["list", "--json"], &["stats"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcc"))
+            .args(["--log", file])
+            .args(args)
+            .env_remove("TCC_LOG")
+            .env_remove("TCC_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert_eq!(stderr(&output), "", "{args:?}");
+    }
 }
 
 #[test]

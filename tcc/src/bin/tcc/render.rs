@@ -10,6 +10,25 @@ use tcc::admin::{ChangeJson, PhaseJson, SummaryJson, TransactionJson};
 
 use crate::orphans::Orphan;
 
+/// Writes a line to stdout; a closed stdout (`tcc list | head -1`) ends
+/// the output quietly rather than panic, as `println!` would.
+macro_rules! say {
+    () => {
+        put!("\n")
+    };
+    ($($arg:tt)*) => {
+        put!("{}\n", format_args!($($arg)*))
+    };
+}
+
+/// [`say!`] without the newline.
+macro_rules! put {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// The longest text a table cell shows; `--json` has all of it.
 const CELL: usize = 72;
 
@@ -38,7 +57,7 @@ impl Out {
             return;
         }
         if transactions.is_empty() {
-            println!("no transactions match");
+            say!("no transactions match");
             return;
         }
         let rows = transactions
@@ -54,7 +73,7 @@ impl Out {
                 ]
             })
             .collect();
-        print!(
+        put!(
             "{}",
             table(
                 &["ID", "STATE", "AGE", "SERVICES", "ATTEMPTS", "LAST ERROR"],
@@ -68,7 +87,7 @@ impl Out {
             json_line(t);
             return;
         }
-        println!("transaction {}", t.id);
+        say!("transaction {}", t.id);
         let mut facts = vec![("state", state(t))];
         let mut time = |label: &'static str, at: &Option<String>| {
             if let Some(at) = at {
@@ -97,10 +116,10 @@ impl Out {
             .max()
             .unwrap_or(0);
         for (label, value) in facts {
-            println!("  {label:<width$}  {value}");
+            say!("  {label:<width$}  {value}");
         }
         if !t.participants.is_empty() {
-            println!();
+            say!();
             let rows = t
                 .participants
                 .iter()
@@ -114,13 +133,13 @@ impl Out {
                 })
                 .collect();
             let headers = ["SERVICE", "KIND", "TRY", "CONFIRM", "CANCEL", "DATA"];
-            print!("{}", indent(&table(&headers, rows)));
+            put!("{}", indent(&table(&headers, rows)));
         } else if t.status == "done" {
-            println!("  (a finished transaction's outcome keeps no participants)");
+            say!("  (a finished transaction's outcome keeps no participants)");
         }
         if t.status == "needs_repair" {
-            println!();
-            println!(
+            say!();
+            say!(
                 "  once its cause is fixed: tcc retry {id}; once repaired by hand: tcc resolve {id} --note TEXT",
                 id = t.id
             );
@@ -132,8 +151,8 @@ impl Out {
             json_line(change);
             return;
         }
-        println!("{}", change.message);
-        println!("now: {}", state(&change.transaction));
+        say!("{}", change.message);
+        say!("now: {}", state(&change.transaction));
     }
 
     pub fn summary(&mut self, summary: &SummaryJson) {
@@ -166,7 +185,7 @@ impl Out {
         ));
         let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
         for (label, value) in rows {
-            println!("{label:<width$}  {value}");
+            say!("{label:<width$}  {value}");
         }
     }
 
@@ -177,7 +196,7 @@ impl Out {
         }
         let age = humantime::format_duration(older_than);
         if orphans.is_empty() {
-            println!("no reservation older than {age} is left without a transaction in the log");
+            say!("no reservation older than {age} is left without a transaction in the log");
             return;
         }
         let rows = orphans
@@ -193,7 +212,7 @@ impl Out {
                 ]
             })
             .collect();
-        print!(
+        put!(
             "{}",
             table(
                 &[
@@ -207,12 +226,12 @@ impl Out {
                 rows
             )
         );
-        println!();
-        println!(
+        say!();
+        say!(
             "{} reservation(s) held longer than {age} by transactions the log does not hold as unfinished: no coordinator will ever release them.",
             orphans.len()
         );
-        println!(
+        say!(
             "See to each by hand in the participant's database (run the phase the advice names, as its Confirm or Cancel would), then set its barrier row to `confirmed` or `cancelled`."
         );
     }
@@ -228,8 +247,10 @@ impl Out {
 
 fn json_line<T: Serialize>(value: &T) {
     match serde_json::to_string(value) {
-        Ok(line) => println!("{line}"),
-        Err(error) => eprintln!("tcc: cannot print JSON: {error}"),
+        Ok(line) => say!("{line}"),
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "tcc: cannot print JSON: {error}");
+        }
     }
 }
 
