@@ -38,6 +38,15 @@
 //! The functions ([`list`], [`show`], [`retry`], [`resolve`], [`summary`])
 //! are the calls themselves, for a tool of your own; the `tcc` tool runs
 //! them on a log it opens itself (a file no process holds, or PostgreSQL).
+//!
+//! # Cancel safety
+//!
+//! Dropping one of these futures (a client that hangs up, which drops its
+//! handler) leaves the log as the call it was making leaves it: [`list`],
+//! [`show`] and [`summary`] only read; [`retry`] and [`resolve`] make one
+//! write, [`TransactionLog::requeue`] or [`TransactionLog::resolve`], which
+//! may or may not have reached the log; nothing is left half-done, and
+//! [`show`] tells which.
 
 use std::time::{Duration, SystemTime};
 
