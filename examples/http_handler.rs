@@ -1,5 +1,6 @@
 //! `tcc!` inside an axum handler: `POST /bookings` books a flight seat and a
-//! hotel room in one TCC transaction.
+//! hotel room in one durable TCC transaction, and the server mounts the
+//! transaction log's admin router under `/tcc`.
 //!
 //! The flight and the hotel are in-memory inventories whose holds are keyed
 //! by transaction id. The handler answers
@@ -14,9 +15,18 @@
 //! the transaction then goes on in a task of its own and still ends with
 //! every Confirm or every Cancel, so no seat or room stays held.
 //!
+//! Every booking is written to a transaction log in a file ([`Seats`] and
+//! [`Rooms`] are recoverable services), which the server holds while it
+//! runs. So the `tcc` tool reaches the log through the server: the
+//! application mounts [`tcc::admin::router`] under `/tcc`, and a booking
+//! that needs repair is found, shown and re-driven with
+//! `tcc --url http://HOST:PORT/tcc list`, `show ID` and `retry ID`; the
+//! server's recovery task (every [`RECOVERY_EVERY`]) then finishes it.
+//!
 //! A request may ask the server to `simulate` a slow hotel (its Try takes
-//! [`SLOW_TRY`], time for a client to hang up) or a hotel whose Confirm is
-//! down: demo knobs that a real API would not have.
+//! [`SLOW_TRY`], time for a client to hang up) or an outage of the hotel's
+//! bookings (its Confirm of this booking fails for [`OUTAGE`]): demo knobs
+//! that a real API would not have.
 //!
 //! `GET /metrics` serves `tcc`'s metrics (transactions by outcome, phase
 //! attempts, retries, durations: see `tcc::metrics`) in Prometheus' text
@@ -25,13 +35,16 @@
 //!
 //! Run it with `cargo run --example http_handler`: it starts the server on
 //! an ephemeral port of 127.0.0.1, sends it a few requests, prints the
-//! answers and exits. `tests/http_handler.rs` sends it hundreds.
+//! answers and exits. With `-- --serve 127.0.0.1:3000` it keeps serving
+//! there afterwards, until Ctrl-C, for the `tcc` tool to look at (the
+//! README shows a session). `tests/http_handler.rs` sends it hundreds of
+//! requests; the tcc crate's `tests/cli.rs` drives `tcc --url` against it.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -42,11 +55,24 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use tcc::{BoxError, Context, ErrorKind, RetryPolicy, TransactionId, tcc};
-use tokio::net::{TcpSocket, TcpStream};
+use tcc::{
+    BoxError, Context, ErrorKind, Recoverable, RetryPolicy, TransactionId, TransactionLog, tcc,
+    tcc_service,
+};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// How long a simulated slow hotel takes to answer its Try.
 pub const SLOW_TRY: Duration = Duration::from_millis(300);
+
+/// How long a simulated outage of the hotel's bookings lasts: its Confirm
+/// of the booking that asked for it fails until then, long after the
+/// transaction's retries gave up.
+pub const OUTAGE: Duration = Duration::from_secs(3);
+
+/// How often the server's recovery task finishes what the log holds
+/// unfinished: a transaction an operator re-drives (`tcc retry`) is taken
+/// by the next pass.
+pub const RECOVERY_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a Try may take before the transaction gives up on it.
 const TRY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,7 +94,9 @@ pub struct BookingRequest {
 pub enum Simulate {
     /// The hotel's Try takes [`SLOW_TRY`].
     SlowHotel,
-    /// The hotel's Confirm fails on every attempt.
+    /// The hotel's Confirm of this booking fails on every attempt for
+    /// [`OUTAGE`]: the transaction needs repair, and an operator can re-drive
+    /// it once the outage is over.
     HotelConfirmDown,
 }
 
@@ -92,7 +120,7 @@ pub enum InventoryError {
         wanted: u32,
         free: u32,
     },
-    #[error("{0} is unavailable")]
+    #[error("{0} is unavailable (an outage of its bookings)")]
     Unavailable(&'static str),
     #[error("{0} holds nothing for this transaction")]
     NothingHeld(&'static str),
@@ -120,6 +148,8 @@ pub struct Stock {
 pub struct Inventory {
     name: &'static str,
     stock: Mutex<Stock>,
+    /// Bookings (by reference) whose Confirm fails until then.
+    outages: Mutex<HashMap<String, Instant>>,
 }
 
 /// The transaction the running phase belongs to.
@@ -138,7 +168,17 @@ impl Inventory {
         Inventory {
             name,
             stock: Mutex::new(stock),
+            outages: Mutex::default(),
         }
+    }
+
+    /// Makes the Confirm of the booking `reference` fail for `outage`.
+    pub fn fail_confirms(&self, reference: &str, outage: Duration) {
+        let until = Instant::now() + outage;
+        self.outages
+            .lock()
+            .unwrap()
+            .insert(reference.to_owned(), until);
     }
 
     pub fn stock(&self) -> Stock {
@@ -172,6 +212,15 @@ impl Inventory {
     async fn book(&self) -> Result<(), InventoryError> {
         let id = transaction();
         let mut stock = self.stock.lock().unwrap();
+        if let Some(hold) = stock.held.get(&id) {
+            let outages = self.outages.lock().unwrap();
+            if outages
+                .get(&hold.reference)
+                .is_some_and(|until| Instant::now() < *until)
+            {
+                return Err(InventoryError::Unavailable(self.name));
+            }
+        }
         match stock.held.remove(&id) {
             Some(hold) => {
                 stock.booked.insert(id, hold);
@@ -192,6 +241,77 @@ impl Inventory {
     }
 }
 
+/// The flight's part of a booking. `reference` and `units` are saved in the
+/// transaction log before its Try runs; the inventory, a resource, is
+/// provided again by the process that recovers it.
+#[derive(Recoverable)]
+#[recoverable(kind = "seats")]
+pub struct Seats {
+    #[recoverable(resource = "flight")]
+    inventory: Arc<Inventory>,
+    reference: String,
+    units: u32,
+}
+
+#[tcc_service(name = "flight")]
+impl Seats {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), InventoryError> {
+        self.inventory.hold(&self.reference, self.units).await
+    }
+
+    #[confirm]
+    async fn book(&self) -> Result<(), InventoryError> {
+        self.inventory.book().await
+    }
+
+    #[cancel]
+    async fn release(&self) -> Result<(), InventoryError> {
+        self.inventory.release().await
+    }
+}
+
+/// The hotel's part of a booking.
+#[derive(Recoverable)]
+#[recoverable(kind = "rooms")]
+pub struct Rooms {
+    #[recoverable(resource = "hotel")]
+    inventory: Arc<Inventory>,
+    reference: String,
+    units: u32,
+    /// The demo's slow hotel: its Try takes [`SLOW_TRY`].
+    slow: bool,
+}
+
+#[tcc_service(name = "hotel")]
+impl Rooms {
+    #[try_phase]
+    async fn hold(&self) -> Result<(), InventoryError> {
+        if self.slow {
+            tokio::time::sleep(SLOW_TRY).await;
+        }
+        self.inventory.hold(&self.reference, self.units).await
+    }
+
+    #[confirm]
+    async fn book(&self) -> Result<(), InventoryError> {
+        self.inventory.book().await
+    }
+
+    #[cancel]
+    async fn release(&self) -> Result<(), InventoryError> {
+        self.inventory.release().await
+    }
+}
+
+/// How Confirm and Cancel are retried, by the handler and by recovery.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(3)
+        .with_initial_interval(Duration::from_millis(20))
+}
+
+/// The server's state.
 /// The process's Prometheus recorder, installed on first use (a process
 /// has one recorder): what `GET /metrics` renders. Durations get histogram
 /// buckets from half a millisecond to ten seconds, batch sizes powers of
@@ -220,24 +340,47 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// The server's state.
 pub struct AppState {
     pub flights: Arc<Inventory>,
     pub hotel: Arc<Inventory>,
+    /// The transaction log: a file the server holds while it runs.
+    pub log: TransactionLog,
     /// Requests whose client hung up before their transaction ended.
     pub abandoned: AtomicU32,
+    /// The log's directory, removed when the state is dropped.
+    directory: tempfile::TempDir,
     /// What `GET /metrics` renders.
     pub metrics: PrometheusHandle,
 }
 
 impl AppState {
+    /// Inventories of `seats` and `rooms`, and a new transaction log in a
+    /// directory of its own, wired to rebuild bookings after a crash.
     pub fn new(seats: u32, rooms: u32) -> Arc<Self> {
+        let flights = Arc::new(Inventory::new("flight", seats));
+        let hotel = Arc::new(Inventory::new("hotel", rooms));
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let log = TransactionLog::create(directory.path().join("bookings.redb"))
+            .expect("a new log in a new directory");
+        log.provide_named("flight", flights.clone())
+            .and_then(|log| log.provide_named("hotel", hotel.clone()))
+            .and_then(|log| log.register::<Seats>())
+            .and_then(|log| log.register::<Rooms>())
+            .expect("two resources and two kinds, each once");
+        log.retry(retry_policy());
         Arc::new(AppState {
-            flights: Arc::new(Inventory::new("flight", seats)),
-            hotel: Arc::new(Inventory::new("hotel", rooms)),
+            flights,
+            hotel,
+            log,
             abandoned: AtomicU32::new(0),
+            directory,
             metrics: prometheus(),
         })
+    }
+
+    /// The file of the transaction log.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.directory.path().join("bookings.redb")
     }
 }
 
@@ -260,17 +403,18 @@ impl Drop for Watch<'_> {
     }
 }
 
+/// The application's routes, and the transaction log's admin router under
+/// `/tcc` (which an operator's `tcc --url http://HOST:PORT/tcc` reaches:
+/// the server holds the log's file, so nothing else can open it). A real
+/// application mounts it where only operators reach it: it has no
+/// authentication of its own.
 pub fn router(state: Arc<AppState>) -> Router {
+    let admin = tcc::admin::router(state.log.clone());
     Router::new()
         .route("/bookings", post(create_booking))
         .route("/metrics", get(render_metrics))
         .with_state(state)
-}
-
-/// `GET /metrics`: every metric recorded so far, in Prometheus' text format.
-async fn render_metrics(State(state): State<Arc<AppState>>) -> impl axum::response::IntoResponse {
-    let text = "text/plain; version=0.0.4; charset=utf-8";
-    ([(header::CONTENT_TYPE, text)], state.metrics.render())
+        .nest("/tcc", admin)
 }
 
 /// `POST /bookings`: a seat and a room, or neither.
@@ -291,37 +435,31 @@ async fn create_booking(
     let watch = Watch {
         abandoned: Some(&state.abandoned),
     };
-    let flights = state.flights.clone();
-    let hotel = state.hotel.clone();
-    let simulate = request.simulate;
-    // If the client hangs up, hyper drops this future; the transaction
-    // still runs to its end on a task of its own.
+    if request.simulate == Some(Simulate::HotelConfirmDown) {
+        state.hotel.fail_confirms(&request.reference, OUTAGE);
+    }
+    let seats = Seats {
+        inventory: state.flights.clone(),
+        reference: request.reference.clone(),
+        units: request.seats,
+    };
+    let rooms = Rooms {
+        inventory: state.hotel.clone(),
+        reference: request.reference.clone(),
+        units: request.rooms,
+        slow: request.simulate == Some(Simulate::SlowHotel),
+    };
+    // Durable: the intent (both services and their data) is written before
+    // the first Try, the decision before the first Confirm or Cancel. If the
+    // client hangs up, hyper drops this future; the transaction still runs
+    // to its end on a task of its own.
     let outcome = tcc! {
-        retry = RetryPolicy::default()
-            .with_max_retries(3)
-            .with_initial_interval(Duration::from_millis(20));
+        log = &state.log;
+        retry = retry_policy();
         try_timeout = TRY_TIMEOUT;
         fail_fast = true;
-        "flight" => clone(flights, request) {
-            try_phase: flights.hold(&request.reference, request.seats),
-            confirm: flights.book(),
-            cancel: flights.release(),
-        },
-        "hotel" => clone(hotel, request) {
-            try_phase: async {
-                if simulate == Some(Simulate::SlowHotel) {
-                    tokio::time::sleep(SLOW_TRY).await;
-                }
-                hotel.hold(&request.reference, request.rooms).await
-            },
-            confirm: async {
-                if simulate == Some(Simulate::HotelConfirmDown) {
-                    return Err(InventoryError::Unavailable("hotel"));
-                }
-                hotel.book().await
-            },
-            cancel: hotel.release(),
-        },
+        seats,
+        rooms,
     }
     .await;
     watch.done();
@@ -348,14 +486,33 @@ async fn create_booking(
     }
 }
 
-/// Serves `state` on an ephemeral port of 127.0.0.1, on a task of its own.
+/// `GET /metrics`: every metric recorded so far, in Prometheus' text format.
+async fn render_metrics(State(state): State<Arc<AppState>>) -> impl axum::response::IntoResponse {
+    let text = "text/plain; version=0.0.4; charset=utf-8";
+    ([(header::CONTENT_TYPE, text)], state.metrics.render())
+}
+
+/// Serves `state` on an ephemeral port of 127.0.0.1, on a task of its own,
+/// with a task of recovery passes beside it.
 pub async fn serve(state: Arc<AppState>) -> std::io::Result<SocketAddr> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
+    serve_on(state, (Ipv4Addr::LOCALHOST, 0).into()).await
+}
+
+/// Serves `state` at `address`, as [`serve`] does.
+pub async fn serve_on(state: Arc<AppState>, address: SocketAddr) -> std::io::Result<SocketAddr> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
     // The default backlog of 128 makes a burst of clients beyond it wait
     // for a SYN retransmit (a second or more).
-    let listener = socket.listen(1024)?;
+    let listener: TcpListener = socket.listen(1024)?;
     let address = listener.local_addr()?;
+    // Finishes what the log holds unfinished: a transaction whose end could
+    // not be written, and one an operator re-drove (`tcc retry`).
+    state.log.spawn_recovery(RECOVERY_EVERY);
     // The recorder drains its histograms when it renders, and here every
     // few seconds as well, so that they do not grow between scrapes (a
     // recorder installed without the exporter's own listener leaves that
@@ -405,6 +562,33 @@ pub async fn post_booking(
     }
 }
 
+fn print_stock(state: &AppState) {
+    for inventory in [&state.flights, &state.hotel] {
+        let stock = inventory.stock();
+        let count =
+            |holds: &HashMap<TransactionId, Hold>| holds.values().map(|h| h.units).sum::<u32>();
+        println!(
+            "  {:<6}: {} free, {} held, {} booked",
+            inventory.name,
+            stock.free,
+            count(&stock.held),
+            count(&stock.booked)
+        );
+    }
+}
+
+/// `--serve ADDRESS`: where to keep serving after the demo, if anywhere.
+fn serve_at() -> Result<Option<SocketAddr>, BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(None),
+        [flag, address] if flag == "--serve" => Ok(Some(address.parse().map_err(|_| {
+            format!("--serve takes an address such as 127.0.0.1:3000, not `{address}`")
+        })?)),
+        _ => Err("usage: http_handler [--serve ADDRESS]".into()),
+    }
+}
+
 /// Sends `GET /metrics` and returns the text.
 pub async fn get_metrics(server: SocketAddr) -> Result<String, BoxError> {
     let stream = TcpStream::connect(server).await?;
@@ -430,25 +614,14 @@ pub async fn get_metrics(server: SocketAddr) -> Result<String, BoxError> {
     }
 }
 
-fn print_stock(state: &AppState) {
-    for inventory in [&state.flights, &state.hotel] {
-        let stock = inventory.stock();
-        let count =
-            |holds: &HashMap<TransactionId, Hold>| holds.values().map(|h| h.units).sum::<u32>();
-        println!(
-            "  {:<6}: {} free, {} held, {} booked",
-            inventory.name,
-            stock.free,
-            count(&stock.held),
-            count(&stock.booked)
-        );
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let serve_at = serve_at()?;
     let state = AppState::new(4, 3);
-    let server = serve(state.clone()).await?;
+    let server = match serve_at {
+        Some(address) => serve_on(state.clone(), address).await?,
+        None => serve(state.clone()).await?,
+    };
     println!("serving on http://{server}");
     print_stock(&state);
 
@@ -506,6 +679,18 @@ async fn main() -> Result<(), BoxError> {
         {
             println!("  {line}");
         }
+    }
+
+    if serve_at.is_some() {
+        println!(
+            "\nstill serving on http://{server}, the transaction log in {}, its admin router at http://{server}/tcc:",
+            state.log_path().display()
+        );
+        println!("  tcc --url http://{server}/tcc list");
+        println!(
+            "dee's booking needs repair; the hotel's outage ends {OUTAGE:?} after it was asked. Ctrl-C stops the server."
+        );
+        tokio::signal::ctrl_c().await?;
     }
     Ok(())
 }

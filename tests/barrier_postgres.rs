@@ -821,6 +821,68 @@ async fn cleanup_with_the_longest_horizon_keeps_every_row() {
     assert_eq!(postgres::cleanup(&client, century, 10).await.unwrap(), 1);
 }
 
+/// The reservations past an age, for `tcc orphans`: `tried` and `started`
+/// rows, the oldest first, with their ages by the database's clock; never a
+/// finished row or a younger one.
+#[tokio::test]
+async fn held_longer_than_lists_the_reservations_past_the_age_oldest_first() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let mut client = setup(cluster, "held_longer_than", 1).await.pop().unwrap();
+    let (tried, started, finished, young) = (
+        TransactionId::generate(),
+        TransactionId::generate(),
+        TransactionId::generate(),
+        TransactionId::generate(),
+    );
+    deliver(&mut client, &branch(tried, Phase::Try), false)
+        .await
+        .unwrap();
+    postgres::announce(&mut client, &branch(started, Phase::Try))
+        .await
+        .unwrap();
+    deliver(&mut client, &branch(finished, Phase::Try), false)
+        .await
+        .unwrap();
+    deliver(&mut client, &branch(finished, Phase::Confirm), false)
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "UPDATE tcc_barrier SET updated_at = updated_at - interval '2 hours';
+             UPDATE tcc_barrier SET updated_at = updated_at - interval '1 hour'
+             WHERE transaction_id = '{tried}'"
+        ))
+        .await
+        .unwrap();
+    deliver(&mut client, &branch(young, Phase::Try), false)
+        .await
+        .unwrap();
+
+    let hour = Duration::from_secs(3600);
+    let held = postgres::held_longer_than(&client, hour).await.unwrap();
+    let found: Vec<_> = held.iter().map(|h| (h.transaction(), h.state)).collect();
+    assert_eq!(found, [(Some(tried), "tried"), (Some(started), "started")]);
+    let about = |age: Duration, hours: u32| age.abs_diff(hour * hours) < Duration::from_secs(60);
+    assert!(about(held[0].age, 3), "{held:?}");
+    assert!(about(held[1].age, 2), "{held:?}");
+    let service = branch(tried, Phase::Try).service_name().to_owned();
+    assert_eq!(held[0].service, service);
+    assert!(
+        postgres::held_longer_than(&client, 4 * hour)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        postgres::held_longer_than(&client, Duration::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// A Confirm without a committed Try is a permanent error: the runtime does
 /// not retry it.
 // Real time: the phases wait on a real server, and under the paused clock

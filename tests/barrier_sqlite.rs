@@ -856,6 +856,58 @@ fn cleanup_lets_a_phase_on_another_connection_in_between_batches() {
     );
 }
 
+/// The reservations past an age, for `tcc orphans`: `tried` and `started`
+/// rows, the oldest first, with their ages; never a finished row or a
+/// younger one.
+#[test]
+fn held_longer_than_lists_the_reservations_past_the_age_oldest_first() {
+    let db = Db::new();
+    let mut conn = db.open();
+    let (tried, started, finished, young) = (
+        TransactionId::generate(),
+        TransactionId::generate(),
+        TransactionId::generate(),
+        TransactionId::generate(),
+    );
+    deliver(&mut conn, &branch(tried, Phase::Try), false).unwrap();
+    sqlite::announce(&mut conn, &branch(started, Phase::Try)).unwrap();
+    deliver(&mut conn, &branch(finished, Phase::Try), false).unwrap();
+    deliver(&mut conn, &branch(finished, Phase::Confirm), false).unwrap();
+    let hour = Duration::from_secs(3600);
+    age_rows(&conn, 2 * hour);
+    conn.execute(
+        "UPDATE tcc_barrier SET updated_at = updated_at - ?2 WHERE transaction_id = ?1",
+        rusqlite::params![tried.to_string(), hour.as_millis() as i64],
+    )
+    .unwrap();
+    deliver(&mut conn, &branch(young, Phase::Try), false).unwrap();
+
+    let held = sqlite::held_longer_than(&conn, hour).unwrap();
+    let found: Vec<_> = held
+        .iter()
+        .map(|h| (h.transaction(), h.service.as_str(), h.state))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Some(tried), "wallet", "tried"),
+            (Some(started), "wallet", "started")
+        ]
+    );
+    let about = |age: Duration, hours: u32| age.abs_diff(hour * hours) < Duration::from_secs(60);
+    assert!(about(held[0].age, 3), "{held:?}");
+    assert!(about(held[1].age, 2), "{held:?}");
+    assert!(
+        sqlite::held_longer_than(&conn, 4 * hour)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        sqlite::held_longer_than(&conn, Duration::MAX).unwrap(),
+        vec![]
+    );
+}
+
 /// As PostgreSQL's: a horizon of `Duration::MAX` keeps every row.
 #[test]
 fn cleanup_with_the_longest_horizon_keeps_every_row() {

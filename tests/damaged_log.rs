@@ -14,6 +14,8 @@
 //!   transaction is still driven to its decision;
 //! - a log of file format 1 (the previous release): refused, saying how to
 //!   finish it;
+//! - a log of file format 2: upgraded to 3 when opened, its values read as
+//!   they are;
 //! - a redb file with no tables (a `create` cut short): `open` says so, and
 //!   `create` takes it; one with tables of anyone's is never taken.
 //!
@@ -437,7 +439,8 @@ async fn one_unreadable_record_among_13_good_ones_does_not_stop_recovery() {
     assert_eq!(again.finished, 0);
     assert!(again.unreadable.is_empty(), "{again:?}");
     // Once the operator has seen to it by hand, it is gone.
-    assert!(log.resolve(bad.id).await.unwrap());
+    let by_hand = tcc::durable::Resolution::new("ada", "removed the damaged record");
+    assert!(log.resolve(bad.id, by_hand).await.unwrap());
     assert!(log.needs_repair(10).await.unwrap().is_empty());
     assert_eq!(log.unfinished_count().await.unwrap(), 0);
 }
@@ -548,6 +551,78 @@ fn a_log_of_file_format_1_is_refused_saying_how_to_finish_it() {
             .value(),
         1
     );
+}
+
+/// CRC-32 (IEEE), as the log's checksums are: to write a value of format
+/// 2 as the release before wrote it.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut crc = !0u32;
+    for byte in parts.iter().flat_map(|part| part.iter()) {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[tokio::test]
+async fn a_log_of_file_format_2_is_upgraded_when_opened_its_records_read_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    drop(RedbLog::create(&path).unwrap());
+    // A decided transaction as format 2 wrote it (no decision time), in a
+    // file of format 2.
+    let id = TransactionId::generate();
+    let mut body = Vec::new();
+    body.extend_from_slice(&7u64.to_le_bytes()); // epoch
+    body.extend_from_slice(&[1, 0]); // decided, confirm
+    body.extend_from_slice(&1_000_000_000u64.to_le_bytes()); // started_at
+    body.extend_from_slice(&1u32.to_le_bytes());
+    for field in [&b"payer"[..], b"entry", b"{}"] {
+        body.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut value = vec![2];
+    value.extend_from_slice(&crc32(&[&id.as_u128().to_le_bytes(), &body]).to_le_bytes());
+    value.extend_from_slice(&body);
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 2).unwrap();
+        txn.open_table(UNFINISHED)
+            .unwrap()
+            .insert(id.as_u128(), value.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    let log = TransactionLog::open(&path).unwrap();
+    let record = log.status(id).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Decided(Decision::Confirm));
+    assert_eq!(record.intent.participants[0].name, "payer");
+    assert_eq!(record.decided_at, None);
+    // Recovered as any other: confirmed, and its outcome kept.
+    let ledger = Arc::new(Ledger::default());
+    log.provide(ledger.clone())
+        .unwrap()
+        .register::<Entry>()
+        .unwrap();
+    let summary = log.recover().await.unwrap();
+    assert_eq!(summary.finished, 1, "{summary:?}");
+    assert_eq!(ledger.ran(id), [Phase::Confirm]);
+    drop(log);
+
+    // The file says format 3 now: a version reading format 2 only refuses
+    // it rather than take the values written since for damage.
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let format = txn.open_table(META).unwrap().get("format").unwrap();
+    assert_eq!(format.unwrap().value(), 3);
 }
 
 #[tokio::test]

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tcc::durable::{
-    Decision, End, Fault, FaultyLog, Intent, Lease, Log, LogFuture, MemoryLog, PhaseProgress,
-    Status, TransactionRecord,
+    Decision, End, Fault, FaultyLog, Filter, Intent, Lease, Log, LogFuture, LogSummary, MemoryLog,
+    PhaseProgress, Resolution, Status, TransactionRecord,
 };
 use tcc::{
     BoxError, ErrorKind, Orchestrator, Phase, Recoverable, Resources, Service, TccService,
@@ -529,6 +529,45 @@ async fn retries_resume_from_the_attempts_in_the_log_then_need_repair() {
     );
 }
 
+/// An operator's tool requeues a transaction that needs repair, through a
+/// log of its own on the same store that knows no kind of service: the
+/// coordinator's running recovery task, which left it alone until then,
+/// re-drives it with a fresh retry budget and finishes it.
+#[tokio::test(start_paused = true)]
+async fn a_requeued_transaction_is_finished_by_the_coordinators_next_recovery_pass() {
+    let (bank, log, id, _) = payee_never_confirms().await;
+    let recovery = log.spawn_recovery(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let record = log.status(id).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::NeedsRepair(Decision::Confirm));
+    assert_eq!(
+        record.phase_progress(1, Phase::Confirm).unwrap().attempts,
+        3
+    );
+
+    // The cause is fixed, but the payee's Confirm still fails twice more:
+    // only a fresh budget of three attempts gets it through.
+    bank.confirm_failures
+        .lock()
+        .unwrap()
+        .insert("payee".into(), 2);
+    let tool = TransactionLog::from_store(log.store().clone());
+    assert!(tool.requeue(id).await.unwrap());
+    assert!(!tool.requeue(id).await.unwrap(), "only once");
+    assert_eq!(
+        tool.status(id).await.unwrap().unwrap().status,
+        Status::Decided(Decision::Confirm)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        tool.status(id).await.unwrap().unwrap().status,
+        Status::Done(Decision::Confirm)
+    );
+    assert!(bank.of(id).iter().all(|(_, b)| b.confirmed && !b.held));
+    assert_eq!(log.unfinished_count().await.unwrap(), 0);
+    recovery.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_transaction_resolved_by_hand_is_left_alone() {
     let durable = Arc::new(MemoryLog::new());
@@ -542,8 +581,9 @@ async fn a_transaction_resolved_by_hand_is_left_alone() {
         .await
         .unwrap_err();
     let id = id.unwrap();
-    assert!(log.resolve(id).await.unwrap());
-    assert!(!log.resolve(id).await.unwrap(), "only once");
+    let by_hand = Resolution::new("ada", "confirmed by hand");
+    assert!(log.resolve(id, by_hand.clone()).await.unwrap());
+    assert!(!log.resolve(id, by_hand).await.unwrap(), "only once");
     assert!(log.needs_repair(10).await.unwrap().is_empty());
     assert_eq!(log.unfinished_count().await.unwrap(), 0);
     let error = log.redrive(id).await.unwrap_err();
@@ -979,11 +1019,20 @@ impl Log for StalledClaims {
     fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>> {
         self.inner.reopen(id)
     }
-    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
-        self.inner.resolve(id)
+    fn requeue(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.inner.requeue(id)
+    }
+    fn resolve(&self, id: TransactionId, resolution: &Resolution) -> LogFuture<'_, bool> {
+        self.inner.resolve(id, resolution)
     }
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
         self.inner.unfinished_count()
+    }
+    fn list(&self, filter: &Filter) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.inner.list(filter)
+    }
+    fn summary(&self) -> LogFuture<'_, LogSummary> {
+        self.inner.summary()
     }
 }
 

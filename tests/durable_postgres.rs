@@ -8,7 +8,7 @@
 //!    Expiry is the database's clock; a renewal keeps a lease.
 //! 3. The schema: `migrate` is idempotent (also when run concurrently);
 //!    opening a missing, old, newer or foreign schema is refused, saying what
-//!    to run.
+//!    to run; a schema of version 1 is upgraded, keeping its rows.
 //! 4. A backend killed in the middle of a batch: that batch's calls fail,
 //!    the next ones reconnect, nothing acknowledged is lost.
 //! 5. `TransactionLog::postgres`: a transaction runs durably on it, and one
@@ -280,6 +280,104 @@ async fn a_renewed_lease_is_not_claimed_and_a_moved_epoch_fails_the_renewal() {
     b.renew(&claimed[0].0).await.unwrap();
 }
 
+/// The schema of version 1, as `migrate` made it before version 2 added the
+/// times and the notes: frozen here, as a database of then holds it.
+const SCHEMA_1: &str = "
+CREATE TABLE tcc_log_schema (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version   integer NOT NULL
+);
+INSERT INTO tcc_log_schema (version) VALUES (1);
+CREATE TABLE tcc_log_transactions (
+    id         text        PRIMARY KEY,
+    status     smallint    NOT NULL CHECK (status IN (0, 1, 2)),
+    decision   smallint    CHECK (decision IN (0, 1)),
+    epoch      bigint      NOT NULL,
+    owner      text,
+    expires    timestamptz NOT NULL,
+    started_at timestamptz NOT NULL,
+    names      text[]      NOT NULL,
+    kinds      text[]      NOT NULL,
+    data       bytea[]     NOT NULL,
+    attempts   bigint[]    NOT NULL,
+    succeeded  boolean[]   NOT NULL,
+    errors     text[]      NOT NULL,
+    damage     text
+) WITH (fillfactor = 70);
+CREATE INDEX tcc_log_expires ON tcc_log_transactions (expires);
+CREATE TABLE tcc_log_outcomes (
+    id          text        PRIMARY KEY,
+    decision    smallint    NOT NULL CHECK (decision IN (0, 1)),
+    started_at  timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    seq         bigint      GENERATED ALWAYS AS IDENTITY
+);
+CREATE INDEX tcc_log_outcomes_seq ON tcc_log_outcomes (seq);
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_of_version_1_is_refused_until_migrate_upgrades_it_keeping_its_rows() {
+    let Some(cluster) = Cluster::get() else {
+        return;
+    };
+    let schema = pglog::fresh_schema("version_1");
+    let admin = cluster.connect(&schema).await;
+    admin.batch_execute(SCHEMA_1).await.unwrap();
+    // A transaction needing repair and an outcome, as version 1 wrote them.
+    let (repair, done) = (TransactionId::generate(), TransactionId::generate());
+    admin
+        .execute(
+            "INSERT INTO tcc_log_transactions VALUES ($1, 2, 0, 3, NULL, now(),
+                 now() - interval '1 hour', '{payee}', '{account}', ARRAY['\\x7b7d'::bytea],
+                 '{1,4,0}', '{t,f,f}', '{NULL,down,NULL}', NULL)",
+            &[&repair.to_string()],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO tcc_log_outcomes (id, decision, started_at, finished_at)
+             VALUES ($1, 1, now() - interval '2 hours', now() - interval '1 hour')",
+            &[&done.to_string()],
+        )
+        .await
+        .unwrap();
+
+    let pool = pglog::pool(cluster, &schema, 4);
+    let error = PostgresLog::open(pool.clone()).await.unwrap_err();
+    assert_eq!(error.kind(), LogErrorKind::Schema);
+    let text = error.to_string();
+    assert!(text.contains("version 1"), "{text}");
+    assert!(text.contains("needs 2"), "{text}");
+    assert!(text.contains("PostgresLog::migrate"), "{text}");
+
+    PostgresLog::migrate(&pool).await.unwrap();
+    let log = PostgresLog::open(pool).await.unwrap();
+    let record = log.get(repair).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::NeedsRepair(Decision::Confirm));
+    assert_eq!(record.intent.participants[0].name, "payee");
+    assert_eq!(record.intent.participants[0].data, b"{}");
+    let confirm = record.phase_progress(0, Phase::Confirm).unwrap();
+    assert_eq!(confirm.attempts, 4);
+    assert_eq!(confirm.last_error.as_deref(), Some("down"));
+    assert_eq!((record.decided_at, record.ended_at), (None, None));
+    let outcome = log.get(done).await.unwrap().unwrap();
+    assert_eq!(outcome.status, Status::Done(Decision::Cancel));
+    assert_eq!((outcome.decided_at, outcome.resolution), (None, None));
+    assert!(outcome.ended_at.is_some());
+    // And what version 2 adds works on them.
+    let by_hand = tcc::durable::Resolution::new("ada", "paid by hand");
+    assert!(log.resolve(repair, &by_hand).await.unwrap());
+    let resolved = log.get(repair).await.unwrap().unwrap();
+    assert_eq!(resolved.resolution, Some(by_hand));
+    let version: i32 = admin
+        .query_one("SELECT version FROM tcc_log_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_idempotent_and_open_refuses_a_schema_it_cannot_use() {
     let Some(cluster) = Cluster::get() else {
@@ -322,7 +420,7 @@ async fn migrate_is_idempotent_and_open_refuses_a_schema_it_cannot_use() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
 
     // Written by a newer version: refused by open and by migrate.
     admin
@@ -376,7 +474,7 @@ async fn migrate_is_idempotent_and_open_refuses_a_schema_it_cannot_use() {
     admin
         .batch_execute(
             "CREATE TABLE tcc_log_schema (singleton boolean PRIMARY KEY, version integer);
-             INSERT INTO tcc_log_schema VALUES (true, 1)",
+             INSERT INTO tcc_log_schema VALUES (true, 2)",
         )
         .await
         .unwrap();
@@ -1120,7 +1218,8 @@ async fn one_unreadable_row_is_set_aside_and_the_others_are_recovered() {
     // Recovery again: nothing claimable is left, the bad row stays aside.
     let summary = log.recover().await.unwrap();
     assert_eq!((summary.finished, summary.unreadable.len()), (0, 0));
-    assert!(raw.resolve(bad).await.unwrap());
+    let by_hand = tcc::durable::Resolution::new("ada", "removed the damaged row");
+    assert!(raw.resolve(bad, &by_hand).await.unwrap());
     assert!(raw.get(bad).await.unwrap().is_none(), "no outcome kept");
     assert_eq!(raw.unfinished_count().await.unwrap(), 0);
 }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tcc::durable::{
-    Decision, End, Fault, FaultyLog, Intent, Lease, Log, LogErrorKind, MemoryLog, ParticipantEntry,
-    PhaseProgress, PostgresLog, RedbLog, Status, TransactionRecord,
+    Decision, End, Fault, FaultyLog, Filter, Intent, Lease, Log, LogErrorKind, MemoryLog,
+    ParticipantEntry, PhaseProgress, PostgresLog, RedbLog, Resolution, Status, StatusGroup,
+    TransactionRecord,
 };
 use tcc::{Phase, TransactionId};
 
@@ -76,6 +77,38 @@ fn intent(n: usize) -> Intent {
             })
             .collect(),
     }
+}
+
+/// An intent whose participants are named `names`.
+fn intent_of(names: &[&str]) -> Intent {
+    Intent {
+        id: TransactionId::generate(),
+        participants: names
+            .iter()
+            .map(|name| ParticipantEntry {
+                name: (*name).into(),
+                kind: format!("{name}-kind"),
+                data: b"{}".to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// An operator's account, for `resolve`.
+fn by_hand(note: &str) -> Resolution {
+    Resolution::new("ada", note)
+}
+
+fn ids(records: &[TransactionRecord]) -> Vec<TransactionId> {
+    records.iter().map(|record| record.intent.id).collect()
+}
+
+/// Whether `at` lies between `before` and `after`, with a second's slack
+/// either side (the database's clock is the machine's, read at another
+/// instant).
+fn between(at: Option<SystemTime>, before: SystemTime, after: SystemTime) -> bool {
+    let slack = Duration::from_secs(1);
+    at.is_some_and(|at| at + slack >= before && at <= after + slack)
 }
 
 fn progress(attempts: u32, succeeded: bool, error: Option<&str>) -> PhaseProgress {
@@ -433,24 +466,301 @@ mod cases {
         assert!(log.reopen(running.id).await.unwrap().is_none());
     }
 
-    pub async fn resolve_ends_a_repair<L: Log>(open: Open<L>) {
+    pub async fn resolve_ends_a_repair_keeping_who_and_why<L: Log>(open: Open<L>) {
         let log = open(100);
         let (intent, _) = in_repair(&*log, Decision::Cancel).await;
         let running = self::intent(1);
         log.begin(&running).await.unwrap();
         assert_eq!(log.unfinished_count().await.unwrap(), 2);
         assert_eq!(log.needs_repair_count().await.unwrap(), 1);
-        assert!(!log.resolve(running.id).await.unwrap());
-        assert!(!log.resolve(TransactionId::generate()).await.unwrap());
-        assert!(log.resolve(intent.id).await.unwrap());
-        assert_eq!(
-            status(&*log, intent.id).await,
-            Some(Status::Done(Decision::Cancel))
-        );
-        assert!(!log.resolve(intent.id).await.unwrap());
+        let note = by_hand("refunded the payer by hand");
+        assert!(!log.resolve(running.id, &note).await.unwrap());
+        assert!(!log.resolve(TransactionId::generate(), &note).await.unwrap());
+        let before = SystemTime::now();
+        assert!(log.resolve(intent.id, &note).await.unwrap());
+        let after = SystemTime::now();
+        let resolved = record(&*log, intent.id).await;
+        assert_eq!(resolved.status, Status::Done(Decision::Cancel));
+        assert_eq!(resolved.resolution, Some(note.clone()));
+        assert!(between(resolved.ended_at, before, after), "{resolved:?}");
+        assert!(!log.resolve(intent.id, &by_hand("again")).await.unwrap());
         assert_eq!(log.unfinished_count().await.unwrap(), 1);
         assert_eq!(log.needs_repair_count().await.unwrap(), 0);
         assert!(log.needs_repair(10).await.unwrap().is_empty());
+        // Listed with the other outcomes, the note with it.
+        let done = log
+            .list(&Filter::new().with_status(StatusGroup::Done))
+            .await
+            .unwrap();
+        assert_eq!(done, vec![resolved]);
+    }
+
+    pub async fn decisions_and_ends_are_timed<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(1);
+        let lease = log.begin(&intent).await.unwrap();
+        let begun = record(&*log, intent.id).await;
+        assert_eq!((begun.decided_at, begun.ended_at), (None, None));
+        assert_eq!(begun.resolution, None);
+
+        let before = SystemTime::now();
+        log.decide(&lease, Decision::Confirm).await.unwrap();
+        let after = SystemTime::now();
+        let decided = record(&*log, intent.id).await;
+        assert!(between(decided.decided_at, before, after), "{decided:?}");
+        assert_eq!(decided.ended_at, None);
+        // A second decision changes neither the decision nor its time.
+        log.decide(&lease, Decision::Cancel).await.unwrap();
+        assert_eq!(
+            record(&*log, intent.id).await.decided_at,
+            decided.decided_at
+        );
+
+        let before = SystemTime::now();
+        log.finish(&lease, End::NeedsRepair).await.unwrap();
+        let after = SystemTime::now();
+        let repair = record(&*log, intent.id).await;
+        assert_eq!(repair.decided_at, decided.decided_at);
+        assert!(between(repair.ended_at, before, after), "{repair:?}");
+
+        // Finished: its outcome keeps the start, the decision's time and
+        // the end.
+        let other = self::intent(1);
+        let lease = log.begin(&other).await.unwrap();
+        log.decide(&lease, Decision::Cancel).await.unwrap();
+        let decided_at = record(&*log, other.id).await.decided_at;
+        let before = SystemTime::now();
+        log.finish(&lease, End::Done).await.unwrap();
+        let after = SystemTime::now();
+        let done = record(&*log, other.id).await;
+        assert_eq!(done.status, Status::Done(Decision::Cancel));
+        assert_eq!(done.decided_at, decided_at);
+        assert!(between(done.ended_at, before, after), "{done:?}");
+        assert_eq!(done.resolution, None);
+
+        // Cancelled with no decision (presumed abort): no decision time.
+        let undecided = self::intent(1);
+        let lease = log.begin(&undecided).await.unwrap();
+        log.finish(&lease, End::Done).await.unwrap();
+        let done = record(&*log, undecided.id).await;
+        assert_eq!(done.status, Status::Done(Decision::Cancel));
+        assert_eq!(done.decided_at, None);
+        assert!(done.ended_at.is_some());
+    }
+
+    pub async fn requeue_hands_a_repair_to_the_next_claim<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let intent = intent(2);
+        let old = log.begin(&intent).await.unwrap();
+        log.note(&old, 0, Phase::Try, progress(1, true, None));
+        log.note(&old, 1, Phase::Try, progress(1, true, None));
+        log.decide(&old, Decision::Confirm).await.unwrap();
+        log.note(&old, 0, Phase::Confirm, progress(2, true, None));
+        log.note(&old, 1, Phase::Confirm, progress(4, false, Some("down")));
+        log.finish(&old, End::NeedsRepair).await.unwrap();
+        let repair = record(&*log, intent.id).await;
+
+        // Only a transaction needing repair is requeued.
+        let running = self::intent(1);
+        let _running = log.begin(&running).await.unwrap();
+        assert!(!log.requeue(running.id).await.unwrap());
+        assert!(!log.requeue(TransactionId::generate()).await.unwrap());
+
+        assert!(log.requeue(intent.id).await.unwrap());
+        assert!(!log.requeue(intent.id).await.unwrap(), "only once");
+        let requeued = record(&*log, intent.id).await;
+        assert_eq!(requeued.status, Status::Decided(Decision::Confirm));
+        assert!(log.needs_repair(10).await.unwrap().is_empty());
+        // The times and the intent are as they were.
+        assert_eq!(requeued.intent, intent);
+        assert_eq!(requeued.started_at, repair.started_at);
+        assert_eq!(requeued.decided_at, repair.decided_at);
+        assert_eq!(requeued.ended_at, repair.ended_at);
+        // A fresh retry budget in phase 2; the rest of the progress kept.
+        assert_eq!(
+            requeued.phase_progress(0, Phase::Try),
+            Some(&progress(1, true, None))
+        );
+        assert_eq!(
+            requeued.phase_progress(0, Phase::Confirm),
+            Some(&progress(0, true, None))
+        );
+        assert_eq!(
+            requeued.phase_progress(1, Phase::Confirm),
+            Some(&progress(0, false, Some("down")))
+        );
+
+        // Held by no one: the next claim takes it (the running one stays
+        // with its lease), under an epoch past the old lease's.
+        let claimed = log.claim_unfinished(10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        let (lease, record) = &claimed[0];
+        assert_eq!(lease.id, intent.id);
+        assert!(lease.epoch > old.epoch);
+        assert_eq!(record, &requeued);
+        let error = log.decide(&old, Decision::Cancel).await.unwrap_err();
+        assert_eq!(error.kind(), LogErrorKind::Fenced);
+        log.finish(lease, End::Done).await.unwrap();
+        assert_eq!(
+            status(&*log, intent.id).await,
+            Some(Status::Done(Decision::Confirm))
+        );
+    }
+
+    pub async fn list_returns_each_group_in_its_order<L: Log>(open: Open<L>) {
+        let log = open(100);
+        // Begun in this order, a few milliseconds apart: each group is
+        // listed oldest first, bar the finished, newest finished first.
+        let mut begun = Vec::new();
+        for names in [
+            &["flight", "hotel"][..],
+            &["hotel"],
+            &["flight"],
+            &["car"],
+            &["flight", "car"],
+            &["hotel", "car"],
+        ] {
+            let intent = intent_of(names);
+            let lease = log.begin(&intent).await.unwrap();
+            begun.push((intent.id, lease));
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let id = |i: usize| begun[i].0;
+        let lease = |i: usize| &begun[i].1;
+        // 0 and 3 need repair, 1 is decided, 4 undecided, 5 and then 2
+        // finished.
+        for i in [0, 3] {
+            log.decide(lease(i), Decision::Confirm).await.unwrap();
+            log.finish(lease(i), End::NeedsRepair).await.unwrap();
+        }
+        log.decide(lease(1), Decision::Confirm).await.unwrap();
+        log.finish(lease(5), End::Done).await.unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        log.finish(lease(2), End::Done).await.unwrap();
+
+        let listed = |filter: Filter| {
+            let log = &log;
+            async move { ids(&log.list(&filter).await.unwrap()) }
+        };
+        let all = Filter::new();
+        assert_eq!(
+            listed(all.clone()).await,
+            [id(0), id(3), id(1), id(4), id(2), id(5)]
+        );
+        let group = |group| Filter::new().with_status(group);
+        assert_eq!(
+            listed(group(StatusGroup::NeedsRepair)).await,
+            [id(0), id(3)]
+        );
+        assert_eq!(listed(group(StatusGroup::Unfinished)).await, [id(1), id(4)]);
+        assert_eq!(listed(group(StatusGroup::Done)).await, [id(2), id(5)]);
+        // The limit counts across the groups, in their order.
+        assert_eq!(
+            listed(all.clone().with_limit(3)).await,
+            [id(0), id(3), id(1)]
+        );
+        assert_eq!(
+            listed(group(StatusGroup::Done).with_limit(1)).await,
+            [id(2)]
+        );
+        assert!(listed(all.clone().with_limit(0)).await.is_empty());
+        // By service: outcomes keep no participants, so none is listed.
+        assert_eq!(
+            listed(all.clone().with_service("hotel")).await,
+            [id(0), id(1)]
+        );
+        assert_eq!(
+            listed(all.clone().with_service("car")).await,
+            [id(3), id(4)]
+        );
+        assert!(listed(all.clone().with_service("train")).await.is_empty());
+        // What the list holds is the record, progress and all.
+        let listed = log
+            .list(&group(StatusGroup::NeedsRepair).with_limit(1))
+            .await
+            .unwrap();
+        assert_eq!(listed, vec![record(&*log, id(0)).await]);
+    }
+
+    pub async fn list_by_age_counts_from_the_start<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let (older, younger) = (intent(1), intent(1));
+        let (old_repair, young_repair) = (intent(1), intent(1));
+        let first = log.begin(&older).await.unwrap();
+        let repair = log.begin(&old_repair).await.unwrap();
+        log.decide(&first, Decision::Confirm).await.unwrap();
+        log.finish(&first, End::Done).await.unwrap();
+        log.finish(&repair, End::NeedsRepair).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let second = log.begin(&younger).await.unwrap();
+        log.finish(&second, End::Done).await.unwrap();
+        let repair = log.begin(&young_repair).await.unwrap();
+        log.finish(&repair, End::NeedsRepair).await.unwrap();
+        log.begin(&intent(1)).await.unwrap();
+
+        // Begun over a second ago: the first two only, whatever group.
+        let old = Filter::new().with_older_than(Duration::from_secs(1));
+        assert_eq!(
+            ids(&log.list(&old).await.unwrap()),
+            [old_repair.id, older.id]
+        );
+        for age in [Duration::from_secs(3600), Duration::MAX] {
+            let none = Filter::new().with_older_than(age);
+            assert!(log.list(&none).await.unwrap().is_empty(), "{age:?}");
+        }
+        assert_eq!(log.list(&Filter::new()).await.unwrap().len(), 5);
+    }
+
+    pub async fn summary_counts_what_the_log_holds<L: Log>(open: Open<L>) {
+        let log = open(100);
+        let empty = log.summary().await.unwrap();
+        assert_eq!(
+            (
+                empty.undecided,
+                empty.decided,
+                empty.needs_repair,
+                empty.done
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(empty.oldest_unfinished, None);
+        assert_eq!(empty.oldest_needs_repair, None);
+
+        let (first_repair, _) = in_repair(&*log, Decision::Confirm).await;
+        std::thread::sleep(Duration::from_millis(3));
+        let oldest = intent(1);
+        log.begin(&oldest).await.unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        in_repair(&*log, Decision::Cancel).await;
+        let decided = log.begin(&intent(2)).await.unwrap();
+        log.decide(&decided, Decision::Confirm).await.unwrap();
+        log.begin(&intent(1)).await.unwrap();
+        for _ in 0..3 {
+            let lease = log.begin(&intent(1)).await.unwrap();
+            log.finish(&lease, End::Done).await.unwrap();
+        }
+
+        let summary = log.summary().await.unwrap();
+        assert_eq!(summary.undecided, 2, "{summary:?}");
+        assert_eq!(summary.decided, 1, "{summary:?}");
+        assert_eq!(summary.needs_repair, 2, "{summary:?}");
+        assert_eq!(summary.unreadable, 0, "{summary:?}");
+        assert_eq!(summary.done, 3, "{summary:?}");
+        let started = record(&*log, oldest.id).await.started_at;
+        assert_eq!(summary.oldest_unfinished, Some((oldest.id, started)));
+        let started = record(&*log, first_repair.id).await.started_at;
+        assert_eq!(
+            summary.oldest_needs_repair,
+            Some((first_repair.id, started))
+        );
+        if let Some(bytes) = summary.bytes {
+            assert!(bytes > 0, "{summary:?}");
+        }
+        // Its count of the unfinished is unfinished_count's.
+        assert_eq!(
+            summary.undecided + summary.decided + summary.needs_repair,
+            log.unfinished_count().await.unwrap()
+        );
     }
 
     pub async fn needs_repair_lists_the_oldest_first<L: Log>(open: Open<L>) {
@@ -592,7 +902,12 @@ every_store!(
     claim_takes_at_most_its_limit,
     release_gives_a_claim_back_unchanged,
     reopen_claims_a_repair_again,
-    resolve_ends_a_repair,
+    resolve_ends_a_repair_keeping_who_and_why,
+    decisions_and_ends_are_timed,
+    requeue_hands_a_repair_to_the_next_claim,
+    list_returns_each_group_in_its_order,
+    list_by_age_counts_from_the_start,
+    summary_counts_what_the_log_holds,
     needs_repair_lists_the_oldest_first,
     outcomes_beyond_the_retention_are_pruned,
     a_log_call_dropped_unread_gives_its_leases_back,
@@ -662,7 +977,7 @@ mod file {
         for (lease, _) in claimed {
             log.finish(&lease, End::Done).await.unwrap();
         }
-        assert!(log.resolve(repair.id).await.unwrap());
+        assert!(log.resolve(repair.id, &by_hand("seen to")).await.unwrap());
         assert_eq!(status(&log, done.id).await, None);
         assert_eq!(
             status(&log, undecided.id).await,
@@ -952,10 +1267,13 @@ mod faulty {
     }
 
     fn same(a: Option<TransactionRecord>, b: Option<TransactionRecord>) -> bool {
-        // Start times differ between two logs; everything else must not.
+        // Times differ between two logs (whether each is there must not);
+        // everything else must not differ.
         let strip = |r: Option<TransactionRecord>| {
             r.map(|mut r| {
                 r.started_at = SystemTime::UNIX_EPOCH;
+                r.decided_at = r.decided_at.map(|_| SystemTime::UNIX_EPOCH);
+                r.ended_at = r.ended_at.map(|_| SystemTime::UNIX_EPOCH);
                 r
             })
         };

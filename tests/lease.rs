@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tcc::durable::{
-    Decision, End, Intent, Lease, Log, LogError, LogErrorKind, LogFuture, MemoryLog, PhaseProgress,
-    TransactionRecord,
+    Decision, End, Filter, Intent, Lease, Log, LogError, LogErrorKind, LogFuture, LogSummary,
+    MemoryLog, PhaseProgress, Resolution, TransactionRecord,
 };
 use tcc::{
     BoxError, ErrorKind, Phase, Recoverable, Resources, RetryPolicy, TransactionId, TransactionLog,
@@ -104,11 +104,20 @@ impl Log for Expiring {
     fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>> {
         self.inner.reopen(id)
     }
-    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
-        self.inner.resolve(id)
+    fn requeue(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.inner.requeue(id)
+    }
+    fn resolve(&self, id: TransactionId, resolution: &Resolution) -> LogFuture<'_, bool> {
+        self.inner.resolve(id, resolution)
     }
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
         self.inner.unfinished_count()
+    }
+    fn list(&self, filter: &Filter) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.inner.list(filter)
+    }
+    fn summary(&self) -> LogFuture<'_, LogSummary> {
+        self.inner.summary()
     }
 }
 

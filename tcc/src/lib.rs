@@ -194,6 +194,10 @@ pub mod barrier;
 )]
 pub mod http;
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
+
 // The macros, each documented on its own page: `#[tcc_service]`, its phase
 // attributes `#[try_phase]`, `#[confirm]` and `#[cancel]`, `tcc!` and
 // `#[derive(Recoverable)]`. (A doc comment here would be repeated on every

@@ -50,6 +50,11 @@ impl fmt::Display for Phase {
 /// confirmed, or every participant is cancelled. A durable transaction
 /// writes it to its log before the first Confirm or Cancel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "admin",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum Decision {
     /// Every Try succeeded: confirm everywhere.
     Confirm,

@@ -11,7 +11,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use crate::durable::{LeaseGuard, Log, LogError, Status, TransactionRecord};
+use crate::durable::{
+    Filter, LeaseGuard, Log, LogError, LogSummary, Resolution, Status, TransactionRecord,
+};
 use crate::engine::{self, Kinds, LogHandle, Member, Options};
 use crate::error::{BoxError, Chain, Error, ErrorKind};
 use crate::id::TransactionId;
@@ -628,9 +630,34 @@ impl TransactionLog {
         result
     }
 
+    /// Marks a transaction in "needs repair" for the next recovery pass,
+    /// once its cause is fixed: it is decided again, held by no one, with a
+    /// fresh retry budget, and the next [`recover`](TransactionLog::recover)
+    /// pass of any coordinator of the log (this one's
+    /// [`spawn_recovery`](TransactionLog::spawn_recovery), another's, or the
+    /// next process's at its start) runs its phase 2 with the services
+    /// registered there; it goes back to "needs repair" if that fails again.
+    /// False when it was not in "needs repair" (or its record cannot be
+    /// read: see [`resolve`](TransactionLog::resolve)).
+    ///
+    /// For an operator's tool, which runs no participant's code: to run
+    /// phase 2 now, in this process, call
+    /// [`redrive`](TransactionLog::redrive).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not leave the transaction requeued
+    /// (the request may have reached the log already); nothing is left
+    /// half-done. [`status`](TransactionLog::status) tells which.
+    pub async fn requeue(&self, id: TransactionId) -> Result<bool, LogError> {
+        self.inner.store.requeue(id).await
+    }
+
     /// Marks a transaction in "needs repair" as resolved by hand: it is
-    /// finished, and recovery leaves it alone. False when it was not in
-    /// "needs repair".
+    /// finished, recovery leaves it alone, and its outcome keeps
+    /// `resolution` (who saw to it, and how) for as long as the log keeps
+    /// outcomes. False when it was not in "needs repair". A record the log
+    /// could not read ([`Status::Unreadable`]) is removed, keeping nothing.
     ///
     /// Once it is resolved, `tcc_transactions_needing_repair` is set from
     /// the log (see [`tcc::metrics`](crate::metrics)).
@@ -640,12 +667,37 @@ impl TransactionLog {
     /// Dropping the future may or may not leave the transaction resolved
     /// (the request may have reached the log already); nothing is left
     /// half-done. [`status`](TransactionLog::status) tells which.
-    pub async fn resolve(&self, id: TransactionId) -> Result<bool, LogError> {
-        let resolved = self.inner.store.resolve(id).await?;
+    pub async fn resolve(
+        &self,
+        id: TransactionId,
+        resolution: Resolution,
+    ) -> Result<bool, LogError> {
+        let resolved = self.inner.store.resolve(id, &resolution).await?;
         if resolved && crate::metrics::recording() {
             crate::durable::publish_needing_repair(&*self.inner.store).await;
         }
         Ok(resolved)
+    }
+
+    /// The transactions `filter` asks for: those needing repair first, then
+    /// the unfinished, each the oldest first, then the finished, the most
+    /// recently finished first (see [`Log::list`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a read, which changes nothing.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<TransactionRecord>, LogError> {
+        self.inner.store.list(filter).await
+    }
+
+    /// What the log holds, counted by status, with its oldest unfinished
+    /// transactions and its size (see [`Log::summary`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a read, which changes nothing.
+    pub async fn summary(&self) -> Result<LogSummary, LogError> {
+        self.inner.store.summary().await
     }
 
     /// How many transactions are unfinished (needing repair included).

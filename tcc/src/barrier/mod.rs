@@ -152,6 +152,19 @@
 //! a Confirm or Cancel, too: a Confirm delivered again after its row was
 //! deleted is refused ([`ConfirmWithoutTry`](BarrierErrorKind::ConfirmWithoutTry)),
 //! and a Cancel is taken for an empty cancel. Neither runs its code twice.
+//!
+//! # Reservations no one will release
+//!
+//! A `tried` row (or a `started` one) holds what its Try reserved until its
+//! Confirm or Cancel comes, which the coordinator sends as long as its
+//! transaction log holds the transaction. When the log does not (it was
+//! lost or replaced, the participant's data was restored from a backup
+//! that predates the Confirm or Cancel, a transaction was resolved by hand
+//! without this branch, a bug), no one ever will, and the reservation stays.
+//! `held_longer_than` (in [`sqlite::held_longer_than`] and
+//! [`postgres::held_longer_than`]) lists the branches still holding one
+//! after an age; the `tcc orphans` command (cargo feature `cli`) checks
+//! each against the log, and says what to do with those it does not hold.
 
 // With `http-server` alone, only `Branch` (its extractor) is used: the
 // rules wait for a backend.
@@ -192,6 +205,40 @@ pub const ATTEMPTS: u32 = 5;
 /// The name of the barrier's table. In PostgreSQL it is resolved through the
 /// connection's `search_path`, so a schema per application works.
 pub const TABLE: &str = "tcc_barrier";
+
+/// A branch whose row still holds what its Try reserved: `tried`, or
+/// `started` (a Try that announced effects outside the database, whose own
+/// transaction has not committed), listed by `held_longer_than` (see
+/// [the module docs](self#reservations-no-one-will-release)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldBranch {
+    /// The transaction id as the row holds it: a [`TransactionId`]'s 32
+    /// hex digits, unless something else wrote the row
+    /// ([`transaction`](HeldBranch::transaction) parses it).
+    pub transaction_id: String,
+    /// The service's name.
+    pub service: String,
+    /// `tried` or `started`.
+    pub state: &'static str,
+    /// How long ago the row last changed, by the database's clock.
+    pub age: Duration,
+}
+
+impl HeldBranch {
+    /// The row's transaction id, if it is one.
+    pub fn transaction(&self) -> Option<TransactionId> {
+        self.transaction_id.parse().ok()
+    }
+
+    /// The state of a row that holds a reservation, named as the table
+    /// spells it; `None` for any other.
+    pub(crate) fn holding(state: &str) -> Option<&'static str> {
+        [RowState::Tried, RowState::Started]
+            .into_iter()
+            .map(RowState::name)
+            .find(|name| *name == state)
+    }
+}
 
 /// One service's part in one transaction, and the phase being delivered to
 /// it: what the barrier keys its row by.

@@ -101,8 +101,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Transaction};
 
 use super::{
-    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, RowState, Step,
-    backoff, first_write, first_write_entry, in_chain, rule,
+    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, HeldBranch, Outcome,
+    RowState, Step, backoff, first_write, first_write_entry, in_chain, rule,
 };
 use crate::phase::Phase;
 
@@ -345,6 +345,45 @@ pub async fn cleanup(
             return Ok(deleted);
         }
     }
+}
+
+/// The branches whose rows still hold what their Try reserved (`tried` or
+/// `started`) and last changed more than `age` ago, by the database's
+/// clock, the oldest first: reservations that no one may ever release,
+/// unless the transaction log still holds their transactions (see
+/// [the module docs](super#reservations-no-one-will-release)). Reads only,
+/// locking nothing.
+pub async fn held_longer_than(
+    client: &Client,
+    age: Duration,
+) -> Result<Vec<HeldBranch>, BarrierError> {
+    // As in `cleanup`: no row is older than the timestamps' range.
+    let age = age.as_secs_f64().min(MAX_HORIZON_SECS);
+    let rows = client
+        .query(
+            "SELECT transaction_id, service, state,
+                    extract(epoch FROM now() - updated_at)::float8
+             FROM tcc_barrier
+             WHERE state IN ('tried', 'started')
+               AND updated_at < now() - make_interval(secs => $1)
+             ORDER BY updated_at, transaction_id, service",
+            &[&age],
+        )
+        .await?;
+    let mut held = Vec::new();
+    for row in rows {
+        let state: String = row.try_get(2)?;
+        if let Some(state) = HeldBranch::holding(&state) {
+            let seconds: f64 = row.try_get(3)?;
+            held.push(HeldBranch {
+                transaction_id: row.try_get(0)?,
+                service: row.try_get(1)?,
+                state,
+                age: Duration::try_from_secs_f64(seconds).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(held)
 }
 
 /// One step through the barrier: the first write, and, only if it did not

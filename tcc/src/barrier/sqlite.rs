@@ -99,8 +99,8 @@ use rusqlite::{
 };
 
 use super::{
-    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, Outcome, RowState, Step,
-    backoff, first_write, first_write_entry, in_chain, rule,
+    ATTEMPTS, BarrierError, BarrierErrorKind, Branch, Entry, FirstWrite, HeldBranch, Outcome,
+    RowState, Step, backoff, first_write, first_write_entry, in_chain, rule,
 };
 use crate::phase::Phase;
 
@@ -337,6 +337,42 @@ pub fn cleanup(
         // as the batch outlasts the sleep of a writer that came during it.
         thread::sleep(started.elapsed().clamp(MIN_PAUSE, MAX_PAUSE));
     }
+}
+
+/// The branches whose rows still hold what their Try reserved (`tried` or
+/// `started`) and last changed more than `age` ago, by SQLite's clock, the
+/// oldest first: reservations that no one may ever release, unless the
+/// transaction log still holds their transactions (see
+/// [the module docs](super#reservations-no-one-will-release)). Reads
+/// only: a connection opened read-only does.
+pub fn held_longer_than(conn: &Connection, age: Duration) -> Result<Vec<HeldBranch>, BarrierError> {
+    let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    let mut statement = conn.prepare(&format!(
+        "SELECT transaction_id, service, state, {NOW_MS} - updated_at FROM tcc_barrier
+         WHERE state IN ('tried', 'started') AND updated_at < {NOW_MS} - ?1
+         ORDER BY updated_at, transaction_id, service"
+    ))?;
+    let rows = statement.query_map([age_ms], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut held = Vec::new();
+    for row in rows {
+        let (transaction_id, service, state, age_ms) = row?;
+        if let Some(state) = HeldBranch::holding(&state) {
+            held.push(HeldBranch {
+                transaction_id,
+                service,
+                state,
+                age: Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)),
+            });
+        }
+    }
+    Ok(held)
 }
 
 /// One step through the barrier: the first write, and, only if it did not

@@ -1,6 +1,6 @@
 //! How a file store writes a record as bytes.
 //!
-//! The layouts of a record, a progress row and an outcome (format 2) are in
+//! The layouts of a record, a progress row and an outcome (format 3) are in
 //! `docs/design.md`, section 3, with why each carries a checksum of its key
 //! and body: a byte changed on disk makes the value unreadable, never another
 //! value, and a value found under another key is refused too. Format 1 had no checksum
@@ -8,9 +8,11 @@
 //! trust what format 2 exists to check.
 //!
 //! The leading format byte is what keeps the file readable across versions:
-//! a later version that adds a field writes format 3 and still reads 2; this
-//! version refuses a format it does not know, naming it, rather than
-//! misreading it.
+//! a later version that adds a field writes a new format and still reads the
+//! older ones. Format 3 added the times a record was decided and ended, and
+//! an outcome's decision time and resolution; this version writes 3 and
+//! reads 2 and 3 (a format 2 value has no such times), and refuses a format
+//! it does not know, naming it, rather than misreading it.
 //!
 //! Encoding never panics: a field of 4 GiB or more, which a u32 length
 //! cannot say, is refused with [`LogErrorKind::TooLarge`]. Decoding says why
@@ -21,12 +23,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::rules::{Finished, Stored};
 use super::{
-    Decision, Intent, LogError, LogErrorKind, ParticipantEntry, PhaseProgress, Status,
+    Decision, Intent, LogError, LogErrorKind, ParticipantEntry, PhaseProgress, Resolution, Status,
     TransactionRecord,
 };
 use crate::{Phase, TransactionId};
 
-const FORMAT: u8 = 2;
+/// The format this version writes.
+const FORMAT: u8 = 3;
+/// The oldest format this version reads.
+const OLDEST_READ: u8 = 2;
 
 /// The format byte and the checksum, before what the checksum covers.
 const HEADER_LEN: usize = 5;
@@ -38,6 +43,16 @@ fn nanos(time: SystemTime) -> u64 {
 
 fn time(nanos: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+/// A time that may be missing: 0 for none (a real one is never the Unix
+/// epoch itself, so it is written as 1 ns past it at the least).
+fn optional_nanos(time: Option<SystemTime>) -> u64 {
+    time.map_or(0, |time| nanos(time).max(1))
+}
+
+fn optional_time(nanos: u64) -> Option<SystemTime> {
+    (nanos != 0).then(|| time(nanos))
 }
 
 fn decision_byte(decision: Decision) -> u8 {
@@ -139,6 +154,8 @@ pub(crate) fn encode(stored: &Stored) -> Result<Vec<u8>, LogError> {
     out.push(status);
     out.push(decision);
     out.extend_from_slice(&nanos(record.started_at).to_le_bytes());
+    out.extend_from_slice(&optional_nanos(record.decided_at).to_le_bytes());
+    out.extend_from_slice(&optional_nanos(record.ended_at).to_le_bytes());
     let count = field_len(
         id,
         "the participant count",
@@ -191,7 +208,8 @@ pub(crate) fn decode_progress(
     phase: Phase,
     bytes: &[u8],
 ) -> Result<PhaseProgress, String> {
-    let mut r = Reader::checked(Key::Progress(id, participant, phase), bytes)?;
+    // The same layout in formats 2 and 3.
+    let (mut r, _) = Reader::checked(Key::Progress(id, participant, phase), bytes)?;
     let progress = PhaseProgress {
         attempts: r.u32()?,
         succeeded: r.u8()? != 0,
@@ -215,7 +233,7 @@ pub(crate) fn phase(byte: u8) -> Option<Phase> {
 /// for the store to name its file. Its progress is all default: the store
 /// adds what [`decode_progress`] reads.
 pub(crate) fn decode(id: TransactionId, bytes: &[u8]) -> Result<Stored, String> {
-    let mut r = Reader::checked(Key::Transaction(id), bytes)?;
+    let (mut r, format) = Reader::checked(Key::Transaction(id), bytes)?;
     let epoch = r.u64()?;
     let status = r.u8()?;
     let decision = r.decision()?;
@@ -226,6 +244,10 @@ pub(crate) fn decode(id: TransactionId, bytes: &[u8]) -> Result<Stored, String> 
         other => return Err(format!("unknown status {other}")),
     };
     let started_at = time(r.u64()?);
+    let (decided_at, ended_at) = match format {
+        2 => (None, None),
+        _ => (optional_time(r.u64()?), optional_time(r.u64()?)),
+    };
     let count = r.u32()? as usize;
     // Each participant takes at least 12 bytes: a count beyond what is left is
     // corruption, and must not become a huge allocation.
@@ -245,29 +267,69 @@ pub(crate) fn decode(id: TransactionId, bytes: &[u8]) -> Result<Stored, String> 
     Ok(Stored {
         record: TransactionRecord {
             intent: Intent { id, participants },
-            status,
             progress,
-            started_at,
-            damage: None,
+            decided_at,
+            ended_at,
+            ..TransactionRecord::bare(id, status, started_at)
         },
         epoch,
     })
 }
 
-pub(crate) fn encode_outcome(id: TransactionId, outcome: &Finished) -> Vec<u8> {
-    let mut out = start(HEADER_LEN + 17);
+/// The bytes of an outcome; fails only with [`LogErrorKind::TooLarge`] (a
+/// resolution's text of 4 GiB or more).
+pub(crate) fn encode_outcome(id: TransactionId, outcome: &Finished) -> Result<Vec<u8>, LogError> {
+    let mut out = start(HEADER_LEN + 26);
     out.push(decision_byte(outcome.decision));
     out.extend_from_slice(&nanos(outcome.started_at).to_le_bytes());
+    out.extend_from_slice(&optional_nanos(outcome.decided_at).to_le_bytes());
     out.extend_from_slice(&nanos(outcome.finished_at).to_le_bytes());
-    seal(Key::Transaction(id), out)
+    match &outcome.resolution {
+        Some(resolution) => {
+            out.push(1);
+            put_bytes(
+                &mut out,
+                id,
+                "a resolution's author",
+                resolution.by.as_bytes(),
+            )?;
+            put_bytes(
+                &mut out,
+                id,
+                "a resolution's note",
+                resolution.note.as_bytes(),
+            )?;
+        }
+        None => out.push(0),
+    }
+    Ok(seal(Key::Transaction(id), out))
 }
 
 pub(crate) fn decode_outcome(id: TransactionId, bytes: &[u8]) -> Result<Finished, String> {
-    let mut r = Reader::checked(Key::Transaction(id), bytes)?;
-    let outcome = Finished {
-        decision: r.decision()?,
-        started_at: time(r.u64()?),
-        finished_at: time(r.u64()?),
+    let (mut r, format) = Reader::checked(Key::Transaction(id), bytes)?;
+    let decision = r.decision()?;
+    let started_at = time(r.u64()?);
+    let outcome = match format {
+        2 => Finished {
+            decision,
+            started_at,
+            decided_at: None,
+            finished_at: time(r.u64()?),
+            resolution: None,
+        },
+        _ => Finished {
+            decision,
+            started_at,
+            decided_at: optional_time(r.u64()?),
+            finished_at: time(r.u64()?),
+            resolution: match r.u8()? {
+                0 => None,
+                _ => Some(Resolution {
+                    by: r.string()?,
+                    note: r.string()?,
+                }),
+            },
+        },
     };
     r.end()?;
     Ok(outcome)
@@ -279,15 +341,15 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// The body of a value stored under `key`, if its format is known and
-    /// its checksum right.
-    fn checked(key: Key, bytes: &'a [u8]) -> Result<Self, String> {
+    /// The body of a value stored under `key`, and its format, if that is
+    /// known and its checksum right.
+    fn checked(key: Key, bytes: &'a [u8]) -> Result<(Self, u8), String> {
         let Some((&format, rest)) = bytes.split_first() else {
             return Err("empty".into());
         };
-        if format != FORMAT {
+        if !(OLDEST_READ..=FORMAT).contains(&format) {
             return Err(format!(
-                "written in format {format}, this version of tcc reads format {FORMAT}"
+                "written in format {format}, this version of tcc reads formats {OLDEST_READ} to {FORMAT}"
             ));
         }
         let Some((sum, body)) = rest.split_first_chunk::<4>() else {
@@ -299,7 +361,7 @@ impl<'a> Reader<'a> {
                 "its checksum does not match its bytes (stored {stored:08x}, computed {computed:08x}): it was changed after it was written"
             ));
         }
-        Ok(Reader { bytes: body })
+        Ok((Reader { bytes: body }, format))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -388,10 +450,14 @@ mod tests {
                         },
                     ],
                 },
-                status: Status::NeedsRepair(Decision::Cancel),
                 progress,
-                started_at: time(1_234_567_890_123),
-                damage: None,
+                decided_at: Some(time(1_234_567_890_456)),
+                ended_at: Some(time(1_234_567_890_789)),
+                ..TransactionRecord::bare(
+                    TransactionId::from_u128(7),
+                    Status::NeedsRepair(Decision::Cancel),
+                    time(1_234_567_890_123),
+                )
             },
             epoch: 42,
         }
@@ -426,9 +492,9 @@ mod tests {
             assert!(decode(stored.id(), &bytes[..len]).is_err(), "cut at {len}");
         }
         let mut newer = bytes.clone();
-        newer[0] = 3;
+        newer[0] = 4;
         let why = decode(stored.id(), &newer).unwrap_err();
-        assert!(why.contains("format 3"), "{why}");
+        assert!(why.contains("format 4"), "{why}");
     }
 
     #[test]
@@ -478,17 +544,88 @@ mod tests {
 
     #[test]
     fn an_outcome_reads_back_as_written_and_is_checked() {
-        let outcome = Finished {
+        let resolved = Finished {
             decision: Decision::Confirm,
             started_at: time(5),
+            decided_at: Some(time(7)),
             finished_at: time(9),
+            resolution: Some(Resolution::new("ada", "refunded by hand")),
+        };
+        let plain = Finished {
+            decided_at: None,
+            resolution: None,
+            ..resolved.clone()
         };
         let id = TransactionId::from_u128(1);
-        let bytes = encode_outcome(id, &outcome);
-        assert_eq!(decode_outcome(id, &bytes).unwrap(), outcome);
-        let mut flipped = bytes.clone();
-        flipped[HEADER_LEN] = 1;
-        assert!(decode_outcome(id, &flipped).is_err());
-        assert!(decode_outcome(id, &bytes[..bytes.len() - 1]).is_err());
+        for outcome in [resolved, plain] {
+            let bytes = encode_outcome(id, &outcome).unwrap();
+            assert_eq!(decode_outcome(id, &bytes).unwrap(), outcome);
+            let mut flipped = bytes.clone();
+            flipped[HEADER_LEN] = 1;
+            assert!(decode_outcome(id, &flipped).is_err());
+            for len in 0..bytes.len() {
+                assert!(decode_outcome(id, &bytes[..len]).is_err(), "cut at {len}");
+            }
+        }
+    }
+
+    /// A value of format 2 as the previous version wrote it: its body
+    /// sealed under `key`.
+    fn format_2(key: Key, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![2, 0, 0, 0, 0];
+        out.extend_from_slice(body);
+        let sum = checksum(key, &out[HEADER_LEN..]);
+        out[1..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn values_of_format_2_are_read_without_the_times_format_3_added() {
+        let id = TransactionId::from_u128(11);
+        // A record: epoch, status, decision, started_at, participants.
+        let mut body = Vec::new();
+        body.extend_from_slice(&5u64.to_le_bytes());
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&1_000u64.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        for field in [&b"payer"[..], b"account", b"{}"] {
+            body.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            body.extend_from_slice(field);
+        }
+        let stored = decode(id, &format_2(Key::Transaction(id), &body)).unwrap();
+        assert_eq!(stored.epoch, 5);
+        assert_eq!(stored.record.status, Status::Decided(Decision::Cancel));
+        assert_eq!(stored.record.started_at, time(1_000));
+        assert_eq!(stored.record.intent.participants[0].name, "payer");
+        assert_eq!(stored.record.intent.participants[0].data, b"{}");
+        assert_eq!(
+            (stored.record.decided_at, stored.record.ended_at),
+            (None, None)
+        );
+
+        // An outcome: decision, started_at, finished_at.
+        let mut body = vec![0];
+        body.extend_from_slice(&1_000u64.to_le_bytes());
+        body.extend_from_slice(&2_000u64.to_le_bytes());
+        let outcome = decode_outcome(id, &format_2(Key::Transaction(id), &body)).unwrap();
+        assert_eq!(
+            outcome,
+            Finished {
+                decision: Decision::Confirm,
+                started_at: time(1_000),
+                decided_at: None,
+                finished_at: time(2_000),
+                resolution: None,
+            }
+        );
+
+        // A progress row: the same layout in both formats.
+        let mut body = 3u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&[0, 1, 4, 0, 0, 0]);
+        body.extend_from_slice(b"down");
+        let key = Key::Progress(id, 1, Phase::Confirm);
+        let progress = decode_progress(id, 1, Phase::Confirm, &format_2(key, &body)).unwrap();
+        assert_eq!(progress.attempts, 3);
+        assert_eq!(progress.last_error.as_deref(), Some("down"));
     }
 }

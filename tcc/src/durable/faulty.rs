@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
-    TransactionRecord,
+    Decision, End, Filter, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture,
+    LogSummary, PhaseProgress, Resolution, TransactionRecord,
 };
 use crate::{Phase, TransactionId};
 
@@ -34,8 +34,9 @@ pub enum Fault {
 /// transaction's writes.
 ///
 /// Writes are [`begin`](Log::begin), [`decide`](Log::decide),
-/// [`note`](Log::note), [`finish`](Log::finish), [`reopen`](Log::reopen) and
-/// [`resolve`](Log::resolve), counted from 1 in the order they are called.
+/// [`note`](Log::note), [`finish`](Log::finish), [`reopen`](Log::reopen),
+/// [`requeue`](Log::requeue) and [`resolve`](Log::resolve), counted from 1
+/// in the order they are called.
 /// Run a scenario once through `FaultyLog::new` to learn how many writes it
 /// makes ([`writes`](FaultyLog::writes)), then once for each `k` and each
 /// [`Fault`]; after a crash, build a fresh engine on [`inner`](FaultyLog::inner)
@@ -439,8 +440,12 @@ impl<L: Log + ?Sized> Log for FaultyLog<L> {
         )
     }
 
-    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
-        self.write("resolve", || self.inner.resolve(id), |_, _| {})
+    fn requeue(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.write("requeue", || self.inner.requeue(id), |_, _| {})
+    }
+
+    fn resolve(&self, id: TransactionId, resolution: &Resolution) -> LogFuture<'_, bool> {
+        self.write("resolve", || self.inner.resolve(id, resolution), |_, _| {})
     }
 
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
@@ -449,6 +454,14 @@ impl<L: Log + ?Sized> Log for FaultyLog<L> {
 
     fn needs_repair_count(&self) -> LogFuture<'_, u64> {
         self.read(|| self.inner.needs_repair_count())
+    }
+
+    fn list(&self, filter: &Filter) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.read(|| self.inner.list(filter))
+    }
+
+    fn summary(&self) -> LogFuture<'_, LogSummary> {
+        self.read(|| self.inner.summary())
     }
 }
 

@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use super::rules::{Counted, Finished, Found, Place, Rules, Stored, Tables};
+use super::rules::{Counted, Finished, Found, FoundOutcome, Place, Rules, Stored, Tables};
 use super::{
-    Decision, End, Intent, Lease, Leases, Log, LogError, LogFuture, PhaseProgress,
-    TransactionRecord,
+    Decision, End, Filter, Intent, Lease, Leases, Log, LogError, LogFuture, LogSummary,
+    PhaseProgress, Resolution, TransactionRecord,
 };
 use crate::{Phase, TransactionId};
 
@@ -166,8 +166,12 @@ impl Log for MemoryLog {
         self.run(|rules, maps| rules.reopen(maps, id))
     }
 
-    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
-        self.run(|rules, maps| rules.resolve(maps, id))
+    fn requeue(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.run(|rules, maps| rules.requeue(maps, id))
+    }
+
+    fn resolve(&self, id: TransactionId, resolution: &Resolution) -> LogFuture<'_, bool> {
+        self.run(|rules, maps| rules.resolve(maps, id, resolution))
     }
 
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
@@ -176,6 +180,14 @@ impl Log for MemoryLog {
 
     fn needs_repair_count(&self) -> LogFuture<'_, u64> {
         self.run(|rules, maps| rules.count(maps, Counted::NeedsRepair))
+    }
+
+    fn list(&self, filter: &Filter) -> LogFuture<'_, Vec<TransactionRecord>> {
+        self.run(|rules, maps| rules.list(maps, filter))
+    }
+
+    fn summary(&self) -> LogFuture<'_, LogSummary> {
+        self.run(|rules, maps| rules.summary(maps))
     }
 }
 
@@ -244,7 +256,7 @@ impl Tables for Maps {
     }
 
     fn outcome(&mut self, id: TransactionId) -> Result<Option<Finished>, LogError> {
-        Ok(self.outcomes.get(&id).copied())
+        Ok(self.outcomes.get(&id).cloned())
     }
 
     fn add_outcome(
@@ -302,5 +314,29 @@ impl Tables for Maps {
 
     fn repair_count(&mut self) -> Result<u64, LogError> {
         Ok(self.repair.len() as u64)
+    }
+
+    fn outcomes_newest_first(
+        &mut self,
+        limit: usize,
+        keep: &dyn Fn(&Finished) -> bool,
+    ) -> Result<Vec<FoundOutcome>, LogError> {
+        Ok(self
+            .order
+            .values()
+            .rev()
+            .filter_map(|id| Some((*id, self.outcomes.get(id)?)))
+            .filter(|(_, outcome)| keep(outcome))
+            .take(limit)
+            .map(|(id, outcome)| Ok((id, outcome.clone())))
+            .collect())
+    }
+
+    fn outcome_count(&mut self) -> Result<u64, LogError> {
+        Ok(self.outcomes.len() as u64)
+    }
+
+    fn bytes(&mut self) -> Result<Option<u64>, LogError> {
+        Ok(None)
     }
 }

@@ -14,7 +14,8 @@
 //! | all participants done | [`Log::finish`]`(`[`End::Done`]`)` | lazy | the decision: phase 2 runs again, harmlessly | the compact outcome (or, if lost, the decision again) |
 //! | retries exhausted | [`Log::finish`]`(`[`End::NeedsRepair`]`)` | yes | the decision: recovery retries | a transaction listed by [`Log::needs_repair`] |
 //! | an operator re-drives it | [`Log::reopen`] | yes | still needs repair | decided again, claimed by the caller |
-//! | an operator fixed it by hand | [`Log::resolve`] | yes | still needs repair | its outcome, for lookups |
+//! | an operator marks it for the next recovery pass | [`Log::requeue`] | yes | still needs repair | decided again, held by no one: the next claim takes it |
+//! | an operator fixed it by hand | [`Log::resolve`] | yes | still needs repair | its outcome and the operator's note, for lookups |
 //!
 //! Lazy writes are safe to lose because every phase may be repeated: a lost
 //! [`note`](Log::note) only makes recovery call a participant again, and a lost
@@ -30,6 +31,17 @@
 //! unfinished one: undecided ones are cancelled everywhere, decided ones see
 //! their decision through, resuming each participant's retries from the
 //! attempts noted.
+//!
+//! # For operators
+//!
+//! [`list`](Log::list) (with a [`Filter`]), [`get`](Log::get) and
+//! [`summary`](Log::summary) read what the log holds, including the
+//! outcomes of finished transactions it keeps; a transaction that needs
+//! repair is [`requeue`](Log::requeue)d for the next recovery pass once its
+//! cause is fixed, or [`resolve`](Log::resolve)d with a [`Resolution`] (who
+//! fixed it by hand, and how), which its outcome keeps. The `tcc` command
+//! line tool (cargo feature `cli`) and `tcc::admin` (feature `admin`) offer
+//! these to people.
 //!
 //! # Stores
 //!
@@ -196,6 +208,16 @@ pub struct TransactionRecord {
     pub progress: Vec<[PhaseProgress; 3]>,
     /// When [`Log::begin`] wrote it (the Unix epoch for an unreadable one).
     pub started_at: SystemTime,
+    /// When [`Log::decide`] wrote its decision; `None` while undecided, for
+    /// a transaction cancelled without a decision (presumed abort), and for
+    /// one decided by a version of tcc that did not keep the time.
+    pub decided_at: Option<SystemTime>,
+    /// When it ended: finished ([`Status::Done`]), or, for one that needs
+    /// repair, when its phase 2 last gave up. `None` otherwise.
+    pub ended_at: Option<SystemTime>,
+    /// Who resolved it by hand, and how ([`Log::resolve`]): on the outcome
+    /// of a finished transaction only.
+    pub resolution: Option<Resolution>,
     /// Why the log cannot read this record, when its status is
     /// [`Status::Unreadable`] (then `intent.participants` and `progress` are
     /// empty); `None` otherwise.
@@ -207,6 +229,254 @@ impl TransactionRecord {
     pub fn phase_progress(&self, participant: usize, phase: Phase) -> Option<&PhaseProgress> {
         self.progress.get(participant).map(|p| &p[phase as usize])
     }
+
+    /// A record with nothing but its id, status and start: what a store
+    /// fills in further.
+    pub(crate) fn bare(id: TransactionId, status: Status, started_at: SystemTime) -> Self {
+        TransactionRecord {
+            intent: Intent {
+                id,
+                participants: Vec::new(),
+            },
+            status,
+            progress: Vec::new(),
+            started_at,
+            decided_at: None,
+            ended_at: None,
+            resolution: None,
+            damage: None,
+        }
+    }
+}
+
+/// An operator's account of a transaction resolved by hand
+/// ([`Log::resolve`]): kept with its outcome, so that whoever looks at it
+/// later learns who saw to it and what was done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "admin", derive(serde::Serialize, serde::Deserialize))]
+pub struct Resolution {
+    /// Who resolved it: an operator's name, as they give it.
+    pub by: String,
+    /// What was wrong and what was done by hand.
+    pub note: String,
+}
+
+impl Resolution {
+    /// `by`'s account `note`.
+    pub fn new(by: impl Into<String>, note: impl Into<String>) -> Self {
+        Resolution {
+            by: by.into(),
+            note: note.into(),
+        }
+    }
+}
+
+/// The statuses [`Log::list`] groups transactions by, for a [`Filter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusGroup {
+    /// [`Undecided`](Status::Undecided) or [`Decided`](Status::Decided):
+    /// being driven by a coordinator, or waiting for a recovery pass.
+    Unfinished,
+    /// [`NeedsRepair`](Status::NeedsRepair), or
+    /// [`Unreadable`](Status::Unreadable) and set aside: waiting for an
+    /// operator.
+    NeedsRepair,
+    /// [`Done`](Status::Done): finished, its outcome kept within the log's
+    /// retention.
+    Done,
+}
+
+impl StatusGroup {
+    /// Every group, in the order [`Log::list`] returns them.
+    pub const ALL: [StatusGroup; 3] = [
+        StatusGroup::NeedsRepair,
+        StatusGroup::Unfinished,
+        StatusGroup::Done,
+    ];
+
+    /// The group of `status`.
+    pub fn of(status: Status) -> StatusGroup {
+        match status {
+            Status::Undecided | Status::Decided(_) => StatusGroup::Unfinished,
+            Status::NeedsRepair(_) | Status::Unreadable => StatusGroup::NeedsRepair,
+            Status::Done(_) => StatusGroup::Done,
+        }
+    }
+
+    /// Its name, as the `tcc` tool and `tcc::admin` spell it:
+    /// `unfinished`, `needs-repair`, `done`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StatusGroup::Unfinished => "unfinished",
+            StatusGroup::NeedsRepair => "needs-repair",
+            StatusGroup::Done => "done",
+        }
+    }
+}
+
+impl fmt::Display for StatusGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was not the name of a [`StatusGroup`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status group {0:?}: expected unfinished, needs-repair or done")]
+pub struct ParseStatusGroupError(String);
+
+impl std::str::FromStr for StatusGroup {
+    type Err = ParseStatusGroupError;
+
+    /// Reads what [`as_str`](StatusGroup::as_str) writes (`needs_repair`
+    /// too).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "unfinished" => Ok(StatusGroup::Unfinished),
+            "needs-repair" | "needs_repair" => Ok(StatusGroup::NeedsRepair),
+            "done" => Ok(StatusGroup::Done),
+            other => Err(ParseStatusGroupError(other.chars().take(64).collect())),
+        }
+    }
+}
+
+/// Which transactions [`Log::list`] returns: those of a [`StatusGroup`]
+/// (every group by default), with a given service among their
+/// participants, begun longer ago than an age, at most a limit (100 by
+/// default).
+///
+/// ```
+/// use std::time::Duration;
+/// use tcc::durable::{Filter, StatusGroup};
+///
+/// // Stuck for over ten minutes, with `payment` among their participants.
+/// let stuck = Filter::new()
+///     .with_status(StatusGroup::NeedsRepair)
+///     .with_service("payment")
+///     .with_older_than(Duration::from_secs(600))
+///     .with_limit(20);
+/// assert_eq!(stuck.limit(), 20);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    status: Option<StatusGroup>,
+    service: Option<String>,
+    older_than: Option<std::time::Duration>,
+    limit: usize,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            status: None,
+            service: None,
+            older_than: None,
+            limit: 100,
+        }
+    }
+}
+
+impl Filter {
+    /// Every transaction, up to 100.
+    pub fn new() -> Self {
+        Filter::default()
+    }
+
+    /// Only the transactions of `group`.
+    pub fn with_status(mut self, group: StatusGroup) -> Self {
+        self.status = Some(group);
+        self
+    }
+
+    /// Only the transactions with a participant named `service`. A finished
+    /// transaction's outcome keeps no participants, so this leaves out
+    /// every [`Done`](StatusGroup::Done) one.
+    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// Only the transactions begun more than `age` ago, by the store's
+    /// clock.
+    pub fn with_older_than(mut self, age: std::time::Duration) -> Self {
+        self.older_than = Some(age);
+        self
+    }
+
+    /// At most `limit` transactions.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The group asked for, if one was.
+    pub fn status(&self) -> Option<StatusGroup> {
+        self.status
+    }
+
+    /// The service asked for, if one was.
+    pub fn service(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+
+    /// The least age asked for, if one was.
+    pub fn older_than(&self) -> Option<std::time::Duration> {
+        self.older_than
+    }
+
+    /// The most transactions to return.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether the transactions of `group` are wanted.
+    pub fn includes(&self, group: StatusGroup) -> bool {
+        self.status.is_none_or(|wanted| wanted == group)
+    }
+
+    /// Whether `record` has the service and the age asked for, `now` being
+    /// the store's clock (its group is the store's to check, by where it
+    /// keeps it).
+    pub fn matches(&self, record: &TransactionRecord, now: SystemTime) -> bool {
+        let service = self.service.as_deref().is_none_or(|service| {
+            record
+                .intent
+                .participants
+                .iter()
+                .any(|participant| participant.name == service)
+        });
+        let old = self.older_than.is_none_or(|age| {
+            now.duration_since(record.started_at)
+                .is_ok_and(|since| since > age)
+        });
+        service && old
+    }
+}
+
+/// What a log holds, counted ([`Log::summary`]): for an operator's
+/// dashboard or a health check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogSummary {
+    /// Transactions begun, not decided yet.
+    pub undecided: u64,
+    /// Transactions decided, their phase 2 under way or waiting for
+    /// recovery.
+    pub decided: u64,
+    /// Transactions waiting for an operator ([`Status::NeedsRepair`]).
+    pub needs_repair: u64,
+    /// Records the log cannot read ([`Status::Unreadable`]), set aside or
+    /// not yet.
+    pub unreadable: u64,
+    /// Outcomes of finished transactions kept (within the retention).
+    pub done: u64,
+    /// The oldest undecided or decided transaction, and when it began.
+    pub oldest_unfinished: Option<(TransactionId, SystemTime)>,
+    /// The oldest transaction needing repair, and when it began.
+    pub oldest_needs_repair: Option<(TransactionId, SystemTime)>,
+    /// What the log takes on disk, in bytes: the file, or the tables; `None`
+    /// for a store in memory.
+    pub bytes: Option<u64>,
 }
 
 /// The right to write a transaction's record: taken by `begin`,
@@ -363,6 +633,7 @@ no_leases!(
     bool,
     u64,
     Decision,
+    LogSummary,
     Option<TransactionRecord>,
     Vec<TransactionRecord>
 );
@@ -483,14 +754,37 @@ pub trait Log: Send + Sync + 'static {
     /// NeedsRepair.
     fn reopen(&self, id: TransactionId) -> LogFuture<'_, Option<(Lease, TransactionRecord)>>;
 
-    /// An operator resolved it by hand: NeedsRepair -> Done, durable. False if
-    /// it was not in NeedsRepair. An [`Unreadable`](Status::Unreadable) record
-    /// set aside is removed, with no outcome kept (its decision is unknown).
-    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool>;
+    /// Marks a NeedsRepair transaction for the next recovery pass, of any
+    /// coordinator of the log: status back to Decided(its decision), durable,
+    /// held by no lease (the epoch moves), and a fresh retry budget (the
+    /// attempts noted in phase 2 set back to 0; whether each participant
+    /// succeeded, and its last error, are kept). False if it is not in
+    /// NeedsRepair; an [`Unreadable`](Status::Unreadable) record is not
+    /// requeued (nothing in it can be trusted).
+    fn requeue(&self, id: TransactionId) -> LogFuture<'_, bool>;
+
+    /// An operator resolved it by hand: NeedsRepair -> Done, durable, its
+    /// outcome keeping `resolution`. False if it was not in NeedsRepair. An
+    /// [`Unreadable`](Status::Unreadable) record set aside is removed, with
+    /// no outcome kept (its decision is unknown).
+    fn resolve(&self, id: TransactionId, resolution: &Resolution) -> LogFuture<'_, bool>;
 
     /// How many transactions are unfinished (Undecided, Decided or
     /// NeedsRepair): for audits and metrics.
     fn unfinished_count(&self) -> LogFuture<'_, u64>;
+
+    /// The transactions `filter` asks for, at most its limit: first those
+    /// needing repair (unreadable records first, then the oldest begun
+    /// first), then the unfinished (the oldest begun first), then the
+    /// finished (the most recently finished first; their outcomes keep no
+    /// participants or progress). Meant for an operator, now and then: a
+    /// store may read every record it holds to sort them.
+    fn list(&self, filter: &Filter) -> LogFuture<'_, Vec<TransactionRecord>>;
+
+    /// What the log holds, counted, with its oldest unfinished transactions
+    /// and its size. Reads every unfinished record: for an operator, now and
+    /// then.
+    fn summary(&self) -> LogFuture<'_, LogSummary>;
 
     /// How many transactions are in NeedsRepair, unreadable records set
     /// aside included: what [`needs_repair`](Log::needs_repair) would list

@@ -61,15 +61,17 @@ use tokio_postgres::types::ToSql;
 
 use super::rules::{Counted, Unreadable};
 use super::{
-    Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, ParticipantEntry,
-    PhaseProgress, Status, TransactionRecord, Unread,
+    Decision, End, Filter, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture,
+    LogSummary, ParticipantEntry, PhaseProgress, Resolution, Status, StatusGroup,
+    TransactionRecord, Unread,
 };
 use crate::{Phase, TransactionId};
 
 /// The schema versions, in order: `MIGRATIONS[v]` takes a database from
 /// version `v` to `v + 1`. A released version is never edited; a change is a
 /// new entry.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE tcc_log_transactions (
     id         text        PRIMARY KEY,
     status     smallint    NOT NULL CHECK (status IN (0, 1, 2)),
@@ -104,12 +106,33 @@ CREATE TABLE tcc_log_outcomes (
     seq         bigint      GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX tcc_log_outcomes_seq ON tcc_log_outcomes (seq);
-"];
+",
+    "
+-- When a row was decided, and when its phase 2 last gave up (needs repair);
+-- an outcome's decision time, and who resolved it by hand and how. Without
+-- defaults: adding them rewrites no row.
+ALTER TABLE tcc_log_transactions
+    ADD COLUMN decided_at timestamptz,
+    ADD COLUMN ended_at   timestamptz;
+ALTER TABLE tcc_log_outcomes
+    ADD COLUMN decided_at  timestamptz,
+    ADD COLUMN resolved_by text,
+    ADD COLUMN note        text;
+",
+];
 
 /// The columns a record is read from, in the order [`record_of`] reads them.
 macro_rules! record_columns {
     () => {
-        "id, status, decision, started_at, epoch, names, kinds, data, attempts, succeeded, errors, damage"
+        "id, status, decision, started_at, epoch, names, kinds, data, attempts, succeeded, errors, damage, decided_at, ended_at"
+    };
+}
+
+/// The columns an outcome is read from, in the order [`outcome_of`] reads
+/// them.
+macro_rules! outcome_columns {
+    () => {
+        "id, decision, started_at, decided_at, finished_at, resolved_by, note"
     };
 }
 
@@ -128,6 +151,9 @@ const PRUNE_PER_OUTCOME: i64 = 8;
 
 /// How many finished transactions keep their outcome unless told otherwise.
 const DEFAULT_RETENTION: u64 = 100_000;
+
+/// The longest age a listing passes on: 1,000 years.
+const MAX_AGE_SECS: f64 = 1000.0 * 365.25 * 86_400.0;
 
 /// How long a lease lasts unless told otherwise.
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
@@ -318,7 +344,8 @@ impl PostgresOptions {
 ///   transaction: `id` (the 32 hex digits of its [`TransactionId`]),
 ///   `status` (0 undecided, 1 decided, 2 needs repair), `decision` (0
 ///   confirm, 1 cancel), the lease (`epoch`, `owner`, `expires`),
-///   `started_at`, the intent (`names`, `kinds`, `data`, one element per
+///   `started_at`, `decided_at`, `ended_at` (when it last gave up, for one
+///   needing repair), the intent (`names`, `kinds`, `data`, one element per
 ///   participant) and the progress (`attempts`, `succeeded`, `errors`: three
 ///   elements per participant, Try, Confirm, Cancel); `damage`, for a row
 ///   the log could not read, says why.
@@ -328,9 +355,12 @@ impl PostgresOptions {
 /// claim that picks one sets it aside (status 2, `damage` set) and returns
 /// it once as [`Status::Unreadable`]; `needs_repair` and `get` show it so,
 /// and `resolve` removes it, keeping no outcome.
-/// - `tcc_log_outcomes`: `id`, `decision`, `started_at`, `finished_at` of
-///   finished transactions, the oldest pruned beyond the retention.
-/// - `tcc_log_schema`: the schema's version.
+/// - `tcc_log_outcomes`: `id`, `decision`, `started_at`, `decided_at`,
+///   `finished_at` of finished transactions, and `resolved_by`, `note` for
+///   one an operator resolved by hand; the oldest pruned beyond the
+///   retention.
+/// - `tcc_log_schema`: the schema's version (2; [`migrate`](PostgresLog::migrate)
+///   upgrades version 1, which had none of the times and notes).
 ///
 /// # Cancel safety
 ///
@@ -603,8 +633,13 @@ impl Log for PostgresLog {
         self.call(id, |reply| Request::Reopen(id, reply))
     }
 
-    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
-        self.call(id, |reply| Request::Resolve(id, reply))
+    fn requeue(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.call(id, |reply| Request::Requeue(id, reply))
+    }
+
+    fn resolve(&self, id: TransactionId, resolution: &Resolution) -> LogFuture<'_, bool> {
+        let resolution = resolution.clone();
+        self.call(id, |reply| Request::Resolve(id, resolution, reply))
     }
 
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
@@ -613,6 +648,15 @@ impl Log for PostgresLog {
 
     fn needs_repair_count(&self) -> LogFuture<'_, u64> {
         self.call_after_all(|reply| Request::Count(Counted::NeedsRepair, reply))
+    }
+
+    fn list(&self, filter: &Filter) -> LogFuture<'_, Vec<TransactionRecord>> {
+        let filter = filter.clone();
+        self.call_after_all(move |reply| Request::List(filter, reply))
+    }
+
+    fn summary(&self) -> LogFuture<'_, LogSummary> {
+        self.call_after_all(Request::Summary)
     }
 }
 
@@ -630,8 +674,11 @@ enum Request {
     Get(TransactionId, Reply<Option<TransactionRecord>>),
     NeedsRepair(usize, Reply<Vec<TransactionRecord>>),
     Reopen(TransactionId, Reply<Option<(Lease, TransactionRecord)>>),
-    Resolve(TransactionId, Reply<bool>),
+    Requeue(TransactionId, Reply<bool>),
+    Resolve(TransactionId, Resolution, Reply<bool>),
     Count(Counted, Reply<u64>),
+    List(Filter, Reply<Vec<TransactionRecord>>),
+    Summary(Reply<LogSummary>),
     /// Answered once everything sent before it is committed.
     Flush(Reply<()>),
 }
@@ -651,6 +698,7 @@ impl Request {
                 | Request::Finish(_, End::NeedsRepair, _)
                 | Request::Renew(..)
                 | Request::Reopen(..)
+                | Request::Requeue(..)
                 | Request::Resolve(..)
         )
     }
@@ -673,7 +721,9 @@ impl Request {
     /// the row an operator's call changes.
     fn locks(&self) -> Option<TransactionId> {
         match self {
-            Request::Reopen(id, _) | Request::Resolve(id, _) => Some(*id),
+            Request::Reopen(id, _) | Request::Requeue(id, _) | Request::Resolve(id, ..) => {
+                Some(*id)
+            }
             other => other.row(),
         }
     }
@@ -691,8 +741,10 @@ impl Request {
             Request::Get(_, reply) => fail(reply, error),
             Request::NeedsRepair(_, reply) => fail(reply, error),
             Request::Reopen(_, reply) => fail(reply, error),
-            Request::Resolve(_, reply) => fail(reply, error),
+            Request::Requeue(_, reply) | Request::Resolve(_, _, reply) => fail(reply, error),
             Request::Count(_, reply) => fail(reply, error),
+            Request::List(_, reply) => fail(reply, error),
+            Request::Summary(reply) => fail(reply, error),
             Request::Flush(reply) => fail(reply, error),
             Request::Note(..) | Request::Release(_) => {}
         }
@@ -1060,12 +1112,24 @@ impl Writer {
                 let result = self.needs_repair(tx, limit).await;
                 keep(held, reply, result).map(|()| Vec::new())
             }
-            Request::Resolve(id, reply) => {
-                let result = self.resolve(tx, id).await;
+            Request::Requeue(id, reply) => {
+                let result = requeue(tx, id).await;
+                keep(held, reply, result).map(|()| Vec::new())
+            }
+            Request::Resolve(id, resolution, reply) => {
+                let result = self.resolve(tx, id, resolution).await;
                 keep(held, reply, result).map(|()| Vec::new())
             }
             Request::Count(counted, reply) => {
                 let result = count(tx, counted).await;
+                keep(held, reply, result).map(|()| Vec::new())
+            }
+            Request::List(filter, reply) => {
+                let result = list(tx, &filter).await;
+                keep(held, reply, result).map(|()| Vec::new())
+            }
+            Request::Summary(reply) => {
+                let result = summary(tx).await;
                 keep(held, reply, result).map(|()| Vec::new())
             }
             Request::Flush(reply) => keep(held, reply, Ok(())).map(|()| Vec::new()),
@@ -1134,13 +1198,19 @@ impl Writer {
             .transpose()
     }
 
-    async fn resolve(&self, tx: &Transaction<'_>, id: TransactionId) -> Result<bool, LogError> {
+    async fn resolve(
+        &self,
+        tx: &Transaction<'_>,
+        id: TransactionId,
+        resolution: Resolution,
+    ) -> Result<bool, LogError> {
         // Durable (the batch is). A crash before the commit: still
-        // needing repair. After: its outcome only.
+        // needing repair. After: its outcome only, with the operator's
+        // account.
         let rows = query(
             tx,
             "DELETE FROM tcc_log_transactions WHERE id = $1 AND status = 2
-             RETURNING decision, started_at, damage IS NOT NULL",
+             RETURNING decision, started_at, damage IS NOT NULL, decided_at",
             &[&id.to_string()],
             write_error,
         )
@@ -1153,10 +1223,19 @@ impl Writer {
                     id: id.to_string(),
                     decision: row.try_get(0).map_err(read_error)?,
                     started_at: Some(row.try_get(1).map_err(read_error)?),
+                    decided_at: row.try_get(3).map_err(read_error)?,
                 };
                 let outcomes = [outcome];
                 let mut pipeline = Pipeline::default();
                 self.add_outcomes(&mut pipeline, &outcomes);
+                pipeline.push(
+                    "UPDATE tcc_log_outcomes SET resolved_by = $2, note = $3 WHERE id = $1",
+                    vec![
+                        Box::new(id.to_string()),
+                        Box::new(resolution.by),
+                        Box::new(resolution.note),
+                    ],
+                );
                 pipeline.run(tx).await?;
                 true
             }
@@ -1190,7 +1269,8 @@ impl Writer {
              FROM picked
              WHERE t.id = picked.id
              RETURNING t.id, t.status, t.decision, t.started_at, t.epoch, t.names, t.kinds,
-                       t.data, t.attempts, t.succeeded, t.errors, t.damage",
+                       t.data, t.attempts, t.succeeded, t.errors, t.damage, t.decided_at,
+                       t.ended_at",
             &[&limit_param(limit), &self.owner, &self.ttl_secs],
             write_error,
         )
@@ -1245,12 +1325,18 @@ impl Writer {
         let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
         let decisions: Vec<i16> = outcomes.iter().map(|o| o.decision).collect();
         let started: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.started_at).collect();
+        let decided: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.decided_at).collect();
         pipeline.push(
-            "INSERT INTO tcc_log_outcomes (id, decision, started_at, finished_at)
-             SELECT u.id, u.decision, coalesce(u.started_at, now()), now()
-             FROM unnest($1::text[], $2::smallint[], $3::timestamptz[])
-                 AS u(id, decision, started_at)",
-            vec![Box::new(ids), Box::new(decisions), Box::new(started)],
+            "INSERT INTO tcc_log_outcomes (id, decision, started_at, decided_at, finished_at)
+             SELECT u.id, u.decision, coalesce(u.started_at, now()), u.decided_at, now()
+             FROM unnest($1::text[], $2::smallint[], $3::timestamptz[], $4::timestamptz[])
+                 AS u(id, decision, started_at, decided_at)",
+            vec![
+                Box::new(ids),
+                Box::new(decisions),
+                Box::new(started),
+                Box::new(decided),
+            ],
         );
         // The newest outcome's number less the retention: what is older goes.
         // Numbers lost to rolled-back transactions make it keep a few less.
@@ -1281,9 +1367,12 @@ impl Request {
             Request::Get(..) => "get",
             Request::NeedsRepair(..) => "needs_repair",
             Request::Reopen(..) => "reopen",
+            Request::Requeue(..) => "requeue",
             Request::Resolve(..) => "resolve",
             Request::Count(Counted::Unfinished, _) => "unfinished_count",
             Request::Count(Counted::NeedsRepair, _) => "needs_repair_count",
+            Request::List(..) => "list",
+            Request::Summary(..) => "summary",
             Request::Flush(..) => "flush",
         }
     }
@@ -1324,6 +1413,9 @@ struct RowState {
     owner: Option<String>,
     /// `None` for a row begun in this segment: the database's `now()`.
     started_at: Option<SystemTime>,
+    /// When it was decided, as loaded (a decision written in this segment
+    /// is timed by the database, in the update).
+    decided_at: Option<SystemTime>,
     /// Each participant's progress in each phase.
     progress: Vec<[PhaseProgress; 3]>,
     /// The participants of a row begun in this segment.
@@ -1358,6 +1450,7 @@ struct OutcomeRow {
     id: String,
     decision: i16,
     started_at: Option<SystemTime>,
+    decided_at: Option<SystemTime>,
 }
 
 const UNDECIDED: i16 = 0;
@@ -1428,7 +1521,7 @@ fn limit_param(limit: usize) -> i64 {
 }
 
 /// A row as [`Rows::load`] reads it (columns `status, decision, epoch,
-/// owner, started_at, attempts, succeeded, errors` from 1).
+/// owner, started_at, attempts, succeeded, errors, decided_at` from 1).
 fn row_state(id: TransactionId, row: &tokio_postgres::Row) -> Result<RowState, LogError> {
     let column = |e| from_sql(id, e);
     Ok(RowState {
@@ -1437,6 +1530,7 @@ fn row_state(id: TransactionId, row: &tokio_postgres::Row) -> Result<RowState, L
         epoch: row.try_get(3).map_err(column)?,
         owner: row.try_get(4).map_err(column)?,
         started_at: Some(row.try_get(5).map_err(column)?),
+        decided_at: row.try_get(9).map_err(column)?,
         progress: progress_of(id, row, 6)?,
         intent: Vec::new(),
         expiry: Expiry::Keep,
@@ -1473,7 +1567,7 @@ impl Rows {
             query(
                 tx,
                 "SELECT id, status, decision, epoch, owner, started_at,
-                        attempts, succeeded, errors
+                        attempts, succeeded, errors, decided_at
                  FROM tcc_log_transactions WHERE id = ANY($1)
                  ORDER BY id FOR NO KEY UPDATE",
                 &[&ids],
@@ -1578,7 +1672,7 @@ impl Rows {
                     // Presumed abort: a transaction that never decided was
                     // cancelled.
                     let decision = row.decision.unwrap_or(decision_code(Decision::Cancel));
-                    let started_at = row.started_at;
+                    let (started_at, decided_at) = (row.started_at, row.decided_at);
                     let new = row.new;
                     // Lazy: a crash before the next durable commit brings
                     // the decided row back, and recovery runs phase 2 again.
@@ -1591,6 +1685,7 @@ impl Rows {
                         id: lease.id.to_string(),
                         decision,
                         started_at,
+                        decided_at,
                     });
                     replies.early.push(reply);
                     replies.ended.push(lease);
@@ -1656,6 +1751,7 @@ impl Rows {
                 epoch: 1,
                 owner: None,
                 started_at: None,
+                decided_at: None,
                 progress: vec![Default::default(); intent.participants.len()],
                 intent: intent.participants.clone(),
                 expiry: Expiry::Extend,
@@ -1744,6 +1840,10 @@ impl Rows {
                 "UPDATE tcc_log_transactions t
                  SET status = u.status, decision = u.decision, epoch = u.epoch,
                      owner = u.owner,
+                     decided_at = CASE WHEN t.status = 0 AND u.status = 1 THEN now()
+                                       ELSE t.decided_at END,
+                     ended_at = CASE WHEN u.status = 2 AND t.status <> 2 THEN now()
+                                     ELSE t.ended_at END,
                      expires = CASE u.expiry WHEN 0 THEN t.expires
                                              WHEN 1 THEN now() + make_interval(secs => $10)
                                              ELSE now() END,
@@ -1926,10 +2026,10 @@ fn read_record(
         .collect();
     let record = TransactionRecord {
         intent: Intent { id, participants },
-        status,
         progress,
-        started_at,
-        damage: None,
+        decided_at: row.try_get(12).map_err(column)?,
+        ended_at: row.try_get(13).map_err(column)?,
+        ..TransactionRecord::bare(id, status, started_at)
     };
     Ok((
         Lease {
@@ -2074,7 +2174,11 @@ async fn get(
         ),
         query(
             tx,
-            "SELECT decision, started_at FROM tcc_log_outcomes WHERE id = $1",
+            concat!(
+                "SELECT ",
+                outcome_columns!(),
+                " FROM tcc_log_outcomes WHERE id = $1"
+            ),
             &[&key],
             read_error,
         ),
@@ -2085,21 +2189,203 @@ async fn get(
             .map(|(_, record)| Some(record))
             .map_err(|(_, error)| error);
     }
-    outcomes
-        .first()
-        .map(|row| {
-            Ok(TransactionRecord {
-                intent: Intent {
-                    id,
-                    participants: Vec::new(),
-                },
-                status: Status::Done(decision_of(row.try_get(0).map_err(read_error)?)?),
-                progress: Vec::new(),
-                started_at: row.try_get(1).map_err(read_error)?,
-                damage: None,
+    outcomes.first().map(outcome_of).transpose()
+}
+
+/// The record of a finished transaction, from the columns of
+/// [`outcome_columns!`].
+fn outcome_of(row: &tokio_postgres::Row) -> Result<TransactionRecord, LogError> {
+    let id = parse_id(row.try_get(0).map_err(read_error)?)?;
+    let column = |e| from_sql(id, e);
+    let decision = decision_of(row.try_get(1).map_err(column)?)?;
+    let by: Option<String> = row.try_get(5).map_err(column)?;
+    let note: Option<String> = row.try_get(6).map_err(column)?;
+    Ok(TransactionRecord {
+        decided_at: row.try_get(3).map_err(column)?,
+        ended_at: Some(row.try_get(4).map_err(column)?),
+        resolution: by.zip(note).map(|(by, note)| Resolution { by, note }),
+        ..TransactionRecord::bare(id, Status::Done(decision), row.try_get(2).map_err(column)?)
+    })
+}
+
+/// Marks a transaction needing repair for the next claim (see
+/// [`Log::requeue`]).
+async fn requeue(tx: &Transaction<'_>, id: TransactionId) -> Result<bool, LogError> {
+    // Durable (the batch is). A crash before the commit: still needing
+    // repair, the operator requeues it again. After: decided, held by no
+    // one (the epoch moves, the lease has expired), so the next claim of
+    // any coordinator takes it. The attempts of Confirm and Cancel go back
+    // to 0 (participant i, phase p at 3 * (i - 1) + p: Try at 1, 4, ...),
+    // a fresh retry budget for that pass; the rest of the progress stays.
+    let rows = query(
+        tx,
+        "UPDATE tcc_log_transactions
+         SET status = 1, epoch = epoch + 1, owner = NULL, expires = now(),
+             attempts = array(SELECT CASE WHEN u.i % 3 = 1 THEN u.a ELSE 0 END
+                              FROM unnest(attempts) WITH ORDINALITY AS u(a, i)
+                              ORDER BY u.i)
+         WHERE id = $1 AND status = 2 AND damage IS NULL
+         RETURNING id",
+        &[&id.to_string()],
+        write_error,
+    )
+    .await?;
+    Ok(!rows.is_empty())
+}
+
+/// The transactions `filter` asks for (see [`Log::list`]): a statement per
+/// group, in the order of [`StatusGroup::ALL`].
+async fn list(tx: &Transaction<'_>, filter: &Filter) -> Result<Vec<TransactionRecord>, LogError> {
+    let service = filter.service();
+    // now() less an age of more than a few thousand years is out of
+    // PostgreSQL's range, and no transaction is that old: any longer age
+    // lists none, as it should.
+    let older_than = filter
+        .older_than()
+        .map(|age| age.as_secs_f64().min(MAX_AGE_SECS));
+    let mut listed = Vec::new();
+    for group in StatusGroup::ALL {
+        let left = filter.limit().saturating_sub(listed.len());
+        if !filter.includes(group) || left == 0 {
+            continue;
+        }
+        let limit = limit_param(left);
+        let rows = match group {
+            // A row set aside as unreadable has no participants and no age
+            // to trust: listed, as the other stores do, only when no
+            // service is asked for, whatever the age.
+            StatusGroup::NeedsRepair => {
+                query(
+                    tx,
+                    concat!(
+                        "SELECT ",
+                        record_columns!(),
+                        " FROM tcc_log_transactions WHERE status = 2
+                          AND ($1::text IS NULL OR (damage IS NULL AND $1 = ANY(names)))
+                          AND ($2::float8 IS NULL OR damage IS NOT NULL
+                               OR started_at < now() - make_interval(secs => $2))
+                          ORDER BY damage IS NULL, started_at, id LIMIT $3"
+                    ),
+                    &[&service, &older_than, &limit],
+                    read_error,
+                )
+                .await?
+            }
+            StatusGroup::Unfinished => {
+                query(
+                    tx,
+                    concat!(
+                        "SELECT ",
+                        record_columns!(),
+                        " FROM tcc_log_transactions WHERE status < 2
+                          AND ($1::text IS NULL OR $1 = ANY(names))
+                          AND ($2::float8 IS NULL
+                               OR started_at < now() - make_interval(secs => $2))
+                          ORDER BY started_at, id LIMIT $3"
+                    ),
+                    &[&service, &older_than, &limit],
+                    read_error,
+                )
+                .await?
+            }
+            // An outcome keeps no participants.
+            StatusGroup::Done if service.is_some() => Vec::new(),
+            StatusGroup::Done => {
+                let rows = query(
+                    tx,
+                    concat!(
+                        "SELECT ",
+                        outcome_columns!(),
+                        " FROM tcc_log_outcomes
+                          WHERE $1::float8 IS NULL
+                             OR started_at < now() - make_interval(secs => $1)
+                          ORDER BY seq DESC LIMIT $2"
+                    ),
+                    &[&older_than, &limit],
+                    read_error,
+                )
+                .await?;
+                for row in &rows {
+                    listed.push(outcome_of(row)?);
+                }
+                continue;
+            }
+        };
+        // A row that cannot be read is listed as unreadable, never fails
+        // the listing.
+        listed.extend(rows.iter().filter_map(|row| match record_of(row) {
+            Ok((_, record)) => Some(record),
+            Err((Some(id), error)) => Some(unreadable(id, &error)),
+            Err((None, error)) => {
+                tracing::error!(%error, "a row of the log has no transaction id");
+                None
+            }
+        }));
+    }
+    Ok(listed)
+}
+
+/// What the tables hold, counted (see [`Log::summary`]): its statements
+/// sent at once.
+async fn summary(tx: &Transaction<'_>) -> Result<LogSummary, LogError> {
+    let (counts, unfinished, repair, sizes) = futures_util::future::try_join4(
+        query(
+            tx,
+            "SELECT status, damage IS NOT NULL, count(*) FROM tcc_log_transactions
+             GROUP BY 1, 2",
+            &[],
+            read_error,
+        ),
+        query(
+            tx,
+            "SELECT id, started_at FROM tcc_log_transactions
+             WHERE status < 2 AND damage IS NULL ORDER BY started_at, id LIMIT 1",
+            &[],
+            read_error,
+        ),
+        query(
+            tx,
+            "SELECT id, started_at FROM tcc_log_transactions
+             WHERE status = 2 AND damage IS NULL ORDER BY started_at, id LIMIT 1",
+            &[],
+            read_error,
+        ),
+        query(
+            tx,
+            "SELECT (SELECT count(*) FROM tcc_log_outcomes),
+                    pg_total_relation_size('tcc_log_transactions')
+                    + pg_total_relation_size('tcc_log_outcomes')",
+            &[],
+            read_error,
+        ),
+    )
+    .await?;
+    let mut summary = LogSummary::default();
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    for row in &counts {
+        let status: i16 = row.try_get(0).map_err(read_error)?;
+        let damaged: bool = row.try_get(1).map_err(read_error)?;
+        let n = count(row.try_get(2).map_err(read_error)?);
+        match (status, damaged) {
+            (_, true) => summary.unreadable += n,
+            (UNDECIDED, false) => summary.undecided += n,
+            (DECIDED, false) => summary.decided += n,
+            (_, false) => summary.needs_repair += n,
+        }
+    }
+    let first = |rows: &[tokio_postgres::Row]| -> Result<_, LogError> {
+        rows.first()
+            .map(|row| {
+                let id = parse_id(row.try_get(0).map_err(read_error)?)?;
+                Ok((id, row.try_get(1).map_err(read_error)?))
             })
-        })
-        .transpose()
+            .transpose()
+    };
+    summary.oldest_unfinished = first(&unfinished)?;
+    summary.oldest_needs_repair = first(&repair)?;
+    summary.done = count(sizes[0].try_get(0).map_err(read_error)?);
+    summary.bytes = Some(count(sizes[0].try_get(1).map_err(read_error)?));
+    Ok(summary)
 }
 
 /// Refuses a database without the log's tables, with older ones, or with
@@ -2187,7 +2473,7 @@ async fn check_schema(pool: &Pool) -> Result<(), LogError> {
 
 /// Every column the log reads and writes, with its type as `format_type`
 /// names it.
-const COLUMNS: [(&str, &str, &str); 19] = [
+const COLUMNS: [(&str, &str, &str); 24] = [
     ("tcc_log_transactions", "id", "text"),
     ("tcc_log_transactions", "status", "smallint"),
     ("tcc_log_transactions", "decision", "smallint"),
@@ -2210,6 +2496,16 @@ const COLUMNS: [(&str, &str, &str); 19] = [
     ("tcc_log_transactions", "succeeded", "boolean[]"),
     ("tcc_log_transactions", "errors", "text[]"),
     ("tcc_log_transactions", "damage", "text"),
+    (
+        "tcc_log_transactions",
+        "decided_at",
+        "timestamp with time zone",
+    ),
+    (
+        "tcc_log_transactions",
+        "ended_at",
+        "timestamp with time zone",
+    ),
     ("tcc_log_outcomes", "id", "text"),
     ("tcc_log_outcomes", "decision", "smallint"),
     ("tcc_log_outcomes", "started_at", "timestamp with time zone"),
@@ -2219,6 +2515,9 @@ const COLUMNS: [(&str, &str, &str); 19] = [
         "timestamp with time zone",
     ),
     ("tcc_log_outcomes", "seq", "bigint"),
+    ("tcc_log_outcomes", "decided_at", "timestamp with time zone"),
+    ("tcc_log_outcomes", "resolved_by", "text"),
+    ("tcc_log_outcomes", "note", "text"),
 ];
 
 fn newer(version: i32) -> LogError {

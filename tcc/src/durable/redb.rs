@@ -21,10 +21,12 @@ use redb::{
 use tokio::sync::{oneshot, watch};
 
 use super::codec;
-use super::rules::{Counted, Finished, Found, Place, Rules, Stored, Tables, Unreadable};
+use super::rules::{
+    Counted, Finished, Found, FoundOutcome, Place, Rules, Stored, Tables, Unreadable,
+};
 use super::{
-    Decision, End, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture, PhaseProgress,
-    TransactionRecord, Unread,
+    Decision, End, Filter, Intent, Lease, Leases, Log, LogError, LogErrorKind, LogFuture,
+    LogSummary, PhaseProgress, Resolution, TransactionRecord, Unread,
 };
 use crate::{Phase, TransactionId};
 
@@ -46,10 +48,14 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The file layout this version writes and reads. 2: every record and
 /// outcome carries a checksum (see `codec`), and the progress of each
-/// participant is kept apart from its record, in `progress`. A file of
-/// format 1 is refused with what to do: finish it with the previous release,
-/// then create a new log.
-const FILE_FORMAT: u64 = 2;
+/// participant is kept apart from its record, in `progress`. 3: values may
+/// be of the codec's format 3 (the times a record was decided and ended; an
+/// outcome's resolution by an operator), which a version that reads format
+/// 2 only would take for damage. A file of format 2 is upgraded when it is
+/// opened (its values stay as they are: format 3 reads them); one of format
+/// 1 is refused with what to do: finish it with the previous release, then
+/// create a new log.
+const FILE_FORMAT: u64 = 3;
 
 /// The longest value redb stores (its `MAX_VALUE_LENGTH`, 3 GiB): a longer
 /// record or progress row is refused as [`TooLarge`](LogErrorKind::TooLarge)
@@ -222,6 +228,11 @@ impl RedbLog {
     /// writer. With [`Corrupt`](LogErrorKind::Corrupt) if the file is damaged
     /// or is not a log this version can read, and [`Io`](LogErrorKind::Io)
     /// if it cannot be read.
+    ///
+    /// A file of the previous format this version reads (2) is upgraded as
+    /// it is opened: its values stay as they are, its format becomes 3, and
+    /// a version of tcc that reads format 2 only refuses it from then on.
+    /// Open a file with tools of your application's version.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbLog, LogError> {
         RedbLog::start(path.as_ref(), RedbOptions::default(), Start::Open)
     }
@@ -559,8 +570,13 @@ impl Log for RedbLog {
         self.call(|reply| Request::Reopen(id, reply))
     }
 
-    fn resolve(&self, id: TransactionId) -> LogFuture<'_, bool> {
-        self.call(|reply| Request::Resolve(id, reply))
+    fn requeue(&self, id: TransactionId) -> LogFuture<'_, bool> {
+        self.call(|reply| Request::Requeue(id, reply))
+    }
+
+    fn resolve(&self, id: TransactionId, resolution: &Resolution) -> LogFuture<'_, bool> {
+        let resolution = resolution.clone();
+        self.call(|reply| Request::Resolve(id, resolution, reply))
     }
 
     fn unfinished_count(&self) -> LogFuture<'_, u64> {
@@ -569,6 +585,15 @@ impl Log for RedbLog {
 
     fn needs_repair_count(&self) -> LogFuture<'_, u64> {
         self.call(|reply| Request::Count(Counted::NeedsRepair, reply))
+    }
+
+    fn list(&self, filter: &Filter) -> LogFuture<'_, Vec<TransactionRecord>> {
+        let filter = filter.clone();
+        self.call(|reply| Request::List(filter, reply))
+    }
+
+    fn summary(&self) -> LogFuture<'_, LogSummary> {
+        self.call(Request::Summary)
     }
 }
 
@@ -585,8 +610,11 @@ enum Request {
     Get(TransactionId, Reply<Option<TransactionRecord>>),
     NeedsRepair(usize, Reply<Vec<TransactionRecord>>),
     Reopen(TransactionId, Reply<Option<(Lease, TransactionRecord)>>),
-    Resolve(TransactionId, Reply<bool>),
+    Requeue(TransactionId, Reply<bool>),
+    Resolve(TransactionId, Resolution, Reply<bool>),
     Count(Counted, Reply<u64>),
+    List(Filter, Reply<Vec<TransactionRecord>>),
+    Summary(Reply<LogSummary>),
     /// Panics in the writer, as a bug of redb's or ours would.
     #[cfg(test)]
     Panic(Reply<()>),
@@ -610,6 +638,7 @@ impl Request {
                 | Request::Decide(..)
                 | Request::Finish(_, End::NeedsRepair, _)
                 | Request::Reopen(..)
+                | Request::Requeue(..)
                 | Request::Resolve(..)
         )
     }
@@ -637,8 +666,11 @@ impl Request {
             Request::Get(_, reply) => fail(pending, reply),
             Request::NeedsRepair(_, reply) => fail(pending, reply),
             Request::Reopen(_, reply) => fail(pending, reply),
-            Request::Resolve(_, reply) => fail(pending, reply),
+            Request::Requeue(_, reply) => fail(pending, reply),
+            Request::Resolve(_, _, reply) => fail(pending, reply),
             Request::Count(_, reply) => fail(pending, reply),
+            Request::List(_, reply) => fail(pending, reply),
+            Request::Summary(reply) => fail(pending, reply),
             #[cfg(test)]
             Request::Panic(reply) => fail(pending, reply),
             Request::Note(..) | Request::Release(_) => {}
@@ -975,8 +1007,13 @@ fn apply_one(
             give_back_if_gone(rules, &reply, &result);
             keep(pending, reply, result)
         }
-        Request::Resolve(id, reply) => keep(pending, reply, rules.resolve(tables, id)),
+        Request::Requeue(id, reply) => keep(pending, reply, rules.requeue(tables, id)),
+        Request::Resolve(id, resolution, reply) => {
+            keep(pending, reply, rules.resolve(tables, id, &resolution))
+        }
         Request::Count(counted, reply) => keep(pending, reply, rules.count(tables, counted)),
+        Request::List(filter, reply) => keep(pending, reply, rules.list(tables, &filter)),
+        Request::Summary(reply) => keep(pending, reply, rules.summary(tables)),
         #[cfg(test)]
         Request::Panic(_) => panic!("a panic injected by a test"),
     }
@@ -1035,6 +1072,15 @@ fn prepare(db: &Database, path: &Path, how: Start) -> Result<(), LogError> {
                 ));
             }
             (Some(FILE_FORMAT), _) => {}
+            // Every value of format 2 reads as it is: only the file's format
+            // moves, in this write transaction, so that a version that reads
+            // format 2 only refuses the file, rather than take the format 3
+            // values written from now on for damage.
+            (Some(2), _) => {
+                tracing::info!(path = %path.display(), "log upgraded from file format 2 to {FILE_FORMAT}");
+                meta.insert("format", FILE_FORMAT)
+                    .map_err(|e| from_redb(path, "cannot write the log", e))?;
+            }
             // Not converted in place: format 1 has no checksums, so a
             // conversion would seal whatever bytes it finds, damaged or not,
             // under checksums that then vouch for them. The release that
@@ -1319,8 +1365,9 @@ impl Tables for RedbTables<'_> {
                 .map_err(|e| read_error(self.path, e))?
                 .map_or(0, |v| v.value()),
         };
+        let bytes = codec::encode_outcome(id, &outcome)?;
+        fits(id, "outcome", bytes.len(), MAX_VALUE_BYTES)?;
         self.next_finished = Some(next + 1);
-        let bytes = codec::encode_outcome(id, &outcome);
         let result = self
             .outcomes
             .insert(id.as_u128(), bytes.as_slice())
@@ -1419,6 +1466,49 @@ impl Tables for RedbTables<'_> {
 
     fn repair_count(&mut self) -> Result<u64, LogError> {
         self.repair.len().map_err(|e| read_error(self.path, e))
+    }
+
+    fn outcomes_newest_first(
+        &mut self,
+        limit: usize,
+        keep: &dyn Fn(&Finished) -> bool,
+    ) -> Result<Vec<FoundOutcome>, LogError> {
+        let mut found = Vec::new();
+        let order = self.order.iter().map_err(|e| read_error(self.path, e))?;
+        for entry in order.rev() {
+            if found.len() >= limit {
+                break;
+            }
+            let (_, key) = entry.map_err(|e| read_error(self.path, e))?;
+            let id = TransactionId::from_u128(key.value());
+            // Pruned with its place in the order, bar a crash between the
+            // two (one write transaction: never).
+            let Some(bytes) = self
+                .outcomes
+                .get(key.value())
+                .map_err(|e| read_error(self.path, e))?
+            else {
+                continue;
+            };
+            match codec::decode_outcome(id, bytes.value()) {
+                Ok(outcome) if keep(&outcome) => found.push(Ok((id, outcome))),
+                Ok(_) => {}
+                Err(why) => found.push(Err(Unreadable {
+                    id,
+                    reason: self.unreadable(id, "outcome", &why).to_string(),
+                })),
+            }
+        }
+        Ok(found)
+    }
+
+    fn outcome_count(&mut self) -> Result<u64, LogError> {
+        self.outcomes.len().map_err(|e| read_error(self.path, e))
+    }
+
+    fn bytes(&mut self) -> Result<Option<u64>, LogError> {
+        let metadata = std::fs::metadata(self.path).map_err(|e| read_error(self.path, e))?;
+        Ok(Some(metadata.len()))
     }
 }
 

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use super::{
-    Decision, End, Intent, Lease, LogError, LogErrorKind, PhaseProgress, Status, TransactionRecord,
+    Decision, End, Filter, Intent, Lease, LogError, LogErrorKind, LogSummary, PhaseProgress,
+    Resolution, Status, StatusGroup, TransactionRecord,
 };
 use crate::{Phase, TransactionId};
 
@@ -29,11 +30,27 @@ impl Stored {
 }
 
 /// What a store keeps of a finished transaction, for lookups: its outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Finished {
     pub(crate) decision: Decision,
     pub(crate) started_at: SystemTime,
+    pub(crate) decided_at: Option<SystemTime>,
     pub(crate) finished_at: SystemTime,
+    /// Who resolved it by hand, and how, if an operator did.
+    pub(crate) resolution: Option<Resolution>,
+}
+
+impl Finished {
+    /// How [`Log::get`](super::Log::get) and [`Log::list`](super::Log::list)
+    /// show the outcome of `id`.
+    pub(crate) fn record(self, id: TransactionId) -> TransactionRecord {
+        TransactionRecord {
+            decided_at: self.decided_at,
+            ended_at: Some(self.finished_at),
+            resolution: self.resolution,
+            ..TransactionRecord::bare(id, Status::Done(self.decision), self.started_at)
+        }
+    }
 }
 
 /// A record a store holds but cannot read (its checksum fails, it is cut
@@ -49,14 +66,8 @@ impl Unreadable {
     /// [`Log::claim_unfinished`](super::Log::claim_unfinished) show it.
     pub(crate) fn record(self) -> TransactionRecord {
         TransactionRecord {
-            intent: Intent {
-                id: self.id,
-                participants: Vec::new(),
-            },
-            status: Status::Unreadable,
-            progress: Vec::new(),
-            started_at: SystemTime::UNIX_EPOCH,
             damage: Some(self.reason),
+            ..TransactionRecord::bare(self.id, Status::Unreadable, SystemTime::UNIX_EPOCH)
         }
     }
 }
@@ -90,6 +101,9 @@ impl Place {
 
 /// A record as a listing found it.
 pub(crate) type Found = Result<Stored, Unreadable>;
+
+/// An outcome as a listing found it.
+pub(crate) type FoundOutcome = Result<(TransactionId, Finished), Unreadable>;
 
 /// How a store keeps records. Unfinished records (Undecided, Decided) and
 /// records needing repair are kept apart, so that a claim never walks past
@@ -155,6 +169,17 @@ pub(crate) trait Tables {
     fn discard_unreadable(&mut self, id: TransactionId) -> Result<bool, LogError>;
     /// Unfinished and needing repair, together.
     fn count(&mut self) -> Result<u64, LogError>;
+    /// Up to `limit` outcomes that `keep` takes, the most recently finished
+    /// first; those that cannot be read among them, as such.
+    fn outcomes_newest_first(
+        &mut self,
+        limit: usize,
+        keep: &dyn Fn(&Finished) -> bool,
+    ) -> Result<Vec<FoundOutcome>, LogError>;
+    /// How many outcomes are kept.
+    fn outcome_count(&mut self) -> Result<u64, LogError>;
+    /// What the store takes on disk, in bytes; `None` in memory.
+    fn bytes(&mut self) -> Result<Option<u64>, LogError>;
     /// Needing repair, readable or not.
     fn repair_count(&mut self) -> Result<u64, LogError>;
 }
@@ -243,10 +268,8 @@ impl Rules {
         let stored = Stored {
             record: TransactionRecord {
                 intent: intent.clone(),
-                status: Status::Undecided,
                 progress: vec![Default::default(); intent.participants.len()],
-                started_at: SystemTime::now(),
-                damage: None,
+                ..TransactionRecord::bare(id, Status::Undecided, SystemTime::now())
             },
             epoch: 1,
         };
@@ -272,6 +295,7 @@ impl Rules {
             Some(existing) => Ok(existing),
             None => {
                 stored.record.status = Status::Decided(decision);
+                stored.record.decided_at = Some(SystemTime::now());
                 // The decision (durable). A crash before its commit: still
                 // undecided, so recovery cancels; no phase 2 ran, as the
                 // caller waits for this commit. After: recovery drives this
@@ -327,10 +351,11 @@ impl Rules {
                 // Lazy: a crash before the next durable commit brings the
                 // decided record back, and recovery runs phase 2 again.
                 tables.remove_record(lease.id, Place::Unfinished)?;
-                self.add_outcome(tables, &stored.record, decision)?;
+                self.add_outcome(tables, stored.record, decision, None)?;
             }
             End::NeedsRepair => {
                 stored.record.status = Status::NeedsRepair(decision);
+                stored.record.ended_at = Some(SystemTime::now());
                 // Durable. A crash before its commit: still decided, and
                 // recovery retries phase 2 (once more, then here again).
                 // After: listed by needs_repair for an operator.
@@ -344,13 +369,16 @@ impl Rules {
     fn add_outcome(
         &self,
         tables: &mut impl Tables,
-        record: &TransactionRecord,
+        record: TransactionRecord,
         decision: Decision,
+        resolution: Option<Resolution>,
     ) -> Result<(), LogError> {
         let outcome = Finished {
             decision,
             started_at: record.started_at,
+            decided_at: record.decided_at,
             finished_at: SystemTime::now(),
+            resolution,
         };
         tables.add_outcome(record.intent.id, outcome, self.retention, PRUNE_BATCH)
     }
@@ -411,16 +439,7 @@ impl Rules {
         if let Some(stored) = tables.record(id)? {
             return Ok(Some(stored.record));
         }
-        Ok(tables.outcome(id)?.map(|outcome| TransactionRecord {
-            intent: Intent {
-                id,
-                participants: Vec::new(),
-            },
-            status: Status::Done(outcome.decision),
-            progress: Vec::new(),
-            started_at: outcome.started_at,
-            damage: None,
-        }))
+        Ok(tables.outcome(id)?.map(|outcome| outcome.record(id)))
     }
 
     pub(crate) fn needs_repair(
@@ -463,10 +482,46 @@ impl Rules {
         Ok(Some((lease, stored.record)))
     }
 
+    pub(crate) fn requeue(
+        &mut self,
+        tables: &mut impl Tables,
+        id: TransactionId,
+    ) -> Result<bool, LogError> {
+        let Some(mut stored) = tables.record(id)? else {
+            return Ok(false);
+        };
+        let Status::NeedsRepair(decision) = stored.record.status else {
+            return Ok(false);
+        };
+        // A fresh retry budget, kept in the log itself: the pass that takes
+        // it may be another process's. Whether each phase succeeded, and its
+        // last error, stay for the operator.
+        for (participant, phases) in stored.record.progress.iter_mut().enumerate() {
+            for phase in [Phase::Confirm, Phase::Cancel] {
+                let progress = &mut phases[phase as usize];
+                if progress.attempts > 0 {
+                    progress.attempts = 0;
+                    tables.put_progress(id, participant as u32, phase, progress)?;
+                }
+            }
+        }
+        stored.record.status = Status::Decided(decision);
+        // No lease of this process holds it (it was not live while it
+        // needed repair), and the epoch moves past any lease taken before.
+        stored.epoch += 1;
+        // Durable. A crash before its commit: still needing repair, the
+        // operator requeues it again. After: decided and held by no one,
+        // so the next recovery pass claims it and drives it to its end (or
+        // back here).
+        tables.move_record(&stored)?;
+        Ok(true)
+    }
+
     pub(crate) fn resolve(
         &mut self,
         tables: &mut impl Tables,
         id: TransactionId,
+        resolution: &Resolution,
     ) -> Result<bool, LogError> {
         let stored = match tables.record(id) {
             Ok(Some(stored)) => stored,
@@ -482,9 +537,9 @@ impl Rules {
             return Ok(false);
         };
         // Durable. A crash before its commit: still needing repair. After:
-        // its outcome only.
+        // its outcome only, with the operator's account.
         tables.remove_record(id, Place::NeedsRepair)?;
-        self.add_outcome(tables, &stored.record, decision)?;
+        self.add_outcome(tables, stored.record, decision, Some(resolution.clone()))?;
         Ok(true)
     }
 
@@ -498,6 +553,96 @@ impl Rules {
             Counted::NeedsRepair => tables.repair_count(),
         }
     }
+
+    pub(crate) fn list(
+        &self,
+        tables: &mut impl Tables,
+        filter: &Filter,
+    ) -> Result<Vec<TransactionRecord>, LogError> {
+        let now = SystemTime::now();
+        let limit = filter.limit();
+        let mut listed = Vec::new();
+        for group in StatusGroup::ALL {
+            if !filter.includes(group) || listed.len() >= limit {
+                continue;
+            }
+            let left = limit - listed.len();
+            let mut found: Vec<TransactionRecord> = match group {
+                StatusGroup::NeedsRepair => records(tables.repair_records()?),
+                StatusGroup::Unfinished => records(tables.unfinished(usize::MAX, &|_| false)?),
+                StatusGroup::Done if filter.service().is_some() => Vec::new(),
+                StatusGroup::Done => {
+                    let keep = |outcome: &Finished| {
+                        filter.older_than().is_none_or(|age| {
+                            now.duration_since(outcome.started_at)
+                                .is_ok_and(|since| since > age)
+                        })
+                    };
+                    let found = tables.outcomes_newest_first(left, &keep)?;
+                    found
+                        .into_iter()
+                        .map(|found| match found {
+                            Ok((id, outcome)) => outcome.record(id),
+                            Err(unreadable) => unreadable.record(),
+                        })
+                        .collect()
+                }
+            };
+            if group != StatusGroup::Done {
+                found.retain(|record| filter.matches(record, now));
+                // Unreadable ones first (their start is the Unix epoch),
+                // then the oldest.
+                found.sort_by_key(|record| (record.started_at, record.intent.id));
+            }
+            found.truncate(left);
+            listed.extend(found);
+        }
+        Ok(listed)
+    }
+
+    pub(crate) fn summary(&self, tables: &mut impl Tables) -> Result<LogSummary, LogError> {
+        let mut summary = LogSummary::default();
+        let oldest = |slot: &mut Option<(TransactionId, SystemTime)>,
+                      record: &TransactionRecord| {
+            let candidate = (record.intent.id, record.started_at);
+            if slot.is_none_or(|(id, at)| (candidate.1, candidate.0) < (at, id)) {
+                *slot = Some(candidate);
+            }
+        };
+        for found in tables.unfinished(usize::MAX, &|_| false)? {
+            match found {
+                Ok(stored) if stored.record.status == Status::Undecided => {
+                    summary.undecided += 1;
+                    oldest(&mut summary.oldest_unfinished, &stored.record);
+                }
+                Ok(stored) => {
+                    summary.decided += 1;
+                    oldest(&mut summary.oldest_unfinished, &stored.record);
+                }
+                Err(_) => summary.unreadable += 1,
+            }
+        }
+        for found in tables.repair_records()? {
+            match found {
+                Ok(stored) => {
+                    summary.needs_repair += 1;
+                    oldest(&mut summary.oldest_needs_repair, &stored.record);
+                }
+                Err(_) => summary.unreadable += 1,
+            }
+        }
+        summary.done = tables.outcome_count()?;
+        summary.bytes = tables.bytes()?;
+        Ok(summary)
+    }
+}
+
+/// The records of a listing, those that cannot be read as such.
+fn records(found: Vec<Found>) -> Vec<TransactionRecord> {
+    found
+        .into_iter()
+        .map(|found| found.map_or_else(Unreadable::record, |stored| stored.record))
+        .collect()
 }
 
 #[cfg(test)]
@@ -572,22 +717,26 @@ mod tests {
         fn repair_count(&mut self) -> Result<u64, LogError> {
             Ok(0)
         }
+        fn outcomes_newest_first(
+            &mut self,
+            _: usize,
+            _: &dyn Fn(&Finished) -> bool,
+        ) -> Result<Vec<FoundOutcome>, LogError> {
+            Ok(Vec::new())
+        }
+        fn outcome_count(&mut self) -> Result<u64, LogError> {
+            Ok(0)
+        }
+        fn bytes(&mut self) -> Result<Option<u64>, LogError> {
+            Ok(None)
+        }
     }
 
     #[test]
     fn decide_and_finish_read_the_record_without_its_progress() {
         let id = TransactionId::generate();
         let stored = Stored {
-            record: TransactionRecord {
-                intent: Intent {
-                    id,
-                    participants: Vec::new(),
-                },
-                status: Status::Undecided,
-                progress: Vec::new(),
-                started_at: SystemTime::now(),
-                damage: None,
-            },
+            record: TransactionRecord::bare(id, Status::Undecided, SystemTime::now()),
             epoch: 1,
         };
         let mut rules = Rules::new(10);
