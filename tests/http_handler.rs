@@ -451,7 +451,23 @@ async fn metrics_count_what_the_requests_did() {
     ]
     .into_iter()
     .collect();
-    assert_eq!(moved(&before, &after), expected, "{text}");
+    let mut moved = moved(&before, &after);
+    // The log's commits: as many batches as the writer made of the
+    // requests' writes, each counted once in both histograms.
+    let commits = moved
+        .remove("tcc_log_commit_duration_seconds_count{log=\"redb\"}")
+        .unwrap_or(0.0);
+    let batches = moved
+        .remove("tcc_log_batch_size_count{log=\"redb\"}")
+        .unwrap_or(0.0);
+    assert!(commits >= 1.0 && batches == commits, "{text}");
+    // dee's booking needs repair: the gauge, read from the log, went up.
+    assert_eq!(
+        moved.remove("tcc_transactions_needing_repair"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(moved, expected, "{text}");
     // Every transaction ended before its answer was sent.
     assert_eq!(after["tcc_transactions_in_flight"], 0.0, "{text}");
     // No label names a transaction.
