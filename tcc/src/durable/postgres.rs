@@ -50,10 +50,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{ClientWrapper, Object, Pool};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
@@ -787,7 +790,7 @@ fn keep<T: Leases + Send + 'static>(
 }
 
 /// How many transactions are unfinished or need repair, or need repair.
-async fn count(tx: &Transaction<'_>, counted: Counted) -> Result<u64, LogError> {
+async fn count(tx: &InTransaction, counted: Counted) -> Result<u64, LogError> {
     let statement = match counted {
         Counted::Unfinished => "SELECT count(*) FROM tcc_log_transactions",
         Counted::NeedsRepair => "SELECT count(*) FROM tcc_log_transactions WHERE status = 2",
@@ -951,27 +954,38 @@ impl Writer {
         replies: &mut Replies,
         ran: oneshot::Sender<()>,
     ) -> Result<(), LogError> {
-        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let batch = Batch(Some(self.pool.get().await.map_err(pool_error)?));
+        self.apply_on(batch.connection(), rows, requests, durable, replies, ran)
+            .await?;
+        batch.done();
+        Ok(())
+    }
+
+    /// [`apply`](Self::apply), on the batch's connection `tx`.
+    async fn apply_on(
+        &self,
+        tx: &InTransaction,
+        rows: &[String],
+        requests: &mut impl Iterator<Item = Request>,
+        durable: bool,
+        replies: &mut Replies,
+        ran: oneshot::Sender<()>,
+    ) -> Result<(), LogError> {
         // READ COMMITTED, whatever the database's default (see the module's
         // docs): a statement that waited for a row reads it as committed.
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .await
-            .map_err(write_error)?;
-        let lazy = async {
-            if !durable {
-                // Lazy writes only: committed without waiting for the WAL
-                // flush; the next durable commit carries them to disk (the
-                // WAL is written in order), a database crash before it loses
-                // them, and recovery repeats what they recorded.
-                tx.batch_execute("SET LOCAL synchronous_commit TO off")
-                    .await
-                    .map_err(write_error)?;
-            }
-            Ok(())
-        };
+        // With lazy writes only, committed without waiting for the WAL
+        // flush: the next durable commit carries them to disk (the WAL is
+        // written in order), a database crash before it loses them, and
+        // recovery repeats what they recorded.
+        let mut begun = Ahead::send(
+            tx,
+            if durable {
+                "BEGIN ISOLATION LEVEL READ COMMITTED"
+            } else {
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO off"
+            },
+        )
+        .await;
         // Every row of the batch locked now, in one statement, in id order
         // (see the module's docs: no deadlock between two batches). A row
         // another coordinator begins after this is not locked here; its
@@ -979,22 +993,17 @@ impl Writer {
         // it). That read, and an insert waiting for another's uncommitted
         // insert of the same id, are the only waits left after this
         // statement: a cycle through them needs two coordinators beginning
-        // the same ids at once, in opposite orders across segments. Sent
-        // with the setting (pipelined): one round trip.
-        let locked = async {
-            if !rows.is_empty() {
-                query(
-                    &tx,
-                    "SELECT 1 FROM tcc_log_transactions WHERE id = ANY($1)
-                     ORDER BY id FOR NO KEY UPDATE",
-                    &[&rows],
-                    write_error,
-                )
-                .await?;
-            }
-            Ok(())
-        };
-        futures_util::future::try_join(lazy, locked).await?;
+        // the same ids at once, in opposite orders across segments.
+        if !rows.is_empty() {
+            query(
+                tx,
+                "SELECT 1 FROM tcc_log_transactions WHERE id = ANY($1)
+                 ORDER BY id FOR NO KEY UPDATE",
+                &[&rows],
+                write_error,
+            )
+            .await?;
+        }
         let mut segment = Segment::default();
         for request in requests.by_ref() {
             if request.row().is_some() {
@@ -1002,16 +1011,26 @@ impl Writer {
                 continue;
             }
             // A call with a statement of its own sees every write before it.
-            if let Err(error) = self.flush(&tx, &mut segment, replies).await {
+            if let Err(error) = self
+                .flush(tx, &mut begun, &mut segment, replies, Then::GoOn)
+                .await
+            {
                 request.abandon(&error);
                 return Err(error);
             }
-            let gone = self.direct(&tx, request, &mut replies.held).await?;
+            begun.answered().await.map_err(write_error)?;
+            let gone = self.direct(tx, request, &mut replies.held).await?;
             segment
                 .requests
                 .extend(gone.into_iter().map(Request::Release));
         }
-        self.flush(&tx, &mut segment, replies).await?;
+        let mut commit = match self
+            .flush(tx, &mut begun, &mut segment, replies, Then::Commit)
+            .await?
+        {
+            Some(commit) => commit,
+            None => Ahead::send(tx, "COMMIT").await,
+        };
         let _ = ran.send(());
         // The commit, durable if any request of the batch needs it: every
         // intent, decision, repair state and lease change of the batch is
@@ -1019,25 +1038,38 @@ impl Writer {
         // crash (of this process or of the database) before it leaves the
         // tables as the last commit left them: no caller was told of a
         // durable write of this batch, so none ran a Try or a phase 2
-        // because of it.
-        tx.commit()
+        // because of it. (A statement of the batch that failed has failed
+        // the batch before this: PostgreSQL answers the commit of a failed
+        // transaction by rolling it back.)
+        commit
+            .answered()
             .await
             .map_err(|e| sql_error("cannot commit to the log", e))
     }
 
     /// Applies the writes gathered in `segment` under the rules, as a few
-    /// multi-row statements, and answers each `finish(Done)`.
-    async fn flush(
+    /// multi-row statements, and answers each `finish(Done)`. With
+    /// [`Then::Commit`], sends the commit behind its writes and returns it,
+    /// its answer still to wait for.
+    async fn flush<'t>(
         &self,
-        tx: &Transaction<'_>,
+        tx: &'t InTransaction,
+        begun: &mut Ahead<'t>,
         segment: &mut Segment,
         replies: &mut Replies,
-    ) -> Result<(), LogError> {
+        then: Then,
+    ) -> Result<Option<Ahead<'t>>, LogError> {
         if segment.requests.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let requests = std::mem::take(&mut segment.requests);
-        let mut rows = match Rows::load(tx, &requests).await {
+        let loaded = async {
+            let rows = Rows::load(tx, &requests).await?;
+            // Answered before the load was: checked before any write.
+            begun.answered().await.map_err(write_error)?;
+            Ok(rows)
+        };
+        let mut rows = match loaded.await {
             Ok(rows) => rows,
             Err(error) => {
                 requests.into_iter().for_each(|r| r.abandon(&error));
@@ -1051,8 +1083,8 @@ impl Writer {
             }
         }
         let begins = std::mem::take(&mut rows.begins);
-        let inserted = match rows.write(tx, self).await {
-            Ok(inserted) => inserted,
+        let (inserted, commit) = match rows.write(tx, self, then).await {
+            Ok(written) => written,
             Err(error) => {
                 for (_, reply, _) in begins {
                     let _ = reply.send(Err(error.copy_for_caller()));
@@ -1076,7 +1108,7 @@ impl Writer {
             // recovery would finish the transaction again.
             let _ = reply.send(Ok(()));
         }
-        Ok(())
+        Ok(commit)
     }
 
     /// A call that runs as a statement of its own: claims, reads, and the
@@ -1086,7 +1118,7 @@ impl Writer {
     /// later claim.
     async fn direct(
         &self,
-        tx: &Transaction<'_>,
+        tx: &InTransaction,
         request: Request,
         held: &mut Vec<Pending>,
     ) -> Result<Vec<Lease>, LogError> {
@@ -1139,7 +1171,7 @@ impl Writer {
 
     async fn needs_repair(
         &self,
-        tx: &Transaction<'_>,
+        tx: &InTransaction,
         limit: usize,
     ) -> Result<Vec<TransactionRecord>, LogError> {
         let rows = query(
@@ -1172,7 +1204,7 @@ impl Writer {
 
     async fn reopen(
         &self,
-        tx: &Transaction<'_>,
+        tx: &InTransaction,
         id: TransactionId,
     ) -> Result<Option<(Lease, TransactionRecord)>, LogError> {
         // Durable (the batch is). A crash before the commit: still
@@ -1200,7 +1232,7 @@ impl Writer {
 
     async fn resolve(
         &self,
-        tx: &Transaction<'_>,
+        tx: &InTransaction,
         id: TransactionId,
         resolution: Resolution,
     ) -> Result<bool, LogError> {
@@ -1236,7 +1268,7 @@ impl Writer {
                         Box::new(resolution.note),
                     ],
                 );
-                pipeline.run(tx).await?;
+                pipeline.run(tx, Then::GoOn).await?;
                 true
             }
             None => false,
@@ -1247,7 +1279,7 @@ impl Writer {
     /// database's clock, skipping rows another coordinator has locked.
     async fn claim(
         &self,
-        tx: &Transaction<'_>,
+        tx: &InTransaction,
         limit: usize,
     ) -> Result<Vec<(Lease, TransactionRecord)>, LogError> {
         // Durable (the batch is). A crash before the commit: the rows stay
@@ -1543,7 +1575,7 @@ fn row_state(id: TransactionId, row: &tokio_postgres::Row) -> Result<RowState, L
 impl Rows {
     /// Locks and reads the rows `requests` touch, and which of the begun ids
     /// have an outcome.
-    async fn load(tx: &Transaction<'_>, requests: &[Request]) -> Result<Rows, LogError> {
+    async fn load(tx: &InTransaction, requests: &[Request]) -> Result<Rows, LogError> {
         let mut ids: Vec<String> = requests
             .iter()
             .filter_map(Request::row)
@@ -1766,11 +1798,12 @@ impl Rows {
     /// Writes what the segment changed: new rows, changed rows (their
     /// decisions, leases and notes), removed rows, outcomes. Returns the ids
     /// of the rows it inserted.
-    async fn write(
+    async fn write<'t>(
         self,
-        tx: &Transaction<'_>,
+        tx: &'t InTransaction,
         writer: &Writer,
-    ) -> Result<HashSet<TransactionId>, LogError> {
+        then: Then,
+    ) -> Result<(HashSet<TransactionId>, Option<Ahead<'t>>), LogError> {
         let mut inserted = RowParams::default();
         let mut updated = RowParams::default();
         // The intents of the inserted rows, in PostgreSQL's text form.
@@ -1877,14 +1910,14 @@ impl Rows {
             );
         }
         writer.add_outcomes(&mut pipeline, &self.outcomes);
-        let answers = pipeline.run(tx).await?;
+        let (answers, commit) = pipeline.run(tx, then).await?;
         let mut begun = HashSet::new();
         if inserting {
             for row in &answers[0] {
                 begun.insert(parse_id(row.try_get(0).map_err(write_error)?)?);
             }
         }
-        Ok(begun)
+        Ok((begun, commit))
     }
 }
 
@@ -1905,8 +1938,13 @@ impl<'a> Pipeline<'a> {
         self.statements.push((sql, params));
     }
 
-    /// Runs the statements; returns the rows each returned, in order.
-    async fn run(self, tx: &Transaction<'_>) -> Result<Vec<Vec<tokio_postgres::Row>>, LogError> {
+    /// Runs the statements; returns the rows each returned, in order, and
+    /// with [`Then::Commit`] the commit, sent behind them.
+    async fn run<'t>(
+        self,
+        tx: &'t InTransaction,
+        then: Then,
+    ) -> Result<(Vec<Vec<tokio_postgres::Row>>, Option<Ahead<'t>>), LogError> {
         let mut prepared = Vec::with_capacity(self.statements.len());
         for (sql, _) in &self.statements {
             // A round trip the first time a connection sees a statement.
@@ -1921,10 +1959,93 @@ impl<'a> Pipeline<'a> {
             .iter()
             .zip(&params)
             .map(|(statement, params)| tx.query(statement, params));
-        futures_util::future::try_join_all(runs)
-            .await
-            .map_err(write_error)
+        // Polled in order, each sent when first polled: all of them on the
+        // first poll (a few, so `try_join_all` polls them in order).
+        let mut answers = std::pin::pin!(futures_util::future::try_join_all(runs));
+        let first = poll_once(answers.as_mut()).await;
+        let commit = match then {
+            Then::Commit => Some(Ahead::send(tx, "COMMIT").await),
+            Then::GoOn => None,
+        };
+        let answers = match first {
+            Poll::Ready(answers) => answers,
+            Poll::Pending => answers.await,
+        };
+        Ok((answers.map_err(write_error)?, commit))
     }
+}
+
+/// What comes after a segment's writes.
+#[derive(Clone, Copy)]
+enum Then {
+    /// More statements of the batch.
+    GoOn,
+    /// The batch's commit, sent at once behind the writes.
+    Commit,
+}
+
+/// A pooled connection inside a batch's transaction (see [`Batch`]).
+type InTransaction = ClientWrapper;
+
+/// The connection a batch runs on. Its transaction is begun and committed
+/// with plain statements, each sent with the statements next to it rather
+/// than waited for alone: a round trip saved at each end of every batch
+/// (see BENCHMARKS.md, issue 17). Dropped before [`Batch::done`] (a
+/// statement failed), the connection is closed rather than given back to
+/// the pool in the middle of a transaction, and the database rolls it
+/// back.
+struct Batch(Option<Object>);
+
+impl Batch {
+    fn connection(&self) -> &InTransaction {
+        self.0
+            .as_ref()
+            .expect("a batch's connection is there until done")
+    }
+
+    /// Gives the connection back to the pool, its transaction ended.
+    fn done(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            drop(Object::take(connection));
+        }
+    }
+}
+
+/// A statement sent ahead of the statements after it, its answer waited
+/// for only when needed.
+struct Ahead<'t>(
+    Option<Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 't>>>,
+);
+
+impl<'t> Ahead<'t> {
+    /// Sends `sql` (a request is sent when its future is first polled)
+    /// without waiting for its answer.
+    async fn send(tx: &'t InTransaction, sql: &'t str) -> Ahead<'t> {
+        let mut answer = Box::pin(tx.batch_execute(sql));
+        Ahead(Some(match poll_once(answer.as_mut()).await {
+            Poll::Ready(result) => Box::pin(std::future::ready(result)),
+            Poll::Pending => answer,
+        }))
+    }
+
+    /// Its answer: waited for the first time, `Ok` after.
+    async fn answered(&mut self) -> Result<(), tokio_postgres::Error> {
+        match self.0.take() {
+            Some(answer) => answer.await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Polls `future` once.
+async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 /// The columns of rows to insert or update, as arrays for `unnest`.
@@ -1968,7 +2089,7 @@ impl RowParams {
 /// Runs a statement (prepared once per connection) and returns its rows;
 /// a failure is described by `error`.
 async fn query(
-    tx: &Transaction<'_>,
+    tx: &InTransaction,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
     error: fn(tokio_postgres::Error) -> LogError,
@@ -2156,10 +2277,7 @@ fn bool_array(items: impl Iterator<Item = bool>) -> String {
 }
 
 /// One transaction's state: its row, else its outcome.
-async fn get(
-    tx: &Transaction<'_>,
-    id: TransactionId,
-) -> Result<Option<TransactionRecord>, LogError> {
+async fn get(tx: &InTransaction, id: TransactionId) -> Result<Option<TransactionRecord>, LogError> {
     let key = id.to_string();
     let (rows, outcomes) = futures_util::future::try_join(
         query(
@@ -2210,7 +2328,7 @@ fn outcome_of(row: &tokio_postgres::Row) -> Result<TransactionRecord, LogError> 
 
 /// Marks a transaction needing repair for the next claim (see
 /// [`Log::requeue`]).
-async fn requeue(tx: &Transaction<'_>, id: TransactionId) -> Result<bool, LogError> {
+async fn requeue(tx: &InTransaction, id: TransactionId) -> Result<bool, LogError> {
     // Durable (the batch is). A crash before the commit: still needing
     // repair, the operator requeues it again. After: decided, held by no
     // one (the epoch moves, the lease has expired), so the next claim of
@@ -2235,7 +2353,7 @@ async fn requeue(tx: &Transaction<'_>, id: TransactionId) -> Result<bool, LogErr
 
 /// The transactions `filter` asks for (see [`Log::list`]): a statement per
 /// group, in the order of [`StatusGroup::ALL`].
-async fn list(tx: &Transaction<'_>, filter: &Filter) -> Result<Vec<TransactionRecord>, LogError> {
+async fn list(tx: &InTransaction, filter: &Filter) -> Result<Vec<TransactionRecord>, LogError> {
     let service = filter.service();
     // now() less an age of more than a few thousand years is out of
     // PostgreSQL's range, and no transaction is that old: any longer age
@@ -2327,7 +2445,7 @@ async fn list(tx: &Transaction<'_>, filter: &Filter) -> Result<Vec<TransactionRe
 
 /// What the tables hold, counted (see [`Log::summary`]): its statements
 /// sent at once.
-async fn summary(tx: &Transaction<'_>) -> Result<LogSummary, LogError> {
+async fn summary(tx: &InTransaction) -> Result<LogSummary, LogError> {
     let (counts, unfinished, repair, sizes) = futures_util::future::try_join4(
         query(
             tx,
