@@ -2017,11 +2017,12 @@ impl Drop for Batch {
     }
 }
 
+/// The answer to a plain statement, still to come.
+type Answer<'t> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 't>>;
+
 /// A statement sent ahead of the statements after it, its answer waited
 /// for only when needed.
-struct Ahead<'t>(
-    Option<Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 't>>>,
-);
+struct Ahead<'t>(Option<Answer<'t>>);
 
 impl<'t> Ahead<'t> {
     /// Sends `sql` (a request is sent when its future is first polled)
