@@ -546,6 +546,38 @@ impl From<::sqlx::Error> for BarrierError {
     }
 }
 
+/// The barrier's table on PostgreSQL: the `SCHEMA` of the tokio-postgres
+/// and sqlx backends alike, so that one database serves both.
+#[cfg(any(feature = "postgres", feature = "sqlx-postgres"))]
+pub(crate) const POSTGRES_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS tcc_barrier (
+    transaction_id text        NOT NULL,
+    service        text        NOT NULL,
+    state          text        NOT NULL CHECK (state IN
+        ('started', 'tried', 'confirmed', 'cancelled', 'cancelled_before_try')),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (transaction_id, service)
+);
+CREATE INDEX IF NOT EXISTS tcc_barrier_finished ON tcc_barrier (updated_at)
+    WHERE state IN ('confirmed', 'cancelled', 'cancelled_before_try');
+";
+
+/// The barrier's table on SQLite: the `SCHEMA` of the rusqlite and sqlx
+/// backends alike.
+#[cfg(any(feature = "sqlite", feature = "sqlx-sqlite"))]
+pub(crate) const SQLITE_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS tcc_barrier (
+    transaction_id TEXT    NOT NULL,
+    service        TEXT    NOT NULL,
+    state          TEXT    NOT NULL CHECK (state IN
+        ('started', 'tried', 'confirmed', 'cancelled', 'cancelled_before_try')),
+    updated_at     INTEGER NOT NULL,
+    PRIMARY KEY (transaction_id, service)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tcc_barrier_finished ON tcc_barrier (updated_at)
+    WHERE state IN ('confirmed', 'cancelled', 'cancelled_before_try');
+";
+
 /// What a branch's row says. Stored as its [`name`](RowState::name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RowState {

@@ -109,18 +109,7 @@ use crate::phase::Phase;
 /// The barrier's table, as [`migrate`] creates it. `updated_at` is the
 /// database's clock at the start of the transaction that last changed the
 /// row; the partial index serves [`cleanup`].
-pub const SCHEMA: &str = "\
-CREATE TABLE IF NOT EXISTS tcc_barrier (
-    transaction_id text        NOT NULL,
-    service        text        NOT NULL,
-    state          text        NOT NULL CHECK (state IN
-        ('started', 'tried', 'confirmed', 'cancelled', 'cancelled_before_try')),
-    updated_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (transaction_id, service)
-);
-CREATE INDEX IF NOT EXISTS tcc_barrier_finished ON tcc_barrier (updated_at)
-    WHERE state IN ('confirmed', 'cancelled', 'cancelled_before_try');
-";
+pub const SCHEMA: &str = super::POSTGRES_SCHEMA;
 
 /// Creates the barrier's table and index if they do not exist: safe to call
 /// at every start, from several processes at once (they take turns on an

@@ -107,18 +107,7 @@ use crate::phase::Phase;
 /// The barrier's table, as [`migrate`] creates it. `updated_at` is in
 /// milliseconds since the Unix epoch, by SQLite's clock; the partial index
 /// serves [`cleanup`].
-pub const SCHEMA: &str = "\
-CREATE TABLE IF NOT EXISTS tcc_barrier (
-    transaction_id TEXT    NOT NULL,
-    service        TEXT    NOT NULL,
-    state          TEXT    NOT NULL CHECK (state IN
-        ('started', 'tried', 'confirmed', 'cancelled', 'cancelled_before_try')),
-    updated_at     INTEGER NOT NULL,
-    PRIMARY KEY (transaction_id, service)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tcc_barrier_finished ON tcc_barrier (updated_at)
-    WHERE state IN ('confirmed', 'cancelled', 'cancelled_before_try');
-";
+pub const SCHEMA: &str = super::SQLITE_SCHEMA;
 
 /// SQLite's clock in milliseconds since the Unix epoch, without
 /// `unixepoch('subsec')` (SQLite 3.42+), so older system libraries work.
