@@ -437,14 +437,31 @@ fn start(command: &[&str]) -> Result<(Child, SocketAddr), BoxError> {
     Ok((child, address))
 }
 
+/// The demo's child processes, killed when it ends, however it ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 async fn demo() -> Result<(), BoxError> {
     let dir = std::env::temp_dir().join(format!("tcc-http-services-{}", std::process::id()));
+    // A directory of the same name is an earlier demo's that crashed.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    let mut children = Children(Vec::new());
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let (stock_db, payments_db, log) = (path("stock.db"), path("payments.db"), path("orders.log"));
     let listen = "127.0.0.1:0";
     let (stock, stock_at) = start(&["stock", "--listen", listen, "--db", &stock_db])?;
+    children.0.push(stock);
     let (payments, payments_at) = start(&["payments", "--listen", listen, "--db", &payments_db])?;
+    children.0.push(payments);
     let (stock_url, payments_url) = (
         format!("http://{stock_at}/stock"),
         format!("http://{payments_at}/payments"),
@@ -460,7 +477,7 @@ async fn demo() -> Result<(), BoxError> {
         "--payments",
         &payments_url,
     ])?;
-    let mut children = [stock, payments, coordinator];
+    children.0.push(coordinator);
     let client = reqwest::Client::new();
     let orders = [("ada", 2), ("bob", 3), ("ada", 2_000), ("bob", 4)];
     for (customer, quantity) in orders {
@@ -477,10 +494,7 @@ async fn demo() -> Result<(), BoxError> {
             answer.error.map(|e| format!(" ({e})")).unwrap_or_default()
         );
     }
-    for child in &mut children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(children);
     let wrong = audit(&stock_db, &payments_db).await?;
     let _ = std::fs::remove_dir_all(&dir);
     for problem in &wrong {

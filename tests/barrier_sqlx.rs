@@ -650,34 +650,34 @@ async fn sqlite_a_busy_database_is_tried_again_a_bounded_number_of_times() {
         "the first rolled back"
     );
 
+    // A body that is always busy: given up after `ATTEMPTS` calls, busy.
     let mut holder = sqlx::SqliteConnection::connect_with(&db.options(Duration::ZERO))
         .await
         .unwrap();
-    let held = holder.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let id = TransactionId::generate();
-    let calls = AtomicU32::new(0);
-    let outcome = lite::run_branch(&pool, &branch(id, Phase::Try), |tx| {
-        let calls = &calls;
-        Box::pin(async move {
-            calls.fetch_add(1, Ordering::Relaxed);
-            // The business write meets the lock the holder keeps.
-            sqlx::query("INSERT INTO outside VALUES (1)")
-                .execute(&mut **tx)
-                .await?;
-            Ok::<_, TestError>(())
-        })
-    })
+    let mut failures = Vec::new();
+    {
+        let held = holder.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        for _ in 0..tcc::barrier::ATTEMPTS {
+            let busy = pool.begin_with("BEGIN IMMEDIATE").await.unwrap_err();
+            failures.push(TestError::Sqlx(busy));
+        }
+        held.commit().await.unwrap();
+    }
+    let failures = std::sync::Mutex::new(failures);
+    let outcome = lite::run_branch(
+        &pool,
+        &branch(TransactionId::generate(), Phase::Try),
+        |_| {
+            let failures = &failures;
+            Box::pin(async move { Err::<(), _>(failures.lock().unwrap().pop().unwrap()) })
+        },
+    )
     .await;
     assert!(
         matches!(&outcome, Err(e) if lite::is_busy(e)),
         "{outcome:?}"
     );
-    assert_eq!(
-        calls.load(Ordering::Relaxed),
-        0,
-        "never past BEGIN IMMEDIATE"
-    );
-    held.commit().await.unwrap();
+    assert!(failures.lock().unwrap().is_empty(), "called ATTEMPTS times");
 }
 
 /// The business write of a test phase, on the caller's transaction.

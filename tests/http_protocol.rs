@@ -317,3 +317,71 @@ async fn a_remote_is_saved_and_rebuilt_with_the_provided_client() {
     let damaged = Remote::rebuild(br#"{"url": 3}"#, &resources).unwrap_err();
     assert!(damaged.to_string().contains("name"), "{damaged}");
 }
+
+/// A participant whose Confirm is redirected elsewhere, where a GET would
+/// answer 200: the Confirm is not taken for done; it is refused for good,
+/// naming the redirect.
+#[tokio::test]
+async fn a_redirected_phase_is_refused_not_taken_for_done() {
+    let router = Router::new()
+        .route("/p/try", post(|| async { StatusCode::OK }))
+        .route(
+            "/p/confirm",
+            post(|| async { axum::response::Redirect::to("/elsewhere") }),
+        )
+        .route("/p/cancel", post(|| async { StatusCode::OK }))
+        .route(
+            "/elsewhere",
+            axum::routing::get(|| async { "a login page" }),
+        );
+    let base = serve(router).await;
+    let client = reqwest::Client::new();
+    let remote = Remote::new("p", format!("{base}/p"), json!({}), &client);
+    let error = Orchestrator::new([Service::from(remote)])
+        .retry(retries())
+        .orchestrate()
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConfirmFailed);
+    assert!(error.to_string().contains("was redirected to"), "{error}");
+}
+
+/// A service named in any text reaches the barrier under that name; a base
+/// URL with a query string keeps it, the phase added to the path.
+#[tokio::test]
+async fn a_name_in_any_text_and_a_base_url_with_a_query_are_sent_as_they_are() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let router = Router::new().route(
+        "/p/{phase}",
+        post(move |branch: tcc::http::Branch, uri: axum::http::Uri| {
+            let record = record.clone();
+            async move {
+                let query = uri.query().unwrap_or("").to_owned();
+                record.lock().unwrap().push((
+                    branch.service_name().to_owned(),
+                    branch.phase(),
+                    query,
+                ));
+                StatusCode::OK
+            }
+        }),
+    );
+    let base = serve(router).await;
+    let client = reqwest::Client::new();
+    let remote = Remote::new(
+        "lager-ø",
+        format!("{base}/p?tenant=acme"),
+        json!({}),
+        &client,
+    )
+    .header("TCC-Service", "someone else");
+    Orchestrator::new([Service::from(remote)])
+        .orchestrate()
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let expected = [tcc::Phase::Try, tcc::Phase::Confirm]
+        .map(|phase| ("lager-ø".to_owned(), phase, "tenant=acme".to_owned()));
+    assert_eq!(seen, expected);
+}

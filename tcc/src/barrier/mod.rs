@@ -232,6 +232,9 @@ impl HeldBranch {
 
     /// The state of a row that holds a reservation, named as the table
     /// spells it; `None` for any other.
+    // Used by the backends that list held branches: rusqlite and
+    // tokio-postgres.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn holding(state: &str) -> Option<&'static str> {
         [RowState::Tried, RowState::Started]
             .into_iter()

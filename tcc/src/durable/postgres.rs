@@ -995,14 +995,16 @@ impl Writer {
         // statement: a cycle through them needs two coordinators beginning
         // the same ids at once, in opposite orders across segments.
         if !rows.is_empty() {
-            query(
+            let params: [&(dyn ToSql + Sync); 1] = [&rows];
+            let locked = query(
                 tx,
                 "SELECT 1 FROM tcc_log_transactions WHERE id = ANY($1)
                  ORDER BY id FOR NO KEY UPDATE",
-                &[&rows],
+                &params,
                 write_error,
-            )
-            .await?;
+            );
+            let begin = async { begun.answered().await.map_err(write_error) };
+            futures_util::future::try_join(locked, begin).await?;
         }
         let mut segment = Segment::default();
         for request in requests.by_ref() {
@@ -1018,7 +1020,11 @@ impl Writer {
                 request.abandon(&error);
                 return Err(error);
             }
-            begun.answered().await.map_err(write_error)?;
+            if let Err(error) = begun.answered().await {
+                let error = write_error(error);
+                request.abandon(&error);
+                return Err(error);
+            }
             let gone = self.direct(tx, request, &mut replies.held).await?;
             segment
                 .requests
@@ -1063,13 +1069,12 @@ impl Writer {
             return Ok(None);
         }
         let requests = std::mem::take(&mut segment.requests);
-        let loaded = async {
-            let rows = Rows::load(tx, &requests).await?;
-            // Answered before the load was: checked before any write.
-            begun.answered().await.map_err(write_error)?;
-            Ok(rows)
-        };
-        let mut rows = match loaded.await {
+        // BEGIN's answer read with the load's (it comes first: a connection
+        // holds little of an answer no one reads before it stops reading
+        // the next ones), and checked before any write.
+        let begin = async { begun.answered().await.map_err(write_error) };
+        let loaded = futures_util::future::try_join(Rows::load(tx, &requests), begin);
+        let mut rows = match loaded.await.map(|(rows, ())| rows) {
             Ok(rows) => rows,
             Err(error) => {
                 requests.into_iter().for_each(|r| r.abandon(&error));
@@ -1963,6 +1968,11 @@ impl<'a> Pipeline<'a> {
         // first poll (a few, so `try_join_all` polls them in order).
         let mut answers = std::pin::pin!(futures_util::future::try_join_all(runs));
         let first = poll_once(answers.as_mut()).await;
+        // A statement that failed before it was sent (its parameters could
+        // not be encoded) leaves the ones after it unsent: no commit then.
+        if let Poll::Ready(Err(error)) = first {
+            return Err(write_error(error));
+        }
         let commit = match then {
             Then::Commit => Some(Ahead::send(tx, "COMMIT").await),
             Then::GoOn => None,
@@ -1993,7 +2003,10 @@ type InTransaction = ClientWrapper;
 /// (see BENCHMARKS.md, issue 17). Dropped before [`Batch::done`] (a
 /// statement failed), the connection is closed rather than given back to
 /// the pool in the middle of a transaction, and the database rolls it
-/// back.
+/// back; or, if its COMMIT was sent already (an answer that could not be
+/// read after that), commits it: the batch's callers are told it failed
+/// when it may not have, as when a connection is lost at the commit, and
+/// recovery sorts that out.
 struct Batch(Option<Object>);
 
 impl Batch {

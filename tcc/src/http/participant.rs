@@ -102,7 +102,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Branch {
                 header: which,
                 found: None,
             })?;
-            value.to_str().map_err(|_| BranchRejection {
+            // UTF-8, not only visible ASCII: a service's name may be any
+            // text, and reqwest sends it as its bytes.
+            std::str::from_utf8(value.as_bytes()).map_err(|_| BranchRejection {
                 header: which,
                 found: Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
             })
@@ -332,6 +334,9 @@ mod served {
     /// the barrier, or a handler's [`PhaseError::refused`]); 503 when it
     /// failed for now; 400 for a request without the protocol's headers, a
     /// phase header that is not the path's, or a body that is not a `T`.
+    /// axum refuses a body over 2 MB (413, a refusal for good) unless the
+    /// router is given a larger `axum::extract::DefaultBodyLimit`: mind it
+    /// if a coordinator sends large bodies, as every phase gets the same one.
     ///
     /// ```
     /// use serde::Deserialize;

@@ -1,10 +1,15 @@
 //! The coordinator's side: `Remote`, a participant called over HTTP.
 
 use std::fmt;
+use std::time::Duration;
 
 use super::{PHASE, SERVICE, TRANSACTION_ID, is_refusal};
 use crate::error::BoxError;
 use crate::{Context, Permanent, Phase, Recoverable, Resources, TccService};
+
+/// How long one request of a [`Remote`] may take unless set: as long as
+/// an attempt at a Confirm or Cancel ([`DEFAULT_ATTEMPT_TIMEOUT`](crate::DEFAULT_ATTEMPT_TIMEOUT)).
+const DEFAULT_TIMEOUT: Duration = crate::DEFAULT_ATTEMPT_TIMEOUT;
 
 /// A participant in another service, called over HTTP (see
 /// [the protocol](super#the-protocol)): each phase is a `POST` to its base
@@ -18,7 +23,9 @@ use crate::{Context, Permanent, Phase, Recoverable, Resources, TccService};
 /// every `Remote` rebuilt shares. Connections are reused through that
 /// client; give the same client to the `Remote`s you build.
 ///
-/// Each attempt is bounded by the transaction's `try_timeout` and
+/// Each request is bounded by its own timeout ([`Remote::timeout`], 30 s
+/// unless set; a Try too, which the engine bounds only when `try_timeout`
+/// is set), and each attempt by the transaction's `try_timeout` and
 /// `attempt_timeout`; a refusal (409, and every 4xx but 408 and 429) is
 /// [`Permanent`], so a Confirm or Cancel is not retried; anything else
 /// (5xx, 408, 429, a connection refused or lost) is retried. Errors name the
@@ -54,6 +61,8 @@ struct Saved {
     url: String,
     body: serde_json::Value,
     headers: Vec<(String, String)>,
+    /// How long one request may take.
+    timeout: Duration,
 }
 
 impl Saved {
@@ -63,6 +72,7 @@ impl Saved {
             "url": self.url,
             "body": self.body,
             "headers": self.headers,
+            "timeout_ms": u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
         })
     }
 
@@ -81,11 +91,19 @@ impl Saved {
             None => Vec::new(),
             Some(headers) => serde_json::from_value(headers.clone())?,
         };
+        let timeout = match json.get("timeout_ms") {
+            None => DEFAULT_TIMEOUT,
+            Some(ms) => Duration::from_millis(
+                ms.as_u64()
+                    .ok_or("a saved Remote's `timeout_ms` is not a number of milliseconds")?,
+            ),
+        };
         Ok(Saved {
             name,
             url,
             body,
             headers,
+            timeout,
         })
     }
 }
@@ -106,9 +124,18 @@ impl Remote {
                 url: url.into(),
                 body,
                 headers: Vec::new(),
+                timeout: DEFAULT_TIMEOUT,
             },
             client: client.clone(),
         }
+    }
+
+    /// How long one request may take before it is given up (a Try then
+    /// fails, a Confirm or Cancel is tried again): 30 s unless set. Saved in
+    /// the log with the rest.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.saved.timeout = timeout;
+        self
     }
 
     /// Sends the header `name: value` with each phase too (saved in the log
@@ -123,13 +150,33 @@ impl Remote {
         &self.saved.url
     }
 
-    /// Calls `phase`: Ok on a 2xx answer.
+    /// The URL of `phase`: the base URL with the phase appended to its path
+    /// (a query string stays a query string); a base URL that cannot take a
+    /// path is refused for good.
+    fn phase_url(&self, phase: Phase) -> Result<reqwest::Url, BoxError> {
+        let refused = |why: &str| {
+            Permanent::new(format!(
+                "the base URL {:?} of `{}` {why}",
+                self.saved.url, self.saved.name
+            ))
+        };
+        let mut url = reqwest::Url::parse(&self.saved.url)
+            .map_err(|error| refused(&format!("is not a URL: {error}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(refused("is not http:// or https://").into());
+        }
+        url.path_segments_mut()
+            .map_err(|()| refused("cannot take a path"))?
+            .pop_if_empty()
+            .push(phase.as_str());
+        Ok(url)
+    }
+
+    /// Calls `phase`: Ok on a 2xx answer from the URL called (a redirect is
+    /// refused: a participant answers its phases itself).
     async fn call(&self, phase: Phase) -> Result<(), BoxError> {
-        let url = format!(
-            "{}/{}",
-            self.saved.url.trim_end_matches('/'),
-            phase.as_str()
-        );
+        let target = self.phase_url(phase)?;
+        let url = target.to_string();
         let id = Context::current()
             .map(|context| context.transaction_id())
             .ok_or_else(|| {
@@ -143,24 +190,46 @@ impl Remote {
         };
         let mut request = self
             .client
-            .post(&url)
-            .header(TRANSACTION_ID, id.to_string())
-            .header(SERVICE, &self.saved.name)
-            .header(PHASE, phase.as_str())
-            .header("content-type", "application/json")
+            .post(target.clone())
+            .timeout(self.saved.timeout)
             .body(self.saved.body.to_string());
         for (name, value) in &self.saved.headers {
             request = request.header(name, value);
         }
-        let request = request
-            .build()
-            // A URL or header that cannot be sent never will be.
-            .map_err(|error| Permanent::new(fail(format!("cannot be sent: {error}"))))?;
-        let response = self
-            .client
-            .execute(request)
-            .await
-            .map_err(|error| fail(format!("failed: {}", crate::error::Chain(&error))))?;
+        // A header that cannot be sent never will be.
+        let cannot = |error: &dyn std::fmt::Display| {
+            Permanent::new(fail(format!("cannot be sent: {error}")))
+        };
+        let mut request = request.build().map_err(|error| cannot(&error))?;
+        // The protocol's headers last, in place of any of the same name.
+        let headers = request.headers_mut();
+        let protocol = [
+            (TRANSACTION_ID, id.to_string()),
+            (SERVICE, self.saved.name.clone()),
+            (PHASE, phase.as_str().to_owned()),
+            ("content-type", "application/json".to_owned()),
+        ];
+        for (name, value) in protocol {
+            let value = reqwest::header::HeaderValue::from_str(&value).map_err(|e| cannot(&e))?;
+            headers.insert(name, value);
+        }
+        let response = self.client.execute(request).await.map_err(|error| {
+            // A request reqwest cannot make (https:// with no TLS built in)
+            // never will be made.
+            let permanent = error.is_builder();
+            let error = fail(format!("failed: {}", crate::error::Chain(&error)));
+            match permanent {
+                true => BoxError::from(Permanent::new(error)),
+                false => BoxError::from(error),
+            }
+        })?;
+        if response.url() != &target {
+            let error = fail(format!(
+                "was redirected to {}: a participant answers its phases at its own URL",
+                response.url()
+            ));
+            return Err(Permanent::new(error).into());
+        }
         let status = response.status();
         if status.is_success() {
             return Ok(());
