@@ -51,7 +51,9 @@
 //! `{"outcome": "duplicate"}` or `{"outcome": "empty_cancel"}`.
 //!
 //! A request without one of the three headers, or with one that cannot be
-//! read, is refused with 400 and a body naming the header.
+//! read, is refused with 400 and a body naming the header. A participant
+//! answers at the URL it was called on: a redirect is taken as a refusal,
+//! never followed to a 2xx elsewhere that would pass for done.
 
 #[cfg(feature = "http-server")]
 mod participant;
