@@ -2,10 +2,9 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::Arc;
 
 use crate::id::TransactionId;
-use crate::name::Name;
+use crate::name::Names;
 use crate::phase::Phase;
 
 thread_local! {
@@ -50,7 +49,7 @@ thread_local! {
 pub struct Context {
     transaction_id: TransactionId,
     /// The transaction's service names, shared with its ledger.
-    names: Arc<[Name]>,
+    names: Names,
     index: usize,
     phase: Phase,
     attempt: u32,
@@ -59,7 +58,7 @@ pub struct Context {
 impl Context {
     /// A context for the services of one transaction, pointing at the first
     /// service's Try until [`focus`](Context::focus) moves it.
-    pub(crate) fn new(transaction_id: TransactionId, names: Arc<[Name]>) -> Self {
+    pub(crate) fn new(transaction_id: TransactionId, names: Names) -> Self {
         Context {
             transaction_id,
             names,
@@ -86,7 +85,7 @@ impl Context {
 
     /// The running service's name.
     pub fn service_name(&self) -> &str {
-        self.names.get(self.index).map_or("", Name::as_str)
+        self.names.text(self.index)
     }
 
     /// The running phase.

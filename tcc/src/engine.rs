@@ -36,10 +36,10 @@ use crate::durable::{
 use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
 use crate::metrics::{Ending, Origin, TransactionMetrics};
-use crate::name::Name;
+use crate::name::Names;
 use crate::phase::Phase;
 use crate::recoverable::LogEntry;
-use crate::report::{PhaseRecord, Report};
+use crate::report::{PhaseRecord, Records, Report};
 use crate::settings::Settings;
 
 /// What a transaction has done so far: each service's record, and every
@@ -49,10 +49,10 @@ use crate::settings::Settings;
 /// place that writes the transaction log.
 pub(crate) struct Ledger {
     id: TransactionId,
-    names: Arc<[Name]>,
-    /// Each service's records, indexed by phase. Only the ledger holds it
-    /// until the report takes it, so it is changed in place.
-    records: Arc<[[PhaseRecord; 3]]>,
+    names: Names,
+    /// Each service's records. Only the ledger holds it until the report
+    /// takes it, so it is changed in place.
+    records: Arc<[Records]>,
     failures: Vec<(usize, Failure)>,
     /// With a log, the lease on the transaction's record; a ledger dropped
     /// before the record is finished (a runtime shutting down) gives it
@@ -64,8 +64,8 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    fn new(id: TransactionId, names: Arc<[Name]>, metrics: TransactionMetrics) -> Self {
-        let records = names.iter().map(|_| [PhaseRecord::default(); 3]).collect();
+    fn new(id: TransactionId, names: Names, metrics: TransactionMetrics) -> Self {
+        let records = (0..names.len()).map(|_| Records::default()).collect();
         Ledger {
             id,
             names,
@@ -162,11 +162,12 @@ impl Ledger {
     fn resume(&mut self, lease: LeaseGuard, record: &TransactionRecord) {
         let records = Arc::make_mut(&mut self.records);
         for (mine, logged) in records.iter_mut().zip(&record.progress) {
-            for (phase, progress) in mine.iter_mut().zip(logged) {
-                *phase = PhaseRecord {
+            for (phase, progress) in Phase::ALL.into_iter().zip(logged) {
+                let record = PhaseRecord {
                     attempts: progress.attempts,
                     succeeded: progress.succeeded,
                 };
+                mine.set(phase, record);
             }
         }
         self.durable = Some(lease);
@@ -220,7 +221,7 @@ impl Ledger {
         } = outcome;
         self.set(index, phase, attempts, result.is_ok());
         if self.metrics.recording() {
-            self.metrics.phase_ended(&self.names[index], phase);
+            self.metrics.phase_ended(self.names.text(index), phase);
         }
         if let Some(durable) = &self.durable {
             // Not synced on its own: a lost note only makes recovery call a
@@ -235,7 +236,7 @@ impl Ledger {
                 .note(durable.lease(), index as u32, phase, progress);
         }
         if let Err(cause) = result {
-            let name = self.names[index].clone();
+            let name = self.names.get(index).cloned().unwrap_or_default();
             tracing::warn!(service = %name, %phase, attempts, error = %Chain(&*cause), "phase failed");
             self.failures
                 .push((index, Failure::new(name, phase, attempts, cause)));
@@ -253,10 +254,13 @@ impl Ledger {
         // than the write on a transaction whose phases end at once.
         let records = Arc::get_mut(&mut self.records)
             .expect("the ledger holds the records alone until it concludes");
-        records[index][phase as usize] = PhaseRecord {
-            attempts,
-            succeeded,
-        };
+        records[index].set(
+            phase,
+            PhaseRecord {
+                attempts,
+                succeeded,
+            },
+        );
     }
 
     /// The lease to renew while phases run, when the transaction has a log
@@ -500,7 +504,7 @@ impl std::fmt::Debug for Options {
 pub(crate) async fn run<A: Attempts + Send>(
     id: TransactionId,
     options: &Options,
-    names: Arc<[Name]>,
+    names: Names,
     members: &mut [Member<A>],
 ) -> Result<Report, Error> {
     let mut metrics = TransactionMetrics::start(Origin::Started);
@@ -536,12 +540,7 @@ pub(crate) async fn resume<A: Attempts + Send>(
     members: &mut [Member<A>],
 ) -> Result<Report, Error> {
     let id = record.intent.id;
-    let names: Arc<[Name]> = record
-        .intent
-        .participants
-        .iter()
-        .map(|p| crate::name::name(&p.name))
-        .collect();
+    let names = Names::listed(record.intent.participants.iter().map(|p| p.name.as_str()));
     let span = tracing::info_span!("tcc_recovery", id = %id);
     let metrics = TransactionMetrics::start(origin);
     let mut transaction = Transaction::new(id, options, names.clone(), members, span, metrics);
@@ -565,7 +564,7 @@ pub(crate) async fn resume<A: Attempts + Send>(
 /// or a retry policy out of range.
 fn validate<A: Attempts + Send>(
     options: &Options,
-    names: &[Name],
+    names: &Names,
     members: &[Member<A>],
 ) -> Result<(), Error> {
     if names.is_empty() {
@@ -613,7 +612,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
     fn new(
         id: TransactionId,
         options: &'a Options,
-        names: Arc<[Name]>,
+        names: Names,
         members: &'a mut [Member<A>],
         span: tracing::Span,
         metrics: TransactionMetrics,

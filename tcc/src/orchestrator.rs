@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::engine::{self, Member, Options};
 use crate::error::Error;
 use crate::id::TransactionId;
-use crate::name::Name;
+use crate::name::{Name, Names};
 use crate::report::Report;
 use crate::retry::RetryPolicy;
 use crate::service::{Service, ServiceAttempts};
@@ -70,8 +70,6 @@ pub struct Orchestrator {
     /// Shared with each running transaction, so starting one copies nothing
     /// per service.
     services: Arc<[Service]>,
-    /// Their names, shared with each transaction's context and report.
-    names: Arc<[Name]>,
     /// The first name that an earlier service has too, found once in `new`.
     duplicate: Option<Name>,
     options: Options,
@@ -81,12 +79,10 @@ impl Orchestrator {
     /// An orchestrator over `services`, with default settings.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
         let services: Arc<[Service]> = services.into_iter().collect();
-        let names: Arc<[Name]> = services.iter().map(|s| s.shared.name.clone()).collect();
         let duplicate =
-            engine::first_duplicate(names.iter().map(Name::as_str)).map(crate::name::name);
+            engine::first_duplicate(services.iter().map(Service::name)).map(crate::name::name);
         Orchestrator {
             services,
-            names,
             duplicate,
             options: Options::DEFAULT,
         }
@@ -191,16 +187,13 @@ impl Orchestrator {
         if let Some(twice) = &self.duplicate {
             return Err(engine::duplicate(twice));
         }
-        let (services, names, options) = (
-            self.services.clone(),
-            self.names.clone(),
-            self.options.clone(),
-        );
+        let (services, options) = (self.services.clone(), self.options.clone());
         let transaction = async move {
             let mut members: Vec<_> = services
                 .iter()
                 .map(|service| Member::new(ServiceAttempts::new(service)))
                 .collect();
+            let names = Names::Services(services.clone());
             engine::run(id, &options, names, &mut members[..]).await
         };
         engine::drive(id, runtime, Box::pin(transaction)).await

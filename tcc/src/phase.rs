@@ -20,6 +20,9 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in order: as an index (`phase as usize`) counts them.
+    pub(crate) const ALL: [Phase; 3] = [Phase::Try, Phase::Confirm, Phase::Cancel];
+
     /// The phase's name in lowercase, as in messages: `"try"`, `"confirm"`,
     /// `"cancel"`.
     pub const fn as_str(self) -> &'static str {

@@ -15,7 +15,7 @@ use crate::attempt::{Attempts, PhaseRun, Round};
 use crate::context::Context;
 use crate::error::{BoxError, Failure};
 use crate::id::TransactionId;
-use crate::name::Name;
+use crate::name::{Name, Names};
 use crate::phase::Phase;
 use crate::recoverable::{LogEntry, Recoverable};
 use crate::retry::RetryPolicy;
@@ -323,7 +323,10 @@ impl Service {
 
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
         let id = TransactionId::generate();
-        let mut context = Some(Context::new(id, Arc::from([self.shared.name.clone()])));
+        let mut context = Some(Context::new(
+            id,
+            Names::Listed(Arc::from([self.shared.name.clone()])),
+        ));
         let mut run = PhaseRun::new(ServiceAttempts::new(self));
         let round = Round {
             transaction_id: id,

@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use crate::attempt::Attempts;
 use crate::engine::{self, Member, Options};
 use crate::error::{BoxError, Error};
 use crate::id::TransactionId;
-use crate::name::Name;
+use crate::name::Names;
 use crate::phase::Phase;
 use crate::recoverable::{LogEntry, Recoverable};
 use crate::report::Report;
@@ -432,7 +431,7 @@ impl Block {
         if let Some(twice) = engine::first_duplicate(names.iter().copied()) {
             return Err(engine::duplicate(twice));
         }
-        let names: Arc<[Name]> = names.iter().map(|name| crate::name::name(name)).collect();
+        let names = Names::listed(names.iter().copied());
         engine::run(self.id, &self.options, names, members).await
     }
 }
