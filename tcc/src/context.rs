@@ -1,11 +1,11 @@
 //! The context a running phase can read: [`Context`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use crate::id::TransactionId;
-use crate::name::Names;
 use crate::phase::Phase;
+use crate::report::Entries;
 
 thread_local! {
     /// The context of the transaction being polled on this thread. A
@@ -13,6 +13,32 @@ thread_local! {
     /// context here for the length of the poll and takes it back after; each
     /// phase's poll first points it at itself with [`Context::focus`].
     static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
+
+    /// Where in that transaction the phase being polled is: the
+    /// [`Position`] of the context in `CURRENT`, which `Context::current`
+    /// reads from here. Apart from `CURRENT` because `focus` sets it before
+    /// every poll of a phase: a `Cell` of a `Copy` value, initialised as a
+    /// constant and with nothing to drop, is a plain store; the `RefCell`
+    /// would check its borrow and the thread-local's state as well
+    /// (BENCHMARKS.md, issue 18).
+    static POSITION: Cell<Position> = const { Cell::new(Position::FIRST) };
+}
+
+/// A service, its phase and its attempt.
+#[derive(Clone, Copy)]
+struct Position {
+    index: usize,
+    phase: Phase,
+    attempt: u32,
+}
+
+impl Position {
+    /// The first service's Try.
+    const FIRST: Position = Position {
+        index: 0,
+        phase: Phase::Try,
+        attempt: 1,
+    };
 }
 
 /// What a running phase can learn about itself: the transaction it belongs
@@ -48,23 +74,19 @@ thread_local! {
 #[derive(Clone)]
 pub struct Context {
     transaction_id: TransactionId,
-    /// The transaction's service names, shared with its ledger.
-    names: Names,
-    index: usize,
-    phase: Phase,
-    attempt: u32,
+    /// The transaction's services, shared with its ledger: for their names.
+    entries: Entries,
+    position: Position,
 }
 
 impl Context {
     /// A context for the services of one transaction, pointing at the first
     /// service's Try until [`focus`](Context::focus) moves it.
-    pub(crate) fn new(transaction_id: TransactionId, names: Names) -> Self {
+    pub(crate) fn new(transaction_id: TransactionId, entries: Entries) -> Self {
         Context {
             transaction_id,
-            names,
-            index: 0,
-            phase: Phase::Try,
-            attempt: 1,
+            entries,
+            position: Position::FIRST,
         }
     }
 
@@ -72,10 +94,11 @@ impl Context {
     /// phase. Work a phase spawns onto other tasks does not inherit it: pass
     /// it along.
     pub fn current() -> Option<Context> {
-        CURRENT
+        let mut context = CURRENT
             .try_with(|current| current.borrow().clone())
-            .ok()
-            .flatten()
+            .ok()??;
+        context.position = POSITION.get();
+        Some(context)
     }
 
     /// The orchestration's id.
@@ -85,17 +108,17 @@ impl Context {
 
     /// The running service's name.
     pub fn service_name(&self) -> &str {
-        self.names.text(self.index)
+        self.entries.text(self.position.index)
     }
 
     /// The running phase.
     pub fn phase(&self) -> Phase {
-        self.phase
+        self.position.phase
     }
 
     /// The attempt number, from 1. Try always runs with 1.
     pub fn attempt(&self) -> u32 {
-        self.attempt
+        self.position.attempt
     }
 
     /// Runs `f` with `context` as the current context. The context moves in
@@ -103,23 +126,31 @@ impl Context {
     /// polling another transaction inline) is restored after, even if `f`
     /// unwinds.
     pub(crate) fn enter<R>(context: &mut Option<Context>, f: impl FnOnce() -> R) -> R {
-        /// Puts the outer context back and the entered one in its slot.
+        /// Puts the outer context and its position back, and the entered
+        /// one, where it got to, in its slot.
         struct Restore<'a> {
             slot: &'a mut Option<Context>,
             outer: Option<Context>,
+            outer_position: Position,
         }
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
                 let outer = self.outer.take();
-                if let Ok(entered) = CURRENT.try_with(|current| current.replace(outer)) {
+                let position = POSITION.replace(self.outer_position);
+                if let Ok(mut entered) = CURRENT.try_with(|current| current.replace(outer)) {
+                    if let Some(entered) = &mut entered {
+                        entered.position = position;
+                    }
                     *self.slot = entered;
                 }
             }
         }
+        let position = context.as_ref().map_or(Position::FIRST, |c| c.position);
         let outer = CURRENT.with(|current| current.replace(context.take()));
         let _restore = Restore {
             slot: context,
             outer,
+            outer_position: POSITION.replace(position),
         };
         f()
     }
@@ -127,12 +158,10 @@ impl Context {
     /// Points the current context at service `index`, `phase` and `attempt`
     /// of the entered transaction, before that phase is polled.
     pub(crate) fn focus(index: usize, phase: Phase, attempt: u32) {
-        CURRENT.with_borrow_mut(|current| {
-            if let Some(context) = current {
-                context.index = index;
-                context.phase = phase;
-                context.attempt = attempt;
-            }
+        POSITION.set(Position {
+            index,
+            phase,
+            attempt,
         });
     }
 }
@@ -142,8 +171,8 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("transaction_id", &self.transaction_id)
             .field("service_name", &self.service_name())
-            .field("phase", &self.phase)
-            .field("attempt", &self.attempt)
+            .field("phase", &self.position.phase)
+            .field("attempt", &self.position.attempt)
             .finish()
     }
 }

@@ -36,10 +36,9 @@ use crate::durable::{
 use crate::error::{Chain, Error, ErrorKind, Failure, Panicked};
 use crate::id::TransactionId;
 use crate::metrics::{Ending, Origin, TransactionMetrics};
-use crate::name::Names;
 use crate::phase::Phase;
 use crate::recoverable::LogEntry;
-use crate::report::{PhaseRecord, Records, Report};
+use crate::report::{Entries, PhaseRecord, Report};
 use crate::settings::Settings;
 
 /// What a transaction has done so far: each service's record, and every
@@ -49,10 +48,8 @@ use crate::settings::Settings;
 /// place that writes the transaction log.
 pub(crate) struct Ledger {
     id: TransactionId,
-    names: Names,
-    /// Each service's records. Only the ledger holds it until the report
-    /// takes it, so it is changed in place.
-    records: Arc<[Records]>,
+    /// The services' names, and their records, which only the ledger writes.
+    entries: Entries,
     failures: Vec<(usize, Failure)>,
     /// With a log, the lease on the transaction's record; a ledger dropped
     /// before the record is finished (a runtime shutting down) gives it
@@ -64,12 +61,10 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    fn new(id: TransactionId, names: Names, metrics: TransactionMetrics) -> Self {
-        let records = (0..names.len()).map(|_| Records::default()).collect();
+    fn new(id: TransactionId, entries: Entries, metrics: TransactionMetrics) -> Self {
         Ledger {
             id,
-            names,
-            records,
+            entries,
             failures: Vec::new(),
             durable: None,
             metrics,
@@ -102,7 +97,7 @@ impl Ledger {
         members: &mut [Member<A>],
     ) -> Result<(), Error> {
         let mut participants = Vec::with_capacity(members.len());
-        for (name, member) in self.names.iter().zip(members.iter()) {
+        for (name, member) in self.entries.names().zip(members.iter()) {
             let refusal = match member.log_entry() {
                 // Checked here, not first by the recovery after a crash: a
                 // transaction its log cannot rebuild would be left holding
@@ -160,14 +155,13 @@ impl Ledger {
     /// Takes over a transaction the log holds unfinished: its lease, and
     /// the records of what was done before.
     fn resume(&mut self, lease: LeaseGuard, record: &TransactionRecord) {
-        let records = Arc::make_mut(&mut self.records);
-        for (mine, logged) in records.iter_mut().zip(&record.progress) {
+        for (index, logged) in record.progress.iter().enumerate().take(self.entries.len()) {
             for (phase, progress) in Phase::ALL.into_iter().zip(logged) {
                 let record = PhaseRecord {
                     attempts: progress.attempts,
                     succeeded: progress.succeeded,
                 };
-                mine.set(phase, record);
+                self.entries.records(index).set(phase, record);
             }
         }
         self.durable = Some(lease);
@@ -207,7 +201,7 @@ impl Ledger {
     /// The error of a transaction the log stopped in or after its `phase`
     /// round: it keeps the failures so far and the report.
     fn cut_short(&mut self, phase: Phase, detail: String) -> Error {
-        let report = Report::new(self.id, self.names.clone(), self.records.clone());
+        let report = Report::new(self.id, self.entries.clone());
         let failures = sorted(std::mem::take(&mut self.failures));
         Error::cut_short(ErrorKind::LogFailed, phase, detail, failures, report)
     }
@@ -221,7 +215,7 @@ impl Ledger {
         } = outcome;
         self.set(index, phase, attempts, result.is_ok());
         if self.metrics.recording() {
-            self.metrics.phase_ended(self.names.text(index), phase);
+            self.metrics.phase_ended(self.entries.text(index), phase);
         }
         if let Some(durable) = &self.durable {
             // Not synced on its own: a lost note only makes recovery call a
@@ -236,7 +230,7 @@ impl Ledger {
                 .note(durable.lease(), index as u32, phase, progress);
         }
         if let Err(cause) = result {
-            let name = self.names.get(index).cloned().unwrap_or_default();
+            let name = self.entries.name(index).cloned().unwrap_or_default();
             tracing::warn!(service = %name, %phase, attempts, error = %Chain(&*cause), "phase failed");
             self.failures
                 .push((index, Failure::new(name, phase, attempts, cause)));
@@ -250,17 +244,11 @@ impl Ledger {
     }
 
     fn set(&mut self, index: usize, phase: Phase, attempts: u32, succeeded: bool) {
-        // Not `make_mut`: nothing to copy on write, and its check costs more
-        // than the write on a transaction whose phases end at once.
-        let records = Arc::get_mut(&mut self.records)
-            .expect("the ledger holds the records alone until it concludes");
-        records[index].set(
-            phase,
-            PhaseRecord {
-                attempts,
-                succeeded,
-            },
-        );
+        let record = PhaseRecord {
+            attempts,
+            succeeded,
+        };
+        self.entries.records(index).set(phase, record);
     }
 
     /// The lease to renew while phases run, when the transaction has a log
@@ -316,7 +304,7 @@ impl Ledger {
             Ending::Cancelled
         };
         self.metrics.end(ending);
-        let report = Report::new(self.id, self.names, self.records);
+        let report = Report::new(self.id, self.entries);
         if self.failures.is_empty() {
             return Ok(report);
         }
@@ -504,16 +492,16 @@ impl std::fmt::Debug for Options {
 pub(crate) async fn run<A: Attempts + Send>(
     id: TransactionId,
     options: &Options,
-    names: Names,
+    entries: Entries,
     members: &mut [Member<A>],
 ) -> Result<Report, Error> {
     let mut metrics = TransactionMetrics::start(Origin::Started);
-    if let Err(refusal) = validate(options, &names, members) {
+    if let Err(refusal) = validate(options, &entries, members) {
         metrics.end(Ending::Refused);
         return Err(refusal);
     }
     let span = tracing::debug_span!("tcc_transaction", id = %id);
-    let mut transaction = Transaction::new(id, options, names, members, span, metrics);
+    let mut transaction = Transaction::new(id, options, entries, members, span, metrics);
     if let Some(log) = &options.log {
         // Boxed: the states of its awaits would make the future of every
         // transaction, durable or not, larger (an Orchestrator's: 1104
@@ -540,13 +528,13 @@ pub(crate) async fn resume<A: Attempts + Send>(
     members: &mut [Member<A>],
 ) -> Result<Report, Error> {
     let id = record.intent.id;
-    let names = Names::listed(record.intent.participants.iter().map(|p| p.name.as_str()));
+    let entries = Entries::listed(record.intent.participants.iter().map(|p| p.name.as_str()));
     let span = tracing::info_span!("tcc_recovery", id = %id);
     let metrics = TransactionMetrics::start(origin);
-    let mut transaction = Transaction::new(id, options, names.clone(), members, span, metrics);
+    let mut transaction = Transaction::new(id, options, entries.clone(), members, span, metrics);
     // The ledger holds the lease first, so that a refusal gives it back.
     transaction.ledger.resume(lease, record);
-    if let Err(refusal) = validate(options, &names, transaction.members) {
+    if let Err(refusal) = validate(options, &entries, transaction.members) {
         transaction.ledger.refused();
         return Err(refusal);
     }
@@ -564,10 +552,10 @@ pub(crate) async fn resume<A: Attempts + Send>(
 /// or a retry policy out of range.
 fn validate<A: Attempts + Send>(
     options: &Options,
-    names: &Names,
+    entries: &Entries,
     members: &[Member<A>],
 ) -> Result<(), Error> {
-    if names.is_empty() {
+    if entries.is_empty() {
         let detail = "orchestration refused: it has no services";
         return Err(Error::refused(
             ErrorKind::NoServices,
@@ -612,7 +600,7 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
     fn new(
         id: TransactionId,
         options: &'a Options,
-        names: Names,
+        entries: Entries,
         members: &'a mut [Member<A>],
         span: tracing::Span,
         metrics: TransactionMetrics,
@@ -620,9 +608,9 @@ impl<'a, A: Attempts + Send> Transaction<'a, A> {
         Transaction {
             id,
             options,
-            context: Some(Context::new(id, names.clone())),
+            context: Some(Context::new(id, entries.clone())),
             span,
-            ledger: Ledger::new(id, names, metrics),
+            ledger: Ledger::new(id, entries, metrics),
             members,
             phase: Phase::Try,
             all_succeeded: true,

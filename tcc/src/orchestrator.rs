@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::engine::{self, Member, Options};
 use crate::error::Error;
 use crate::id::TransactionId;
-use crate::name::{Name, Names};
-use crate::report::Report;
+use crate::name::Name;
+use crate::report::{Entries, Report};
 use crate::retry::RetryPolicy;
 use crate::service::{Service, ServiceAttempts};
 use crate::transaction_log::TransactionLog;
@@ -193,8 +193,8 @@ impl Orchestrator {
                 .iter()
                 .map(|service| Member::new(ServiceAttempts::new(service)))
                 .collect();
-            let names = Names::Services(services.clone());
-            engine::run(id, &options, names, &mut members[..]).await
+            let entries = Entries::services(services.clone());
+            engine::run(id, &options, entries, &mut members[..]).await
         };
         engine::drive(id, runtime, Box::pin(transaction)).await
     }

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::id::TransactionId;
-use crate::name::Names;
+use crate::name::{Name, name};
 use crate::phase::Phase;
+use crate::service::Service;
 
 /// What one orchestration did: its id and, for each service in the order
 /// given, how each phase went.
@@ -32,23 +34,15 @@ use crate::phase::Phase;
 #[derive(Clone)]
 pub struct Report {
     transaction_id: TransactionId,
-    names: Names,
-    /// Each service's records.
-    records: Arc<[Records]>,
+    entries: Entries,
 }
 
 impl Report {
-    /// The report of a transaction over the services named `names`, whose
-    /// records are `records`.
-    pub(crate) fn new(
-        transaction_id: TransactionId,
-        names: Names,
-        records: Arc<[Records]>,
-    ) -> Self {
+    /// The report of a transaction over `entries`.
+    pub(crate) fn new(transaction_id: TransactionId, entries: Entries) -> Self {
         Report {
             transaction_id,
-            names,
-            records,
+            entries,
         }
     }
 
@@ -62,7 +56,7 @@ impl Report {
     pub fn services(&self) -> ServiceReports<'_> {
         ServiceReports {
             report: self,
-            range: 0..self.records.len(),
+            range: 0..self.entries.len(),
         }
     }
 
@@ -73,8 +67,8 @@ impl Report {
 
     fn entry(&self, index: usize) -> ServiceReport<'_> {
         ServiceReport {
-            name: self.names.text(index),
-            phases: self.records[index].unpack(),
+            name: self.entries.text(index),
+            phases: self.entries.records(index).unpack(),
         }
     }
 }
@@ -103,25 +97,108 @@ pub struct PhaseRecord {
 /// 12 bytes a service where three `PhaseRecord`s take 24: 1.1 MiB of an
 /// orchestration of 100,000 services (BENCHMARKS.md, "Peak RSS"). Attempts
 /// past 2^31 - 1, which no retry policy reaches in a lifetime, are counted
-/// as that many.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Records([u32; 3]);
+/// as that many. Atomic, so that the ledger writes them where the context
+/// and the report read the names beside them: one writer, relaxed loads and
+/// stores, which cost what plain ones do.
+#[derive(Default)]
+pub(crate) struct Records([AtomicU32; 3]);
 
 impl Records {
     const SUCCEEDED: u32 = 1 << 31;
 
     /// Sets the record of `phase`.
-    pub(crate) fn set(&mut self, phase: Phase, record: PhaseRecord) {
+    pub(crate) fn set(&self, phase: Phase, record: PhaseRecord) {
         let attempts = record.attempts.min(!Self::SUCCEEDED);
-        self.0[phase as usize] = attempts | if record.succeeded { Self::SUCCEEDED } else { 0 };
+        let packed = attempts | if record.succeeded { Self::SUCCEEDED } else { 0 };
+        self.0[phase as usize].store(packed, Ordering::Relaxed);
     }
 
     /// The record of each phase, indexed by [`Phase`].
-    fn unpack(self) -> [PhaseRecord; 3] {
-        self.0.map(|packed| PhaseRecord {
-            attempts: packed & !Self::SUCCEEDED,
-            succeeded: packed & Self::SUCCEEDED != 0,
+    fn unpack(&self) -> [PhaseRecord; 3] {
+        std::array::from_fn(|phase| {
+            let packed = self.0[phase].load(Ordering::Relaxed);
+            PhaseRecord {
+                attempts: packed & !Self::SUCCEEDED,
+                succeeded: packed & Self::SUCCEEDED != 0,
+            }
         })
+    }
+}
+
+/// A transaction's services, by name, and their records: shared by its
+/// context (which reads the names), its ledger (which writes the records)
+/// and its report.
+#[derive(Clone)]
+pub(crate) enum Entries {
+    /// An `Orchestrator`'s: the names are its services' own, so neither it
+    /// nor a run of it keeps a copy of each (24 bytes a service: 2.3 MiB of
+    /// an orchestration of 100,000 services).
+    Services {
+        services: Arc<[Service]>,
+        records: Arc<[Records]>,
+    },
+    /// A `tcc!` block's, or an intent's from the log: each name beside its
+    /// records, in one allocation a run.
+    Listed(Arc<[(Name, Records)]>),
+}
+
+impl Entries {
+    /// Fresh records for `services`.
+    pub(crate) fn services(services: Arc<[Service]>) -> Self {
+        let records = services.iter().map(|_| Records::default()).collect();
+        Entries::Services { services, records }
+    }
+
+    /// Fresh records for the services named `names`.
+    pub(crate) fn listed<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let entries = names
+            .into_iter()
+            .map(|text| (name(text), Records::default()));
+        Entries::Listed(entries.collect())
+    }
+
+    /// How many services there are.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Entries::Services { services, .. } => services.len(),
+            Entries::Listed(entries) => entries.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The name of service number `index`, if there is one.
+    pub(crate) fn name(&self, index: usize) -> Option<&Name> {
+        match self {
+            Entries::Services { services, .. } => {
+                services.get(index).map(|service| &service.shared.name)
+            }
+            Entries::Listed(entries) => entries.get(index).map(|(name, _)| name),
+        }
+    }
+
+    /// The name of service number `index`, or "" past the last.
+    pub(crate) fn text(&self, index: usize) -> &str {
+        self.name(index).map_or("", Name::as_str)
+    }
+
+    /// Each name, in order.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &Name> {
+        (0..self.len()).filter_map(|index| self.name(index))
+    }
+
+    /// The records of service number `index`.
+    ///
+    /// # Panics
+    /// Past the last service.
+    pub(crate) fn records(&self, index: usize) -> &Records {
+        match self {
+            Entries::Services { records, .. } => &records[index],
+            Entries::Listed(entries) => &entries[index].1,
+        }
     }
 }
 

@@ -15,9 +15,10 @@ use crate::attempt::{Attempts, PhaseRun, Round};
 use crate::context::Context;
 use crate::error::{BoxError, Failure};
 use crate::id::TransactionId;
-use crate::name::{Name, Names};
+use crate::name::Name;
 use crate::phase::Phase;
 use crate::recoverable::{LogEntry, Recoverable};
+use crate::report::Entries;
 use crate::retry::RetryPolicy;
 use crate::settings::Settings;
 use crate::tcc_service::TccService;
@@ -323,10 +324,7 @@ impl Service {
 
     async fn run_directly(&self, phase: Phase) -> Result<(), Failure> {
         let id = TransactionId::generate();
-        let mut context = Some(Context::new(
-            id,
-            Names::Listed(Arc::from([self.shared.name.clone()])),
-        ));
+        let mut context = Some(Context::new(id, Entries::listed([self.name()])));
         let mut run = PhaseRun::new(ServiceAttempts::new(self));
         let round = Round {
             transaction_id: id,

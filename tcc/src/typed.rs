@@ -23,10 +23,9 @@ use crate::attempt::Attempts;
 use crate::engine::{self, Member, Options};
 use crate::error::{BoxError, Error};
 use crate::id::TransactionId;
-use crate::name::Names;
 use crate::phase::Phase;
 use crate::recoverable::{LogEntry, Recoverable};
-use crate::report::Report;
+use crate::report::{Entries, Report};
 use crate::retry::RetryPolicy;
 use crate::service::Service;
 use crate::settings::Settings;
@@ -424,14 +423,14 @@ impl Block {
     /// Runs the transaction over `members`, whose names are `names`, to its
     /// end and reports it.
     pub async fn run(
-        self,
+        &self,
         names: &[&str],
         members: &mut [Member<SlotRef<'_>>],
     ) -> Result<Report, Error> {
         if let Some(twice) = engine::first_duplicate(names.iter().copied()) {
             return Err(engine::duplicate(twice));
         }
-        let names = Names::listed(names.iter().copied());
-        engine::run(self.id, &self.options, names, members).await
+        let entries = Entries::listed(names.iter().copied());
+        engine::run(self.id, &self.options, entries, members).await
     }
 }
