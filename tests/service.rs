@@ -211,25 +211,42 @@ fn transaction_ids_are_unique_and_round_trip() {
 #[tokio::test(start_paused = true)]
 async fn a_phase_running_another_phase_inline_gets_its_own_context_back() {
     let (inner, inner_probe) = scripted("inner", Step::Ok, Step::Ok, Step::Ok);
+    // Its Try and its Confirm each run the inner service's Try inline, which
+    // points the context at its own first service's Try meanwhile. The
+    // outer service is the second, so a context not given back whole would
+    // name the first, or the wrong phase.
+    let inline = move |phase: Phase| {
+        let inner = inner.clone();
+        async move {
+            let before = Context::current().unwrap();
+            inner.try_phase().await.map_err(|e| e.to_string())?;
+            let after = Context::current().unwrap();
+            assert_eq!(after.service_name(), "outer");
+            assert_eq!(after.phase(), phase);
+            assert_eq!(after.attempt(), 1);
+            assert_eq!(after.transaction_id(), before.transaction_id());
+            Ok::<(), String>(())
+        }
+    };
+    let (try_inline, confirm_inline) = (inline.clone(), inline);
     let outer = Service::new(
         "outer",
-        move || {
-            let inner = inner.clone();
-            async move {
-                let before = Context::current().unwrap();
-                inner.try_phase().await.map_err(|e| e.to_string())?;
-                let after = Context::current().unwrap();
-                assert_eq!(after.service_name(), "outer");
-                assert_eq!(after.transaction_id(), before.transaction_id());
-                Ok::<(), String>(())
-            }
-        },
-        || async { Ok::<(), String>(()) },
+        move || try_inline(Phase::Try),
+        move || confirm_inline(Phase::Confirm),
         || async { Ok::<(), String>(()) },
     );
-    let report = Orchestrator::new([outer]).orchestrate().await.unwrap();
-    let inner_context = inner_probe.contexts.lock().unwrap()[0].clone();
-    assert_eq!(inner_context.service_name(), "inner");
-    assert_ne!(inner_context.transaction_id(), report.transaction_id());
+    let ok = || async { Ok::<(), String>(()) };
+    let first = Service::new("first", ok, ok, ok);
+    let report = Orchestrator::new([first, outer])
+        .orchestrate()
+        .await
+        .unwrap();
+    let contexts = inner_probe.contexts.lock().unwrap().clone();
+    assert_eq!(contexts.len(), 2);
+    for inner_context in contexts {
+        assert_eq!(inner_context.service_name(), "inner");
+        assert_eq!(inner_context.phase(), Phase::Try);
+        assert_ne!(inner_context.transaction_id(), report.transaction_id());
+    }
     assert!(Context::current().is_none());
 }
