@@ -157,11 +157,7 @@ impl Ledger {
     fn resume(&mut self, lease: LeaseGuard, record: &TransactionRecord) {
         for (index, logged) in record.progress.iter().enumerate().take(self.entries.len()) {
             for (phase, progress) in Phase::ALL.into_iter().zip(logged) {
-                let record = PhaseRecord {
-                    attempts: progress.attempts,
-                    succeeded: progress.succeeded,
-                };
-                self.entries.records(index).set(phase, record);
+                self.set(index, phase, progress.attempts, progress.succeeded);
             }
         }
         self.durable = Some(lease);

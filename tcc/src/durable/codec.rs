@@ -224,9 +224,7 @@ pub(crate) fn decode_progress(
 
 /// The phase a progress key's byte names.
 pub(crate) fn phase(byte: u8) -> Option<Phase> {
-    [Phase::Try, Phase::Confirm, Phase::Cancel]
-        .into_iter()
-        .find(|phase| *phase as u8 == byte)
+    Phase::ALL.into_iter().find(|phase| *phase as u8 == byte)
 }
 
 /// Reads what [`encode`] wrote, refusing anything else; the error says why,
@@ -471,7 +469,7 @@ mod tests {
         let none = <[PhaseProgress; 3]>::default();
         assert!(read.record.progress.iter().all(|p| *p == none));
         for (participant, phases) in stored.record.progress.iter().enumerate() {
-            for phase in [Phase::Try, Phase::Confirm, Phase::Cancel] {
+            for phase in Phase::ALL {
                 let progress = &phases[phase as usize];
                 let participant = participant as u32;
                 let bytes = encode_progress(stored.id(), participant, phase, progress).unwrap();
