@@ -2,7 +2,7 @@
 //! not depend on the machine's load, as the clock does.
 //!
 //! ```sh
-//! cargo bench --bench instructions --no-run    # then, with the binary it names:
+//! cargo bench -p in-memory-benches --bench instructions --no-run    # then, with the binary it names:
 //! valgrind --tool=callgrind --branch-sim=yes target/release/deps/instructions-HASH build 100 110
 //! ```
 //!

@@ -1,7 +1,7 @@
 //! E: heap allocations per orchestration (counted by dhat) and the peak RSS
 //! of one orchestration of 100,000 services.
 //!
-//! `cargo bench --bench memory`
+//! `cargo bench -p in-memory-benches --bench memory`
 
 mod common;
 

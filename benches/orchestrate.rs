@@ -1,7 +1,7 @@
 //! Timing benchmarks; the cases are those of BENCHMARKS.md.
 //!
-//! `cargo bench --bench orchestrate`; one group with
-//! `cargo bench --bench orchestrate -- success`.
+//! `cargo bench -p in-memory-benches --bench orchestrate`; one group with
+//! `cargo bench -p in-memory-benches --bench orchestrate -- success`.
 //!
 //! With `TCC_BENCH_RECORDER=prometheus`, every case runs with
 //! `metrics-exporter-prometheus`'s recorder installed (its upkeep run every
