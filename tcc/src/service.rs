@@ -364,7 +364,6 @@ impl Service {
 pub struct ServiceAttempts<'a> {
     service: &'a Service,
     future: Option<BoxFuture<'a, Result<(), BoxError>>>,
-    status: u8,
 }
 
 impl<'a> ServiceAttempts<'a> {
@@ -372,7 +371,6 @@ impl<'a> ServiceAttempts<'a> {
         ServiceAttempts {
             service,
             future: None,
-            status: 0,
         }
     }
 }
@@ -384,6 +382,10 @@ impl Attempts for ServiceAttempts<'_> {
 
     fn settings(&self) -> Settings {
         *self.service.settings()
+    }
+
+    fn retry_policy(&self) -> Option<RetryPolicy> {
+        self.service.settings().retry
     }
 
     fn log_entry(&self) -> Option<LogEntry> {
@@ -406,8 +408,8 @@ impl Attempts for ServiceAttempts<'_> {
         self.future = None;
     }
 
-    fn ended(&mut self, phase: Phase, succeeded: bool) {
-        self.service.publish(&mut self.status, phase, succeeded);
+    fn ended(&self, status: &mut u8, phase: Phase, succeeded: bool) {
+        self.service.publish(status, phase, succeeded);
     }
 }
 

@@ -263,7 +263,6 @@ where
         participant,
         slot,
         make_phase,
-        status: 0,
     }
 }
 
@@ -281,8 +280,6 @@ pub struct Slot<'a, P, F, M> {
     participant: &'a P,
     slot: Pin<&'a mut Option<F>>,
     make_phase: M,
-    /// A `Service` handle's status in this transaction.
-    status: u8,
 }
 
 impl<P, F, M> Attempts for Slot<'_, P, F, M>
@@ -297,6 +294,10 @@ where
 
     fn log_entry(&self) -> Option<LogEntry> {
         self.participant.log_entry()
+    }
+
+    fn retry_policy(&self) -> Option<RetryPolicy> {
+        self.participant.as_service()?.settings().retry
     }
 
     fn settings(&self) -> Settings {
@@ -327,9 +328,9 @@ where
         self.slot.set(None);
     }
 
-    fn ended(&mut self, phase: Phase, succeeded: bool) {
+    fn ended(&self, status: &mut u8, phase: Phase, succeeded: bool) {
         if let Some(service) = self.participant.as_service() {
-            service.publish(&mut self.status, phase, succeeded);
+            service.publish(status, phase, succeeded);
         }
     }
 }
