@@ -4,7 +4,16 @@
 /// costs no allocation of its own, and copies are cheap.
 pub(crate) type Name = smol_str::SmolStr;
 
-/// A [`Name`] holding `text`.
+/// A [`Name`] holding `text`. A short name, the common case, takes the
+/// direct inline path: `Name::new` first looks for a run of newlines and
+/// spaces it could share, about 15 instructions a name that a `tcc!`
+/// block pays for each service on every run (BENCHMARKS.md, "The members,
+/// smaller").
 pub(crate) fn name(text: &str) -> Name {
-    Name::new(text)
+    const INLINE: usize = 23;
+    if text.len() <= INLINE {
+        Name::new_inline(text)
+    } else {
+        Name::new(text)
+    }
 }
