@@ -17,3 +17,16 @@ pub(crate) fn name(text: &str) -> Name {
         Name::new(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Both sides of the inline limit: `Name::new_inline` panics past
+    /// smol_str's own capacity, so the limit here must not exceed it.
+    #[test]
+    fn names_of_every_length_around_the_inline_limit_are_kept_whole() {
+        for len in [0, 1, 22, 23, 24, 25, 100] {
+            let text = "n".repeat(len);
+            assert_eq!(super::name(&text), text);
+        }
+    }
+}

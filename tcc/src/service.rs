@@ -359,8 +359,9 @@ impl Service {
 }
 
 /// The attempts of a [`Service`] in one transaction: each one's future boxed
-/// by the service, and the service's status in this transaction, published
-/// whole as each phase ends.
+/// by the service. The run that makes them keeps the service's status in
+/// this transaction, which [`Attempts::ended`] publishes whole as each
+/// attempt ends.
 pub struct ServiceAttempts<'a> {
     service: &'a Service,
     future: Option<BoxFuture<'a, Result<(), BoxError>>>,
