@@ -39,6 +39,7 @@ use crate::metrics::{Ending, Origin, TransactionMetrics};
 use crate::phase::Phase;
 use crate::recoverable::LogEntry;
 use crate::report::{Entries, PhaseRecord, Report};
+use crate::retry::RetryPolicy;
 use crate::settings::Settings;
 
 /// What a transaction has done so far: each service's record, and every
@@ -381,7 +382,7 @@ impl<A: Attempts> Member<A> {
     }
 
     /// The service's own retry policy, if it has one.
-    fn retry_policy(&self) -> Option<crate::RetryPolicy> {
+    fn retry_policy(&self) -> Option<RetryPolicy> {
         self.run.service().retry_policy()
     }
 
