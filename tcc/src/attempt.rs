@@ -194,7 +194,8 @@ impl<A: Attempts> PhaseRun<A> {
 
     /// Drops the timer, if there is one. Checked here: dropping a `Sleep` is
     /// a call (not inlined), and most attempts end on their first poll
-    /// without one (about 45 instructions a service, measured).
+    /// without one (33-40 instructions a service, measured: BENCHMARKS.md,
+    /// "The members, smaller").
     fn stop_timer(&mut self) {
         if self.timer.is_some() {
             self.timer = None;
